@@ -1,0 +1,105 @@
+//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::auth::{self, Scope};
+use crate::config::Settings;
+use crate::startup::{self, AppState, Application};
+use crate::{store, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "oath-service",
+    version,
+    about = "OATH (HOTP/TOTP) token service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default). Applies pending migrations first.
+    Serve {
+        /// Do not apply pending migrations on start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print a development access token signed with auth.hs256_secret.
+    DevToken {
+        /// The environment (tenant) the token is valid for.
+        #[arg(long)]
+        env: Uuid,
+        /// A scope to grant; repeat for several. Default: every scope.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Re-encrypt every stored secret with crypto.active_key_id, then exit.
+    Reencrypt,
+}
+
+/// Runs the command; the error is one line for the operator.
+pub async fn run(cli: Cli) -> Result<(), String> {
+    let settings = Settings::load().map_err(|e| e.to_string())?;
+    match cli.command.unwrap_or(Command::Serve { no_migrate: false }) {
+        Command::Serve { no_migrate } => serve(settings, !no_migrate).await,
+        Command::Migrate => {
+            telemetry::init(&settings.log);
+            migrate(&startup::pool(&settings)?).await
+        }
+        Command::DevToken { env, scopes, ttl } => {
+            let scopes = if scopes.is_empty() {
+                Scope::ALL.iter().map(|s| s.as_str().to_string()).collect()
+            } else {
+                scopes
+            };
+            let token =
+                auth::mint_dev_token(&settings.auth, env, &scopes, Duration::from_secs(ttl))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Reencrypt => {
+            telemetry::init(&settings.log);
+            let pool = startup::pool(&settings)?;
+            let state = AppState::new(settings, pool).await?;
+            let moved = store::secrets::reencrypt_all(&state.db, &state.cipher)
+                .await
+                .map_err(|e| format!("re-encryption failed: {e}"))?;
+            tracing::info!(moved, "re-encryption finished");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String> {
+    telemetry::init(&settings.log);
+    let pool = startup::pool(&settings)?;
+    if apply_migrations {
+        migrate(&pool).await?;
+    }
+    let state = AppState::new(settings, pool).await?;
+    let addr = state.settings.server.addr.clone();
+    let app = Application::build(state)?;
+    tracing::info!(%addr, port = app.port(), "listening");
+    app.run_until_stopped()
+        .await
+        .map_err(|e| format!("server error: {e}"))
+}
+
+async fn migrate(pool: &sqlx::PgPool) -> Result<(), String> {
+    store::MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| format!("cannot apply migrations: {e}"))?;
+    tracing::info!("migrations applied");
+    Ok(())
+}

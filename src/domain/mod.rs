@@ -1,0 +1,13 @@
+//! Types that can only hold valid values. Request bodies are parsed into these once, at the edge;
+//! everything below the routes takes them and never checks again.
+
+mod secret;
+mod token;
+mod validation;
+
+pub use secret::Secret;
+pub use token::{
+    HashAlgorithm, NewToken, OtpLength, SerialNumber, TokenKind, TokenSource, TokenStatus,
+    TokenType,
+};
+pub use validation::{DetailCode, FieldError};

@@ -1,0 +1,44 @@
+//! One problem with one field of a request, as it appears in an error body's `details[]`.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DetailCode {
+    RequiredValue,
+    InvalidValue,
+    UniquenessViolation,
+    LimitExceeded,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub code: DetailCode,
+    pub target: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(code: DetailCode, target: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            target: target.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn required(target: impl Into<String>) -> Self {
+        let target = target.into();
+        let message = format!("{} is required", leaf(&target));
+        Self::new(DetailCode::RequiredValue, target, message)
+    }
+
+    pub fn invalid(target: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(DetailCode::InvalidValue, target, message)
+    }
+}
+
+/// `tokens[3].hotp.counter` -> `counter`: messages name the field, targets give the path.
+fn leaf(target: &str) -> &str {
+    target.rsplit('.').next().unwrap_or(target)
+}

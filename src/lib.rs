@@ -1,0 +1,17 @@
+//! oath-service: a multi-tenant store and validator for OATH hardware tokens (HOTP, RFC 4226;
+//! TOTP, RFC 6238), wire-compatible with the PingOne OATH Tokens API.
+//!
+//! A request flows one way: `routes` parses it into `domain` types, `store` persists them (secrets
+//! sealed by `crypto`), and the route renders the response. `auth` guards every route; `error` is
+//! the single mapping from failures to the contract's error body.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

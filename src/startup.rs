@@ -1,0 +1,124 @@
+//! Builds the application (state, routes, middleware), binds it and runs it until stopped.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpRequest, HttpServer};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::{Authenticator, Scope};
+use crate::config::Settings;
+use crate::crypto::SecretCipher;
+use crate::error::{self, ApiError};
+use crate::{routes, telemetry};
+
+/// Everything a request handler needs, shared by all workers.
+pub struct AppState {
+    pub db: PgPool,
+    pub settings: Arc<Settings>,
+    pub auth: Authenticator,
+    pub cipher: SecretCipher,
+}
+
+impl AppState {
+    pub async fn new(settings: Settings, db: PgPool) -> Result<Self, String> {
+        let (active, keys) = settings.crypto.decoded_keys().map_err(|e| e.to_string())?;
+        let cipher = SecretCipher::new(active, &keys).map_err(|e| e.to_string())?;
+        let auth = Authenticator::new(&settings.auth).await?;
+        Ok(Self {
+            db,
+            settings: Arc::new(settings),
+            auth,
+            cipher,
+        })
+    }
+
+    /// Authenticates the caller, checks `scope`, then the environment of the path segment
+    /// `env_param`: in that order, so nothing is looked up for a caller who may not look.
+    pub async fn authorize(
+        &self,
+        req: &HttpRequest,
+        env_param: &str,
+        scope: Scope,
+    ) -> Result<Uuid, ApiError> {
+        let header = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let principal = self.auth.authenticate(header).await?;
+        match routes::path_id(req, env_param) {
+            Ok(env) => {
+                principal.require(env, scope)?;
+                Ok(env)
+            }
+            // Not a UUID: no such environment, but a caller without the scope still gets 403.
+            Err(not_found) => {
+                principal.require(principal.env, scope)?;
+                Err(not_found)
+            }
+        }
+    }
+}
+
+/// A lazily connected pool: the process starts and stays up while the database is away.
+pub fn pool(settings: &Settings) -> Result<PgPool, String> {
+    let options: PgConnectOptions = settings.database.url.parse().map_err(|e| {
+        format!("configuration error: database.url is not a valid PostgreSQL URL: {e}")
+    })?;
+    Ok(pool_with(settings, options))
+}
+
+pub fn pool_with(settings: &Settings, options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(settings.acquire_timeout())
+        .connect_lazy_with(options)
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Binds `server.addr` (port 0 picks a free port) and prepares the server; `run` starts it.
+    pub fn build(state: AppState) -> Result<Self, String> {
+        let addr = state.settings.server.addr.clone();
+        let listener =
+            TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let workers = match state.settings.server.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let shutdown = Duration::from_secs(state.settings.server.shutdown_timeout_seconds);
+        let state = web::Data::new(state);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(telemetry::request_context))
+                .configure(routes::configure)
+                .default_service(web::to(error::not_found))
+        })
+        .workers(workers)
+        .shutdown_timeout(shutdown.as_secs())
+        .listen(listener)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or ctrl-c, then drains in-flight requests.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,119 @@
+//! Logging and the per-request context: JSON log lines, a request id on every request (taken from a
+//! well-formed `X-Request-Id` or generated) that is returned as a header and carried by every log
+//! line of the request, one summary line per request, and panics turned into a 500 body.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::ResponseError;
+use futures_util::FutureExt;
+use tracing::Instrument;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+use crate::error::ApiError;
+
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Installs the global subscriber writing to stdout. `RUST_LOG` overrides `log.level`.
+pub fn init(settings: &LogSettings) {
+    init_with_writer(settings, std::io::stdout);
+}
+
+/// As [`init`], with any writer (tests capture the log this way). A second call is a no-op.
+pub fn init_with_writer<W>(settings: &LogSettings, writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let _ = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Middleware: request id, span, summary line, panic containment.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_safe_request_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        path = %req.path(),
+    );
+    let started = Instant::now();
+
+    let outcome = AssertUnwindSafe(next.call(req))
+        .catch_unwind()
+        .instrument(span.clone())
+        .await;
+    let mut response = match outcome {
+        Ok(Ok(res)) => res,
+        // The request moved into the panicked handler, so the 500 travels as an error, which
+        // the server renders with `ResponseError::error_response`.
+        Ok(Err(err)) => return Err(err),
+        Err(_) => {
+            let _entered = span.enter();
+            tracing::error!(status = 500u16, "handler panicked");
+            return Err(HandlerPanicked { request_id }.into());
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| tracing::info!(status, latency_ms, "request completed"));
+    Ok(response)
+}
+
+/// A 500 for a panicked handler: the contract's body, and the request id header.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked")]
+struct HandlerPanicked {
+    request_id: String,
+}
+
+impl ResponseError for HandlerPanicked {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        let mut response = ApiError::Internal("handler panicked".into()).error_response();
+        if let Ok(value) = HeaderValue::from_str(&self.request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        response
+    }
+}
+
+/// Echo a caller's id only when it cannot break a log line or a header.
+fn is_safe_request_id(v: &str) -> bool {
+    (1..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}

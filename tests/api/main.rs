@@ -1,0 +1,10 @@
+//! HTTP-level tests: each test gets a fresh database (`#[sqlx::test]`) and a real server on a free
+//! port, and talks to it over HTTP.
+
+mod auth;
+mod errors;
+mod helpers;
+mod outage;
+mod secrets;
+mod tokens;
+mod validation;

@@ -1,0 +1,100 @@
+//! Captured logs of a full request cycle, at the most verbose level, never contain a secret.
+//! A test binary of its own: it installs the process-wide log subscriber.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use oath_service::config::{LogFormat, LogSettings};
+use reqwest::Method;
+use serde_json::json;
+use sqlx::PgPool;
+use tracing_subscriber::fmt::MakeWriter;
+
+use helpers::{parts, seed_token, spawn_app, SEED_SECRET};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[sqlx::test]
+async fn no_secret_in_logs_of_a_full_cycle(pool: PgPool) {
+    let capture = Capture::default();
+    std::env::remove_var("RUST_LOG");
+    oath_service::telemetry::init_with_writer(
+        &LogSettings {
+            level: "trace".into(),
+            format: LogFormat::Json,
+        },
+        capture.clone(),
+    );
+    let app = spawn_app(pool).await;
+    let tokens = app.tokens_path();
+
+    let (status, created) = parts(app.create_token(&seed_token()).await).await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_string();
+    let one = format!("{tokens}/{id}");
+    // Error paths: a duplicate, an invalid field next to the secret, a broken body.
+    assert_eq!(app.create_token(&seed_token()).await.status(), 400);
+    let mut invalid = seed_token();
+    invalid["otpLength"] = json!(7);
+    assert_eq!(app.create_token(&invalid).await.status(), 400);
+    let res = app
+        .request(Method::POST, &tokens)
+        .header("content-type", "application/json")
+        .body(format!("{{\"secret\": \"{SEED_SECRET}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(app.get_path(&one).await.status(), 200);
+    assert_eq!(
+        app.get_path(&format!(
+            "{tokens}?filter=serialNumber%20eq%20%222333734700388%22"
+        ))
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        app.request(Method::DELETE, &one)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    // The capture saw the cycle, including the statements sent to the database...
+    assert!(logs.contains("request completed"), "nothing captured");
+    assert!(logs.contains(&id));
+    assert!(logs.to_lowercase().contains("insert into oath_tokens"));
+    // ...and not the secret, in any case.
+    let lower = SEED_SECRET.to_lowercase();
+    for needle in [SEED_SECRET, lower.as_str()] {
+        assert!(!logs.contains(needle), "secret found in logs");
+    }
+    // Nor the bearer token.
+    assert!(!logs.contains(&app.all_scopes()[..40]));
+}
