@@ -81,6 +81,7 @@ pub async fn insert(
         _ => InsertError::Db(e),
     })?;
     if !reserve(&mut tx, env, 1, limit).await? {
+        tx.rollback().await?;
         return Err(InsertError::LimitExceeded);
     }
     tx.commit().await?;
