@@ -14,6 +14,8 @@ pub enum DetailCode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FieldError {
     pub code: DetailCode,
+    /// The field's path; empty (and left out of the body) for problems of no single field.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub target: String,
     pub message: String,
 }

@@ -135,7 +135,7 @@ pub async fn create(
             )]),
             InsertError::LimitExceeded => ApiError::invalid_data(vec![FieldError::new(
                 DetailCode::LimitExceeded,
-                "serialNumber",
+                "",
                 format!("the environment already holds its limit of {limit} tokens"),
             )]),
             InsertError::Db(e) => e.into(),
