@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::auth::{self, Scope};
 use crate::config::Settings;
+use crate::jobs::runner::RunnerPool;
 use crate::startup::{self, AppState, Application};
 use crate::{store, telemetry};
 
@@ -87,12 +88,16 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
         migrate(&pool).await?;
     }
     let state = AppState::new(settings, pool).await?;
+    let runners = RunnerPool::start(state.db.clone(), state.settings.clone());
     let addr = state.settings.server.addr.clone();
     let app = Application::build(state)?;
     tracing::info!(%addr, port = app.port(), "listening");
-    app.run_until_stopped()
-        .await
-        .map_err(|e| format!("server error: {e}"))
+    // The server returns after SIGTERM/ctrl-c has drained it; then the runners finish their
+    // current chunk and hand their jobs back.
+    let served = app.run_until_stopped().await;
+    runners.stop().await;
+    tracing::info!("stopped");
+    served.map_err(|e| format!("server error: {e}"))
 }
 
 async fn migrate(pool: &sqlx::PgPool) -> Result<(), String> {

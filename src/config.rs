@@ -26,6 +26,7 @@ pub struct Settings {
     #[serde(default)]
     pub crypto: CryptoSettings,
     pub limits: LimitSettings,
+    pub jobs: JobSettings,
     pub log: LogSettings,
 }
 
@@ -80,6 +81,26 @@ impl fmt::Debug for CryptoSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct LimitSettings {
     pub tokens_per_environment: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct JobSettings {
+    /// Job runners per service process; 0 runs none (an API-only replica).
+    pub runners: usize,
+    /// Items per chunk: one transaction each.
+    pub chunk_size: usize,
+    /// How long a claim lasts without progress before another runner may take the job over.
+    pub lease_seconds: u64,
+    /// Fallback polling period when no notification arrives.
+    pub poll_interval_ms: u64,
+    /// Claims after which a job that keeps failing is marked FAILED.
+    pub max_attempts: i32,
+    /// Largest accepted job body.
+    pub max_body_bytes: usize,
+    /// Items per job.
+    pub max_items: usize,
+    /// How long an `"async": false` request waits for its job.
+    pub sync_wait_seconds: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -170,6 +191,22 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return fail("database.max_connections must be at least 1".into());
+        }
+        let jobs = &self.jobs;
+        if jobs.chunk_size == 0 || jobs.chunk_size > 10_000 {
+            return fail("jobs.chunk_size must be from 1 to 10000".into());
+        }
+        if jobs.lease_seconds < 2 {
+            return fail("jobs.lease_seconds must be at least 2".into());
+        }
+        if jobs.poll_interval_ms == 0 {
+            return fail("jobs.poll_interval_ms must be at least 1".into());
+        }
+        if jobs.max_attempts < 1 {
+            return fail("jobs.max_attempts must be at least 1".into());
+        }
+        if jobs.max_items == 0 || jobs.max_items > i32::MAX as usize {
+            return fail("jobs.max_items must be from 1 to 2147483647".into());
         }
         if self.limits.tokens_per_environment < 0 {
             return fail("limits.tokens_per_environment must not be negative".into());

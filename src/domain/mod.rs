@@ -1,8 +1,9 @@
 //! Types that can only hold valid values. Request bodies are parsed into these once, at the edge;
 //! everything below the routes takes them and never checks again.
 
+pub mod job;
 mod secret;
-mod token;
+pub mod token;
 mod validation;
 
 pub use secret::Secret;

@@ -2,6 +2,8 @@
 //! bodies, cursors and links.
 
 pub mod health;
+pub mod idempotency;
+pub mod jobs;
 pub mod tokens;
 
 use actix_web::http::header;
@@ -37,6 +39,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(tokens::get))
             .route(web::delete().to(tokens::delete))
             .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/environments/{env_id}/oathJobs")
+            .route(web::get().to(jobs::list))
+            .route(web::post().to(jobs::submit))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource([
+            "/v1/environments/{env_id}/oathJobs/{job_id}",
+            "/v1/environments/{env_id}/jobs/{job_id}",
+        ])
+        .route(web::get().to(jobs::get))
+        .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/environments/{env_id}/oathJobs/{job_id}/results")
+            .route(web::get().to(jobs::results))
+            .default_service(web::to(error::method_not_allowed)),
     );
 }
 
@@ -56,7 +77,11 @@ pub async fn json_body(
 ) -> Result<Value, ApiError> {
     require_media_type(req, &["application/json"])?;
     let bytes = read_body(req, payload, limit).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    parse_json(&bytes)
+}
+
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         // serde_json syntax errors carry a position, never the input itself.
         ApiError::InvalidRequest(format!(
             "The request body is not valid JSON (line {}, column {}).",

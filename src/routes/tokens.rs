@@ -1,12 +1,13 @@
 //! `/v1/environments/{envID}/oathTokens`: create, read, list and delete single tokens.
 
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{cursor, json_body, page_limit, path_id, IdRef, Link};
+use super::idempotency::IdempotencyKey;
+use super::{cursor, page_limit, parse_json, path_id, read_body, require_media_type, IdRef, Link};
 use crate::auth::Scope;
 use crate::domain::{DetailCode, FieldError, NewToken, SerialNumber, TokenSource};
 use crate::error::ApiError;
@@ -114,7 +115,9 @@ pub async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let env = state.authorize(&req, "env_id", Scope::TokensWrite).await?;
-    let body = json_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    require_media_type(&req, &["application/json"])?;
+    let bytes = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let body = parse_json(&bytes)?;
     if !body.is_object() {
         return Err(ApiError::InvalidRequest(
             "The request body must be a JSON object.".into(),
@@ -122,10 +125,18 @@ pub async fn create(
     }
     let token = NewToken::parse(&body, TokenSource::Single).map_err(ApiError::invalid_data)?;
 
+    let idempotency = IdempotencyKey::from_request(&req, &bytes)?;
+
     let id = Uuid::now_v7();
     let sealed = state.cipher.seal(&token.secret, env, id);
     let limit = state.settings.limits.tokens_per_environment;
-    let row = store::insert(&state.db, env, id, &token, &sealed, limit)
+    let mut tx = state.db.begin().await?;
+    if let Some(key) = &idempotency {
+        if let Err(first_response) = key.claim(&mut tx, &state, env).await? {
+            return Ok(first_response);
+        }
+    }
+    let row = store::insert(&mut tx, env, id, &token, &sealed, limit)
         .await
         .map_err(|e| match e {
             InsertError::Duplicate => ApiError::invalid_data(vec![FieldError::new(
@@ -140,11 +151,19 @@ pub async fn create(
             )]),
             InsertError::Db(e) => e.into(),
         })?;
-    tracing::info!(token_id = %row.id, serial_number = %row.serial_number, "token created");
     let resource = TokenResource::new(state.settings.base_url(), row);
+    let location = resource.links.self_.href.clone();
+    let body = serde_json::to_vec(&resource).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(key) = &idempotency {
+        key.record(&mut tx, env, StatusCode::CREATED, Some(&location), &body)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(token_id = %id, serial_number = %token.serial_number.as_str(), "token created");
     Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, resource.links.self_.href.clone()))
-        .json(resource))
+        .insert_header((header::LOCATION, location))
+        .content_type("application/json")
+        .body(body))
 }
 
 pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

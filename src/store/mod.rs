@@ -1,6 +1,8 @@
 //! SQL, one file per table family. Functions take a pool or a transaction and domain types, and
 //! return rows; they decide nothing the database can decide better (uniqueness, quotas).
 
+pub mod idempotency;
+pub mod jobs;
 pub mod secrets;
 pub mod tokens;
 

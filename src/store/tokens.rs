@@ -1,7 +1,7 @@
 //! `oath_tokens` and `environment_usage`: insert under the quota, read, list by keyset, delete.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::crypto::Sealed;
@@ -38,16 +38,16 @@ pub enum InsertError {
     Db(#[from] sqlx::Error),
 }
 
-/// Inserts one token and counts it against the environment's quota, atomically.
+/// Inserts one token and counts it against the environment's quota, in the caller's transaction
+/// (which must be rolled back on error).
 pub async fn insert(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     env: Uuid,
     id: Uuid,
     token: &NewToken,
     sealed: &Sealed,
     limit: i64,
 ) -> Result<TokenRow, InsertError> {
-    let mut tx = pool.begin().await?;
     let (counter, time_step) = match token.kind {
         TokenKind::Hotp { counter } => (Some(counter), None),
         TokenKind::Totp { time_step } => (None, Some(time_step)),
@@ -80,18 +80,16 @@ pub async fn insert(
         }
         _ => InsertError::Db(e),
     })?;
-    if !reserve(&mut tx, env, 1, limit).await? {
-        tx.rollback().await?;
+    if !reserve(tx, env, 1, limit).await? {
         return Err(InsertError::LimitExceeded);
     }
-    tx.commit().await?;
     Ok(row)
 }
 
 /// Adds `n` to the environment's token count if the result stays within `limit`. Returns false
 /// (and changes nothing) otherwise. The row lock it takes serialises concurrent reservations.
 pub async fn reserve(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     env: Uuid,
     n: i64,
     limit: i64,
@@ -107,7 +105,7 @@ pub async fn reserve(
         n,
         limit,
     )
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     Ok(updated.is_some())
 }

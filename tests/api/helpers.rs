@@ -1,10 +1,13 @@
 //! Spawning the app against a test database, and calling it.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use oath_service::auth::{self, Scope};
 use oath_service::config::Settings;
+use oath_service::domain::job::JobType;
+use oath_service::jobs::runner::{Runner, Step};
 use oath_service::startup::{self, AppState, Application};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{json, Value};
@@ -120,6 +123,51 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    pub fn jobs_path(&self) -> String {
+        format!("/v1/environments/{}/oathJobs", self.env)
+    }
+
+    /// POSTs a job body with the media type of its `type`.
+    pub async fn submit_job(&self, body: &Value) -> Response {
+        let media_type = match body["type"].as_str() {
+            Some("REVOKE_OATH_TOKENS") => JobType::REVOKE_MEDIA_TYPE,
+            _ => JobType::CREATE_MEDIA_TYPE,
+        };
+        self.request(Method::POST, &self.jobs_path())
+            .header("content-type", media_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A job runner on this app's database and settings, driven by the test.
+    pub fn runner(&self, owner: &str) -> Runner {
+        Runner::new(
+            self.pool.clone(),
+            Arc::new(self.settings.clone()),
+            owner.to_string(),
+        )
+    }
+
+    /// Steps a runner until it finds nothing to do; returns the steps taken.
+    pub async fn drain(&self, runner: &mut Runner) -> Vec<Step> {
+        let mut steps = Vec::new();
+        loop {
+            match runner.step().await.expect("runner step") {
+                Step::Idle => return steps,
+                step => steps.push(step),
+            }
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect(sql)
     }
 
     pub async fn get_path(&self, path: &str) -> Response {

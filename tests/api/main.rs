@@ -4,6 +4,7 @@
 mod auth;
 mod errors;
 mod helpers;
+mod jobs;
 mod outage;
 mod secrets;
 mod tokens;

@@ -1,0 +1,85 @@
+-- Bulk jobs: the job, its input items (consumed chunk by chunk), and per-item results.
+
+create table oath_jobs (
+    environment_id   uuid        not null,
+    id               uuid        not null,
+    type             text        not null,
+    async            boolean     not null,
+    force_unpair     boolean     not null default false,
+    status           text        not null default 'PENDING',
+    reason           text,
+    total            integer     not null,
+    -- Items [0, processed) are done; the next chunk starts at `processed`.
+    processed        integer     not null default 0,
+    created          integer     not null default 0,
+    duplicates       integer     not null default 0,
+    revoked          integer     not null default 0,
+    not_found        integer     not null default 0,
+    skipped_paired   integer     not null default 0,
+    failed           integer     not null default 0,
+    -- Fencing token: incremented by every claim; a chunk commits only under the attempt that
+    -- claimed it, so a runner that lost its lease cannot write.
+    attempt          integer     not null default 0,
+    lease_owner      text,
+    lease_expires_at timestamptz,
+    created_at       timestamptz not null default now(),
+    updated_at       timestamptz not null default now(),
+    completed_at     timestamptz,
+    constraint oath_jobs_pkey primary key (environment_id, id),
+    constraint oath_jobs_type_check check (type in ('CREATE_OATH_TOKENS', 'REVOKE_OATH_TOKENS')),
+    constraint oath_jobs_status_check
+        check (status in ('PENDING', 'IN_PROGRESS', 'DONE', 'FAILED')),
+    constraint oath_jobs_progress_check check (processed between 0 and total)
+);
+
+-- What runners look for: pending jobs, and running ones whose lease may have expired.
+create index oath_jobs_runnable_idx on oath_jobs (created_at)
+    where status in ('PENDING', 'IN_PROGRESS');
+
+-- Job input, one row per item, deleted as its chunk commits. Create items carry the token to
+-- write, its secret already sealed for the pre-assigned token id; revoke items carry the id.
+create table oath_job_items (
+    environment_id    uuid     not null,
+    job_id            uuid     not null,
+    idx               integer  not null,
+    row_number        bigint,
+    token_id          uuid     not null,
+    serial_number     text,
+    token_type        text,
+    otp_length        smallint,
+    hash_algorithm    text,
+    counter           bigint,
+    time_step         integer,
+    secret_ciphertext bytea,
+    secret_key_id     text,
+    masked_secret     text,
+    constraint oath_job_items_pkey primary key (environment_id, job_id, idx)
+);
+
+create table job_results (
+    environment_id uuid    not null,
+    job_id         uuid    not null,
+    idx            integer not null,
+    row_number     bigint,
+    serial_number  text,
+    token_id       uuid,
+    outcome        text    not null,
+    masked_secret  text,
+    message        text,
+    constraint job_results_pkey primary key (environment_id, job_id, idx),
+    constraint job_results_outcome_check check (outcome in (
+        'CREATED', 'DUPLICATE', 'REVOKED', 'NOT_FOUND', 'SKIPPED_PAIRED', 'LIMIT_EXCEEDED', 'INVALID'))
+);
+
+-- Responses of POST requests that carried an Idempotency-Key, kept 24 hours.
+create table idempotency_keys (
+    environment_id uuid        not null,
+    key            text        not null,
+    request_hash   bytea       not null,
+    status         smallint    not null,
+    location       text,
+    body           bytea       not null,
+    created_at     timestamptz not null default now(),
+    constraint idempotency_keys_pkey primary key (environment_id, key)
+);
+create index idempotency_keys_created_at_idx on idempotency_keys (created_at);

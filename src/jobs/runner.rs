@@ -1,0 +1,270 @@
+//! The job runner: claims a runnable job, processes it one chunk (one transaction) per step, and
+//! gives it back on shutdown. Every service process runs `jobs.runners` of them; LISTEN/NOTIFY
+//! wakes them, polling is the fallback. Tests drive [`Runner::step`] directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::queue::{self, ClaimedJob};
+use super::{create, revoke, ChunkError};
+use crate::config::Settings;
+use crate::domain::job::JobType;
+use crate::error::is_unavailable;
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to do.
+    Idle,
+    /// A chunk committed; the job goes on.
+    Progress {
+        job: Uuid,
+        processed: i32,
+        total: i32,
+    },
+    /// The job ended (DONE, or FAILED with a reason).
+    Finished { job: Uuid, failed: bool },
+    /// Another runner took the job over (this one's lease expired); nothing was written.
+    LeaseLost { job: Uuid },
+}
+
+pub struct Runner {
+    pool: PgPool,
+    settings: Arc<Settings>,
+    owner: String,
+    current: Option<ClaimedJob>,
+}
+
+impl Runner {
+    pub fn new(pool: PgPool, settings: Arc<Settings>, owner: String) -> Self {
+        Self {
+            pool,
+            settings,
+            owner,
+            current: None,
+        }
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.settings.jobs.lease_seconds)
+    }
+
+    /// Claims a job if it holds none, then processes one chunk of it.
+    pub async fn step(&mut self) -> Result<Step, sqlx::Error> {
+        let job = match self.current.take() {
+            Some(job) => job,
+            None => match queue::claim(&self.pool, &self.owner, self.lease()).await? {
+                Some(job) => {
+                    tracing::info!(job_id = %job.id, attempt = job.attempt, "job claimed");
+                    job
+                }
+                None => return Ok(Step::Idle),
+            },
+        };
+        match self.chunk(&job).await {
+            Ok(step) => {
+                if matches!(step, Step::Progress { .. }) {
+                    self.current = Some(job);
+                }
+                Ok(step)
+            }
+            Err(e) => {
+                // Keep the job: the next step retries the chunk while the lease lasts.
+                self.current = Some(job);
+                Err(e)
+            }
+        }
+    }
+
+    async fn chunk(&self, job: &ClaimedJob) -> Result<Step, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let Some((processed, total)) = queue::fence(&mut tx, job, self.lease()).await? else {
+            tx.rollback().await?;
+            tracing::warn!(job_id = %job.id, attempt = job.attempt, "job lease lost");
+            return Ok(Step::LeaseLost { job: job.id });
+        };
+        if job.attempt > self.settings.jobs.max_attempts {
+            let reason = format!(
+                "The job was interrupted {} times and could not finish; submit it again.",
+                job.attempt - 1
+            );
+            queue::fail(&mut tx, job, &reason).await?;
+            tx.commit().await?;
+            tracing::warn!(job_id = %job.id, attempt = job.attempt, "job failed: too many attempts");
+            return Ok(Step::Finished {
+                job: job.id,
+                failed: true,
+            });
+        }
+        let hi = total.min(processed.saturating_add(self.settings.jobs.chunk_size as i32));
+        let outcome = match job.job_type {
+            JobType::CreateTokens => {
+                let limit = self.settings.limits.tokens_per_environment;
+                create::process_chunk(&mut tx, job, processed, hi, limit).await
+            }
+            JobType::RevokeTokens => revoke::process_chunk(&mut tx, job, processed, hi).await,
+        };
+        let counts = match outcome {
+            Ok(counts) => counts,
+            Err(ChunkError::Db(e)) => return Err(e),
+            Err(ChunkError::InputMissing) => {
+                // Roll back the partial chunk, then fail the job in a transaction of its own.
+                tx.rollback().await?;
+                let mut tx = self.pool.begin().await?;
+                queue::fail(
+                    &mut tx,
+                    job,
+                    "The job's stored input could not be read completely; submit the job again.",
+                )
+                .await?;
+                tx.commit().await?;
+                tracing::error!(job_id = %job.id, "job failed: input items missing");
+                return Ok(Step::Finished {
+                    job: job.id,
+                    failed: true,
+                });
+            }
+        };
+        let (processed, done) = queue::advance(&mut tx, job, &counts).await?;
+        tx.commit().await?;
+        tracing::debug!(
+            job_id = %job.id, processed, total,
+            chunk_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "job chunk committed"
+        );
+        if done {
+            tracing::info!(job_id = %job.id, total, "job done");
+            Ok(Step::Finished {
+                job: job.id,
+                failed: false,
+            })
+        } else {
+            Ok(Step::Progress {
+                job: job.id,
+                processed,
+                total,
+            })
+        }
+    }
+
+    /// Gives the current job back (shutdown), so another runner resumes it without waiting.
+    pub async fn release(&mut self) {
+        if let Some(job) = self.current.take() {
+            if let Err(e) = queue::release(&self.pool, &job).await {
+                tracing::warn!(job_id = %job.id, error = %e, "could not release job lease");
+            }
+        }
+    }
+}
+
+/// The runners of one process, and how to stop them.
+pub struct RunnerPool {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunnerPool {
+    /// Starts `jobs.runners` runners and one LISTEN task that wakes them.
+    pub fn start(pool: PgPool, settings: Arc<Settings>) -> Self {
+        let (shutdown, stop) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        if settings.jobs.runners > 0 {
+            tasks.push(tokio::spawn(listen(
+                pool.clone(),
+                wake.clone(),
+                stop.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(purge_idempotency_keys(
+            pool.clone(),
+            stop.clone(),
+        )));
+        let process = Uuid::new_v4();
+        for n in 0..settings.jobs.runners {
+            let runner = Runner::new(pool.clone(), settings.clone(), format!("{process}/{n}"));
+            tasks.push(tokio::spawn(run(runner, wake.clone(), stop.clone())));
+        }
+        Self { shutdown, tasks }
+    }
+
+    /// Stops claiming, lets each runner finish its current chunk and release its job.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run(mut runner: Runner, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let poll = Duration::from_millis(runner.settings.jobs.poll_interval_ms);
+    while !*stop.borrow() {
+        let idle = match runner.step().await {
+            Ok(Step::Idle) => true,
+            Ok(_) => false,
+            Err(e) => {
+                if is_unavailable(&e) {
+                    tracing::warn!(error = %e, "job runner: database unavailable");
+                } else {
+                    tracing::error!(error = %e, "job runner: chunk failed");
+                }
+                true
+            }
+        };
+        if idle {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+    runner.release().await;
+}
+
+/// Turns notifications of new jobs into wake-ups. Reconnects after errors; polling covers what
+/// is missed meanwhile.
+async fn listen(pool: PgPool, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if let Ok(mut listener) = PgListener::connect_with(&pool).await {
+            if listener.listen(queue::CHANNEL).await.is_ok() {
+                loop {
+                    tokio::select! {
+                        n = listener.recv() => match n {
+                            Ok(_) => wake.notify_waiters(),
+                            Err(_) => break,
+                        },
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Forgets expired Idempotency-Keys, hourly.
+async fn purge_idempotency_keys(pool: PgPool, mut stop: watch::Receiver<bool>) {
+    loop {
+        match crate::store::idempotency::purge_expired(&pool).await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys purged"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

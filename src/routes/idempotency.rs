@@ -1,0 +1,109 @@
+//! `Idempotency-Key` on POST: a retry with the same key and the same request returns the first
+//! response without doing the work again; the same key with another request is 409.
+
+use actix_web::http::header::{self, HeaderName};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::store::idempotency::{self as store, Stored};
+
+pub const HEADER: HeaderName = HeaderName::from_static("idempotency-key");
+const MAX_KEY_LEN: usize = 255;
+
+pub struct IdempotencyKey {
+    key: String,
+    request_hash: Vec<u8>,
+}
+
+impl IdempotencyKey {
+    /// The request's key, if it sent one, bound to what it asks: method, path, media type, body.
+    pub fn from_request(req: &HttpRequest, body: &[u8]) -> Result<Option<Self>, ApiError> {
+        let Some(value) = req.headers().get(&HEADER) else {
+            return Ok(None);
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|k| {
+                (1..=MAX_KEY_LEN).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters."
+                ))
+            })?;
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let mut hash = Sha256::new();
+        for part in [
+            req.method().as_str().as_bytes(),
+            req.path().as_bytes(),
+            content_type,
+        ] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        hash.update(body);
+        Ok(Some(Self {
+            key: key.to_string(),
+            request_hash: hash.finalize().to_vec(),
+        }))
+    }
+
+    fn respond(&self, stored: Stored) -> Result<HttpResponse, ApiError> {
+        if stored.request_hash != self.request_hash {
+            return Err(ApiError::Conflict(
+                "This Idempotency-Key was used for a different request.".into(),
+            ));
+        }
+        let status = StatusCode::from_u16(stored.status as u16)
+            .map_err(|_| ApiError::Internal("stored idempotent response has no status".into()))?;
+        let mut res = HttpResponse::build(status);
+        res.content_type("application/json")
+            .insert_header(("idempotent-replayed", "true"));
+        if let Some(location) = stored.location {
+            res.insert_header((header::LOCATION, location));
+        }
+        Ok(res.body(stored.body))
+    }
+
+    /// Claims the key in the request's transaction. Err carries the response to return instead
+    /// (the first request's, or 409): the caller then drops its transaction.
+    pub async fn claim(
+        &self,
+        tx: &mut PgConnection,
+        state: &AppState,
+        env: Uuid,
+    ) -> Result<Result<(), HttpResponse>, ApiError> {
+        if store::claim(tx, env, &self.key, &self.request_hash).await? {
+            return Ok(Ok(()));
+        }
+        match store::find(&state.db, env, &self.key).await? {
+            Some(stored) => Ok(Err(self.respond(stored)?)),
+            // Expired between the two statements: extremely unlikely; ask for a retry.
+            None => Err(ApiError::Conflict(
+                "A request with this Idempotency-Key is being processed; retry it.".into(),
+            )),
+        }
+    }
+
+    pub async fn record(
+        &self,
+        conn: &mut PgConnection,
+        env: Uuid,
+        status: StatusCode,
+        location: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), ApiError> {
+        store::record(conn, env, &self.key, status.as_u16(), location, body).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,623 @@
+//! Bulk jobs over HTTP, with runners driven step by step by the test.
+
+use futures_util::future::join_all;
+use oath_service::jobs::runner::{RunnerPool, Step};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+use crate::helpers::{assert_error, details, parts, spawn_app, spawn_app_with, TestApp, BASE_URL};
+
+/// The body of seed 000.
+fn seed_000() -> Value {
+    json!({"type": "CREATE_OATH_TOKENS", "tokens": [
+        {"serialNumber": "2308734700388", "secret": "6EBD59F71A634C48C4619CD33F6C385C9237C9BA",
+         "type": "HOTP", "hotp": {"counter": 456789}, "otpLength": 8},
+        {"serialNumber": "2399934700388", "secret": "6EBD88F71A634C48C4619CD33F6C385C9237C9BA",
+         "type": "TOTP", "totp": {"timeStep": 30}, "otpLength": 6, "hashAlgorithm": "HmacSHA512"},
+        {"serialNumber": "2308734700397", "secret": "6EBD59F71A634C48C4619CB44F6C385C9237C9BC",
+         "type": "HOTP", "otpLength": 8},
+        {"serialNumber": "2308734700412", "secret": "6EBD59F71A634C48C4619CB33F6C356C9237C9BD",
+         "type": "HOTP", "otpLength": 8},
+        {"serialNumber": "2308734700444", "secret": "6EBD59F71A634C48C4619CB33F6C385C9237C9CA",
+         "type": "HOTP", "hotp": {"counter": 456789}, "otpLength": 8},
+        {"serialNumber": "2308734700567", "secret": "6EBD59F71A634C48C4619CB33F6C385C9237C9AB",
+         "type": "HOTP", "hotp": {"counter": 456789}, "otpLength": 8},
+        {"serialNumber": "2300004700388", "secret": "6EBD88F98A634C48C4619CD33F6C385C9237C9BA",
+         "type": "TOTP", "totp": {"timeStep": 30}, "otpLength": 6, "hashAlgorithm": "HmacSHA512"},
+        {"serialNumber": "2399934700300", "secret": "6EBD88F98A634C48C4619CD33F6C388C9237C9BA",
+         "type": "TOTP", "totp": {"timeStep": 60}, "otpLength": 8, "hashAlgorithm": "HmacSHA256"}
+    ]})
+}
+
+fn hotp(serial: String) -> Value {
+    json!({"serialNumber": serial, "secret": "3132333435363738393031323334353637383930",
+           "type": "HOTP", "otpLength": 6})
+}
+
+fn create_job(serials: impl IntoIterator<Item = String>) -> Value {
+    json!({"type": "CREATE_OATH_TOKENS", "tokens": serials.into_iter().map(hotp).collect::<Vec<_>>()})
+}
+
+async fn job(app: &TestApp, id: &str) -> Value {
+    let (status, body) = parts(app.get_path(&format!("{}/{id}", app.jobs_path())).await).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn submit(app: &TestApp, body: &Value) -> Value {
+    let (status, job) = parts(app.submit_job(body).await).await;
+    assert_eq!(status, 202, "{job}");
+    job
+}
+
+#[sqlx::test]
+async fn seed_000_with_two_existing_serials_ends_done_with_masked_duplicates(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let tokens = seed_000()["tokens"].as_array().unwrap().clone();
+    for i in [3, 6] {
+        assert_eq!(app.create_token(&tokens[i]).await.status(), 201);
+    }
+
+    let res = app.submit_job(&seed_000()).await;
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let (status, accepted) = parts(res).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let self_href = format!("{BASE_URL}/v1/environments/{}/jobs/{id}", app.env);
+    assert_eq!(location, self_href);
+    assert_eq!(accepted["_links"]["self"]["href"], self_href);
+    assert_eq!(
+        accepted["_links"]["environment"]["href"],
+        format!("{BASE_URL}/v1/environments/{}", app.env)
+    );
+    assert_eq!(accepted["environment"]["id"], app.env.to_string());
+    assert_eq!(accepted["type"], "CREATE_OATH_TOKENS");
+    assert_eq!(accepted["async"], true);
+    assert_eq!(accepted["status"], "PENDING");
+    assert_eq!(accepted["result"], json!({"created": 0}));
+    assert_eq!(accepted["progress"], json!({"processed": 0, "total": 8}));
+    // Accepted before any token is written.
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 2);
+
+    let steps = app.drain(&mut app.runner("r1")).await;
+    assert!(
+        matches!(steps.last(), Some(Step::Finished { failed: false, .. })),
+        "{steps:?}"
+    );
+
+    let done = job(&app, &id).await;
+    assert_eq!(done["status"], "DONE");
+    assert_eq!(
+        done["result"],
+        json!({"created": 6, "duplicates": [
+            {"serialNumber": "2308734700412", "maskedSecret": "6E******"},
+            {"serialNumber": "2300004700388", "maskedSecret": "6E******"}
+        ], "duplicatesCount": 2})
+    );
+    assert_eq!(done["progress"], json!({"processed": 8, "total": 8}));
+    assert!(done["completedAt"].is_string());
+    assert!(done.get("reason").is_none());
+    // The alias path serves the same resource.
+    let (_, alias) = parts(
+        app.get_path(&format!("/v1/environments/{}/jobs/{id}", app.env))
+            .await,
+    )
+    .await;
+    assert_eq!(alias, done);
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 8);
+    assert_eq!(
+        app.count("select token_count from environment_usage").await,
+        8
+    );
+    // Input secrets are gone once the job is done.
+    assert_eq!(app.count("select count(*) from oath_job_items").await, 0);
+
+    // Created tokens read back like single ones.
+    let path = format!(
+        "{}?filter=serialNumber%20eq%20%222399934700300%22",
+        app.tokens_path()
+    );
+    let (_, page) = parts(app.get_path(&path).await).await;
+    let token = &page["_embedded"]["oathTokens"][0];
+    assert_eq!(token["totp"], json!({"timeStep": 60, "drift": 0}));
+    assert_eq!(token["hashAlgorithm"], "HmacSHA256");
+    assert_eq!(token["otpLength"], 8);
+
+    // Per-item results, in item order.
+    let (status, results) = parts(
+        app.get_path(&format!("{}/{id}/results", app.jobs_path()))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{results}");
+    assert_eq!(results["size"], 8);
+    let rows = results["_embedded"]["results"].as_array().unwrap();
+    let outcomes: Vec<&str> = rows
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "CREATED",
+            "CREATED",
+            "CREATED",
+            "DUPLICATE",
+            "CREATED",
+            "CREATED",
+            "DUPLICATE",
+            "CREATED"
+        ]
+    );
+    assert_eq!(rows[0]["index"], 0);
+    assert_eq!(rows[0]["serialNumber"], "2308734700388");
+    assert!(rows[0]["tokenId"].is_string());
+    assert!(rows[3].get("tokenId").is_none());
+    assert_eq!(rows[3]["maskedSecret"], "6E******");
+    let (_, dups) = parts(
+        app.get_path(&format!(
+            "{}/{id}/results?outcome=DUPLICATE",
+            app.jobs_path()
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(dups["size"], 2);
+}
+
+#[sqlx::test]
+async fn seed_002_revoke_round_trips(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, t) = parts(app.create_token(&hotp(format!("R{i}"))).await).await;
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    let unknown = Uuid::new_v4().to_string();
+    let body = json!({"type": "REVOKE_OATH_TOKENS", "async": true, "forceUnpair": false,
+                      "tokenIds": [ids[0], unknown, ids[1], ids[2], ids[0]]});
+    let accepted = submit(&app, &body).await;
+    assert_eq!(accepted["type"], "REVOKE_OATH_TOKENS");
+    assert_eq!(accepted["status"], "PENDING");
+    assert_eq!(accepted["result"], json!({"revoked": 0}));
+    let id = accepted["id"].as_str().unwrap();
+    app.drain(&mut app.runner("r1")).await;
+    let done = job(&app, id).await;
+    assert_eq!(done["status"], "DONE");
+    assert_eq!(done["result"], json!({"revoked": 3, "notFound": 2}));
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
+    assert_eq!(
+        app.count("select token_count from environment_usage").await,
+        0
+    );
+    let (_, results) = parts(
+        app.get_path(&format!("{}/{id}/results", app.jobs_path()))
+            .await,
+    )
+    .await;
+    let outcomes: Vec<&str> = results["_embedded"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["REVOKED", "NOT_FOUND", "REVOKED", "REVOKED", "NOT_FOUND"]
+    );
+    assert_eq!(
+        results["_embedded"]["results"][1]["tokenId"],
+        unknown.as_str()
+    );
+    assert_eq!(results["_embedded"]["results"][0]["serialNumber"], "R0");
+}
+
+#[sqlx::test]
+async fn revoke_skips_paired_tokens_unless_forced(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let (_, t) = parts(app.create_token(&hotp(format!("P{i}"))).await).await;
+        ids.push(Uuid::parse_str(t["id"].as_str().unwrap()).unwrap());
+    }
+    // Paired through the store, as pairing would.
+    sqlx::query("update oath_tokens set status = 'PAIRED', user_id = 'u1' where id = $1")
+        .bind(ids[0])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let body =
+        |force: bool| json!({"type": "REVOKE_OATH_TOKENS", "forceUnpair": force, "tokenIds": ids});
+    let first = submit(&app, &body(false)).await;
+    app.drain(&mut app.runner("r1")).await;
+    let done = job(&app, first["id"].as_str().unwrap()).await;
+    assert_eq!(done["result"], json!({"revoked": 1, "skippedPaired": 1}));
+    let forced = submit(&app, &body(true)).await;
+    app.drain(&mut app.runner("r1")).await;
+    let done = job(&app, forced["id"].as_str().unwrap()).await;
+    assert_eq!(done["result"], json!({"revoked": 1, "notFound": 1}));
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
+}
+
+#[sqlx::test]
+async fn invalid_items_reject_the_whole_job_and_store_nothing(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut body = create_job((0..5).map(|i| format!("V{i}")));
+    body["tokens"][1]["otpLength"] = json!(7);
+    body["tokens"][3]["secret"] = json!("zz");
+    body["tokens"][4]["hotp"] = json!({"counter": -1});
+    let (status, res) = parts(app.submit_job(&body).await).await;
+    assert_error(status, &res, 400, "INVALID_DATA");
+    let targets: Vec<String> = details(&res).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        targets,
+        [
+            "tokens[1].otpLength",
+            "tokens[3].secret",
+            "tokens[4].hotp.counter"
+        ]
+    );
+
+    // The type must agree with the media type.
+    let res = app
+        .request(Method::POST, &app.jobs_path())
+        .header(
+            "content-type",
+            oath_service::domain::job::JobType::REVOKE_MEDIA_TYPE,
+        )
+        .body(create_job(["X1".to_string()]).to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, res) = parts(res).await;
+    assert_error(status, &res, 400, "INVALID_DATA");
+    assert!(details(&res).iter().any(|(_, t)| t == "type"));
+
+    // Plain JSON is not a job media type.
+    let res = app
+        .request(Method::POST, &app.jobs_path())
+        .json(&create_job(["X1".to_string()]))
+        .send()
+        .await
+        .unwrap();
+    let (status, res) = parts(res).await;
+    assert_error(status, &res, 415, "UNSUPPORTED_MEDIA_TYPE");
+
+    // Empty, and one more than the limit.
+    let (status, res) = parts(
+        app.submit_job(&json!({"type": "CREATE_OATH_TOKENS", "tokens": []}))
+            .await,
+    )
+    .await;
+    assert_error(status, &res, 400, "INVALID_DATA");
+    let too_many = create_job((0..100_001).map(|i| format!("M{i}")));
+    let (status, res) = parts(app.submit_job(&too_many).await).await;
+    assert_error(status, &res, 400, "INVALID_DATA");
+    assert_eq!(
+        details(&res),
+        vec![("INVALID_VALUE".to_string(), "tokens".to_string())]
+    );
+
+    for table in ["oath_jobs", "oath_job_items", "job_results", "oath_tokens"] {
+        assert_eq!(
+            app.count(&format!("select count(*) from {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn many_invalid_items_are_capped_at_1000_details(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut body = create_job((0..1500).map(|i| format!("C{i}")));
+    for t in body["tokens"].as_array_mut().unwrap() {
+        t["otpLength"] = json!(5);
+    }
+    let (status, res) = parts(app.submit_job(&body).await).await;
+    assert_error(status, &res, 400, "INVALID_DATA");
+    assert_eq!(res["details"].as_array().unwrap().len(), 1000);
+    assert!(res["message"].as_str().unwrap().contains("1500"), "{res}");
+}
+
+#[sqlx::test]
+async fn oversized_job_bodies_are_413(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.jobs.max_body_bytes = 2048).await;
+    let (status, res) = parts(
+        app.submit_job(&create_job((0..100).map(|i| format!("B{i}"))))
+            .await,
+    )
+    .await;
+    assert_error(status, &res, 413, "REQUEST_TOO_LARGE");
+}
+
+#[sqlx::test]
+async fn a_second_identical_job_creates_nothing(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 7).await;
+    let body = create_job((0..50).map(|i| format!("D{i}")));
+    let first = submit(&app, &body).await;
+    let second = submit(&app, &body).await;
+    let steps = app.drain(&mut app.runner("r1")).await;
+    assert_eq!(steps.len(), 2 * 50usize.div_ceil(7), "{steps:?}");
+    let first = job(&app, first["id"].as_str().unwrap()).await;
+    let second = job(&app, second["id"].as_str().unwrap()).await;
+    assert_eq!(first["result"], json!({"created": 50}));
+    assert_eq!(second["result"]["created"], 0);
+    assert_eq!(second["result"]["duplicatesCount"], 50);
+    assert_eq!(second["result"]["duplicates"].as_array().unwrap().len(), 50);
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 50);
+}
+
+#[sqlx::test]
+async fn repeated_serials_in_one_job_are_duplicates(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 2).await;
+    let body = create_job(["A", "B", "A", "C", "C", "A"].map(String::from));
+    let accepted = submit(&app, &body).await;
+    app.drain(&mut app.runner("r1")).await;
+    let done = job(&app, accepted["id"].as_str().unwrap()).await;
+    assert_eq!(done["result"]["created"], 3);
+    assert_eq!(done["result"]["duplicatesCount"], 3);
+}
+
+#[sqlx::test]
+async fn concurrent_jobs_never_pass_the_quota(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| {
+        s.limits.tokens_per_environment = 150;
+        s.jobs.chunk_size = 10;
+    })
+    .await;
+    let a = submit(&app, &create_job((0..100).map(|i| format!("QA{i}")))).await;
+    let b = submit(&app, &create_job((0..100).map(|i| format!("QB{i}")))).await;
+    // Two runners race over both jobs.
+    let (mut r1, mut r2) = (app.runner("r1"), app.runner("r2"));
+    let (s1, s2) = tokio::join!(app.drain(&mut r1), app.drain(&mut r2));
+    assert!(!s1.is_empty() && !s2.is_empty());
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 150);
+    assert_eq!(
+        app.count("select token_count from environment_usage").await,
+        150
+    );
+    let mut created = 0;
+    let mut failed = 0;
+    for id in [&a["id"], &b["id"]] {
+        let done = job(&app, id.as_str().unwrap()).await;
+        assert_eq!(done["status"], "DONE");
+        created += done["result"]["created"].as_i64().unwrap();
+        failed += done["result"]["failed"].as_i64().unwrap_or(0);
+    }
+    assert_eq!((created, failed), (150, 50));
+    assert_eq!(
+        app.count("select count(*) from job_results where outcome = 'LIMIT_EXCEEDED'")
+            .await,
+        50
+    );
+}
+
+#[sqlx::test]
+async fn a_runner_that_lost_its_lease_writes_nothing(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 10).await;
+    let accepted = submit(&app, &create_job((0..30).map(|i| format!("L{i}")))).await;
+    let id = accepted["id"].as_str().unwrap();
+    let mut slow = app.runner("slow");
+    assert!(matches!(
+        slow.step().await.unwrap(),
+        Step::Progress { processed: 10, .. }
+    ));
+    // Its lease runs out; another runner takes the job over.
+    sqlx::query("update oath_jobs set lease_expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut fast = app.runner("fast");
+    assert!(matches!(
+        fast.step().await.unwrap(),
+        Step::Progress { processed: 20, .. }
+    ));
+    assert!(matches!(slow.step().await.unwrap(), Step::LeaseLost { .. }));
+    app.drain(&mut fast).await;
+    let done = job(&app, id).await;
+    assert_eq!(done["status"], "DONE");
+    assert_eq!(done["result"], json!({"created": 30}));
+    assert_eq!(app.count("select count(*) from job_results").await, 30);
+    assert_eq!(app.count("select attempt::bigint from oath_jobs").await, 2);
+}
+
+#[sqlx::test]
+async fn a_job_whose_input_is_gone_fails_with_a_reason(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let accepted = submit(&app, &create_job((0..3).map(|i| format!("F{i}")))).await;
+    sqlx::query("delete from oath_job_items where idx = 1")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.drain(&mut app.runner("r1")).await;
+    let failed = job(&app, accepted["id"].as_str().unwrap()).await;
+    assert_eq!(failed["status"], "FAILED");
+    assert!(failed["reason"]
+        .as_str()
+        .unwrap()
+        .contains("submit the job again"));
+    assert_eq!(app.count("select count(*) from oath_job_items").await, 0);
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
+}
+
+#[sqlx::test]
+async fn idempotency_key_replays_and_conflicts(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let post_job = |key: &'static str, body: Value| {
+        let app = &app;
+        async move {
+            app.request(Method::POST, &app.jobs_path())
+                .header(
+                    "content-type",
+                    oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
+                )
+                .header("idempotency-key", key)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let body = create_job((0..3).map(|i| format!("I{i}")));
+    // Concurrent retries with one key: one job.
+    let responses = join_all((0..5).map(|_| post_job("job-key-1", body.clone()))).await;
+    let mut bodies = Vec::new();
+    for res in responses {
+        let (status, b) = parts(res).await;
+        assert_eq!(status, 202, "{b}");
+        bodies.push(b);
+    }
+    assert!(bodies.iter().all(|b| b == &bodies[0]));
+    assert_eq!(app.count("select count(*) from oath_jobs").await, 1);
+    let (status, res) = parts(post_job("job-key-1", create_job(["Other".to_string()])).await).await;
+    assert_error(status, &res, 409, "CONFLICT");
+
+    // Single creates too.
+    let create = |key: &'static str| {
+        let app = &app;
+        async move {
+            app.request(Method::POST, &app.tokens_path())
+                .header("idempotency-key", key)
+                .json(&hotp("ONE".to_string()))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let (s1, b1) = parts(create("tok-key").await).await;
+    let (s2, b2) = parts(create("tok-key").await).await;
+    assert_eq!((s1, s2), (201, 201));
+    assert_eq!(b1, b2);
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 1);
+    // Without a key the retry is a duplicate.
+    let (status, _) = parts(app.create_token(&hotp("ONE".to_string())).await).await;
+    assert_eq!(status, 400);
+}
+
+#[sqlx::test]
+async fn async_false_waits_for_the_job(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let runners = RunnerPool::start(app.pool.clone(), Arc::new(app.settings.clone()));
+    let mut body = create_job((0..20).map(|i| format!("S{i}")));
+    body["async"] = json!(false);
+    let (status, done) = parts(app.submit_job(&body).await).await;
+    runners.stop().await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "DONE");
+    assert_eq!(done["async"], false);
+    assert_eq!(done["result"], json!({"created": 20}));
+}
+
+#[sqlx::test]
+async fn jobs_list_newest_first_and_are_scoped(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let accepted = submit(&app, &create_job([format!("J{i}")])).await;
+        ids.push(accepted["id"].as_str().unwrap().to_string());
+    }
+    ids.reverse();
+    let (status, page) = parts(app.get_path(&format!("{}?limit=2", app.jobs_path())).await).await;
+    assert_eq!(status, 200, "{page}");
+    let first: Vec<&str> = page["_embedded"]["oathJobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first, [ids[0].as_str(), ids[1].as_str()]);
+    let next = page["_links"]["next"]["href"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(BASE_URL)
+        .unwrap()
+        .to_string();
+    let (_, page) = parts(app.get_path(&next).await).await;
+    assert_eq!(page["size"], 1);
+    assert_eq!(page["_embedded"]["oathJobs"][0]["id"], ids[2].as_str());
+    assert!(page["_links"].get("next").is_none());
+
+    // Another environment's job is not found; a missing scope is 403 either way.
+    let other = app.token_for(Uuid::new_v4(), &oath_service::auth::Scope::ALL);
+    let res = app
+        .client
+        .get(app.url(&format!("{}/{}", app.jobs_path(), ids[0])))
+        .bearer_auth(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let read_only = app.token(&[oath_service::auth::Scope::TokensRead]);
+    for path in [
+        app.jobs_path(),
+        format!("{}/{}", app.jobs_path(), ids[0]),
+        format!("{}/{}/results", app.jobs_path(), Uuid::new_v4()),
+    ] {
+        let res = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(&read_only)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{path}");
+    }
+    let res = app
+        .client
+        .post(app.url(&app.jobs_path()))
+        .bearer_auth(&read_only)
+        .header(
+            "content-type",
+            oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
+        )
+        .body(create_job(["Z".to_string()]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let (status, body) = parts(
+        app.get_path(&format!("{}/{}", app.jobs_path(), Uuid::new_v4()))
+            .await,
+    )
+    .await;
+    assert_error(status, &body, 404, "NOT_FOUND");
+    let (status, body) = parts(
+        app.get_path(&format!(
+            "{}/{}/results?outcome=NOPE",
+            app.jobs_path(),
+            ids[0]
+        ))
+        .await,
+    )
+    .await;
+    assert_error(status, &body, 400, "INVALID_REQUEST");
+}
+
+#[sqlx::test]
+async fn results_page_through_every_item(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 4).await;
+    let accepted = submit(&app, &create_job((0..11).map(|i| format!("G{i}")))).await;
+    let id = accepted["id"].as_str().unwrap();
+    app.drain(&mut app.runner("r1")).await;
+    let mut next = Some(format!("{}/{id}/results?limit=5", app.jobs_path()));
+    let mut indices = Vec::new();
+    while let Some(path) = next {
+        let (status, page) = parts(app.get_path(&path).await).await;
+        assert_eq!(status, 200, "{page}");
+        indices.extend(
+            page["_embedded"]["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["index"].as_i64().unwrap()),
+        );
+        next = page["_links"]["next"]["href"]
+            .as_str()
+            .map(|h| h.strip_prefix(BASE_URL).unwrap().to_string());
+    }
+    assert_eq!(indices, (0..11).collect::<Vec<i64>>());
+}
