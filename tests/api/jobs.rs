@@ -621,3 +621,42 @@ async fn results_page_through_every_item(pool: PgPool) {
     }
     assert_eq!(indices, (0..11).collect::<Vec<i64>>());
 }
+
+#[sqlx::test]
+async fn a_100k_job_creates_every_token_and_a_second_one_only_duplicates(pool: PgPool) {
+    const N: usize = 100_000;
+    let app = spawn_app(pool).await;
+    let body = create_job((0..N).map(|i| format!("H{i:06}")));
+    let first = submit(&app, &body).await;
+    let mut runner = app.runner("r1");
+    let steps = app.drain(&mut runner).await;
+    assert_eq!(steps.len(), N / 1000);
+    let first = job(&app, first["id"].as_str().unwrap()).await;
+    assert_eq!(first["status"], "DONE");
+    assert_eq!(first["result"], json!({"created": N}));
+    assert_eq!(
+        app.count("select count(*) from oath_tokens").await,
+        N as i64
+    );
+
+    let second = submit(&app, &body).await;
+    app.drain(&mut runner).await;
+    let second = job(&app, second["id"].as_str().unwrap()).await;
+    assert_eq!(second["status"], "DONE");
+    assert_eq!(second["result"]["created"], 0);
+    assert_eq!(second["result"]["duplicatesCount"], N);
+    assert_eq!(
+        second["result"]["duplicates"].as_array().unwrap().len(),
+        1000
+    );
+    assert_eq!(
+        app.count("select count(*) from oath_tokens").await,
+        N as i64
+    );
+    assert_eq!(
+        app.count("select count(*) from job_results where outcome = 'DUPLICATE'")
+            .await,
+        N as i64
+    );
+    assert_eq!(app.count("select count(*) from oath_job_items").await, 0);
+}
