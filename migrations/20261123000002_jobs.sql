@@ -9,6 +9,8 @@ create table oath_jobs (
     status           text        not null default 'PENDING',
     reason           text,
     total            integer     not null,
+    -- Items per stored chunk, fixed when the job is submitted.
+    chunk_size       integer     not null,
     -- Items [0, processed) are done; the next chunk starts at `processed`.
     processed        integer     not null default 0,
     created          integer     not null default 0,
@@ -36,24 +38,27 @@ create table oath_jobs (
 create index oath_jobs_runnable_idx on oath_jobs (created_at)
     where status in ('PENDING', 'IN_PROGRESS');
 
--- Job input, one row per item, deleted as its chunk commits. Create items carry the token to
--- write, its secret already sealed for the pre-assigned token id; revoke items carry the id.
-create table oath_job_items (
-    environment_id    uuid     not null,
-    job_id            uuid     not null,
-    idx               integer  not null,
-    row_number        bigint,
-    token_id          uuid     not null,
-    serial_number     text,
-    token_type        text,
-    otp_length        smallint,
-    hash_algorithm    text,
-    counter           bigint,
-    time_step         integer,
-    secret_ciphertext bytea,
-    secret_key_id     text,
-    masked_secret     text,
-    constraint oath_job_items_pkey primary key (environment_id, job_id, idx)
+-- Job input, one row per chunk of `chunk_size` items (as the job was submitted), deleted when the
+-- chunk commits. Create chunks carry the tokens to write, their secrets already sealed for their
+-- pre-assigned ids; revoke chunks carry token ids only. Arrays keep the chunk one row, so storing
+-- a job writes a hundred rows, not a hundred thousand.
+create table oath_job_chunks (
+    environment_id     uuid       not null,
+    job_id             uuid       not null,
+    -- Index of the chunk's first item in the job.
+    first_idx          integer    not null,
+    token_ids          uuid[]     not null,
+    row_numbers        bigint[]   not null,
+    serial_numbers     text[],
+    token_types        text[],
+    otp_lengths        smallint[],
+    hash_algorithms    text[],
+    counters           bigint[],
+    time_steps         integer[],
+    secret_ciphertexts bytea[],
+    secret_key_ids     text[],
+    masked_secrets     text[],
+    constraint oath_job_chunks_pkey primary key (environment_id, job_id, first_idx)
 );
 
 create table job_results (

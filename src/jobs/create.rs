@@ -1,8 +1,9 @@
 //! One chunk of a CREATE_OATH_TOKENS job, inside the chunk's transaction: insert the chunk's
-//! tokens straight from the job items (their secrets are already sealed for their ids), classify
-//! each item, write its result row, and consume the items.
+//! tokens straight from the stored chunk (their secrets are already sealed for their ids),
+//! classify each item, write its result row, and consume the chunk. The data stays in the
+//! database; only ids and outcomes cross the wire.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -14,61 +15,52 @@ use crate::domain::job::Outcome;
 pub async fn process_chunk(
     tx: &mut PgConnection,
     job: &ClaimedJob,
-    lo: i32,
-    hi: i32,
+    first_idx: i32,
+    len: i32,
     limit: i64,
 ) -> Result<ChunkCounts, ChunkError> {
     let (env, job_id) = (job.environment_id, job.id);
-    let items = sqlx::query!(
-        r#"select idx, token_id, serial_number as "serial_number!"
-           from oath_job_items
-           where environment_id = $1 and job_id = $2 and idx >= $3 and idx < $4
-           order by idx"#,
+    let token_ids = sqlx::query_scalar!(
+        r#"select token_ids from oath_job_chunks
+           where environment_id = $1 and job_id = $2 and first_idx = $3"#,
         env,
         job_id,
-        lo,
-        hi,
+        first_idx,
     )
-    .fetch_all(&mut *tx)
-    .await?;
-    if items.len() != (hi - lo) as usize {
-        return Err(ChunkError::InputMissing);
-    }
+    .fetch_optional(&mut *tx)
+    .await?
+    .filter(|ids| ids.len() == len as usize)
+    .ok_or(ChunkError::InputMissing)?;
 
-    // A serial seen earlier in this chunk is a duplicate; earlier chunks' serials are in
-    // oath_tokens already and are caught by the unique constraint below.
-    let mut seen = HashSet::with_capacity(items.len());
-    let repeated: Vec<i32> = items
-        .iter()
-        .filter(|i| !seen.insert(i.serial_number.as_str()))
-        .map(|i| i.idx)
-        .collect();
-
-    // Sorted by serial so that concurrent jobs take unique-index locks in one order.
+    // The first occurrence of a serial in the chunk is inserted; later ones, and serials already
+    // in the environment (from earlier chunks too), are duplicates. Inserting in serial order
+    // makes concurrent jobs take unique-index locks in one order.
     let inserted: HashSet<Uuid> = sqlx::query_scalar!(
         r#"insert into oath_tokens
                (environment_id, id, serial_number, type, otp_length, hash_algorithm, counter,
                 time_step, secret_ciphertext, secret_key_id)
-           select environment_id, token_id, serial_number, token_type, otp_length, hash_algorithm,
-                  counter, time_step, secret_ciphertext, secret_key_id
-           from oath_job_items
-           where environment_id = $1 and job_id = $2 and idx >= $3 and idx < $4
-             and idx <> all($5)
-           order by serial_number
+           select distinct on (t.serial) $1::uuid, t.id, t.serial, t.type, t.len, t.hash,
+                  t.counter, t.step, t.secret, t.key_id
+           from oath_job_chunks c,
+                unnest(c.token_ids, c.serial_numbers, c.token_types, c.otp_lengths,
+                       c.hash_algorithms, c.counters, c.time_steps, c.secret_ciphertexts,
+                       c.secret_key_ids)
+                    with ordinality as t(id, serial, type, len, hash, counter, step, secret,
+                                         key_id, ord)
+           where c.environment_id = $1 and c.job_id = $2 and c.first_idx = $3
+           order by t.serial, t.ord
            on conflict (environment_id, serial_number) do nothing
            returning id"#,
         env,
         job_id,
-        lo,
-        hi,
-        &repeated,
+        first_idx,
     )
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
     .collect();
 
-    // The quota, taken last (after the token locks, like single creates) on the environment's
+    // The quota, taken last (after the token locks, as single creates do) on the environment's
     // usage row: items past the limit are taken out again, in item order.
     let count = sqlx::query_scalar!(
         r#"insert into environment_usage as u (environment_id, token_count) values ($1, 0)
@@ -79,20 +71,29 @@ pub async fn process_chunk(
     .fetch_one(&mut *tx)
     .await?;
     let mut room = (limit - count).max(0) as usize;
-    let mut outcomes = Vec::with_capacity(items.len());
+    let mut counts = ChunkCounts {
+        processed: len,
+        ..ChunkCounts::default()
+    };
     let mut over_limit = Vec::new();
-    for item in &items {
-        let outcome = if !inserted.contains(&item.token_id) {
-            Outcome::Duplicate
-        } else if room > 0 {
-            room -= 1;
-            Outcome::Created
-        } else {
-            over_limit.push(item.token_id);
-            Outcome::LimitExceeded
-        };
-        outcomes.push(outcome);
-    }
+    let outcomes: Vec<&str> = token_ids
+        .iter()
+        .map(|id| {
+            let outcome = if !inserted.contains(id) {
+                counts.duplicates += 1;
+                Outcome::Duplicate
+            } else if room > 0 {
+                room -= 1;
+                counts.created += 1;
+                Outcome::Created
+            } else {
+                counts.failed += 1;
+                over_limit.push(*id);
+                Outcome::LimitExceeded
+            };
+            outcome.as_str()
+        })
+        .collect();
     if !over_limit.is_empty() {
         sqlx::query!(
             "delete from oath_tokens where environment_id = $1 and id = any($2)",
@@ -102,7 +103,6 @@ pub async fn process_chunk(
         .execute(&mut *tx)
         .await?;
     }
-    let counts = tally(&outcomes);
     if counts.created > 0 {
         sqlx::query!(
             "update environment_usage set token_count = token_count + $2 where environment_id = $1",
@@ -113,39 +113,23 @@ pub async fn process_chunk(
         .await?;
     }
 
-    let idx: Vec<i32> = items.iter().map(|i| i.idx).collect();
-    let outcome_names: Vec<&str> = outcomes.iter().map(|o| o.as_str()).collect();
     sqlx::query!(
         r#"insert into job_results
                (environment_id, job_id, idx, row_number, serial_number, token_id, outcome,
                 masked_secret)
-           select i.environment_id, i.job_id, i.idx, i.row_number, i.serial_number,
-                  case when o.outcome = 'CREATED' then i.token_id end, o.outcome, i.masked_secret
-           from oath_job_items i
-           join unnest($3::int[], $4::text[]) as o(idx, outcome) on o.idx = i.idx
-           where i.environment_id = $1 and i.job_id = $2"#,
+           select $1::uuid, $2::uuid, $3 + t.ord::int - 1, t.row_number, t.serial,
+                  case when t.outcome = 'CREATED' then t.id end, t.outcome, t.masked
+           from oath_job_chunks c,
+                unnest(c.token_ids, c.row_numbers, c.serial_numbers, c.masked_secrets, $4::text[])
+                    with ordinality as t(id, row_number, serial, masked, outcome, ord)
+           where c.environment_id = $1 and c.job_id = $2 and c.first_idx = $3"#,
         env,
         job_id,
-        &idx,
-        &outcome_names as &[&str],
+        first_idx,
+        &outcomes as &[&str],
     )
     .execute(&mut *tx)
     .await?;
-    consume(tx, job, lo, hi).await?;
+    consume(tx, job, first_idx).await?;
     Ok(counts)
-}
-
-fn tally(outcomes: &[Outcome]) -> ChunkCounts {
-    let mut by: HashMap<Outcome, i32> = HashMap::new();
-    for o in outcomes {
-        *by.entry(*o).or_default() += 1;
-    }
-    let n = |o| by.get(&o).copied().unwrap_or(0);
-    ChunkCounts {
-        processed: outcomes.len() as i32,
-        created: n(Outcome::Created),
-        duplicates: n(Outcome::Duplicate),
-        failed: n(Outcome::LimitExceeded) + n(Outcome::Invalid),
-        ..ChunkCounts::default()
-    }
 }

@@ -2,7 +2,6 @@
 //! `FOR UPDATE SKIP LOCKED` under a lease, fence each chunk on the claim's attempt number,
 //! advance progress, and release or fail a job.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -38,26 +37,22 @@ pub struct ChunkCounts {
     pub failed: i32,
 }
 
-/// Stores a validated job and its items, sealing create items' secrets for the token ids they
-/// will have, and notifies runners on commit. Nothing is written to `oath_tokens` here.
+/// Stores a validated job and its input in chunks of `chunk_size` items, sealing create items'
+/// secrets for the token ids they will have, and notifies runners on commit. Nothing is written
+/// to `oath_tokens` here.
 pub async fn enqueue(
     tx: &mut PgConnection,
     env: Uuid,
     job_id: Uuid,
     job: &NewJob,
+    chunk_size: usize,
     cipher: &SecretCipher,
 ) -> Result<JobRow, sqlx::Error> {
-    let force_unpair = matches!(
-        job,
-        NewJob::Revoke {
-            force_unpair: true,
-            ..
-        }
-    );
+    let force_unpair = matches!(job, NewJob::Revoke { force_unpair: true, .. });
     let row = sqlx::query_as!(
         JobRow,
-        r#"insert into oath_jobs (environment_id, id, type, async, force_unpair, total)
-           values ($1, $2, $3, $4, $5, $6)
+        r#"insert into oath_jobs (environment_id, id, type, async, force_unpair, total, chunk_size)
+           values ($1, $2, $3, $4, $5, $6, $7)
            returning environment_id, id, type as job_type, async as is_async, status, reason,
                      total, processed, created, duplicates, revoked, not_found, skipped_paired,
                      failed, created_at, updated_at, completed_at"#,
@@ -67,40 +62,57 @@ pub async fn enqueue(
         job.is_async(),
         force_unpair,
         job.len() as i32,
+        chunk_size as i32,
     )
     .fetch_one(&mut *tx)
     .await?;
 
-    let mut copy = tx
-        .copy_in_raw(
-            "copy oath_job_items (environment_id, job_id, idx, row_number, token_id, serial_number,
-                 token_type, otp_length, hash_algorithm, counter, time_step, secret_ciphertext,
-                 secret_key_id, masked_secret) from stdin",
-        )
-        .await?;
-    let mut buf = String::with_capacity(COPY_BATCH_BYTES + 1024);
-    for idx in 0..job.len() {
-        match job {
-            NewJob::Create { tokens, .. } => {
-                write_create_item(&mut buf, env, job_id, idx, &tokens[idx], cipher)
-            }
-            NewJob::Revoke { token_ids, .. } => {
-                let _ = writeln!(
-                    buf,
-                    "{env}\t{job_id}\t{idx}\t\\N\t{}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N",
-                    token_ids[idx]
-                );
+    match job {
+        NewJob::Create { tokens, .. } => {
+            for (n, chunk) in tokens.chunks(chunk_size).enumerate() {
+                let c = CreateChunk::seal(env, chunk, cipher);
+                sqlx::query!(
+                    r#"insert into oath_job_chunks
+                           (environment_id, job_id, first_idx, token_ids, row_numbers,
+                            serial_numbers, token_types, otp_lengths, hash_algorithms, counters,
+                            time_steps, secret_ciphertexts, secret_key_ids, masked_secrets)
+                       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"#,
+                    env,
+                    job_id,
+                    (n * chunk_size) as i32,
+                    &c.token_ids,
+                    &c.row_numbers as &[Option<i64>],
+                    &c.serial_numbers,
+                    &c.token_types as &[&str],
+                    &c.otp_lengths,
+                    &c.hash_algorithms as &[&str],
+                    &c.counters as &[Option<i64>],
+                    &c.time_steps as &[Option<i32>],
+                    &c.secret_ciphertexts,
+                    &c.secret_key_ids,
+                    &c.masked_secrets,
+                )
+                .execute(&mut *tx)
+                .await?;
             }
         }
-        if buf.len() >= COPY_BATCH_BYTES {
-            copy.send(buf.as_bytes()).await?;
-            buf.clear();
+        NewJob::Revoke { token_ids, .. } => {
+            for (n, chunk) in token_ids.chunks(chunk_size).enumerate() {
+                let row_numbers = vec![None::<i64>; chunk.len()];
+                sqlx::query!(
+                    r#"insert into oath_job_chunks (environment_id, job_id, first_idx, token_ids, row_numbers)
+                       values ($1, $2, $3, $4, $5)"#,
+                    env,
+                    job_id,
+                    (n * chunk_size) as i32,
+                    chunk,
+                    &row_numbers as &[Option<i64>],
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
         }
     }
-    if !buf.is_empty() {
-        copy.send(buf.as_bytes()).await?;
-    }
-    copy.finish().await?;
 
     sqlx::query!("select pg_notify($1, $2)", CHANNEL, job_id.to_string())
         .execute(&mut *tx)
@@ -108,49 +120,57 @@ pub async fn enqueue(
     Ok(row)
 }
 
-const COPY_BATCH_BYTES: usize = 1 << 20;
-
-/// One COPY text-format line. Serial numbers are ASCII alphanumerics and the other text columns
-/// are fixed vocabularies, so only the key id can need escaping.
-fn write_create_item(
-    buf: &mut String,
-    env: Uuid,
-    job_id: Uuid,
-    idx: usize,
-    token: &NewToken,
-    cipher: &SecretCipher,
-) {
-    let token_id = Uuid::now_v7();
-    let sealed = cipher.seal(&token.secret, env, token_id);
-    let (counter, time_step) = match token.kind {
-        TokenKind::Hotp { counter } => (counter.to_string(), "\\N".to_string()),
-        TokenKind::Totp { time_step } => ("\\N".to_string(), time_step.to_string()),
-    };
-    let row_number = token
-        .row_number
-        .map_or("\\N".to_string(), |n| n.to_string());
-    let _ = write!(
-        buf,
-        "{env}\t{job_id}\t{idx}\t{row_number}\t{token_id}\t{}\t{}\t{}\t{}\t{counter}\t{time_step}\t\\\\x{}\t",
-        token.serial_number.as_str(),
-        token.kind.token_type().as_str(),
-        token.otp_length.get(),
-        token.hash_algorithm.as_str(),
-        hex::encode(&sealed.ciphertext),
-    );
-    copy_escape(buf, &sealed.key_id);
-    let _ = writeln!(buf, "\t{}", token.secret.masked());
+/// A create chunk as column arrays, each token's secret sealed for the id it will have.
+struct CreateChunk {
+    token_ids: Vec<Uuid>,
+    row_numbers: Vec<Option<i64>>,
+    serial_numbers: Vec<String>,
+    token_types: Vec<&'static str>,
+    otp_lengths: Vec<i16>,
+    hash_algorithms: Vec<&'static str>,
+    counters: Vec<Option<i64>>,
+    time_steps: Vec<Option<i32>>,
+    secret_ciphertexts: Vec<Vec<u8>>,
+    secret_key_ids: Vec<String>,
+    masked_secrets: Vec<String>,
 }
 
-fn copy_escape(buf: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '\\' => buf.push_str("\\\\"),
-            '\t' => buf.push_str("\\t"),
-            '\n' => buf.push_str("\\n"),
-            '\r' => buf.push_str("\\r"),
-            c => buf.push(c),
+impl CreateChunk {
+    fn seal(env: Uuid, tokens: &[NewToken], cipher: &SecretCipher) -> Self {
+        let n = tokens.len();
+        let mut c = Self {
+            token_ids: Vec::with_capacity(n),
+            row_numbers: Vec::with_capacity(n),
+            serial_numbers: Vec::with_capacity(n),
+            token_types: Vec::with_capacity(n),
+            otp_lengths: Vec::with_capacity(n),
+            hash_algorithms: Vec::with_capacity(n),
+            counters: Vec::with_capacity(n),
+            time_steps: Vec::with_capacity(n),
+            secret_ciphertexts: Vec::with_capacity(n),
+            secret_key_ids: Vec::with_capacity(n),
+            masked_secrets: Vec::with_capacity(n),
+        };
+        for token in tokens {
+            let id = Uuid::now_v7();
+            let sealed = cipher.seal(&token.secret, env, id);
+            let (counter, time_step) = match token.kind {
+                TokenKind::Hotp { counter } => (Some(counter), None),
+                TokenKind::Totp { time_step } => (None, Some(time_step)),
+            };
+            c.token_ids.push(id);
+            c.row_numbers.push(token.row_number);
+            c.serial_numbers.push(token.serial_number.as_str().to_string());
+            c.token_types.push(token.kind.token_type().as_str());
+            c.otp_lengths.push(i16::from(token.otp_length.get()));
+            c.hash_algorithms.push(token.hash_algorithm.as_str());
+            c.counters.push(counter);
+            c.time_steps.push(time_step);
+            c.secret_ciphertexts.push(sealed.ciphertext);
+            c.secret_key_ids.push(sealed.key_id);
+            c.masked_secrets.push(token.secret.masked());
         }
+        c
     }
 }
 
@@ -187,26 +207,34 @@ pub async fn claim(
     }))
 }
 
+/// Where a job stands, as its chunk transaction sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Position {
+    pub processed: i32,
+    pub total: i32,
+    pub chunk_size: i32,
+}
+
 /// First statement of every chunk transaction: renews the lease and locks the job row, but only
-/// if this claim still holds it. Returns `(processed, total)`, or None when the lease was lost.
+/// if this claim still holds it. None when the lease was lost.
 pub async fn fence(
     tx: &mut PgConnection,
     job: &ClaimedJob,
     lease: Duration,
-) -> Result<Option<(i32, i32)>, sqlx::Error> {
-    let row = sqlx::query!(
+) -> Result<Option<Position>, sqlx::Error> {
+    sqlx::query_as!(
+        Position,
         r#"update oath_jobs
            set lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
            where environment_id = $1 and id = $2 and attempt = $3 and status = 'IN_PROGRESS'
-           returning processed, total"#,
+           returning processed, total, chunk_size"#,
         job.environment_id,
         job.id,
         job.attempt,
         lease.as_secs_f64(),
     )
     .fetch_optional(&mut *tx)
-    .await?;
-    Ok(row.map(|r| (r.processed, r.total)))
+    .await
 }
 
 /// Adds a committed chunk's counts; the job is DONE when every item is processed. Runs in the
@@ -265,7 +293,7 @@ pub async fn fail(
     .rows_affected();
     if updated == 1 {
         sqlx::query!(
-            "delete from oath_job_items where environment_id = $1 and job_id = $2",
+            "delete from oath_job_chunks where environment_id = $1 and job_id = $2",
             job.environment_id,
             job.id
         )
@@ -290,19 +318,13 @@ pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// Deletes the chunk's input items (and with them the sealed secrets they carried).
-pub async fn consume(
-    tx: &mut PgConnection,
-    job: &ClaimedJob,
-    lo: i32,
-    hi: i32,
-) -> Result<(), sqlx::Error> {
+/// Deletes a processed chunk's input (and with it the sealed secrets it carried).
+pub async fn consume(tx: &mut PgConnection, job: &ClaimedJob, first_idx: i32) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "delete from oath_job_items where environment_id = $1 and job_id = $2 and idx >= $3 and idx < $4",
+        "delete from oath_job_chunks where environment_id = $1 and job_id = $2 and first_idx = $3",
         job.environment_id,
         job.id,
-        lo,
-        hi,
+        first_idx,
     )
     .execute(&mut *tx)
     .await?;

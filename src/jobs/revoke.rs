@@ -14,25 +14,21 @@ use crate::domain::job::Outcome;
 pub async fn process_chunk(
     tx: &mut PgConnection,
     job: &ClaimedJob,
-    lo: i32,
-    hi: i32,
+    first_idx: i32,
+    len: i32,
 ) -> Result<ChunkCounts, ChunkError> {
     let env = job.environment_id;
-    let items = sqlx::query!(
-        r#"select idx, row_number, token_id from oath_job_items
-           where environment_id = $1 and job_id = $2 and idx >= $3 and idx < $4
-           order by idx"#,
+    let ids = sqlx::query_scalar!(
+        r#"select token_ids from oath_job_chunks
+           where environment_id = $1 and job_id = $2 and first_idx = $3"#,
         env,
         job.id,
-        lo,
-        hi,
+        first_idx,
     )
-    .fetch_all(&mut *tx)
-    .await?;
-    if items.len() != (hi - lo) as usize {
-        return Err(ChunkError::InputMissing);
-    }
-    let ids: Vec<Uuid> = items.iter().map(|i| i.token_id).collect();
+    .fetch_optional(&mut *tx)
+    .await?
+    .filter(|ids| ids.len() == len as usize)
+    .ok_or(ChunkError::InputMissing)?;
 
     // Deleting a paired token unpairs it; without forceUnpair paired tokens stay.
     let mut revoked: HashMap<Uuid, String> = sqlx::query!(
@@ -72,19 +68,18 @@ pub async fn process_chunk(
     }
 
     let mut counts = ChunkCounts {
-        processed: items.len() as i32,
+        processed: len,
         ..ChunkCounts::default()
     };
-    let (mut idx, mut row_numbers, mut token_ids, mut serials, mut outcomes) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for item in &items {
+    let (mut serials, mut outcomes) = (Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
+    for id in &ids {
         // A repeated id is revoked once; its later occurrences are not found.
-        let (outcome, serial) = match revoked.remove(&item.token_id) {
+        let (outcome, serial) = match revoked.remove(id) {
             Some(serial) => {
                 counts.revoked += 1;
                 (Outcome::Revoked, Some(serial))
             }
-            None if paired.contains(&item.token_id) => {
+            None if paired.contains(id) => {
                 counts.skipped_paired += 1;
                 (Outcome::SkippedPaired, None)
             }
@@ -93,26 +88,25 @@ pub async fn process_chunk(
                 (Outcome::NotFound, None)
             }
         };
-        idx.push(item.idx);
-        row_numbers.push(item.row_number);
-        token_ids.push(item.token_id);
         serials.push(serial);
         outcomes.push(outcome.as_str());
     }
     sqlx::query!(
         r#"insert into job_results
                (environment_id, job_id, idx, row_number, token_id, serial_number, outcome)
-           select $1, $2, * from unnest($3::int[], $4::bigint[], $5::uuid[], $6::text[], $7::text[])"#,
+           select $1::uuid, $2::uuid, $3 + t.ord::int - 1, t.row_number, t.id, t.serial, t.outcome
+           from oath_job_chunks c,
+                unnest(c.token_ids, c.row_numbers, $4::text[], $5::text[])
+                    with ordinality as t(id, row_number, serial, outcome, ord)
+           where c.environment_id = $1 and c.job_id = $2 and c.first_idx = $3"#,
         env,
         job.id,
-        &idx,
-        &row_numbers as &[Option<i64>],
-        &token_ids,
+        first_idx,
         &serials as &[Option<String>],
         &outcomes as &[&str],
     )
     .execute(&mut *tx)
     .await?;
-    consume(tx, job, lo, hi).await?;
+    consume(tx, job, first_idx).await?;
     Ok(counts)
 }

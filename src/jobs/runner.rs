@@ -85,7 +85,7 @@ impl Runner {
     async fn chunk(&self, job: &ClaimedJob) -> Result<Step, sqlx::Error> {
         let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
-        let Some((processed, total)) = queue::fence(&mut tx, job, self.lease()).await? else {
+        let Some(at) = queue::fence(&mut tx, job, self.lease()).await? else {
             tx.rollback().await?;
             tracing::warn!(job_id = %job.id, attempt = job.attempt, "job lease lost");
             return Ok(Step::LeaseLost { job: job.id });
@@ -103,13 +103,14 @@ impl Runner {
                 failed: true,
             });
         }
-        let hi = total.min(processed.saturating_add(self.settings.jobs.chunk_size as i32));
+        // Chunks are as the job was stored; `processed` is always at a chunk boundary.
+        let len = at.chunk_size.min(at.total - at.processed);
         let outcome = match job.job_type {
             JobType::CreateTokens => {
                 let limit = self.settings.limits.tokens_per_environment;
-                create::process_chunk(&mut tx, job, processed, hi, limit).await
+                create::process_chunk(&mut tx, job, at.processed, len, limit).await
             }
-            JobType::RevokeTokens => revoke::process_chunk(&mut tx, job, processed, hi).await,
+            JobType::RevokeTokens => revoke::process_chunk(&mut tx, job, at.processed, len).await,
         };
         let counts = match outcome {
             Ok(counts) => counts,
@@ -134,6 +135,7 @@ impl Runner {
         };
         let (processed, done) = queue::advance(&mut tx, job, &counts).await?;
         tx.commit().await?;
+        let total = at.total;
         tracing::debug!(
             job_id = %job.id, processed, total,
             chunk_ms = started.elapsed().as_secs_f64() * 1000.0,

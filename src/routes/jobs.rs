@@ -190,7 +190,8 @@ pub async fn submit(
             return Ok(first_response);
         }
     }
-    let row = queue::enqueue(&mut tx, env, job_id, &job, &state.cipher).await?;
+    let chunk_size = state.settings.jobs.chunk_size;
+    let row = queue::enqueue(&mut tx, env, job_id, &job, chunk_size, &state.cipher).await?;
     let is_async = job.is_async();
     drop(job);
     let resource = JobResource::new(state.settings.base_url(), row, Vec::new());

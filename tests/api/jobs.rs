@@ -113,7 +113,7 @@ async fn seed_000_with_two_existing_serials_ends_done_with_masked_duplicates(poo
         8
     );
     // Input secrets are gone once the job is done.
-    assert_eq!(app.count("select count(*) from oath_job_items").await, 0);
+    assert_eq!(app.count("select count(*) from oath_job_chunks").await, 0);
 
     // Created tokens read back like single ones.
     let path = format!(
@@ -301,7 +301,7 @@ async fn invalid_items_reject_the_whole_job_and_store_nothing(pool: PgPool) {
         vec![("INVALID_VALUE".to_string(), "tokens".to_string())]
     );
 
-    for table in ["oath_jobs", "oath_job_items", "job_results", "oath_tokens"] {
+    for table in ["oath_jobs", "oath_job_chunks", "job_results", "oath_tokens"] {
         assert_eq!(
             app.count(&format!("select count(*) from {table}")).await,
             0,
@@ -429,7 +429,7 @@ async fn a_runner_that_lost_its_lease_writes_nothing(pool: PgPool) {
 async fn a_job_whose_input_is_gone_fails_with_a_reason(pool: PgPool) {
     let app = spawn_app(pool).await;
     let accepted = submit(&app, &create_job((0..3).map(|i| format!("F{i}")))).await;
-    sqlx::query("delete from oath_job_items where idx = 1")
+    sqlx::query("delete from oath_job_chunks where first_idx = 0")
         .execute(&app.pool)
         .await
         .unwrap();
@@ -440,7 +440,7 @@ async fn a_job_whose_input_is_gone_fails_with_a_reason(pool: PgPool) {
         .as_str()
         .unwrap()
         .contains("submit the job again"));
-    assert_eq!(app.count("select count(*) from oath_job_items").await, 0);
+    assert_eq!(app.count("select count(*) from oath_job_chunks").await, 0);
     assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
 }
 
@@ -658,5 +658,5 @@ async fn a_100k_job_creates_every_token_and_a_second_one_only_duplicates(pool: P
             .await,
         N as i64
     );
-    assert_eq!(app.count("select count(*) from oath_job_items").await, 0);
+    assert_eq!(app.count("select count(*) from oath_job_chunks").await, 0);
 }
