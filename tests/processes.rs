@@ -211,7 +211,10 @@ async fn kill_9_mid_job_then_restart_creates_every_token_once(
         scalar(pool, "select count(*) from job_results").await,
         TOTAL as i64
     );
-    assert_eq!(scalar(pool, "select count(*) from oath_job_chunks").await, 0);
+    assert_eq!(
+        scalar(pool, "select count(*) from oath_job_chunks").await,
+        0
+    );
     // Every result points at the token it created.
     assert_eq!(
         scalar(pool, "select count(*) from job_results r join oath_tokens t on t.id = r.token_id and t.serial_number = r.serial_number").await,
@@ -303,6 +306,9 @@ async fn three_processes_share_ten_jobs_and_the_quota(
         .unwrap();
         assert_eq!(usage, count(env).await);
     }
-    assert_eq!(scalar(pool, "select count(*) from oath_job_chunks").await, 0);
+    assert_eq!(
+        scalar(pool, "select count(*) from oath_job_chunks").await,
+        0
+    );
     app.pool.close().await;
 }

@@ -1,16 +1,16 @@
-//! One chunk of a CREATE_OATH_TOKENS job, inside the chunk's transaction: insert the chunk's
-//! tokens straight from the stored chunk (their secrets are already sealed for their ids),
-//! classify each item, write its result row, and consume the chunk. The data stays in the
-//! database; only ids and outcomes cross the wire.
+//! One chunk of a CREATE_OATH_TOKENS job, inside the chunk's transaction: read the stored chunk
+//! (its secrets are already sealed for the tokens' ids), skip serials the environment has or the
+//! chunk repeats, COPY the new tokens in, apply the quota, COPY the result rows, consume the
+//! chunk.
 
 use std::collections::HashSet;
 
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::queue::{consume, ChunkCounts, ClaimedJob};
 use super::ChunkError;
 use crate::domain::job::Outcome;
+use crate::store::copy::CopyRows;
 
 pub async fn process_chunk(
     tx: &mut PgConnection,
@@ -20,8 +20,15 @@ pub async fn process_chunk(
     limit: i64,
 ) -> Result<ChunkCounts, ChunkError> {
     let (env, job_id) = (job.environment_id, job.id);
-    let token_ids = sqlx::query_scalar!(
-        r#"select token_ids from oath_job_chunks
+    let chunk = sqlx::query!(
+        r#"select token_ids, row_numbers as "row_numbers: Vec<Option<i64>>",
+                  serial_numbers as "serial_numbers!", token_types as "token_types!",
+                  otp_lengths as "otp_lengths!", hash_algorithms as "hash_algorithms!",
+                  counters as "counters!: Vec<Option<i64>>",
+                  time_steps as "time_steps!: Vec<Option<i32>>",
+                  secret_ciphertexts as "secret_ciphertexts!", secret_key_ids as "secret_key_ids!",
+                  masked_secrets as "masked_secrets!"
+           from oath_job_chunks
            where environment_id = $1 and job_id = $2 and first_idx = $3"#,
         env,
         job_id,
@@ -29,36 +36,53 @@ pub async fn process_chunk(
     )
     .fetch_optional(&mut *tx)
     .await?
-    .filter(|ids| ids.len() == len as usize)
+    .filter(|c| c.token_ids.len() == len as usize && c.serial_numbers.len() == len as usize)
     .ok_or(ChunkError::InputMissing)?;
 
-    // The first occurrence of a serial in the chunk is inserted; later ones, and serials already
-    // in the environment (from earlier chunks too), are duplicates. Inserting in serial order
-    // makes concurrent jobs take unique-index locks in one order.
-    let inserted: HashSet<Uuid> = sqlx::query_scalar!(
-        r#"insert into oath_tokens
-               (environment_id, id, serial_number, type, otp_length, hash_algorithm, counter,
-                time_step, secret_ciphertext, secret_key_id)
-           select distinct on (t.serial) $1::uuid, t.id, t.serial, t.type, t.len, t.hash,
-                  t.counter, t.step, t.secret, t.key_id
-           from oath_job_chunks c,
-                unnest(c.token_ids, c.serial_numbers, c.token_types, c.otp_lengths,
-                       c.hash_algorithms, c.counters, c.time_steps, c.secret_ciphertexts,
-                       c.secret_key_ids)
-                    with ordinality as t(id, serial, type, len, hash, counter, step, secret,
-                                         key_id, ord)
-           where c.environment_id = $1 and c.job_id = $2 and c.first_idx = $3
-           order by t.serial, t.ord
-           on conflict (environment_id, serial_number) do nothing
-           returning id"#,
+    // Serials the environment already has (from earlier chunks of this job too) are duplicates,
+    // as are repeats within the chunk. A concurrent insert of the same serial after this read
+    // makes the COPY below fail; the chunk is then retried and sees it.
+    let existing: HashSet<String> = sqlx::query_scalar!(
+        "select serial_number from oath_tokens where environment_id = $1 and serial_number = any($2)",
         env,
-        job_id,
-        first_idx,
+        &chunk.serial_numbers,
     )
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
     .collect();
+    let mut seen = HashSet::with_capacity(len as usize);
+    let mut new: Vec<usize> = (0..len as usize)
+        .filter(|&i| {
+            let serial = chunk.serial_numbers[i].as_str();
+            !existing.contains(serial) && seen.insert(serial)
+        })
+        .collect();
+
+    // Sorted by serial so that concurrent jobs take unique-index locks in one order.
+    new.sort_unstable_by(|&a, &b| chunk.serial_numbers[a].cmp(&chunk.serial_numbers[b]));
+    let mut rows = CopyRows::with_capacity(new.len() * 200);
+    for &i in &new {
+        rows.plain(env)
+            .plain(chunk.token_ids[i])
+            .text(&chunk.serial_numbers[i])
+            .text(&chunk.token_types[i])
+            .plain(chunk.otp_lengths[i])
+            .text(&chunk.hash_algorithms[i])
+            .opt(chunk.counters[i])
+            .opt(chunk.time_steps[i])
+            .bytea(&chunk.secret_ciphertexts[i])
+            .text(&chunk.secret_key_ids[i])
+            .end_row();
+    }
+    if !rows.is_empty() {
+        rows.send(
+            tx,
+            "oath_tokens (environment_id, id, serial_number, type, otp_length, hash_algorithm, \
+             counter, time_step, secret_ciphertext, secret_key_id)",
+        )
+        .await?;
+    }
 
     // The quota, taken last (after the token locks, as single creates do) on the environment's
     // usage row: items past the limit are taken out again, in item order.
@@ -70,66 +94,66 @@ pub async fn process_chunk(
     )
     .fetch_one(&mut *tx)
     .await?;
-    let mut room = (limit - count).max(0) as usize;
-    let mut counts = ChunkCounts {
-        processed: len,
-        ..ChunkCounts::default()
-    };
-    let mut over_limit = Vec::new();
-    let outcomes: Vec<&str> = token_ids
-        .iter()
-        .map(|id| {
-            let outcome = if !inserted.contains(id) {
-                counts.duplicates += 1;
-                Outcome::Duplicate
-            } else if room > 0 {
-                room -= 1;
-                counts.created += 1;
-                Outcome::Created
-            } else {
-                counts.failed += 1;
-                over_limit.push(*id);
-                Outcome::LimitExceeded
-            };
-            outcome.as_str()
-        })
-        .collect();
-    if !over_limit.is_empty() {
+    let room = (limit - count).max(0) as usize;
+    let mut outcomes = vec![Outcome::Duplicate; len as usize];
+    new.sort_unstable();
+    for (n, &i) in new.iter().enumerate() {
+        outcomes[i] = if n < room {
+            Outcome::Created
+        } else {
+            Outcome::LimitExceeded
+        };
+    }
+    if new.len() > room {
+        let over: Vec<_> = new[room..].iter().map(|&i| chunk.token_ids[i]).collect();
         sqlx::query!(
             "delete from oath_tokens where environment_id = $1 and id = any($2)",
             env,
-            &over_limit,
+            &over,
         )
         .execute(&mut *tx)
         .await?;
     }
-    if counts.created > 0 {
+    let created = new.len().min(room) as i32;
+    if created > 0 {
         sqlx::query!(
             "update environment_usage set token_count = token_count + $2 where environment_id = $1",
             env,
-            i64::from(counts.created),
+            i64::from(created),
         )
         .execute(&mut *tx)
         .await?;
     }
 
-    sqlx::query!(
-        r#"insert into job_results
-               (environment_id, job_id, idx, row_number, serial_number, token_id, outcome,
-                masked_secret)
-           select $1::uuid, $2::uuid, $3 + t.ord::int - 1, t.row_number, t.serial,
-                  case when t.outcome = 'CREATED' then t.id end, t.outcome, t.masked
-           from oath_job_chunks c,
-                unnest(c.token_ids, c.row_numbers, c.serial_numbers, c.masked_secrets, $4::text[])
-                    with ordinality as t(id, row_number, serial, masked, outcome, ord)
-           where c.environment_id = $1 and c.job_id = $2 and c.first_idx = $3"#,
-        env,
-        job_id,
-        first_idx,
-        &outcomes as &[&str],
-    )
-    .execute(&mut *tx)
-    .await?;
+    let mut results = CopyRows::with_capacity(len as usize * 160);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let token_id = (*outcome == Outcome::Created).then_some(chunk.token_ids[i]);
+        results
+            .plain(env)
+            .plain(job_id)
+            .plain(first_idx + i as i32)
+            .opt(chunk.row_numbers[i])
+            .text(&chunk.serial_numbers[i])
+            .opt(token_id)
+            .text(outcome.as_str())
+            .text(&chunk.masked_secrets[i])
+            .end_row();
+    }
+    results
+        .send(
+            tx,
+            "job_results (environment_id, job_id, idx, row_number, serial_number, token_id, \
+             outcome, masked_secret)",
+        )
+        .await?;
     consume(tx, job, first_idx).await?;
-    Ok(counts)
+
+    let count_of = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as i32;
+    Ok(ChunkCounts {
+        processed: len,
+        created,
+        duplicates: count_of(Outcome::Duplicate),
+        failed: count_of(Outcome::LimitExceeded),
+        ..ChunkCounts::default()
+    })
 }

@@ -48,7 +48,13 @@ pub async fn enqueue(
     chunk_size: usize,
     cipher: &SecretCipher,
 ) -> Result<JobRow, sqlx::Error> {
-    let force_unpair = matches!(job, NewJob::Revoke { force_unpair: true, .. });
+    let force_unpair = matches!(
+        job,
+        NewJob::Revoke {
+            force_unpair: true,
+            ..
+        }
+    );
     let row = sqlx::query_as!(
         JobRow,
         r#"insert into oath_jobs (environment_id, id, type, async, force_unpair, total, chunk_size)
@@ -160,7 +166,8 @@ impl CreateChunk {
             };
             c.token_ids.push(id);
             c.row_numbers.push(token.row_number);
-            c.serial_numbers.push(token.serial_number.as_str().to_string());
+            c.serial_numbers
+                .push(token.serial_number.as_str().to_string());
             c.token_types.push(token.kind.token_type().as_str());
             c.otp_lengths.push(i16::from(token.otp_length.get()));
             c.hash_algorithms.push(token.hash_algorithm.as_str());
@@ -319,7 +326,11 @@ pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<(), sqlx::Error>
 }
 
 /// Deletes a processed chunk's input (and with it the sealed secrets it carried).
-pub async fn consume(tx: &mut PgConnection, job: &ClaimedJob, first_idx: i32) -> Result<(), sqlx::Error> {
+pub async fn consume(
+    tx: &mut PgConnection,
+    job: &ClaimedJob,
+    first_idx: i32,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "delete from oath_job_chunks where environment_id = $1 and job_id = $2 and first_idx = $3",
         job.environment_id,

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::queue::{consume, ChunkCounts, ClaimedJob};
 use super::ChunkError;
 use crate::domain::job::Outcome;
+use crate::store::copy::CopyRows;
 
 pub async fn process_chunk(
     tx: &mut PgConnection,
@@ -71,8 +72,8 @@ pub async fn process_chunk(
         processed: len,
         ..ChunkCounts::default()
     };
-    let (mut serials, mut outcomes) = (Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
-    for id in &ids {
+    let mut results = CopyRows::with_capacity(ids.len() * 120);
+    for (i, id) in ids.iter().enumerate() {
         // A repeated id is revoked once; its later occurrences are not found.
         let (outcome, serial) = match revoked.remove(id) {
             Some(serial) => {
@@ -88,25 +89,21 @@ pub async fn process_chunk(
                 (Outcome::NotFound, None)
             }
         };
-        serials.push(serial);
-        outcomes.push(outcome.as_str());
+        results
+            .plain(env)
+            .plain(job.id)
+            .plain(first_idx + i as i32)
+            .plain(id)
+            .opt_text(serial.as_deref())
+            .text(outcome.as_str())
+            .end_row();
     }
-    sqlx::query!(
-        r#"insert into job_results
-               (environment_id, job_id, idx, row_number, token_id, serial_number, outcome)
-           select $1::uuid, $2::uuid, $3 + t.ord::int - 1, t.row_number, t.id, t.serial, t.outcome
-           from oath_job_chunks c,
-                unnest(c.token_ids, c.row_numbers, $4::text[], $5::text[])
-                    with ordinality as t(id, row_number, serial, outcome, ord)
-           where c.environment_id = $1 and c.job_id = $2 and c.first_idx = $3"#,
-        env,
-        job.id,
-        first_idx,
-        &serials as &[Option<String>],
-        &outcomes as &[&str],
-    )
-    .execute(&mut *tx)
-    .await?;
+    results
+        .send(
+            tx,
+            "job_results (environment_id, job_id, idx, token_id, serial_number, outcome)",
+        )
+        .await?;
     consume(tx, job, first_idx).await?;
     Ok(counts)
 }

@@ -212,6 +212,12 @@ async fn run(mut runner: Runner, wake: Arc<Notify>, mut stop: watch::Receiver<bo
         let idle = match runner.step().await {
             Ok(Step::Idle) => true,
             Ok(_) => false,
+            // A concurrent write took a serial this chunk was about to insert: the chunk rolled
+            // back; retrying it sees that serial as a duplicate.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                tracing::info!("job chunk met a concurrent insert of the same serial; retrying");
+                false
+            }
             Err(e) => {
                 if is_unavailable(&e) {
                     tracing::warn!(error = %e, "job runner: database unavailable");
