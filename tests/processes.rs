@@ -49,6 +49,16 @@ impl Service {
         Self(child)
     }
 
+    /// SIGTERM: the server drains, the runners finish their chunk and hand their jobs back.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.0.wait().expect("reaped")
+    }
+
     /// SIGKILL: no chance to release leases or finish a chunk.
     fn kill(mut self) {
         self.0.kill().expect("kill -9");
@@ -309,6 +319,57 @@ async fn three_processes_share_ten_jobs_and_the_quota(
     assert_eq!(
         scalar(pool, "select count(*) from oath_job_chunks").await,
         0
+    );
+    app.pool.close().await;
+}
+
+#[sqlx::test]
+async fn sigterm_hands_the_job_back_for_another_process(
+    _opts: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    const TOTAL: usize = 20_000;
+    let url = database_url(&connect);
+    let app = app_on(&connect, 1_000_000).await;
+    let job = submit_to(&app, app.env, &create_job("T", 0..TOTAL)).await;
+    let service = Service::start(&url, 1_000_000);
+    wait_until("progress", Duration::from_secs(120), async || {
+        processed(&app.pool, job).await > 0
+    })
+    .await;
+    let started = Instant::now();
+    let status = service.terminate();
+    assert!(status.success(), "graceful exit, got {status}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let (done, owner): (i32, Option<String>) =
+        sqlx::query_as("select processed, lease_owner from oath_jobs where id = $1")
+            .bind(job)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    if done < TOTAL as i32 {
+        assert_eq!(owner, None, "the lease was released");
+        // Released, not expired: the next process resumes at once.
+        let expired: bool =
+            sqlx::query_scalar("select lease_expires_at <= now() from oath_jobs where id = $1")
+                .bind(job)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert!(expired);
+    }
+    let _next = Service::start(&url, 1_000_000);
+    wait_until("the job to end", Duration::from_secs(120), async || {
+        all_done(&app.pool).await
+    })
+    .await;
+    assert_eq!(
+        scalar(&app.pool, "select count(*) from oath_tokens").await,
+        TOTAL as i64
+    );
+    assert_eq!(
+        scalar(&app.pool, "select count(*) from job_results").await,
+        TOTAL as i64
     );
     app.pool.close().await;
 }
