@@ -40,13 +40,16 @@ create index oath_jobs_runnable_idx on oath_jobs (created_at)
 
 -- Job input, one row per chunk of `chunk_size` items (as the job was submitted), deleted when the
 -- chunk commits. Create chunks carry the tokens to write, their secrets already sealed for their
--- pre-assigned ids; revoke chunks carry token ids only. Arrays keep the chunk one row, so storing
--- a job writes a hundred rows, not a hundred thousand.
+-- pre-assigned ids, and the rows of an imported file that could not be read as tokens; revoke
+-- chunks carry token ids only. Arrays keep the chunk one row, so storing a job writes a hundred
+-- rows, not a hundred thousand.
 create table oath_job_chunks (
     environment_id     uuid       not null,
     job_id             uuid       not null,
     -- Index of the chunk's first item in the job.
     first_idx          integer    not null,
+    -- Position within the chunk of each token below.
+    offsets            integer[]  not null,
     token_ids          uuid[]     not null,
     row_numbers        bigint[]   not null,
     serial_numbers     text[],
@@ -58,6 +61,11 @@ create table oath_job_chunks (
     secret_ciphertexts bytea[],
     secret_key_ids     text[],
     masked_secrets     text[],
+    -- Items that are not tokens (unreadable rows of an imported file): position, row, message.
+    invalid_offsets    integer[]  not null default '{}',
+    invalid_row_numbers bigint[]  not null default '{}',
+    invalid_serials    text[]     not null default '{}',
+    invalid_messages   text[]     not null default '{}',
     constraint oath_job_chunks_pkey primary key (environment_id, job_id, first_idx)
 );
 

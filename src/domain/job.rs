@@ -123,11 +123,26 @@ impl Outcome {
     }
 }
 
+/// One item of a create job: a token, or a row of an imported file that could not be read as a
+/// token (it becomes an INVALID result, not a rejected request).
+#[derive(Debug)]
+pub enum CreateItem {
+    Token(NewToken),
+    Invalid(InvalidRow),
+}
+
+#[derive(Debug, Clone)]
+pub struct InvalidRow {
+    pub row_number: i64,
+    pub serial_number: Option<String>,
+    pub message: String,
+}
+
 #[derive(Debug)]
 pub enum NewJob {
     Create {
         is_async: bool,
-        tokens: Vec<NewToken>,
+        items: Vec<CreateItem>,
     },
     Revoke {
         is_async: bool,
@@ -152,7 +167,7 @@ impl NewJob {
 
     pub fn len(&self) -> usize {
         match self {
-            Self::Create { tokens, .. } => tokens.len(),
+            Self::Create { items, .. } => items.len(),
             Self::Revoke { token_ids, .. } => token_ids.len(),
         }
     }
@@ -244,16 +259,17 @@ pub fn parse_job(
 
     let job = match expected {
         JobType::CreateTokens => {
-            let tokens = items(&fields, "tokens", max_items, &mut problems)
+            let items = items(&fields, "tokens", max_items, &mut problems)
                 .into_iter()
                 .enumerate()
                 .filter_map(|(i, raw)| {
                     NewToken::parse(&value_of(raw), TokenSource::JobItem(i))
+                        .map(CreateItem::Token)
                         .map_err(|errors| problems.extend(errors))
                         .ok()
                 })
                 .collect();
-            NewJob::Create { is_async, tokens }
+            NewJob::Create { is_async, items }
         }
         JobType::RevokeTokens => {
             let force_unpair = optional_bool(&fields, "forceUnpair", false, &mut problems);

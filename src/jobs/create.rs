@@ -21,13 +21,14 @@ pub async fn process_chunk(
 ) -> Result<ChunkCounts, ChunkError> {
     let (env, job_id) = (job.environment_id, job.id);
     let chunk = sqlx::query!(
-        r#"select token_ids, row_numbers as "row_numbers: Vec<Option<i64>>",
+        r#"select offsets, token_ids, row_numbers as "row_numbers: Vec<Option<i64>>",
                   serial_numbers as "serial_numbers!", token_types as "token_types!",
                   otp_lengths as "otp_lengths!", hash_algorithms as "hash_algorithms!",
                   counters as "counters!: Vec<Option<i64>>",
                   time_steps as "time_steps!: Vec<Option<i32>>",
                   secret_ciphertexts as "secret_ciphertexts!", secret_key_ids as "secret_key_ids!",
-                  masked_secrets as "masked_secrets!"
+                  masked_secrets as "masked_secrets!", invalid_offsets, invalid_row_numbers,
+                  invalid_serials as "invalid_serials: Vec<Option<String>>", invalid_messages
            from oath_job_chunks
            where environment_id = $1 and job_id = $2 and first_idx = $3"#,
         env,
@@ -36,8 +37,14 @@ pub async fn process_chunk(
     )
     .fetch_optional(&mut *tx)
     .await?
-    .filter(|c| c.token_ids.len() == len as usize && c.serial_numbers.len() == len as usize)
+    .filter(|c| {
+        let tokens = c.token_ids.len();
+        c.offsets.len() == tokens
+            && c.serial_numbers.len() == tokens
+            && tokens + c.invalid_offsets.len() == len as usize
+    })
     .ok_or(ChunkError::InputMissing)?;
+    let tokens = chunk.token_ids.len();
 
     // Serials the environment already has (from earlier chunks of this job too) are duplicates,
     // as are repeats within the chunk. A concurrent insert of the same serial after this read
@@ -51,8 +58,8 @@ pub async fn process_chunk(
     .await?
     .into_iter()
     .collect();
-    let mut seen = HashSet::with_capacity(len as usize);
-    let mut new: Vec<usize> = (0..len as usize)
+    let mut seen = HashSet::with_capacity(tokens);
+    let mut new: Vec<usize> = (0..tokens)
         .filter(|&i| {
             let serial = chunk.serial_numbers[i].as_str();
             !existing.contains(serial) && seen.insert(serial)
@@ -95,7 +102,8 @@ pub async fn process_chunk(
     .fetch_one(&mut *tx)
     .await?;
     let room = (limit - count).max(0) as usize;
-    let mut outcomes = vec![Outcome::Duplicate; len as usize];
+    // Indexed like the chunk's token arrays; the quota goes to tokens in item order.
+    let mut outcomes = vec![Outcome::Duplicate; tokens];
     new.sort_unstable();
     for (n, &i) in new.iter().enumerate() {
         outcomes[i] = if n < room {
@@ -131,19 +139,33 @@ pub async fn process_chunk(
         results
             .plain(env)
             .plain(job_id)
-            .plain(first_idx + i as i32)
+            .plain(first_idx + chunk.offsets[i])
             .opt(chunk.row_numbers[i])
             .text(&chunk.serial_numbers[i])
             .opt(token_id)
             .text(outcome.as_str())
             .text(&chunk.masked_secrets[i])
+            .null()
+            .end_row();
+    }
+    for (i, offset) in chunk.invalid_offsets.iter().enumerate() {
+        results
+            .plain(env)
+            .plain(job_id)
+            .plain(first_idx + offset)
+            .plain(chunk.invalid_row_numbers[i])
+            .opt_text(chunk.invalid_serials.get(i).and_then(Option::as_deref))
+            .null()
+            .text(Outcome::Invalid.as_str())
+            .null()
+            .opt_text(chunk.invalid_messages.get(i).map(String::as_str))
             .end_row();
     }
     results
         .send(
             tx,
             "job_results (environment_id, job_id, idx, row_number, serial_number, token_id, \
-             outcome, masked_secret)",
+             outcome, masked_secret, message)",
         )
         .await?;
     consume(tx, job, first_idx).await?;
@@ -153,7 +175,7 @@ pub async fn process_chunk(
         processed: len,
         created,
         duplicates: count_of(Outcome::Duplicate),
-        failed: count_of(Outcome::LimitExceeded),
+        failed: count_of(Outcome::LimitExceeded) + chunk.invalid_offsets.len() as i32,
         ..ChunkCounts::default()
     })
 }

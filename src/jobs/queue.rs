@@ -8,8 +8,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::crypto::SecretCipher;
-use crate::domain::job::{JobType, NewJob};
-use crate::domain::{NewToken, TokenKind};
+use crate::domain::job::{CreateItem, JobType, NewJob};
+use crate::domain::TokenKind;
 use crate::store::jobs::JobRow;
 
 /// The LISTEN/NOTIFY channel that wakes runners when a job is enqueued.
@@ -74,18 +74,22 @@ pub async fn enqueue(
     .await?;
 
     match job {
-        NewJob::Create { tokens, .. } => {
-            for (n, chunk) in tokens.chunks(chunk_size).enumerate() {
+        NewJob::Create { items, .. } => {
+            for (n, chunk) in items.chunks(chunk_size).enumerate() {
                 let c = CreateChunk::seal(env, chunk, cipher);
                 sqlx::query!(
                     r#"insert into oath_job_chunks
-                           (environment_id, job_id, first_idx, token_ids, row_numbers,
+                           (environment_id, job_id, first_idx, offsets, token_ids, row_numbers,
                             serial_numbers, token_types, otp_lengths, hash_algorithms, counters,
-                            time_steps, secret_ciphertexts, secret_key_ids, masked_secrets)
-                       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"#,
+                            time_steps, secret_ciphertexts, secret_key_ids, masked_secrets,
+                            invalid_offsets, invalid_row_numbers, invalid_serials,
+                            invalid_messages)
+                       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                               $16, $17, $18, $19)"#,
                     env,
                     job_id,
                     (n * chunk_size) as i32,
+                    &c.offsets,
                     &c.token_ids,
                     &c.row_numbers as &[Option<i64>],
                     &c.serial_numbers,
@@ -97,6 +101,10 @@ pub async fn enqueue(
                     &c.secret_ciphertexts,
                     &c.secret_key_ids,
                     &c.masked_secrets,
+                    &c.invalid_offsets,
+                    &c.invalid_row_numbers,
+                    &c.invalid_serials as &[Option<String>],
+                    &c.invalid_messages,
                 )
                 .execute(&mut *tx)
                 .await?;
@@ -105,12 +113,15 @@ pub async fn enqueue(
         NewJob::Revoke { token_ids, .. } => {
             for (n, chunk) in token_ids.chunks(chunk_size).enumerate() {
                 let row_numbers = vec![None::<i64>; chunk.len()];
+                let offsets: Vec<i32> = (0..chunk.len() as i32).collect();
                 sqlx::query!(
-                    r#"insert into oath_job_chunks (environment_id, job_id, first_idx, token_ids, row_numbers)
-                       values ($1, $2, $3, $4, $5)"#,
+                    r#"insert into oath_job_chunks
+                           (environment_id, job_id, first_idx, offsets, token_ids, row_numbers)
+                       values ($1, $2, $3, $4, $5, $6)"#,
                     env,
                     job_id,
                     (n * chunk_size) as i32,
+                    &offsets,
                     chunk,
                     &row_numbers as &[Option<i64>],
                 )
@@ -127,7 +138,9 @@ pub async fn enqueue(
 }
 
 /// A create chunk as column arrays, each token's secret sealed for the id it will have.
+#[derive(Default)]
 struct CreateChunk {
+    offsets: Vec<i32>,
     token_ids: Vec<Uuid>,
     row_numbers: Vec<Option<i64>>,
     serial_numbers: Vec<String>,
@@ -139,31 +152,33 @@ struct CreateChunk {
     secret_ciphertexts: Vec<Vec<u8>>,
     secret_key_ids: Vec<String>,
     masked_secrets: Vec<String>,
+    invalid_offsets: Vec<i32>,
+    invalid_row_numbers: Vec<i64>,
+    invalid_serials: Vec<Option<String>>,
+    invalid_messages: Vec<String>,
 }
 
 impl CreateChunk {
-    fn seal(env: Uuid, tokens: &[NewToken], cipher: &SecretCipher) -> Self {
-        let n = tokens.len();
-        let mut c = Self {
-            token_ids: Vec::with_capacity(n),
-            row_numbers: Vec::with_capacity(n),
-            serial_numbers: Vec::with_capacity(n),
-            token_types: Vec::with_capacity(n),
-            otp_lengths: Vec::with_capacity(n),
-            hash_algorithms: Vec::with_capacity(n),
-            counters: Vec::with_capacity(n),
-            time_steps: Vec::with_capacity(n),
-            secret_ciphertexts: Vec::with_capacity(n),
-            secret_key_ids: Vec::with_capacity(n),
-            masked_secrets: Vec::with_capacity(n),
-        };
-        for token in tokens {
+    fn seal(env: Uuid, items: &[CreateItem], cipher: &SecretCipher) -> Self {
+        let mut c = Self::default();
+        for (offset, item) in items.iter().enumerate() {
+            let token = match item {
+                CreateItem::Token(token) => token,
+                CreateItem::Invalid(row) => {
+                    c.invalid_offsets.push(offset as i32);
+                    c.invalid_row_numbers.push(row.row_number);
+                    c.invalid_serials.push(row.serial_number.clone());
+                    c.invalid_messages.push(row.message.clone());
+                    continue;
+                }
+            };
             let id = Uuid::now_v7();
             let sealed = cipher.seal(&token.secret, env, id);
             let (counter, time_step) = match token.kind {
                 TokenKind::Hotp { counter } => (Some(counter), None),
                 TokenKind::Totp { time_step } => (None, Some(time_step)),
             };
+            c.offsets.push(offset as i32);
             c.token_ids.push(id);
             c.row_numbers.push(token.row_number);
             c.serial_numbers

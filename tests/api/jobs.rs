@@ -660,3 +660,71 @@ async fn a_100k_job_creates_every_token_and_a_second_one_only_duplicates(pool: P
     );
     assert_eq!(app.count("select count(*) from oath_job_chunks").await, 0);
 }
+
+#[sqlx::test]
+async fn unreadable_rows_become_invalid_results(pool: PgPool) {
+    use oath_service::domain::job::{CreateItem, InvalidRow, NewJob};
+    use oath_service::domain::token::TokenSource;
+    use oath_service::domain::NewToken;
+
+    let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 2).await;
+    let token = |serial: &str| {
+        CreateItem::Token(NewToken::parse(&hotp(serial.to_string()), TokenSource::Single).unwrap())
+    };
+    let invalid = |row_number: i64, serial: Option<&str>| {
+        CreateItem::Invalid(InvalidRow {
+            row_number,
+            serial_number: serial.map(str::to_string),
+            message: format!("row {row_number}: secret is not hex"),
+        })
+    };
+    // As a file import would submit it: rows 1-5, two of them unreadable.
+    let job = NewJob::Create {
+        is_async: true,
+        items: vec![
+            token("F1"),
+            invalid(2, Some("F2")),
+            invalid(3, None),
+            token("F4"),
+            token("F1"),
+        ],
+    };
+    let (active, keys) = app.settings.crypto.decoded_keys().unwrap();
+    let cipher = oath_service::crypto::SecretCipher::new(active, &keys).unwrap();
+    let mut tx = app.pool.begin().await.unwrap();
+    let id = Uuid::now_v7();
+    oath_service::jobs::queue::enqueue(&mut tx, app.env, id, &job, 2, &cipher)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    app.drain(&mut app.runner("r1")).await;
+
+    let done = job_json(&app, id).await;
+    assert_eq!(done["status"], "DONE");
+    assert_eq!(done["result"]["created"], 2);
+    assert_eq!(done["result"]["duplicatesCount"], 1);
+    assert_eq!(done["result"]["failed"], 2);
+    let (_, page) = parts(
+        app.get_path(&format!("{}/{id}/results", app.jobs_path()))
+            .await,
+    )
+    .await;
+    let rows = page["_embedded"]["results"].as_array().unwrap();
+    let outcomes: Vec<&str> = rows
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["CREATED", "INVALID", "INVALID", "CREATED", "DUPLICATE"]
+    );
+    assert_eq!(rows[1]["rowNumber"], 2);
+    assert_eq!(rows[1]["serialNumber"], "F2");
+    assert_eq!(rows[1]["message"], "row 2: secret is not hex");
+    assert!(rows[2].get("serialNumber").is_none());
+    assert_eq!(rows[2]["index"], 2);
+}
+
+async fn job_json(app: &TestApp, id: Uuid) -> Value {
+    job(app, &id.to_string()).await
+}
