@@ -6,11 +6,32 @@
 use std::collections::HashSet;
 
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::queue::{consume, ChunkCounts, ClaimedJob};
 use super::ChunkError;
 use crate::domain::job::Outcome;
 use crate::store::copy::CopyRows;
+
+/// A stored create chunk: the tokens' columns, and the unreadable rows.
+struct ChunkRow {
+    offsets: Vec<i32>,
+    token_ids: Vec<Uuid>,
+    row_numbers: Vec<Option<i64>>,
+    serial_numbers: Vec<String>,
+    token_types: Vec<String>,
+    otp_lengths: Vec<i16>,
+    hash_algorithms: Vec<String>,
+    counters: Vec<Option<i64>>,
+    time_steps: Vec<Option<i32>>,
+    secret_ciphertexts: Vec<Vec<u8>>,
+    secret_key_ids: Vec<String>,
+    masked_secrets: Vec<String>,
+    invalid_offsets: Vec<i32>,
+    invalid_row_numbers: Vec<i64>,
+    invalid_serials: Vec<Option<String>>,
+    invalid_messages: Vec<String>,
+}
 
 pub async fn process_chunk(
     tx: &mut PgConnection,
@@ -20,7 +41,8 @@ pub async fn process_chunk(
     limit: i64,
 ) -> Result<ChunkCounts, ChunkError> {
     let (env, job_id) = (job.environment_id, job.id);
-    let chunk = sqlx::query!(
+    let chunk = sqlx::query_as!(
+        ChunkRow,
         r#"select offsets, token_ids, row_numbers as "row_numbers: Vec<Option<i64>>",
                   serial_numbers as "serial_numbers!", token_types as "token_types!",
                   otp_lengths as "otp_lengths!", hash_algorithms as "hash_algorithms!",
@@ -46,49 +68,40 @@ pub async fn process_chunk(
     .ok_or(ChunkError::InputMissing)?;
     let tokens = chunk.token_ids.len();
 
-    // Serials the environment already has (from earlier chunks of this job too) are duplicates,
-    // as are repeats within the chunk. A concurrent insert of the same serial after this read
-    // makes the COPY below fail; the chunk is then retried and sees it.
-    let existing: HashSet<String> = sqlx::query_scalar!(
-        "select serial_number from oath_tokens where environment_id = $1 and serial_number = any($2)",
-        env,
-        &chunk.serial_numbers,
-    )
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+    // Repeats within the chunk are duplicates of their first occurrence.
     let mut seen = HashSet::with_capacity(tokens);
-    let mut new: Vec<usize> = (0..tokens)
-        .filter(|&i| {
-            let serial = chunk.serial_numbers[i].as_str();
-            !existing.contains(serial) && seen.insert(serial)
-        })
+    let firsts: Vec<usize> = (0..tokens)
+        .filter(|&i| seen.insert(chunk.serial_numbers[i].as_str()))
         .collect();
-
-    // Sorted by serial so that concurrent jobs take unique-index locks in one order.
-    new.sort_unstable_by(|&a, &b| chunk.serial_numbers[a].cmp(&chunk.serial_numbers[b]));
-    let mut rows = CopyRows::with_capacity(new.len() * 200);
-    for &i in &new {
-        rows.plain(env)
-            .plain(chunk.token_ids[i])
-            .text(&chunk.serial_numbers[i])
-            .text(&chunk.token_types[i])
-            .plain(chunk.otp_lengths[i])
-            .text(&chunk.hash_algorithms[i])
-            .opt(chunk.counters[i])
-            .opt(chunk.time_steps[i])
-            .bytea(&chunk.secret_ciphertexts[i])
-            .text(&chunk.secret_key_ids[i])
-            .end_row();
-    }
-    if !rows.is_empty() {
-        rows.send(
-            tx,
-            "oath_tokens (environment_id, id, serial_number, type, otp_length, hash_algorithm, \
-             counter, time_step, secret_ciphertext, secret_key_id)",
-        )
+    // Optimistically COPY them all: in a first import no serial exists yet. If one does (an
+    // earlier chunk, another job, a single create), the COPY fails on the unique constraint; then
+    // roll back to the savepoint, look the existing serials up, and COPY the rest. A concurrent
+    // insert after that lookup fails the chunk, which is retried and then sees it.
+    sqlx::query("savepoint chunk_copy")
+        .execute(&mut *tx)
         .await?;
+    let mut new = firsts.clone();
+    if let Err(e) = copy_tokens(tx, env, &chunk, &mut new).await {
+        if !matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
+            return Err(e.into());
+        }
+        sqlx::query("rollback to savepoint chunk_copy")
+            .execute(&mut *tx)
+            .await?;
+        let existing: HashSet<String> = sqlx::query_scalar!(
+            "select serial_number from oath_tokens where environment_id = $1 and serial_number = any($2)",
+            env,
+            &chunk.serial_numbers,
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        new = firsts
+            .into_iter()
+            .filter(|&i| !existing.contains(&chunk.serial_numbers[i]))
+            .collect();
+        copy_tokens(tx, env, &chunk, &mut new).await?;
     }
 
     // The quota, taken last (after the token locks, as single creates do) on the environment's
@@ -178,4 +191,39 @@ pub async fn process_chunk(
         failed: count_of(Outcome::LimitExceeded) + chunk.invalid_offsets.len() as i32,
         ..ChunkCounts::default()
     })
+}
+
+/// COPYs the tokens at `positions` (sorted here by serial, so that concurrent jobs take
+/// unique-index locks in one order) into `oath_tokens`.
+async fn copy_tokens(
+    tx: &mut PgConnection,
+    env: Uuid,
+    chunk: &ChunkRow,
+    positions: &mut [usize],
+) -> Result<(), sqlx::Error> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    positions.sort_unstable_by(|&a, &b| chunk.serial_numbers[a].cmp(&chunk.serial_numbers[b]));
+    let mut rows = CopyRows::with_capacity(positions.len() * 200);
+    for &i in positions.iter() {
+        rows.plain(env)
+            .plain(chunk.token_ids[i])
+            .text(&chunk.serial_numbers[i])
+            .text(&chunk.token_types[i])
+            .plain(chunk.otp_lengths[i])
+            .text(&chunk.hash_algorithms[i])
+            .opt(chunk.counters[i])
+            .opt(chunk.time_steps[i])
+            .bytea(&chunk.secret_ciphertexts[i])
+            .text(&chunk.secret_key_ids[i])
+            .end_row();
+    }
+    rows.send(
+        tx,
+        "oath_tokens (environment_id, id, serial_number, type, otp_length, hash_algorithm, \
+         counter, time_step, secret_ciphertext, secret_key_id)",
+    )
+    .await?;
+    Ok(())
 }

@@ -45,13 +45,19 @@ pub async fn process_chunk(
     .into_iter()
     .map(|r| (r.id, r.serial_number))
     .collect();
-    let paired: HashSet<Uuid> = if job.force_unpair {
+    // Only ids that were not revoked can be paired tokens left alone.
+    let remaining: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !revoked.contains_key(id))
+        .copied()
+        .collect();
+    let paired: HashSet<Uuid> = if job.force_unpair || remaining.is_empty() {
         HashSet::new()
     } else {
         sqlx::query_scalar!(
             "select id from oath_tokens where environment_id = $1 and id = any($2) and status = 'PAIRED'",
             env,
-            &ids,
+            &remaining,
         )
         .fetch_all(&mut *tx)
         .await?
