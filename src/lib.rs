@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod routes;
 pub mod startup;
 pub mod store;

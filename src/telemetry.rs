@@ -17,6 +17,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
 use crate::error::ApiError;
+use crate::metrics::METRICS;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -85,9 +86,26 @@ pub async fn request_context(
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let latency_ms = elapsed * 1000.0;
+    record_metrics(&response, elapsed);
     span.in_scope(|| tracing::info!(status, latency_ms, "request completed"));
     Ok(response)
+}
+
+/// Counts the request under its route pattern (never its ids) and status.
+fn record_metrics<B>(response: &ServiceResponse<B>, seconds: f64) {
+    let req = response.request();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str();
+    METRICS
+        .http_requests
+        .with_label_values(&[method, route.as_str(), response.status().as_str()])
+        .inc();
+    METRICS
+        .http_duration
+        .with_label_values(&[method, route.as_str()])
+        .observe(seconds);
 }
 
 /// A 500 for a panicked handler: the contract's body, and the request id header.

@@ -16,6 +16,7 @@ use super::{create, revoke, ChunkError};
 use crate::config::Settings;
 use crate::domain::job::JobType;
 use crate::error::is_unavailable;
+use crate::metrics::METRICS;
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,7 @@ impl Runner {
             Some(job) => job,
             None => match queue::claim(&self.pool, &self.owner, self.lease()).await? {
                 Some(job) => {
+                    METRICS.job_claims.inc();
                     tracing::info!(job_id = %job.id, attempt = job.attempt, "job claimed");
                     job
                 }
@@ -87,6 +89,7 @@ impl Runner {
         let mut tx = self.pool.begin().await?;
         let Some(at) = queue::fence(&mut tx, job, self.lease()).await? else {
             tx.rollback().await?;
+            METRICS.job_lease_losses.inc();
             tracing::warn!(job_id = %job.id, attempt = job.attempt, "job lease lost");
             return Ok(Step::LeaseLost { job: job.id });
         };
@@ -135,6 +138,7 @@ impl Runner {
         };
         let (processed, done) = queue::advance(&mut tx, job, &counts).await?;
         tx.commit().await?;
+        record_chunk(job.job_type, &counts, started.elapsed());
         let total = at.total;
         tracing::debug!(
             job_id = %job.id, processed, total,
@@ -162,6 +166,28 @@ impl Runner {
             if let Err(e) = queue::release(&self.pool, &job).await {
                 tracing::warn!(job_id = %job.id, error = %e, "could not release job lease");
             }
+        }
+    }
+}
+
+fn record_chunk(job_type: JobType, c: &queue::ChunkCounts, took: Duration) {
+    METRICS
+        .job_chunk_duration
+        .with_label_values(&[job_type.as_str()])
+        .observe(took.as_secs_f64());
+    for (outcome, n) in [
+        ("CREATED", c.created),
+        ("DUPLICATE", c.duplicates),
+        ("REVOKED", c.revoked),
+        ("NOT_FOUND", c.not_found),
+        ("SKIPPED_PAIRED", c.skipped_paired),
+        ("FAILED", c.failed),
+    ] {
+        if n > 0 {
+            METRICS
+                .job_items
+                .with_label_values(&[outcome])
+                .inc_by(n as u64);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Liveness (the process answers) and readiness (the database answers and every migration this
-//! binary knows is applied).
+//! Liveness (the process answers), readiness (the database answers and every migration this
+//! binary knows is applied), and the Prometheus metrics.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -22,4 +22,10 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         }
         Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::METRICS.render(&state.db))
 }

@@ -29,6 +29,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(error::method_not_allowed)),
     )
     .service(
+        web::resource("/metrics")
+            .route(web::get().to(health::metrics))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/environments/{env_id}/oathTokens")
             .route(web::get().to(tokens::list))
             .route(web::post().to(tokens::create))

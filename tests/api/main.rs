@@ -5,6 +5,7 @@ mod auth;
 mod errors;
 mod helpers;
 mod jobs;
+mod metrics;
 mod outage;
 mod secrets;
 mod tokens;

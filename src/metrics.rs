@@ -1,0 +1,121 @@
+//! Prometheus metrics: HTTP requests by route and status, job chunks, items by outcome, runner
+//! claims and lease losses, and the database pool. One process-wide registry, rendered by
+//! `GET /metrics` in the text exposition format.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use sqlx::PgPool;
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub job_chunk_duration: HistogramVec,
+    pub job_items: IntCounterVec,
+    pub job_claims: IntCounter,
+    pub job_lease_losses: IntCounter,
+    pub otp_validations: IntCounterVec,
+    db_connections: IntGaugeVec,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new_custom(Some("oath".into()), None).expect("valid prefix");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by method, route and status",
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ],
+            ),
+            &["method", "route"],
+        )
+        .expect("valid metric");
+        let job_chunk_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "job_chunk_duration_seconds",
+                "Time to process and commit one job chunk",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["type"],
+        )
+        .expect("valid metric");
+        let job_items = IntCounterVec::new(
+            Opts::new("job_items_total", "Job items processed, by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let job_claims =
+            IntCounter::new("job_claims_total", "Jobs claimed by this process's runners")
+                .expect("valid metric");
+        let job_lease_losses = IntCounter::new(
+            "job_lease_losses_total",
+            "Chunks not written because another runner had taken the job over",
+        )
+        .expect("valid metric");
+        let otp_validations = IntCounterVec::new(
+            Opts::new(
+                "otp_validations_total",
+                "OTP validation attempts, by result",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
+        let db_connections = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Database pool connections, by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(job_chunk_duration.clone()),
+            Box::new(job_items.clone()),
+            Box::new(job_claims.clone()),
+            Box::new(job_lease_losses.clone()),
+            Box::new(otp_validations.clone()),
+            Box::new(db_connections.clone()),
+        ] {
+            registry.register(m).expect("metric registered once");
+        }
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            job_chunk_duration,
+            job_items,
+            job_claims,
+            job_lease_losses,
+            otp_validations,
+            db_connections,
+        }
+    }
+
+    /// The text exposition of every metric, with the pool's gauges read now.
+    pub fn render(&self, pool: &PgPool) -> String {
+        let (size, idle) = (pool.size() as i64, pool.num_idle() as i64);
+        self.db_connections.with_label_values(&["idle"]).set(idle);
+        self.db_connections
+            .with_label_values(&["in_use"])
+            .set(size - idle);
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
