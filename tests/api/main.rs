@@ -2,6 +2,7 @@
 //! port, and talks to it over HTTP.
 
 mod auth;
+mod corpus;
 mod errors;
 mod helpers;
 mod jobs;
