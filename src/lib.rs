@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod otp;
 pub mod routes;
 pub mod startup;
 pub mod store;

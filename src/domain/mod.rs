@@ -1,10 +1,12 @@
 //! Types that can only hold valid values. Request bodies are parsed into these once, at the edge;
 //! everything below the routes takes them and never checks again.
 
+mod otp;
 mod secret;
 mod token;
 mod validation;
 
+pub use otp::{Otp, PairingRequest, ResyncRequest, UserId, ValidateRequest};
 pub use secret::Secret;
 pub use token::{
     HashAlgorithm, NewToken, OtpLength, SerialNumber, TokenKind, TokenSource, TokenStatus,
