@@ -132,7 +132,8 @@ impl OtpSettings {
         };
         within("hotp_window", self.hotp_window, 0, Self::MAX_HOTP_WINDOW)?;
         within("totp_window", self.totp_window, 0, Self::MAX_TOTP_WINDOW)?;
-        within("max_failures", self.max_failures, 1, u32::MAX)?;
+        // The count is an `integer` column.
+        within("max_failures", self.max_failures, 1, i32::MAX as u32)?;
         within(
             "hotp_resync_window",
             self.hotp_resync_window,

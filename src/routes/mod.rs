@@ -2,6 +2,7 @@
 //! bodies, cursors and links.
 
 pub mod health;
+pub mod otp;
 pub mod tokens;
 
 use actix_web::http::header;
@@ -36,6 +37,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/environments/{env_id}/oathTokens/{token_id}")
             .route(web::get().to(tokens::get))
             .route(web::delete().to(tokens::delete))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}/validate")
+            .route(web::post().to(otp::validate))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}/resync")
+            .route(web::post().to(otp::resync))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}/pairing")
+            .route(web::post().to(otp::pair))
+            .route(web::delete().to(otp::unpair))
             .default_service(web::to(error::method_not_allowed)),
     );
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod errors;
 mod helpers;
+mod otp;
 mod outage;
 mod secrets;
 mod tokens;
