@@ -60,7 +60,9 @@ pub async fn validate(
     let request = ValidateRequest::parse(&body).map_err(ApiError::invalid_data)?;
     let settings = &state.settings.otp;
 
-    let row = store::get(&state.db, env, id)
+    // One connection for the read and the write: each pool checkout costs a round trip.
+    let mut db = state.db.acquire().await?;
+    let row = store::get(&mut *db, env, id)
         .await?
         .ok_or_else(ApiError::not_found)?;
     let outcome = if is_locked(&row, settings) {
@@ -70,14 +72,14 @@ pub async fn validate(
         let accepted = match otp::verify(&token, &request.otp, unix_now(), windows(settings)) {
             // The check-and-advance: false when a concurrent request consumed the code first.
             Some(advance) => {
-                store::accept(&state.db, env, id, advance, settings.max_failures).await?
+                store::accept(&mut *db, env, id, advance, settings.max_failures).await?
             }
             None => false,
         };
         if accepted {
             Outcome::Valid
         } else {
-            match store::record_failure(&state.db, env, id, settings.max_failures).await? {
+            match store::record_failure(&mut *db, env, id, settings.max_failures).await? {
                 Some(_) => Outcome::Invalid,
                 // Locked by concurrent failures since the row was read.
                 None => Outcome::Locked,
