@@ -7,8 +7,11 @@
 #   1. POST .../oathTokens/{id}/validate with wrk (random token per request, a wrong code, so every
 #      request reads the token, searches its window and writes the failure count: the steady
 #      state; otp.max_failures is set so high that no token ever locks), and
-#   2. pgbench running a single-row UPDATE on a table of N rows (prepared statements),
-# with the same number of connections and duration, and prints both figures and their ratio.
+#   2. pgbench running a single-row UPDATE on a table of N rows (prepared statements), and
+#   3. pgbench running a validation's own two statements (read the token, count the failure) on a
+#      copy of oath_tokens: what the database alone allows for this pattern,
+# with the same number of connections and duration, in alternating rounds, and prints each
+# round's figures and ratios and their medians.
 # It stops the server and drops its database on exit, whatever happens.
 #
 # Environment (all optional):
@@ -16,6 +19,7 @@
 #   BENCH_CONNECTIONS  wrk connections = pgbench clients  (default 16)
 #   BENCH_TOKENS       tokens = pgbench table rows        (default 1000)
 #   BENCH_THREADS      wrk threads = pgbench threads      (default 2)
+#   BENCH_ROUNDS       alternating rounds of the three     (default 3; the medians are reported)
 #   DATABASE_URL       its server is used (with a database of the benchmark's own)
 #   CARGO_TARGET_DIR   as usual
 set -euo pipefail
@@ -29,6 +33,7 @@ duration="${BENCH_DURATION:-10}"
 connections="${BENCH_CONNECTIONS:-16}"
 tokens="${BENCH_TOKENS:-1000}"
 threads="${BENCH_THREADS:-2}"
+rounds="${BENCH_ROUNDS:-3}"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -145,33 +150,71 @@ LUA
 } >"$work/validate.lua"
 
 # --- measurements -----------------------------------------------------------------------------
-say "warming up (2 s)"
-wrk -t "$threads" -c "$connections" -d 2s -s "$work/validate.lua" "$base" >/dev/null
-
-say "validate: wrk -t $threads -c $connections -d ${duration}s"
-wrk -t "$threads" -c "$connections" -d "${duration}s" --latency -s "$work/validate.lua" "$base" \
-    | tee "$work/wrk.out" >&2
-if grep -q 'Non-2xx' "$work/wrk.out"; then
-    die "some validate requests failed: $(grep 'Non-2xx' "$work/wrk.out")"
-fi
-validate_rps="$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.out")"
-
+# The baseline tables: N rows to update, and a copy of oath_tokens (same columns and constraints)
+# on which pgbench runs a validation's own statements: what the database alone allows for them.
 psql -X -w -q -d "$bench_url" -v ON_ERROR_STOP=1 -v rows="$tokens" >/dev/null <<'SQL'
 create table bench_rows (id integer primary key, n bigint not null default 0);
 insert into bench_rows (id) select generate_series(1, :rows);
+create table bench_tokens (like oath_tokens including all);
+alter table bench_tokens add column n serial unique;
+insert into bench_tokens select * from oath_tokens;
 vacuum analyze bench_rows;
+vacuum analyze bench_tokens;
 SQL
-printf '\\set id random(1, %s)\nupdate bench_rows set n = n + 1 where id = :id;\n' "$tokens" \
-    >"$work/update.sql"
-say "baseline: pgbench -M prepared -c $connections -j $threads -T $duration (single-row UPDATE)"
-pgbench -n -M prepared -f "$work/update.sql" -c "$connections" -j "$threads" -T "$duration" \
-    "$bench_url" 2>&1 | tee "$work/pgbench.out" >&2
-update_tps="$(awk -F'= ' '/^tps = / {split($2, a, " "); print a[1]; exit}' "$work/pgbench.out")"
-[ -n "$update_tps" ] && [ -n "$validate_rps" ] || die "could not read the results"
+cat >"$work/update.sql" <<SQL
+\\set id random(1, $tokens)
+update bench_rows set n = n + 1 where id = :id;
+SQL
+cat >"$work/validation.sql" <<SQL
+\\set n random(1, $tokens)
+select otp_length, hash_algorithm, counter, time_step, drift, last_time_step, fail_count, status,
+       secret_ciphertext, secret_key_id
+  from bench_tokens where n = :n;
+update bench_tokens set fail_count = fail_count + 1
+ where n = :n and fail_count < 2147483647 returning fail_count;
+SQL
 
-ratio="$(awk -v a="$validate_rps" -v b="$update_tps" 'BEGIN {printf "%.2f", a / b}')"
-printf '\nvalidate requests/s:        %s\n' "$validate_rps"
-printf 'pgbench single-row UPDATE/s: %s\n' "$update_tps"
-printf 'ratio:                      %s (goal >= 0.5)\n' "$ratio"
-printf '(%s tokens/rows, %s connections, %s s each, %s threads, %s cores)\n' \
-    "$tokens" "$connections" "$duration" "$threads" "$(nproc)"
+run_wrk() { # -> requests/s
+    wrk -t "$threads" -c "$connections" -d "${duration}s" --latency -s "$work/validate.lua" "$base" \
+        >"$work/wrk.out"
+    cat "$work/wrk.out" >&2
+    if grep -q 'Non-2xx' "$work/wrk.out"; then
+        die "some validate requests failed: $(grep 'Non-2xx' "$work/wrk.out")"
+    fi
+    awk '/^Requests\/sec:/ {print $2}' "$work/wrk.out"
+}
+run_pgbench() { # script -> transactions/s
+    pgbench -n -M prepared -f "$1" -c "$connections" -j "$threads" -T "$duration" "$bench_url" \
+        >"$work/pgbench.out" 2>&1
+    grep -E '^(tps|number of failed)' "$work/pgbench.out" >&2
+    awk -F'= ' '/^tps = / {split($2, a, " "); print a[1]; exit}' "$work/pgbench.out"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+say "warming up (2 s)"
+wrk -t "$threads" -c "$connections" -d 2s -s "$work/validate.lua" "$base" >/dev/null
+
+# Alternating rounds, so that a neighbour's load on the machine hits all three alike.
+: >"$work/rounds"
+for round in $(seq 1 "$rounds"); do
+    say "round $round/$rounds: validate (wrk -t $threads -c $connections -d ${duration}s)"
+    v="$(run_wrk)"
+    say "round $round/$rounds: single-row UPDATE (pgbench -M prepared -c $connections -j $threads -T $duration)"
+    u="$(run_pgbench "$work/update.sql")"
+    say "round $round/$rounds: a validation's read + write (pgbench, same options)"
+    c="$(run_pgbench "$work/validation.sql")"
+    [ -n "$v" ] && [ -n "$u" ] && [ -n "$c" ] || die "could not read the results of round $round"
+    printf '%s %s %s %s %s\n' "$v" "$u" "$c" "$(ratio "$v" "$u")" "$(ratio "$c" "$u")" >>"$work/rounds"
+done
+
+printf '\n%-7s %14s %14s %16s %8s %14s\n' round validate/s 'UPDATE tps' 'read+write tps' ratio 'db ceiling'
+awk '{printf "%-7s %14.0f %14.0f %16.0f %8s %14s\n", NR, $1, $2, $3, $4, $5}' "$work/rounds"
+printf '%-7s %14.0f %14.0f %16.0f %8.2f %14.2f\n' median \
+    "$(cut -d' ' -f1 "$work/rounds" | median)" "$(cut -d' ' -f2 "$work/rounds" | median)" \
+    "$(cut -d' ' -f3 "$work/rounds" | median)" "$(cut -d' ' -f4 "$work/rounds" | median)" \
+    "$(cut -d' ' -f5 "$work/rounds" | median)"
+printf '\nratio = validate requests/s / pgbench single-row UPDATE/s (goal >= 0.5); db ceiling = the\n'
+printf 'same for pgbench running only the two statements of a validation.\n'
+printf '(%s tokens/rows, %s connections, %s s per measurement, %s threads, %s cores, load average %s)\n' \
+    "$tokens" "$connections" "$duration" "$threads" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
