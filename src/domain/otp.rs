@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use super::{FieldError, OtpLength};
 
 /// A one-time password as submitted. `Debug` redacts it: it is a credential until it is used.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// No `PartialEq`: the engine compares codes in constant time only.
+#[derive(Clone, Copy)]
 pub struct Otp {
     value: u32,
     length: OtpLength,
