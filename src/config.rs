@@ -28,6 +28,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub jobs: JobSettings,
     pub log: LogSettings,
+    #[serde(default)]
+    pub otp: OtpSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -81,6 +83,71 @@ impl fmt::Debug for CryptoSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct LimitSettings {
     pub tokens_per_environment: i64,
+}
+
+/// OTP validation windows and the lockout threshold. They apply to every token: the contract's
+/// token representation has no per-token fields for them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct OtpSettings {
+    /// HOTP: counters accepted after the expected one.
+    pub hotp_window: u32,
+    /// TOTP: time steps accepted either side of the expected one (current step + drift).
+    pub totp_window: u32,
+    /// Consecutive failed validations after which a token answers `LOCKED` until resynced.
+    pub max_failures: u32,
+    /// HOTP resync: counters searched after the expected one.
+    pub hotp_resync_window: u32,
+    /// TOTP resync: seconds searched either side of now.
+    pub totp_resync_window_seconds: u32,
+}
+
+impl Default for OtpSettings {
+    fn default() -> Self {
+        Self {
+            hotp_window: 10,
+            totp_window: 1,
+            max_failures: 10,
+            hotp_resync_window: 1000,
+            totp_resync_window_seconds: 86_400,
+        }
+    }
+}
+
+impl OtpSettings {
+    // Upper bounds keep the work of one request small: each candidate costs an HMAC.
+    const MAX_HOTP_WINDOW: u32 = 1000;
+    const MAX_TOTP_WINDOW: u32 = 100;
+    const MAX_HOTP_RESYNC_WINDOW: u32 = 100_000;
+    const MAX_TOTP_RESYNC_SECONDS: u32 = 7 * 86_400;
+
+    fn check(&self) -> Result<(), String> {
+        let within = |key: &str, value: u32, min: u32, max: u32| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "otp.{key} must be from {min} to {max}, got {value}"
+                ))
+            }
+        };
+        within("hotp_window", self.hotp_window, 0, Self::MAX_HOTP_WINDOW)?;
+        within("totp_window", self.totp_window, 0, Self::MAX_TOTP_WINDOW)?;
+        // The count is an `integer` column.
+        within("max_failures", self.max_failures, 1, i32::MAX as u32)?;
+        within(
+            "hotp_resync_window",
+            self.hotp_resync_window,
+            1,
+            Self::MAX_HOTP_RESYNC_WINDOW,
+        )?;
+        within(
+            "totp_resync_window_seconds",
+            self.totp_resync_window_seconds,
+            1,
+            Self::MAX_TOTP_RESYNC_SECONDS,
+        )
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -211,6 +278,7 @@ impl Settings {
         if self.limits.tokens_per_environment < 0 {
             return fail("limits.tokens_per_environment must not be negative".into());
         }
+        self.otp.check().map_err(ConfigError)?;
         // Crypto keys are checked where they are used (serving, re-encrypting), so that
         // `dev-token` works with auth settings alone.
         self.auth.check().map_err(ConfigError)
@@ -289,6 +357,11 @@ mod tests {
         assert_eq!(active, "k1");
         assert_eq!(keys["k1"], [1u8; 32]);
         assert_eq!(s.limits.tokens_per_environment, 100_000);
+        assert_eq!(s.otp.hotp_window, 10);
+        assert_eq!(s.otp.totp_window, 1);
+        assert_eq!(s.otp.max_failures, 10);
+        assert_eq!(s.otp.hotp_resync_window, 1000);
+        assert_eq!(s.otp.totp_resync_window_seconds, 86_400);
         assert!(!format!("{s:?}").contains(KEY), "Debug must not show keys");
         assert!(
             !format!("{s:?}").contains("0123456789abcdef"),
@@ -318,6 +391,19 @@ mod tests {
                 VALID.replace("0123456789abcdef0123456789abcdef", "short"),
                 "auth.hs256_secret",
             ),
+            (
+                format!("{VALID}\n[otp]\nmax_failures = 0"),
+                "otp.max_failures",
+            ),
+            (
+                format!("{VALID}\n[otp]\nhotp_window = 5000"),
+                "otp.hotp_window",
+            ),
+            (
+                format!("{VALID}\n[otp]\ntotp_resync_window_seconds = 0"),
+                "otp.totp_resync_window_seconds",
+            ),
+            (format!("{VALID}\n[otp]\ntotp_window = -1"), "totp_window"),
         ];
         for (file, key) in cases {
             let err = load_with(&file)

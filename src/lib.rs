@@ -2,7 +2,8 @@
 //! TOTP, RFC 6238), wire-compatible with the PingOne OATH Tokens API.
 //!
 //! A request flows one way: `routes` parses it into `domain` types, `store` persists them (secrets
-//! sealed by `crypto`), and the route renders the response. `auth` guards every route; `error` is
+//! sealed by `crypto`), and the route renders the response. `otp` is the HOTP/TOTP engine: pure
+//! functions the OTP routes call between reading and updating a token. `auth` guards every route; `error` is
 //! the single mapping from failures to the contract's error body.
 
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod otp;
 pub mod routes;
 pub mod startup;
 pub mod store;

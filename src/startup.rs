@@ -8,7 +8,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpRequest, HttpServer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 use crate::auth::{Authenticator, Scope};
@@ -77,8 +77,23 @@ pub fn pool_with(settings: &Settings, options: PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
         .acquire_timeout(settings.acquire_timeout())
+        // sqlx pings every connection as it returns to the pool. Pinging again as it leaves costs
+        // each checkout a round trip, and only finds something for a connection that sat idle
+        // (e.g. across a database restart): ping those only.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < RECENTLY_TESTED {
+                    return Ok(true);
+                }
+                conn.ping().await.map(|()| true)
+            })
+        })
         .connect_lazy_with(options)
 }
+
+/// A pooled connection idle for less than this was tested when it was returned.
+const RECENTLY_TESTED: Duration = Duration::from_secs(1);
 
 pub struct Application {
     port: u16,

@@ -9,6 +9,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use oath_service::config::{LogFormat, LogSettings};
+use oath_service::domain::{HashAlgorithm, OtpLength};
+use oath_service::otp::hotp;
 use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
@@ -85,7 +87,69 @@ async fn no_secret_in_logs_of_a_full_cycle(pool: PgPool) {
         204
     );
 
+    // The OTP cycle: validate (right and wrong), resync, pairing, unpairing. Eight digits, so that
+    // no code can appear by chance inside a number of the log.
+    let rfc_secret = "3132333435363738393031323334353637383930";
+    let (status, created) = parts(
+        app.create_token(
+            &json!({"serialNumber": "H8", "secret": rfc_secret, "type": "HOTP",
+                                 "otpLength": 8}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let hotp_id = created["id"].as_str().unwrap().to_string();
+    let token = format!("{tokens}/{hotp_id}");
+    let key = hex::decode(rfc_secret).unwrap();
+    let code = |c: u64| {
+        format!(
+            "{:08}",
+            hotp(&key, HashAlgorithm::Sha1, OtpLength::new(8).unwrap(), c)
+        )
+    };
+    let codes: Vec<String> = (0..5).map(code).collect();
+    let wrong = "97531864";
+    assert!(!codes.contains(&wrong.to_string()));
+    let calls = [
+        ("validate", json!({"otp": codes[0]}), 200),
+        ("validate", json!({"otp": wrong}), 200),
+        ("resync", json!({"otps": [codes[1], codes[2]]}), 200),
+        ("resync", json!({"otps": [codes[1], codes[2]]}), 400),
+        ("pairing", json!({"userId": "alice", "otp": wrong}), 400),
+        ("pairing", json!({"userId": "alice", "otp": codes[3]}), 200),
+        ("validate", json!({"otp": codes[4]}), 200),
+    ];
+    for (action, body, want) in calls {
+        let res = app
+            .request(Method::POST, &format!("{token}/{action}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), want, "{action} {body}");
+    }
+    let res = app
+        .request(Method::DELETE, &format!("{token}/pairing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    // Every check is an event with its outcome, and no OTP appears anywhere.
+    let checks: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("otp checked") && l.contains(&hotp_id))
+        .collect();
+    assert_eq!(checks.len(), 7, "{checks:?}");
+    assert!(checks.iter().any(|l| l.contains("\"outcome\":\"INVALID\"")));
+    for otp in codes.iter().map(String::as_str).chain([wrong]) {
+        if let Some(line) = logs.lines().find(|l| l.contains(otp)) {
+            panic!("OTP {otp} found in logs: {line}");
+        }
+    }
+    assert!(!logs.contains(rfc_secret) && !logs.contains("12345678901234567890"));
     // The capture saw the cycle, including the statements sent to the database...
     assert!(logs.contains("request completed"), "nothing captured");
     assert!(logs.contains(&id));

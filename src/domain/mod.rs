@@ -2,10 +2,12 @@
 //! everything below the routes takes them and never checks again.
 
 pub mod job;
+mod otp;
 mod secret;
 pub mod token;
 mod validation;
 
+pub use otp::{Otp, PairingRequest, ResyncRequest, UserId, ValidateRequest};
 pub use secret::Secret;
 pub use token::{
     HashAlgorithm, NewToken, OtpLength, SerialNumber, TokenKind, TokenSource, TokenStatus,

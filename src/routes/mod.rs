@@ -4,6 +4,7 @@
 pub mod health;
 pub mod idempotency;
 pub mod jobs;
+pub mod otp;
 pub mod tokens;
 
 use actix_web::http::header;
@@ -62,6 +63,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/environments/{env_id}/oathJobs/{job_id}/results")
             .route(web::get().to(jobs::results))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}/validate")
+            .route(web::post().to(otp::validate))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}/resync")
+            .route(web::post().to(otp::resync))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}/pairing")
+            .route(web::post().to(otp::pair))
+            .route(web::delete().to(otp::unpair))
             .default_service(web::to(error::method_not_allowed)),
     );
 }

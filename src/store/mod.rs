@@ -4,6 +4,7 @@
 pub mod copy;
 pub mod idempotency;
 pub mod jobs;
+pub mod otp;
 pub mod secrets;
 pub mod tokens;
 
