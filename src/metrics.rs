@@ -71,9 +71,9 @@ impl Metrics {
         let otp_validations = IntCounterVec::new(
             Opts::new(
                 "otp_validations_total",
-                "OTP validation attempts, by result",
+                "OTP checks, by operation and outcome",
             ),
-            &["status"],
+            &["operation", "outcome"],
         )
         .expect("valid metric");
         let db_connections = IntGaugeVec::new(

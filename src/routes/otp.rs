@@ -19,6 +19,7 @@ use crate::domain::{
     FieldError, HashAlgorithm, OtpLength, PairingRequest, ResyncRequest, ValidateRequest,
 };
 use crate::error::ApiError;
+use crate::metrics::METRICS;
 use crate::otp::{self, MovingFactor, ResyncWindows, Windows};
 use crate::startup::AppState;
 use crate::store::otp::{self as store, OtpRow};
@@ -274,7 +275,11 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The audit event of one OTP check (no metrics exist yet; this is what they would count).
+/// The audit event of one OTP check, also counted in `oath_otp_validations_total`.
 fn log_check(token_id: Uuid, operation: &'static str, outcome: Outcome) {
+    METRICS
+        .otp_validations
+        .with_label_values(&[operation, outcome.as_str()])
+        .inc();
     tracing::info!(token_id = %token_id, operation, outcome = outcome.as_str(), "otp checked");
 }

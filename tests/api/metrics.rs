@@ -28,6 +28,23 @@ async fn metrics_count_requests_jobs_and_the_pool(pool: PgPool) {
     .await;
     assert!(job["id"].is_string());
     app.drain(&mut app.runner("r1")).await;
+    // RFC 4226's first HOTP value for the secret "12345678901234567890".
+    let id: uuid::Uuid =
+        sqlx::query_scalar("select id from oath_tokens where serial_number = 'M1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let res = app
+        .request(
+            reqwest::Method::POST,
+            &format!("{}/{id}/validate", app.tokens_path()),
+        )
+        .json(&json!({"otp": "755224"}))
+        .send()
+        .await
+        .unwrap();
+    let (_, check) = parts(res).await;
+    assert_eq!(check["status"], "VALID");
 
     let res = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(res.status(), 200);
@@ -72,6 +89,13 @@ async fn metrics_count_requests_jobs_and_the_pool(pool: PgPool) {
     )
     .is_some());
     assert!(sample(&text, r#"oath_db_pool_connections{state="idle"}"#).is_some());
+    assert_eq!(
+        sample(
+            &text,
+            r#"oath_otp_validations_total{operation="validate",outcome="VALID"}"#
+        ),
+        Some(1.0)
+    );
     // Ids never become labels.
     assert!(!text.contains(&app.env.to_string()));
 }
