@@ -61,7 +61,8 @@ pub async fn validate(
     let request = ValidateRequest::parse(&body).map_err(ApiError::invalid_data)?;
     let settings = &state.settings.otp;
 
-    // One connection for the read and the write: each pool checkout costs a round trip.
+    // One connection for the read and the write: every checkout costs a round trip (sqlx tests
+    // each connection as it returns to the pool).
     let mut db = state.db.acquire().await?;
     let row = store::get(&mut *db, env, id)
         .await?
