@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::idempotency::IdempotencyKey;
+use super::page::{self, Page};
 use super::tokens::{environment_url, timestamp};
 use super::{cursor, page_limit, path_id, read_body, require_media_type, IdRef, Link};
 use crate::auth::Scope;
@@ -263,44 +264,6 @@ fn page_query(req: &HttpRequest) -> Result<PageQuery, ApiError> {
 }
 
 #[derive(Serialize)]
-struct Page<T: Serialize> {
-    #[serde(rename = "_links")]
-    links: PageLinks,
-    #[serde(rename = "_embedded")]
-    embedded: T,
-    size: usize,
-}
-
-#[derive(Serialize)]
-struct PageLinks {
-    #[serde(rename = "self")]
-    self_: Link,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next: Option<Link>,
-}
-
-fn page_links(
-    collection: &str,
-    params: &[(&str, String)],
-    current: Option<&str>,
-    next: Option<String>,
-) -> PageLinks {
-    let href = |cursor: Option<&str>| {
-        let mut qs: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        if let Some(c) = cursor {
-            qs.push(format!("cursor={c}"));
-        }
-        Link {
-            href: format!("{collection}?{}", qs.join("&")),
-        }
-    };
-    PageLinks {
-        self_: href(current),
-        next: next.as_deref().map(|c| href(Some(c))),
-    }
-}
-
-#[derive(Serialize)]
 struct EmbeddedJobs {
     #[serde(rename = "oathJobs")]
     oath_jobs: Vec<JobResource>,
@@ -326,7 +289,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         environment_url(state.settings.base_url(), env)
     );
     Ok(HttpResponse::Ok().json(Page {
-        links: page_links(
+        links: page::links(
             &collection,
             &[("limit", limit.to_string())],
             query.cursor.as_deref(),
@@ -434,7 +397,7 @@ pub async fn results(
     );
     let results: Vec<ResultView> = rows.into_iter().map(ResultView::from).collect();
     Ok(HttpResponse::Ok().json(Page {
-        links: page_links(&collection, &params, query.cursor.as_deref(), next),
+        links: page::links(&collection, &params, query.cursor.as_deref(), next),
         size: results.len(),
         embedded: EmbeddedResults { results },
     }))

@@ -185,6 +185,80 @@ pub struct IdRef {
     pub id: Uuid,
 }
 
+/// Pages of a collection, in PingOne's shape:
+/// `{"_links": {"self", "next"?}, "_embedded": {...}, "size": n}`.
+pub mod page {
+    use serde::Serialize;
+
+    use super::Link;
+
+    #[derive(Serialize)]
+    pub struct Page<T: Serialize> {
+        #[serde(rename = "_links")]
+        pub links: PageLinks,
+        #[serde(rename = "_embedded")]
+        pub embedded: T,
+        pub size: usize,
+    }
+
+    #[derive(Serialize)]
+    pub struct PageLinks {
+        #[serde(rename = "self")]
+        pub self_: Link,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub next: Option<Link>,
+    }
+
+    /// Links to this page and, when `next` is a cursor, the next one; `params` are repeated in
+    /// both, percent-encoded.
+    pub fn links(
+        collection: &str,
+        params: &[(&str, String)],
+        current: Option<&str>,
+        next: Option<String>,
+    ) -> PageLinks {
+        let href = |cursor: Option<&str>| {
+            let mut qs: Vec<String> = params
+                .iter()
+                .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+                .collect();
+            if let Some(c) = cursor {
+                qs.push(format!("cursor={}", percent_encode(c)));
+            }
+            Link {
+                href: format!("{collection}?{}", qs.join("&")),
+            }
+        };
+        PageLinks {
+            self_: href(current),
+            next: next.as_deref().map(|c| href(Some(c))),
+        }
+    }
+
+    /// Percent-encodes everything but RFC 3986 unreserved characters.
+    fn percent_encode(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn percent_encoding() {
+            assert_eq!(
+                super::percent_encode(r#"serialNumber eq "A1""#),
+                "serialNumber%20eq%20%22A1%22"
+            );
+        }
+    }
+}
+
 /// Opaque page cursors: the last id of the previous page, base64url-encoded with a version tag.
 pub mod cursor {
     use super::*;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::idempotency::IdempotencyKey;
+use super::page::{self, Page};
 use super::{cursor, page_limit, parse_json, path_id, read_body, require_media_type, IdRef, Link};
 use crate::auth::Scope;
 use crate::domain::{DetailCode, FieldError, NewToken, SerialNumber, TokenSource};
@@ -196,23 +197,6 @@ struct ListQuery {
 }
 
 #[derive(Serialize)]
-struct TokenPage {
-    #[serde(rename = "_links")]
-    links: PageLinks,
-    #[serde(rename = "_embedded")]
-    embedded: EmbeddedTokens,
-    size: usize,
-}
-
-#[derive(Serialize)]
-struct PageLinks {
-    #[serde(rename = "self")]
-    self_: Link,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next: Option<Link>,
-}
-
-#[derive(Serialize)]
 struct EmbeddedTokens {
     #[serde(rename = "oathTokens")]
     oath_tokens: Vec<TokenResource>,
@@ -240,58 +224,23 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 
     let base = state.settings.base_url();
     let collection = format!("{}/oathTokens", environment_url(base, env));
-    let page_url = |cursor: Option<String>| {
-        let mut params = url_params(&query.filter, limit);
-        if let Some(c) = cursor {
-            params.push(("cursor", c));
-        }
-        let qs = encode_query(&params);
-        Link {
-            href: format!("{collection}?{qs}"),
-        }
-    };
-    let next = more.then(|| page_url(rows.last().map(|r| cursor::encode(r.id))));
+    let next = more
+        .then(|| rows.last().map(|r| cursor::encode(r.id)))
+        .flatten();
+    let mut params = Vec::new();
+    if let Some(f) = &query.filter {
+        params.push(("filter", f.clone()));
+    }
+    params.push(("limit", limit.to_string()));
     let oath_tokens: Vec<TokenResource> = rows
         .into_iter()
         .map(|r| TokenResource::new(base, r))
         .collect();
-    Ok(HttpResponse::Ok().json(TokenPage {
-        links: PageLinks {
-            self_: page_url(query.cursor.clone()),
-            next,
-        },
+    Ok(HttpResponse::Ok().json(Page {
+        links: page::links(&collection, &params, query.cursor.as_deref(), next),
         size: oath_tokens.len(),
         embedded: EmbeddedTokens { oath_tokens },
     }))
-}
-
-fn url_params(filter: &Option<String>, limit: i64) -> Vec<(&'static str, String)> {
-    let mut params = Vec::new();
-    if let Some(f) = filter {
-        params.push(("filter", f.clone()));
-    }
-    params.push(("limit", limit.to_string()));
-    params
-}
-
-fn encode_query(params: &[(&'static str, String)]) -> String {
-    params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The one filter the list supports: `serialNumber eq "X"` (operator case-insensitive, SCIM style).
@@ -344,13 +293,5 @@ mod tests {
         ] {
             assert!(parse_filter(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn percent_encoding() {
-        assert_eq!(
-            percent_encode(r#"serialNumber eq "A1""#),
-            "serialNumber%20eq%20%22A1%22"
-        );
     }
 }
