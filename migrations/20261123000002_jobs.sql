@@ -69,6 +69,21 @@ create table oath_job_chunks (
     constraint oath_job_chunks_pkey primary key (environment_id, job_id, first_idx)
 );
 
+-- Chunks are written once and read once: compressing them costs more than it saves.
+alter table oath_job_chunks
+    alter column offsets set storage external,
+    alter column token_ids set storage external,
+    alter column row_numbers set storage external,
+    alter column serial_numbers set storage external,
+    alter column token_types set storage external,
+    alter column otp_lengths set storage external,
+    alter column hash_algorithms set storage external,
+    alter column counters set storage external,
+    alter column time_steps set storage external,
+    alter column secret_ciphertexts set storage external,
+    alter column secret_key_ids set storage external,
+    alter column masked_secrets set storage external;
+
 create table job_results (
     environment_id uuid    not null,
     job_id         uuid    not null,

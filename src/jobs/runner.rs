@@ -108,6 +108,15 @@ impl Runner {
         }
         // Chunks are as the job was stored; `processed` is always at a chunk boundary.
         let len = at.chunk_size.min(at.total - at.processed);
+        if at.processed + len < at.total {
+            // Not waiting for the WAL flush of every intermediate chunk is safe: a database crash
+            // can only lose the latest chunks whole (tokens, results, progress and consumed input
+            // together), and they are then processed again. The last chunk, which marks the job
+            // DONE, commits synchronously and so makes every earlier one durable too.
+            sqlx::query("set local synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         let outcome = match job.job_type {
             JobType::CreateTokens => {
                 let limit = self.settings.limits.tokens_per_environment;

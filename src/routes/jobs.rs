@@ -167,7 +167,9 @@ pub async fn submit(
     )?;
     let expected =
         JobType::from_media_type(media_type).expect("accepted media types are job types");
+    let started = Instant::now();
     let bytes = read_body(&req, payload, state.settings.jobs.max_body_bytes).await?;
+    let read_ms = started.elapsed().as_secs_f64() * 1000.0;
     let job = parse_job(&bytes, expected, state.settings.jobs.max_items).map_err(|e| match e {
         JobRequestError::Syntax(message) => ApiError::InvalidRequest(message),
         JobRequestError::Invalid { details, total } => ApiError::InvalidData {
@@ -181,6 +183,7 @@ pub async fn submit(
             details,
         },
     })?;
+    let parsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let idempotency = IdempotencyKey::from_request(&req, &bytes)?;
     drop(bytes);
 
@@ -203,7 +206,15 @@ pub async fn submit(
             .await?;
     }
     tx.commit().await?;
-    tracing::info!(job_id = %job_id, job_type = expected.as_str(), total = resource.progress.total, "job accepted");
+    tracing::info!(
+        job_id = %job_id,
+        job_type = expected.as_str(),
+        total = resource.progress.total,
+        read_ms,
+        parsed_ms,
+        stored_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "job accepted"
+    );
 
     if is_async {
         return Ok(accepted(StatusCode::ACCEPTED, &location, body));

@@ -72,8 +72,11 @@ impl CopyRows {
     pub fn bytea(&mut self, bytes: &[u8]) -> &mut Self {
         self.sep();
         self.buf.push_str("\\\\x");
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        self.buf.reserve(bytes.len() * 2);
         for b in bytes {
-            let _ = write!(self.buf, "{b:02x}");
+            self.buf.push(DIGITS[usize::from(b >> 4)] as char);
+            self.buf.push(DIGITS[usize::from(b & 0xf)] as char);
         }
         self
     }
