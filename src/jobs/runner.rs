@@ -77,8 +77,13 @@ impl Runner {
                 Ok(step)
             }
             Err(e) => {
-                // Keep the job: the next step retries the chunk while the lease lasts.
-                self.current = Some(job);
+                // Retry at once what another writer or a database outage caused. Anything else
+                // may happen again: leave the job to its lease, so that it is claimed anew and
+                // counts against jobs.max_attempts instead of failing here forever.
+                let unique = matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation());
+                if unique || is_unavailable(&e) {
+                    self.current = Some(job);
+                }
                 Err(e)
             }
         }

@@ -728,3 +728,43 @@ async fn unreadable_rows_become_invalid_results(pool: PgPool) {
 async fn job_json(app: &TestApp, id: Uuid) -> Value {
     job(app, &id.to_string()).await
 }
+
+#[sqlx::test]
+async fn a_job_claimed_too_often_fails_with_a_reason(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| {
+        s.jobs.chunk_size = 2;
+        s.jobs.max_attempts = 2;
+    })
+    .await;
+    let accepted = submit(&app, &create_job((0..10).map(|i| format!("A{i}")))).await;
+    // Each runner dies after one chunk: its lease runs out and the next one claims the job.
+    for n in 0..2 {
+        let mut runner = app.runner(&format!("r{n}"));
+        assert!(matches!(
+            runner.step().await.unwrap(),
+            Step::Progress { .. }
+        ));
+        sqlx::query("update oath_jobs set lease_expires_at = now() - interval '1 second'")
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+    let steps = app.drain(&mut app.runner("r3")).await;
+    assert!(
+        matches!(steps.as_slice(), [Step::Finished { failed: true, .. }]),
+        "{steps:?}"
+    );
+    let failed = job(&app, accepted["id"].as_str().unwrap()).await;
+    assert_eq!(failed["status"], "FAILED");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted 2 times"),
+        "{failed}"
+    );
+    assert_eq!(failed["progress"]["processed"], 4);
+    // What was committed stays; the rest of the input is gone.
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 4);
+    assert_eq!(app.count("select count(*) from oath_job_chunks").await, 0);
+}
