@@ -89,7 +89,9 @@ pub async fn process_chunk(
             .execute(&mut *tx)
             .await?;
         let existing: HashSet<String> = sqlx::query_scalar!(
-            "select serial_number from oath_tokens where environment_id = $1 and serial_number = any($2)",
+            // A join on the unique index, one probe per serial, whatever the statistics say.
+            r#"select t.serial_number from unnest($2::text[]) s(serial)
+               join oath_tokens t on t.environment_id = $1 and t.serial_number = s.serial"#,
             env,
             &chunk.serial_numbers,
         )

@@ -33,9 +33,9 @@ pub async fn process_chunk(
 
     // Deleting a paired token unpairs it; without forceUnpair paired tokens stay.
     let mut revoked: HashMap<Uuid, String> = sqlx::query!(
-        r#"delete from oath_tokens
-           where environment_id = $1 and id = any($2) and ($3 or status <> 'PAIRED')
-           returning id, serial_number"#,
+        r#"delete from oath_tokens t using unnest($2::uuid[]) u(id)
+           where t.environment_id = $1 and t.id = u.id and ($3 or t.status <> 'PAIRED')
+           returning t.id, t.serial_number"#,
         env,
         &ids,
         job.force_unpair,
