@@ -27,6 +27,8 @@ pub struct Settings {
     pub crypto: CryptoSettings,
     pub limits: LimitSettings,
     pub jobs: JobSettings,
+    #[serde(default)]
+    pub import: ImportSettings,
     pub log: LogSettings,
 }
 
@@ -101,6 +103,55 @@ pub struct JobSettings {
     pub max_items: usize,
     /// How long an `"async": false` request waits for its job.
     pub sync_wait_seconds: u64,
+}
+
+/// File imports (PSKC, CSV).
+#[derive(Clone, Default, Deserialize)]
+pub struct ImportSettings {
+    /// Pre-shared PSKC transport keys: id (named by a request's `X-PSKC-Key-Id`) -> hex of 16,
+    /// 24 or 32 bytes.
+    #[serde(default)]
+    pub pskc_keys: HashMap<String, String>,
+}
+
+impl fmt::Debug for ImportSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ids: Vec<&String> = self.pskc_keys.keys().collect();
+        ids.sort();
+        f.debug_struct("ImportSettings")
+            .field("pskc_key_ids", &ids)
+            .finish()
+    }
+}
+
+impl ImportSettings {
+    /// The pre-shared key with this id (case-insensitive, as environment variable names are).
+    pub fn pskc_key(&self, id: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        self.pskc_keys
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(id))
+            .and_then(|(_, v)| decode_pskc_key(v))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let mut ids: Vec<&String> = self.pskc_keys.keys().collect();
+        ids.sort();
+        for id in ids {
+            if decode_pskc_key(&self.pskc_keys[id]).is_none() {
+                return Err(ConfigError(format!(
+                    "import.pskc_keys.{id} must be hex of 16, 24 or 32 bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decode_pskc_key(hex_digits: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    hex::decode(hex_digits.trim())
+        .ok()
+        .map(zeroize::Zeroizing::new)
+        .filter(|k| matches!(k.len(), 16 | 24 | 32))
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -211,6 +262,7 @@ impl Settings {
         if self.limits.tokens_per_environment < 0 {
             return fail("limits.tokens_per_environment must not be negative".into());
         }
+        self.import.check()?;
         // Crypto keys are checked where they are used (serving, re-encrypting), so that
         // `dev-token` works with auth settings alone.
         self.auth.check().map_err(ConfigError)
@@ -297,6 +349,16 @@ mod tests {
     }
 
     #[test]
+    fn pskc_keys_are_hex_found_case_insensitively_and_never_shown() {
+        let key = "000102030405060708090a0b0c0d0e0f";
+        let s = load_with(&format!("{VALID}\n[import]\npskc_keys.Vendor = \"{key}\"")).unwrap();
+        assert_eq!(s.import.pskc_key("VENDOR").unwrap().len(), 16);
+        assert!(s.import.pskc_key("other").is_none());
+        assert!(!format!("{s:?}").contains(key));
+        assert!(load_with(VALID).unwrap().import.pskc_keys.is_empty());
+    }
+
+    #[test]
     fn each_problem_names_its_key() {
         let cases = [
             (
@@ -317,6 +379,14 @@ mod tests {
             (
                 VALID.replace("0123456789abcdef0123456789abcdef", "short"),
                 "auth.hs256_secret",
+            ),
+            (
+                format!("{VALID}\n[import]\npskc_keys.vendor7 = \"00112233\""),
+                "import.pskc_keys.vendor7",
+            ),
+            (
+                format!("{VALID}\n[import]\npskc_keys.v8 = \"not hex at all, not at all!!\""),
+                "import.pskc_keys.v8",
             ),
         ];
         for (file, key) in cases {
