@@ -31,6 +31,8 @@ const MAX_ATTRIBUTES: usize = 32;
 const MAX_ELEMENTS: usize = 1_000;
 /// Characters of text in one element (base64 values of a few hundred bytes are typical).
 const MAX_TEXT: usize = 64 * 1024;
+/// Largest TimeDrift taken over, in time intervals (about 35 days of 30-second steps).
+const MAX_DRIFT: i32 = 100_000;
 /// PBKDF2 iterations accepted: enough for any real file, too few to tie a worker up for long.
 const MAX_ITERATIONS: u32 = 1_000_000;
 
@@ -759,7 +761,7 @@ fn key_package(
     let counter = integer_field("Counter");
     let time_interval = integer_field("TimeInterval");
     let _time = integer_field("Time");
-    let _drift = integer_field("TimeDrift");
+    let drift = integer_field("TimeDrift");
     match token_type {
         "HOTP" => {
             if let Some(counter) = counter {
@@ -772,10 +774,26 @@ fn key_package(
             }
         }
     }
+    let drift = match drift.map(|d| i32::try_from(d).ok().filter(|d| d.abs() <= MAX_DRIFT)) {
+        Some(Some(d)) if token_type == "TOTP" => d,
+        Some(None) if token_type == "TOTP" => {
+            problems.push(format!(
+                "TimeDrift must be from -{MAX_DRIFT} to {MAX_DRIFT} time intervals"
+            ));
+            0
+        }
+        _ => 0,
+    };
     if !problems.is_empty() {
         return fail(problems.join("; "));
     }
-    Ok(fields.into_item(row_number, "", &element_name))
+    Ok(match fields.into_item(row_number, "", &element_name) {
+        CreateItem::Token(mut token) => {
+            token.drift = drift;
+            CreateItem::Token(token)
+        }
+        invalid => invalid,
+    })
 }
 
 /// The PSKC element a token field path came from.
@@ -1002,6 +1020,7 @@ mod tests {
             assert_eq!(t[2].secret.expose().len(), 64);
             assert_eq!(t[2].kind, TokenKind::Totp { time_step: 60 });
             assert_eq!(t[2].hash_algorithm.as_str(), "HmacSHA512");
+            assert_eq!((t[1].drift, t[2].drift), (0, -1));
         }
 
         let items = parse_ok("vendor-plain.pskcxml", &PskcKeys::default());

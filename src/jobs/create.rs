@@ -25,7 +25,7 @@ pub async fn process_chunk(
                   serial_numbers as "serial_numbers!", token_types as "token_types!",
                   otp_lengths as "otp_lengths!", hash_algorithms as "hash_algorithms!",
                   counters as "counters!: Vec<Option<i64>>",
-                  time_steps as "time_steps!: Vec<Option<i32>>",
+                  time_steps as "time_steps!: Vec<Option<i32>>", drifts,
                   secret_ciphertexts as "secret_ciphertexts!", secret_key_ids as "secret_key_ids!",
                   masked_secrets as "masked_secrets!", invalid_offsets, invalid_row_numbers,
                   invalid_serials as "invalid_serials: Vec<Option<String>>", invalid_messages
@@ -45,6 +45,8 @@ pub async fn process_chunk(
     })
     .ok_or(ChunkError::InputMissing)?;
     let tokens = chunk.token_ids.len();
+    // Chunks stored before drifts were carried have none.
+    let drifts = chunk.drifts.as_deref().unwrap_or_default();
 
     // Serials the environment already has (from earlier chunks of this job too) are duplicates,
     // as are repeats within the chunk. A concurrent insert of the same serial after this read
@@ -78,6 +80,7 @@ pub async fn process_chunk(
             .text(&chunk.hash_algorithms[i])
             .opt(chunk.counters[i])
             .opt(chunk.time_steps[i])
+            .plain(drifts.get(i).copied().unwrap_or(0))
             .bytea(&chunk.secret_ciphertexts[i])
             .text(&chunk.secret_key_ids[i])
             .end_row();
@@ -86,7 +89,7 @@ pub async fn process_chunk(
         rows.send(
             tx,
             "oath_tokens (environment_id, id, serial_number, type, otp_length, hash_algorithm, \
-             counter, time_step, secret_ciphertext, secret_key_id)",
+             counter, time_step, drift, secret_ciphertext, secret_key_id)",
         )
         .await?;
     }

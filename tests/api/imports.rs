@@ -315,8 +315,24 @@ async fn vendor_files_plain_encrypted_and_with_a_bad_mac(pool: PgPool) {
     );
 
     // Plain vendor file: a key package without a serial and one with a 7-digit OTP are INVALID.
-    let (_, job, results) = import(&app, PSKC, fixture("vendor-plain.pskcxml"), &[]).await;
+    let (env, job, results) = import(&app, PSKC, fixture("vendor-plain.pskcxml"), &[]).await;
     assert_eq!(job["result"], json!({"created": 3, "failed": 2}));
+    // The file's TimeDrift is taken over.
+    let (_, page) = parts(
+        app.client
+            .get(app.url(&format!(
+                "/v1/environments/{env}/oathTokens?filter=serialNumber%20eq%20%22EV2000003%22"
+            )))
+            .bearer_auth(app.token_for(env, &Scope::ALL))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        page["_embedded"]["oathTokens"][0]["totp"],
+        json!({"timeStep": 60, "drift": -1})
+    );
     assert_eq!(
         outcomes(&results),
         rows(&[
