@@ -2,8 +2,8 @@
 """oath-service benchmarks: each figure is a ratio against a baseline measured on the same
 database in the same run. Started by bench/run, which provides the database and the binary.
 
-Environment (set by bench/run): DATABASE_URL (server to use; the database `oath_bench` is
-recreated), OATH_BIN (release binary), BENCH_REPS, BENCH_TOKENS.
+Environment (set by bench/run): DATABASE_URL (server to use; the database BENCH_DB, default
+`oath_bench`, is recreated), OATH_BIN (release binary), BENCH_REPS, BENCH_TOKENS.
 """
 
 import json
@@ -26,7 +26,8 @@ BIN = os.environ["OATH_BIN"]
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 TOKENS = int(os.environ.get("BENCH_TOKENS", "100000"))
 SERVER_URL = os.environ["DATABASE_URL"].split("?")[0].rsplit("/", 1)[0]
-DB_URL = SERVER_URL + "/oath_bench"
+DB_NAME = os.environ.get("BENCH_DB", "oath_bench")
+DB_URL = SERVER_URL + "/" + DB_NAME
 ADMIN_URL = SERVER_URL + "/postgres"
 CREATE_TYPE = "application/vnd.pingidentity.job.oathtokens.create+json"
 REVOKE_TYPE = "application/vnd.pingidentity.job.oathtokens.revoke+json"
@@ -141,8 +142,8 @@ def delete_baseline():
 
 
 def main():
-    psql(ADMIN_URL, "drop database if exists oath_bench with (force)")
-    psql(ADMIN_URL, "create database oath_bench")
+    psql(ADMIN_URL, f"drop database if exists {DB_NAME} with (force)")
+    psql(ADMIN_URL, f"create database {DB_NAME}")
     svc = Service()
     figures = {"create": [], "copy": [], "revoke": [], "delete": [], "csv": []}
     try:
@@ -158,7 +159,8 @@ def main():
             revoke = json.dumps({"type": "REVOKE_OATH_TOKENS", "tokenIds": ids}).encode()
             t_revoke, t_revoke_accept = run_job(svc, env, token, revoke, REVOKE_TYPE)
             t_delete = delete_baseline()
-            # The same kind of rows as a CSV file, into an environment of its own.
+            # The same kind of rows as a CSV file, into an environment of its own (after the
+            # revoke: the tables hold the JSON job's dead rows, which only slows the import).
             csv_env = str(uuid.uuid4())
             csv_rows = token_rows(TOKENS, f"C{rep}x")
             csv_body = "\n".join([CSV_HEADER] + [f"{s},{sec},HOTP,6,,," for s, sec in csv_rows]).encode()
@@ -174,7 +176,7 @@ def main():
         rss = svc.peak_rss_mb()
     finally:
         svc.stop()
-        psql(ADMIN_URL, "drop database if exists oath_bench with (force)")
+        psql(ADMIN_URL, f"drop database if exists {DB_NAME} with (force)")
 
     med = {k: statistics.median(v) for k, v in figures.items()}
     lines = [
