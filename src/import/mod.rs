@@ -7,6 +7,7 @@
 
 pub mod csv;
 pub mod pskc;
+mod xml;
 
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;

@@ -1,40 +1,21 @@
 //! PSKC key containers (RFC 6030): one token per `KeyPackage`, numbered from 1 in file order.
-//!
-//! The XML is read as a stream; only the container's header (`EncryptionKey`, `MACMethod`) and
-//! one `KeyPackage` at a time are held as small trees, so a 100,000-key file costs little more
-//! than its bytes. A DOCTYPE is refused outright, which makes entity expansion ("billion
-//! laughs") and external entities impossible; nesting, attributes and text are capped.
-//!
-//! Encrypted values (RFC 6030 section 6.1) are AES-CBC with the IV in front of the ciphertext,
-//! under a pre-shared key (`X-PSKC-Key-Id`) or a PBKDF2 key derived from a password
-//! (`X-PSKC-Password`). Each must carry a `ValueMAC`: an HMAC of IV and ciphertext under the
-//! container's MAC key (`MACMethod/MACKey`, itself encrypted with the same key; the encryption
-//! key when absent), checked in constant time before anything is decrypted. A value whose MAC
-//! does not match (a wrong key, an altered file) makes its key package INVALID, not the file.
+//! The XML is read by [`super::xml`] (streamed, no DOCTYPE, bounded); encrypted values are opened
+//! by [`encryption`]. A key package that breaks the token rules, or whose values do not
+//! authenticate (a wrong key, an altered file), is an INVALID item, not a refused file.
 
-use aes::cipher::{BlockDecryptMut, KeyIvInit};
+mod encryption;
+
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::{Reader, XmlVersion};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::{invalid, line_of, shown_serial, ImportError, RowFields};
+use self::encryption::Crypto;
+use super::xml::{shown, Element, Parts};
+use super::{invalid, shown_serial, ImportError, RowFields};
 use crate::domain::job::CreateItem;
 
-/// Deepest element nesting accepted (RFC 6030 documents need about ten levels).
-const MAX_DEPTH: usize = 32;
-/// Attributes on one element.
-const MAX_ATTRIBUTES: usize = 32;
-/// Elements in the container header or in one key package.
-const MAX_ELEMENTS: usize = 1_000;
-/// Characters of text in one element (base64 values of a few hundred bytes are typical).
-const MAX_TEXT: usize = 64 * 1024;
 /// Largest TimeDrift taken over, in time intervals (about 35 days of 30-second steps).
 const MAX_DRIFT: i32 = 100_000;
-/// PBKDF2 iterations accepted: enough for any real file, too few to tie a worker up for long.
-const MAX_ITERATIONS: u32 = 1_000_000;
 
 /// The keys a request supplies for encrypted containers.
 #[derive(Default)]
@@ -45,158 +26,40 @@ pub struct PskcKeys {
     pub password: Option<Zeroizing<Vec<u8>>>,
 }
 
-/// A parsed element: local names only (PSKC, XML Encryption and XML Signature names do not
-/// collide, and vendors are loose with namespaces).
-#[derive(Debug, Default)]
-struct Element {
-    name: String,
-    attributes: Vec<(String, String)>,
-    text: String,
-    children: Vec<Element>,
-    /// Byte offset of the start tag, for messages.
-    offset: usize,
-}
-
-impl Element {
-    fn child(&self, name: &str) -> Option<&Element> {
-        self.children.iter().find(|c| c.name == name)
-    }
-
-    fn path(&self, names: &[&str]) -> Option<&Element> {
-        names.iter().try_fold(self, |e, n| e.child(n))
-    }
-
-    fn attribute(&self, name: &str) -> Option<&str> {
-        self.attributes
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn trimmed(&self) -> &str {
-        self.text.trim()
-    }
-}
-
 /// Reads a PSKC document into job items, refusing files of more than `max_rows` key packages.
 pub fn parse(
     body: &[u8],
     keys: &PskcKeys,
     max_rows: usize,
 ) -> Result<Vec<CreateItem>, ImportError> {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    if body.starts_with(&[0xFE, 0xFF]) || body.starts_with(&[0xFF, 0xFE]) {
-        return Err(ImportError::Unreadable(
-            "The file is UTF-16; send PSKC files as UTF-8.".into(),
-        ));
-    }
-    let text = std::str::from_utf8(body).map_err(|e| {
-        ImportError::at_line(
-            line_of(body, e.valid_up_to()),
-            "the file is not UTF-8 text.",
-        )
-    })?;
-    let mut doc = Document {
-        bytes: body,
-        reader: Reader::from_str(text),
-        stack: Vec::new(),
-        elements: 0,
-        pending_close: false,
-        event_start: 0,
-    };
-    doc.reader.config_mut().check_end_names = true;
-
+    let mut parts = Parts::new(body)?;
+    let root = parts.root()?;
+    check_root(&parts, &root)?;
     let mut header: Vec<Element> = Vec::new();
     let mut crypto: Option<Crypto> = None;
     let mut items = Vec::new();
-    let mut root_seen = false;
-    loop {
-        match doc.next()? {
-            Node::Open(start) => {
-                if !root_seen {
-                    root_seen = true;
-                    check_root(&doc, &start)?;
+    while let Some(part) = parts.next_part()? {
+        match part.name.as_str() {
+            "KeyPackage" => {
+                if items.len() == max_rows {
+                    return Err(ImportError::TooManyRows { max: max_rows });
                 }
-                doc.stack.push(start);
+                let crypto = match &mut crypto {
+                    Some(c) => c,
+                    None => crypto.insert(Crypto::new(&parts, &header, keys)?),
+                };
+                let row_number = items.len() as i64 + 1;
+                items.push(key_package(&parts, &part, crypto, row_number)?);
             }
-            Node::Close => {
-                let element = doc.stack.pop().expect("a close follows an open");
-                match doc.stack.len() {
-                    // The root: the document is complete.
-                    0 => break,
-                    // A child of the root: header parts, then key packages.
-                    1 => {
-                        doc.elements = 0;
-                        match element.name.as_str() {
-                            "KeyPackage" => {
-                                if items.len() == max_rows {
-                                    return Err(ImportError::TooManyRows { max: max_rows });
-                                }
-                                let crypto = match &mut crypto {
-                                    Some(c) => c,
-                                    None => crypto.insert(Crypto::new(&doc, &header, keys)?),
-                                };
-                                let row_number = items.len() as i64 + 1;
-                                items.push(key_package(&doc, &element, crypto, row_number)?);
-                            }
-                            "EncryptionKey" | "MACMethod" if crypto.is_none() => {
-                                header.push(element)
-                            }
-                            "EncryptionKey" | "MACMethod" => {
-                                return Err(doc.error(
-                                    element.offset,
-                                    format!(
-                                        "{} must come before the first KeyPackage.",
-                                        element.name
-                                    ),
-                                ))
-                            }
-                            // Signature, other extensions: not needed to create tokens.
-                            _ => {}
-                        }
-                    }
-                    _ => doc
-                        .stack
-                        .last_mut()
-                        .expect("a parent")
-                        .children
-                        .push(element),
-                }
+            "EncryptionKey" | "MACMethod" if crypto.is_none() => header.push(part),
+            "EncryptionKey" | "MACMethod" => {
+                return Err(parts.error(
+                    part.offset,
+                    format!("{} must come before the first KeyPackage.", part.name),
+                ))
             }
-            Node::Text(text) => {
-                // Text directly in the root is the whitespace between key packages.
-                if doc.stack.len() == 1 {
-                    continue;
-                }
-                if let Some(open) = doc.stack.last_mut() {
-                    if open.text.len() + text.len() > MAX_TEXT {
-                        let offset = open.offset;
-                        return Err(doc.error(offset, "an element holds too much text."));
-                    }
-                    open.text.push_str(&text);
-                } else if !text.trim().is_empty() {
-                    let at = doc.event_start;
-                    return Err(doc.error(
-                        at,
-                        "text outside the root element: this is not a PSKC (XML) document.",
-                    ));
-                }
-            }
-            Node::End => {
-                return Err(match doc.stack.last() {
-                    Some(open) => doc.error(
-                        doc.bytes.len(),
-                        format!(
-                            "the file ends before the element {} (line {}) is closed.",
-                            open.name,
-                            line_of(doc.bytes, open.offset)
-                        ),
-                    ),
-                    None => ImportError::Unreadable(
-                        "The file is not a PSKC document: it has no KeyContainer element.".into(),
-                    ),
-                });
-            }
+            // Signature, other extensions: not needed to create tokens.
+            _ => {}
         }
     }
     if items.is_empty() {
@@ -207,7 +70,7 @@ pub fn parse(
     Ok(items)
 }
 
-fn check_root(doc: &Document, root: &Element) -> Result<(), ImportError> {
+fn check_root(doc: &Parts, root: &Element) -> Result<(), ImportError> {
     if root.name != "KeyContainer" {
         return Err(doc.error(
             root.offset,
@@ -229,156 +92,6 @@ fn check_root(doc: &Document, root: &Element) -> Result<(), ImportError> {
     }
 }
 
-/// What the reader hands the parser.
-enum Node {
-    Open(Element),
-    Close,
-    Text(String),
-    End,
-}
-
-struct Document<'a> {
-    bytes: &'a [u8],
-    reader: Reader<&'a [u8]>,
-    stack: Vec<Element>,
-    /// Elements read in the current top-level part (header element or key package).
-    elements: usize,
-    /// The last element was empty (`<a/>`): its close is due.
-    pending_close: bool,
-    /// Byte offset where the last event began.
-    event_start: usize,
-}
-
-impl Document<'_> {
-    fn position(&self) -> usize {
-        self.reader.buffer_position() as usize
-    }
-
-    fn error(&self, offset: usize, message: impl std::fmt::Display) -> ImportError {
-        ImportError::at_line(line_of(self.bytes, offset), message)
-    }
-
-    fn next(&mut self) -> Result<Node, ImportError> {
-        if std::mem::take(&mut self.pending_close) {
-            return Ok(Node::Close);
-        }
-        loop {
-            let before = self.position();
-            self.event_start = before;
-            let event = self.reader.read_event().map_err(|e| {
-                let at = self.reader.error_position() as usize;
-                let mut message = e.to_string();
-                message.truncate(200);
-                self.error(at, format!("the file is not well-formed XML ({message})."))
-            })?;
-            return Ok(match event {
-                Event::Start(start) => Node::Open(self.open(&start, before)?),
-                Event::Empty(start) => {
-                    // Reported as an open followed by a close.
-                    self.pending_close = true;
-                    Node::Open(self.open(&start, before)?)
-                }
-                Event::End(_) => Node::Close,
-                Event::Text(t) => Node::Text(t.xml10_content().into_owned()),
-                Event::CData(t) => Node::Text(t.xml10_content().into_owned()),
-                Event::GeneralRef(r) => {
-                    let resolved = match r.resolve_char_ref() {
-                        Ok(Some(c)) => Some(c.to_string()),
-                        Ok(None) => quick_xml::escape::resolve_predefined_entity(&r)
-                            .map(str::to_string),
-                        Err(_) => None,
-                    };
-                    match resolved {
-                        Some(text) => Node::Text(text),
-                        None => {
-                            return Err(self.error(
-                                before,
-                                format!(
-                                    "the entity reference &{}; is not defined; entity declarations are not accepted.",
-                                    shown(&r)
-                                ),
-                            ))
-                        }
-                    }
-                }
-                Event::DocType(_) => {
-                    return Err(self.error(
-                        before,
-                        "a DOCTYPE declaration is not accepted in a PSKC file (it could declare entities).",
-                    ))
-                }
-                Event::Decl(decl) => {
-                    if let Some(Ok(encoding)) = decl.encoding() {
-                        if !matches!(encoding.to_ascii_lowercase().as_str(), "utf-8" | "utf8") {
-                            return Err(self.error(
-                                before,
-                                format!("the XML declaration names the encoding {:?}; send PSKC files as UTF-8.", shown(&encoding)),
-                            ));
-                        }
-                    }
-                    continue;
-                }
-                Event::Comment(_) | Event::PI(_) => continue,
-                Event::Eof => Node::End,
-            });
-        }
-    }
-}
-
-impl Document<'_> {
-    fn open(&mut self, start: &BytesStart, offset: usize) -> Result<Element, ImportError> {
-        if self.stack.len() >= MAX_DEPTH {
-            return Err(self.error(
-                offset,
-                format!("elements nest deeper than {MAX_DEPTH} levels."),
-            ));
-        }
-        self.elements += 1;
-        if self.elements > MAX_ELEMENTS {
-            return Err(self.error(
-                offset,
-                format!("a KeyPackage or header element holds more than {MAX_ELEMENTS} elements."),
-            ));
-        }
-        let mut element = Element {
-            name: start.local_name().as_ref().to_string(),
-            offset,
-            ..Element::default()
-        };
-        for attribute in start.attributes() {
-            let attribute = attribute
-                .map_err(|e| self.error(offset, format!("an attribute is malformed ({e}).")))?;
-            let key = attribute.key;
-            if key.as_ref() == "xmlns" || key.as_ref().starts_with("xmlns:") {
-                continue;
-            }
-            if element.attributes.len() == MAX_ATTRIBUTES {
-                return Err(self.error(
-                    offset,
-                    format!("an element has more than {MAX_ATTRIBUTES} attributes."),
-                ));
-            }
-            let value = attribute
-                .normalized_value(XmlVersion::Implicit1_0)
-                .map_err(|e| {
-                    self.error(
-                        offset,
-                        format!("an attribute value of {} cannot be read ({e}); entity declarations are not accepted.", shown(&element.name)),
-                    )
-                })?;
-            element
-                .attributes
-                .push((key.local_name().as_ref().to_string(), value.into_owned()));
-        }
-        Ok(element)
-    }
-}
-
-/// Shortens text from the file for a message.
-fn shown(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(100).collect()
-}
-
 fn base64(text: &str) -> Option<Zeroizing<Vec<u8>>> {
     let compact: Zeroizing<String> =
         Zeroizing::new(text.chars().filter(|c| !c.is_ascii_whitespace()).collect());
@@ -398,279 +111,10 @@ fn uri_suffix(uri: &str) -> String {
         .to_ascii_lowercase()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MacAlgorithm {
-    Sha1,
-    Sha224,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl MacAlgorithm {
-    fn from_uri(uri: &str) -> Option<Self> {
-        match uri_suffix(uri).as_str() {
-            "hmac-sha1" | "hmacwithsha1" => Some(Self::Sha1),
-            "hmac-sha224" | "hmacwithsha224" => Some(Self::Sha224),
-            "hmac-sha256" | "hmacwithsha256" => Some(Self::Sha256),
-            "hmac-sha384" | "hmacwithsha384" => Some(Self::Sha384),
-            "hmac-sha512" | "hmacwithsha512" => Some(Self::Sha512),
-            _ => None,
-        }
-    }
-
-    /// Checks `tag` over `data` in constant time.
-    fn verify(self, key: &[u8], data: &[u8], tag: &[u8]) -> bool {
-        fn check<M: Mac + hmac::digest::KeyInit>(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
-            let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key)
-                .expect("HMAC takes keys of any length");
-            mac.update(data);
-            mac.verify_slice(tag).is_ok()
-        }
-        match self {
-            Self::Sha1 => check::<Hmac<sha1::Sha1>>(key, data, tag),
-            Self::Sha224 => check::<Hmac<sha2::Sha224>>(key, data, tag),
-            Self::Sha256 => check::<Hmac<sha2::Sha256>>(key, data, tag),
-            Self::Sha384 => check::<Hmac<sha2::Sha384>>(key, data, tag),
-            Self::Sha512 => check::<Hmac<sha2::Sha512>>(key, data, tag),
-        }
-    }
-
-    fn pbkdf2(self, password: &[u8], salt: &[u8], rounds: u32, out: &mut [u8]) {
-        match self {
-            Self::Sha1 => pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, rounds, out),
-            Self::Sha224 => pbkdf2::pbkdf2_hmac::<sha2::Sha224>(password, salt, rounds, out),
-            Self::Sha256 => pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, rounds, out),
-            Self::Sha384 => pbkdf2::pbkdf2_hmac::<sha2::Sha384>(password, salt, rounds, out),
-            Self::Sha512 => pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, salt, rounds, out),
-        }
-    }
-}
-
-/// How a container's encrypted values are opened.
-struct Crypto {
-    /// The encryption key, when the request supplied one (derived from the password if the file
-    /// says so).
-    key: Option<Zeroizing<Vec<u8>>>,
-    /// The MAC key and algorithm, or why values cannot be authenticated.
-    mac: Result<(MacAlgorithm, Zeroizing<Vec<u8>>), String>,
-}
-
-impl Crypto {
-    /// Settles the keys from the container header (read before the first key package) and the
-    /// request's keys. A file that needs a key the request lacks is refused here.
-    fn new(doc: &Document, header: &[Element], keys: &PskcKeys) -> Result<Self, ImportError> {
-        let encryption_key = header.iter().find(|e| e.name == "EncryptionKey");
-        let mac_method = header.iter().find(|e| e.name == "MACMethod");
-        let derived = encryption_key.and_then(|e| e.child("DerivedKey"));
-        let key = match derived {
-            Some(derived) => {
-                let Some(password) = &keys.password else {
-                    return Err(doc.error(
-                        derived.offset,
-                        "the file's keys are derived from a password (DerivedKey): send it in the X-PSKC-Password header.",
-                    ));
-                };
-                Some(derive_key(doc, derived, password)?)
-            }
-            None => keys.pre_shared.clone(),
-        };
-        let encrypted =
-            encryption_key.is_some() || mac_method.is_some_and(|m| m.child("MACKey").is_some());
-        if encrypted && key.is_none() {
-            let at = encryption_key.or(mac_method).map_or(0, |e| e.offset);
-            return Err(doc.error(
-                at,
-                "the file is encrypted: name its pre-shared key with the X-PSKC-Key-Id header.",
-            ));
-        }
-        let mac = match (mac_method, &key) {
-            (None, _) => Err("the file has no MACMethod to check ValueMAC with".to_string()),
-            (Some(_), None) => Err("the MAC key needs the encryption key".to_string()),
-            (Some(method), Some(key)) => mac_key(method, key),
-        };
-        Ok(Self { key, mac })
-    }
-
-    /// Authenticates and decrypts an `EncryptedValue` (or `MACKey`) element. Errors are row
-    /// messages naming `what`.
-    fn open(
-        &self,
-        what: &str,
-        encrypted: &Element,
-        value_mac: Option<&Element>,
-    ) -> Result<Zeroizing<Vec<u8>>, String> {
-        let key = self
-            .key
-            .as_deref()
-            .ok_or_else(|| format!("{what} is encrypted but the file names no EncryptionKey"))?;
-        let cipher_value = cipher_value(what, encrypted)?;
-        let Some(value_mac) = value_mac else {
-            return Err(format!(
-                "{what} is encrypted without a ValueMAC (RFC 6030 requires one with AES-CBC)"
-            ));
-        };
-        let (algorithm, mac_key) = self.mac.as_ref().map_err(|e| format!("{what}: {e}"))?;
-        let tag =
-            base64(value_mac.trimmed()).ok_or_else(|| format!("{what}: ValueMAC is not base64"))?;
-        if !algorithm.verify(mac_key, &cipher_value, &tag) {
-            return Err(format!(
-                "{what}: ValueMAC does not match (a wrong key or password, or an altered file)"
-            ));
-        }
-        decrypt(what, encrypted, key, &cipher_value)
-    }
-}
-
-/// The bytes of `CipherData/CipherValue`: IV and ciphertext.
-fn cipher_value(what: &str, encrypted: &Element) -> Result<Zeroizing<Vec<u8>>, String> {
-    let value = encrypted
-        .path(&["CipherData", "CipherValue"])
-        .ok_or_else(|| format!("{what}: CipherData/CipherValue is missing"))?;
-    base64(value.trimmed()).ok_or_else(|| format!("{what}: CipherValue is not base64"))
-}
-
-/// AES-CBC with the IV in the first block. Padding is read from the last byte only, which
-/// accepts PKCS#7 and the XML Encryption padding alike.
-fn decrypt(
-    what: &str,
-    encrypted: &Element,
-    key: &[u8],
-    cipher_value: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, String> {
-    let uri = encrypted
-        .child("EncryptionMethod")
-        .and_then(|m| m.attribute("Algorithm"))
-        .ok_or_else(|| format!("{what}: EncryptionMethod Algorithm is missing"))?;
-    let key_len = match uri_suffix(uri).as_str() {
-        "aes128-cbc" => 16,
-        "aes192-cbc" => 24,
-        "aes256-cbc" => 32,
-        _ => {
-            return Err(format!(
-                "{what}: the encryption algorithm {:?} is not supported (aes128-cbc, aes192-cbc and aes256-cbc are)",
-                shown(uri)
-            ))
-        }
-    };
-    if key.len() != key_len {
-        return Err(format!(
-            "{what}: {} needs a {key_len}-byte key, the key given has {} bytes",
-            uri_suffix(uri),
-            key.len()
-        ));
-    }
-    if cipher_value.len() < 32 || cipher_value.len() % 16 != 0 {
-        return Err(format!(
-            "{what}: CipherValue is not an IV and whole AES blocks"
-        ));
-    }
-    let (iv, body) = cipher_value.split_at(16);
-    let mut plain = Zeroizing::new(body.to_vec());
-    let result = match key_len {
-        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv).map(|d| {
-            d.decrypt_padded_mut::<aes::cipher::block_padding::NoPadding>(&mut plain)
-                .map(|_| ())
-        }),
-        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, iv).map(|d| {
-            d.decrypt_padded_mut::<aes::cipher::block_padding::NoPadding>(&mut plain)
-                .map(|_| ())
-        }),
-        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, iv).map(|d| {
-            d.decrypt_padded_mut::<aes::cipher::block_padding::NoPadding>(&mut plain)
-                .map(|_| ())
-        }),
-    };
-    let cannot = || format!("{what} cannot be decrypted (a wrong key or password)");
-    result.map_err(|_| cannot())?.map_err(|_| cannot())?;
-    let pad = usize::from(*plain.last().ok_or_else(cannot)?);
-    if pad == 0 || pad > 16 || pad > plain.len() {
-        return Err(cannot());
-    }
-    let len = plain.len() - pad;
-    plain.truncate(len);
-    Ok(plain)
-}
-
-/// The MAC key of `MACMethod`: its encrypted `MACKey`, or the encryption key itself when the
-/// method has none (as early PSKC producers wrote it).
-fn mac_key(method: &Element, key: &[u8]) -> Result<(MacAlgorithm, Zeroizing<Vec<u8>>), String> {
-    let uri = method.attribute("Algorithm").unwrap_or("");
-    let algorithm = MacAlgorithm::from_uri(uri).ok_or_else(|| {
-        format!(
-            "the MACMethod algorithm {:?} is not supported (HMAC-SHA1 and HMAC-SHA2 are)",
-            shown(uri)
-        )
-    })?;
-    let Some(mac_key) = method.child("MACKey") else {
-        return Ok((algorithm, Zeroizing::new(key.to_vec())));
-    };
-    // The MAC key has no MAC of its own: a wrong key shows as a ValueMAC mismatch below, and
-    // a failure here reads the same.
-    let opened = cipher_value("MACKey", mac_key)
-        .and_then(|c| decrypt("MACKey", mac_key, key, &c))
-        .map_err(|_| {
-        "ValueMAC cannot be checked: the MAC key does not decrypt (a wrong key or password, or an altered file)".to_string()
-    })?;
-    Ok((algorithm, opened))
-}
-
-/// PBKDF2 (RFC 8018) as `DerivedKey/KeyDerivationMethod` describes it.
-fn derive_key(
-    doc: &Document,
-    derived: &Element,
-    password: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, ImportError> {
-    let fail = |e: &Element, m: &str| Err(doc.error(e.offset, m));
-    let Some(method) = derived.child("KeyDerivationMethod") else {
-        return fail(derived, "DerivedKey has no KeyDerivationMethod.");
-    };
-    if uri_suffix(method.attribute("Algorithm").unwrap_or("")) != "pbkdf2" {
-        return fail(method, "only PBKDF2 key derivation is supported.");
-    }
-    let Some(params) = method.child("PBKDF2-params") else {
-        return fail(method, "KeyDerivationMethod has no PBKDF2-params.");
-    };
-    let Some(salt) = params
-        .path(&["Salt", "Specified"])
-        .and_then(|s| base64(s.trimmed()))
-    else {
-        return fail(params, "PBKDF2-params needs a base64 Salt/Specified.");
-    };
-    let iterations = params
-        .child("IterationCount")
-        .and_then(|i| i.trimmed().parse::<u32>().ok())
-        .filter(|n| (1..=MAX_ITERATIONS).contains(n));
-    let Some(iterations) = iterations else {
-        return fail(
-            params,
-            &format!("PBKDF2-params needs an IterationCount from 1 to {MAX_ITERATIONS}."),
-        );
-    };
-    // Without a KeyLength, the AES-128 key of RFC 6030's examples.
-    let length = match params.child("KeyLength") {
-        None => 16,
-        Some(l) => match l.trimmed().parse::<usize>() {
-            Ok(n @ (16 | 24 | 32)) => n,
-            _ => return fail(l, "PBKDF2 KeyLength must be 16, 24 or 32 (bytes)."),
-        },
-    };
-    let prf = match params.child("PRF").and_then(|p| p.attribute("Algorithm")) {
-        None => MacAlgorithm::Sha1,
-        Some(uri) => match MacAlgorithm::from_uri(uri) {
-            Some(a) => a,
-            None => return fail(params, "the PBKDF2 PRF must be HMAC-SHA1 or HMAC-SHA2."),
-        },
-    };
-    let mut key = Zeroizing::new(vec![0u8; length]);
-    prf.pbkdf2(password, &salt, iterations, &mut key);
-    Ok(key)
-}
-
 /// One key package -> one job item. Problems of the package are an INVALID item; an
 /// encrypted value with no key at all refuses the file.
 fn key_package(
-    doc: &Document,
+    doc: &Parts,
     package: &Element,
     crypto: &Crypto,
     row_number: i64,
