@@ -58,6 +58,8 @@ create table oath_job_chunks (
     hash_algorithms    text[],
     counters           bigint[],
     time_steps         integer[],
+    -- TOTP clock drift in time steps, as an imported file may state it (0 for JSON tokens).
+    drifts             integer[]  not null default '{}',
     secret_ciphertexts bytea[],
     secret_key_ids     text[],
     masked_secrets     text[],
@@ -80,6 +82,7 @@ alter table oath_job_chunks
     alter column hash_algorithms set storage external,
     alter column counters set storage external,
     alter column time_steps set storage external,
+    alter column drifts set storage external,
     alter column secret_ciphertexts set storage external,
     alter column secret_key_ids set storage external,
     alter column masked_secrets set storage external;

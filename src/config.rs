@@ -27,6 +27,8 @@ pub struct Settings {
     pub crypto: CryptoSettings,
     pub limits: LimitSettings,
     pub jobs: JobSettings,
+    #[serde(default)]
+    pub import: ImportSettings,
     pub log: LogSettings,
     #[serde(default)]
     pub otp: OtpSettings,
@@ -170,6 +172,55 @@ pub struct JobSettings {
     pub sync_wait_seconds: u64,
 }
 
+/// File imports (PSKC, CSV).
+#[derive(Clone, Default, Deserialize)]
+pub struct ImportSettings {
+    /// Pre-shared PSKC transport keys: id (named by a request's `X-PSKC-Key-Id`) -> hex of 16,
+    /// 24 or 32 bytes.
+    #[serde(default)]
+    pub pskc_keys: HashMap<String, String>,
+}
+
+impl fmt::Debug for ImportSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ids: Vec<&String> = self.pskc_keys.keys().collect();
+        ids.sort();
+        f.debug_struct("ImportSettings")
+            .field("pskc_key_ids", &ids)
+            .finish()
+    }
+}
+
+impl ImportSettings {
+    /// The pre-shared key with this id (case-insensitive, as environment variable names are).
+    pub fn pskc_key(&self, id: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        self.pskc_keys
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(id))
+            .and_then(|(_, v)| decode_pskc_key(v))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let mut ids: Vec<&String> = self.pskc_keys.keys().collect();
+        ids.sort();
+        for id in ids {
+            if decode_pskc_key(&self.pskc_keys[id]).is_none() {
+                return Err(ConfigError(format!(
+                    "import.pskc_keys.{id} must be hex of 16, 24 or 32 bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decode_pskc_key(hex_digits: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    hex::decode(hex_digits.trim())
+        .ok()
+        .map(zeroize::Zeroizing::new)
+        .filter(|k| matches!(k.len(), 16 | 24 | 32))
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct LogSettings {
     pub level: String,
@@ -279,6 +330,7 @@ impl Settings {
             return fail("limits.tokens_per_environment must not be negative".into());
         }
         self.otp.check().map_err(ConfigError)?;
+        self.import.check()?;
         // Crypto keys are checked where they are used (serving, re-encrypting), so that
         // `dev-token` works with auth settings alone.
         self.auth.check().map_err(ConfigError)
@@ -370,6 +422,16 @@ mod tests {
     }
 
     #[test]
+    fn pskc_keys_are_hex_found_case_insensitively_and_never_shown() {
+        let key = "000102030405060708090a0b0c0d0e0f";
+        let s = load_with(&format!("{VALID}\n[import]\npskc_keys.Vendor = \"{key}\"")).unwrap();
+        assert_eq!(s.import.pskc_key("VENDOR").unwrap().len(), 16);
+        assert!(s.import.pskc_key("other").is_none());
+        assert!(!format!("{s:?}").contains(key));
+        assert!(load_with(VALID).unwrap().import.pskc_keys.is_empty());
+    }
+
+    #[test]
     fn each_problem_names_its_key() {
         let cases = [
             (
@@ -404,6 +466,14 @@ mod tests {
                 "otp.totp_resync_window_seconds",
             ),
             (format!("{VALID}\n[otp]\ntotp_window = -1"), "totp_window"),
+            (
+                format!("{VALID}\n[import]\npskc_keys.vendor7 = \"00112233\""),
+                "import.pskc_keys.vendor7",
+            ),
+            (
+                format!("{VALID}\n[import]\npskc_keys.v8 = \"not hex at all, not at all!!\""),
+                "import.pskc_keys.v8",
+            ),
         ];
         for (file, key) in cases {
             let err = load_with(&file)

@@ -133,6 +133,9 @@ pub struct NewToken {
     pub hash_algorithm: HashAlgorithm,
     /// Job items only: the row of the source file, echoed in job results.
     pub row_number: Option<i64>,
+    /// TOTP: the clock drift in time steps, as an imported file may know it (a PSKC
+    /// `TimeDrift`); clients cannot set it, so tokens from JSON start at 0.
+    pub drift: i32,
 }
 
 /// Where a token sits in a request: the top-level body or an item of a job's `tokens[]`.
@@ -306,6 +309,7 @@ impl NewToken {
             otp_length,
             hash_algorithm,
             row_number,
+            drift: 0,
         })
     }
 }

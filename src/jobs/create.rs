@@ -24,6 +24,7 @@ struct ChunkRow {
     hash_algorithms: Vec<String>,
     counters: Vec<Option<i64>>,
     time_steps: Vec<Option<i32>>,
+    drifts: Vec<i32>,
     secret_ciphertexts: Vec<Vec<u8>>,
     secret_key_ids: Vec<String>,
     masked_secrets: Vec<String>,
@@ -47,7 +48,7 @@ pub async fn process_chunk(
                   serial_numbers as "serial_numbers!", token_types as "token_types!",
                   otp_lengths as "otp_lengths!", hash_algorithms as "hash_algorithms!",
                   counters as "counters!: Vec<Option<i64>>",
-                  time_steps as "time_steps!: Vec<Option<i32>>",
+                  time_steps as "time_steps!: Vec<Option<i32>>", drifts,
                   secret_ciphertexts as "secret_ciphertexts!", secret_key_ids as "secret_key_ids!",
                   masked_secrets as "masked_secrets!", invalid_offsets, invalid_row_numbers,
                   invalid_serials as "invalid_serials: Vec<Option<String>>", invalid_messages
@@ -63,6 +64,7 @@ pub async fn process_chunk(
         let tokens = c.token_ids.len();
         c.offsets.len() == tokens
             && c.serial_numbers.len() == tokens
+            && c.drifts.len() == tokens
             && tokens + c.invalid_offsets.len() == len as usize
     })
     .ok_or(ChunkError::InputMissing)?;
@@ -217,6 +219,7 @@ async fn copy_tokens(
             .text(&chunk.hash_algorithms[i])
             .opt(chunk.counters[i])
             .opt(chunk.time_steps[i])
+            .plain(chunk.drifts[i])
             .bytea(&chunk.secret_ciphertexts[i])
             .text(&chunk.secret_key_ids[i])
             .end_row();
@@ -224,7 +227,7 @@ async fn copy_tokens(
     rows.send(
         tx,
         "oath_tokens (environment_id, id, serial_number, type, otp_length, hash_algorithm, \
-         counter, time_step, secret_ciphertext, secret_key_id)",
+         counter, time_step, drift, secret_ciphertext, secret_key_id)",
     )
     .await?;
     Ok(())

@@ -83,9 +83,9 @@ pub async fn enqueue(
                             serial_numbers, token_types, otp_lengths, hash_algorithms, counters,
                             time_steps, secret_ciphertexts, secret_key_ids, masked_secrets,
                             invalid_offsets, invalid_row_numbers, invalid_serials,
-                            invalid_messages)
+                            invalid_messages, drifts)
                        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                               $16, $17, $18, $19)"#,
+                               $16, $17, $18, $19, $20)"#,
                     env,
                     job_id,
                     (n * chunk_size) as i32,
@@ -105,6 +105,7 @@ pub async fn enqueue(
                     &c.invalid_row_numbers,
                     &c.invalid_serials as &[Option<String>],
                     &c.invalid_messages,
+                    &c.drifts,
                 )
                 .execute(&mut *tx)
                 .await?;
@@ -149,6 +150,7 @@ struct CreateChunk {
     hash_algorithms: Vec<&'static str>,
     counters: Vec<Option<i64>>,
     time_steps: Vec<Option<i32>>,
+    drifts: Vec<i32>,
     secret_ciphertexts: Vec<Vec<u8>>,
     secret_key_ids: Vec<String>,
     masked_secrets: Vec<String>,
@@ -188,6 +190,7 @@ impl CreateChunk {
             c.hash_algorithms.push(token.hash_algorithm.as_str());
             c.counters.push(counter);
             c.time_steps.push(time_step);
+            c.drifts.push(token.drift);
             c.secret_ciphertexts.push(sealed.ciphertext);
             c.secret_key_ids.push(sealed.key_id);
             c.masked_secrets.push(token.secret.masked());

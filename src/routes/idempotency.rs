@@ -21,7 +21,8 @@ pub struct IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    /// The request's key, if it sent one, bound to what it asks: method, path, media type, body.
+    /// The request's key, if it sent one, bound to what it asks: method, path, media type, PSKC
+    /// key id, body.
     pub fn from_request(req: &HttpRequest, body: &[u8]) -> Result<Option<Self>, ApiError> {
         let Some(value) = req.headers().get(&HEADER) else {
             return Ok(None);
@@ -50,6 +51,12 @@ impl IdempotencyKey {
         ] {
             hash.update((part.len() as u64).to_be_bytes());
             hash.update(part);
+        }
+        // A PSKC file means something else under another key: the key id is part of the
+        // request (when sent, so other requests hash as before). A password is not hashed.
+        if let Some(key_id) = req.headers().get(super::jobs::PSKC_KEY_ID_HEADER) {
+            hash.update((key_id.len() as u64).to_be_bytes());
+            hash.update(key_id.as_bytes());
         }
         hash.update(body);
         Ok(Some(Self {

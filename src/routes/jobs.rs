@@ -13,8 +13,11 @@ use super::page::{self, Page};
 use super::tokens::{environment_url, timestamp};
 use super::{cursor, page_limit, path_id, read_body, require_media_type, IdRef, Link};
 use crate::auth::Scope;
-use crate::domain::job::{parse_job, JobRequestError, JobStatus, JobType, Outcome, MAX_DETAILS};
+use crate::domain::job::{
+    parse_job, JobRequestError, JobStatus, JobType, NewJob, Outcome, MAX_DETAILS,
+};
 use crate::error::ApiError;
+use crate::import::{self, pskc::PskcKeys, ImportError, CSV_MEDIA_TYPE, PSKC_MEDIA_TYPE};
 use crate::jobs::queue;
 use crate::startup::AppState;
 use crate::store::jobs::{self as store, Duplicate, JobRow, ResultRow};
@@ -163,26 +166,25 @@ pub async fn submit(
     let env = state.authorize(&req, "env_id", Scope::JobsWrite).await?;
     let media_type = require_media_type(
         &req,
-        &[JobType::CREATE_MEDIA_TYPE, JobType::REVOKE_MEDIA_TYPE],
+        &[
+            JobType::CREATE_MEDIA_TYPE,
+            JobType::REVOKE_MEDIA_TYPE,
+            PSKC_MEDIA_TYPE,
+            CSV_MEDIA_TYPE,
+        ],
     )?;
-    let expected =
-        JobType::from_media_type(media_type).expect("accepted media types are job types");
     let started = Instant::now();
-    let bytes = read_body(&req, payload, state.settings.jobs.max_body_bytes).await?;
+    let bytes = read_body(&req, payload, state.settings.jobs.max_body_bytes)
+        .await?
+        .freeze();
     let read_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let job = parse_job(&bytes, expected, state.settings.jobs.max_items).map_err(|e| match e {
-        JobRequestError::Syntax(message) => ApiError::InvalidRequest(message),
-        JobRequestError::Invalid { details, total } => ApiError::InvalidData {
-            message: if total > details.len() {
-                format!(
-                    "The request has {total} invalid fields; the first {MAX_DETAILS} are listed. Nothing was stored."
-                )
-            } else {
-                format!("The request has {total} invalid field(s); see details. Nothing was stored.")
-            },
-            details,
-        },
-    })?;
+    let (job, expected) = match JobType::from_media_type(media_type) {
+        Some(expected) => (json_job(&bytes, expected, &state)?, expected),
+        None => (
+            import_job(&req, media_type, bytes.clone(), &state).await?,
+            JobType::CreateTokens,
+        ),
+    };
     let parsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let idempotency = IdempotencyKey::from_request(&req, &bytes)?;
     drop(bytes);
@@ -243,6 +245,86 @@ pub async fn submit(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+fn json_job(bytes: &[u8], expected: JobType, state: &AppState) -> Result<NewJob, ApiError> {
+    parse_job(bytes, expected, state.settings.jobs.max_items).map_err(|e| match e {
+        JobRequestError::Syntax(message) => ApiError::InvalidRequest(message),
+        JobRequestError::Invalid { details, total } => ApiError::InvalidData {
+            message: if total > details.len() {
+                format!(
+                    "The request has {total} invalid fields; the first {MAX_DETAILS} are listed. Nothing was stored."
+                )
+            } else {
+                format!("The request has {total} invalid field(s); see details. Nothing was stored.")
+            },
+            details,
+        },
+    })
+}
+
+/// The header naming a configured pre-shared PSKC key (`import.pskc_keys.<id>`).
+pub const PSKC_KEY_ID_HEADER: &str = "x-pskc-key-id";
+/// The header carrying the password of a PBKDF2-protected PSKC file. Never logged or stored.
+pub const PSKC_PASSWORD_HEADER: &str = "x-pskc-password";
+
+/// A PSKC or CSV file as a create job: rows that break the token rules become INVALID items;
+/// only a file that cannot be read at all is refused. `?async=false` waits for the job as
+/// `"async": false` does in a JSON body.
+async fn import_job(
+    req: &HttpRequest,
+    media_type: &str,
+    bytes: web::Bytes,
+    state: &AppState,
+) -> Result<NewJob, ApiError> {
+    let is_async = match web::Query::<AsyncQuery>::from_query(req.query_string())
+        .map(|q| q.into_inner().is_async)
+    {
+        Ok(None) | Ok(Some(true)) => true,
+        Ok(Some(false)) => false,
+        Err(_) => {
+            return Err(ApiError::InvalidRequest(
+                "async must be true or false.".into(),
+            ))
+        }
+    };
+    let max_items = state.settings.jobs.max_items;
+    let items = if media_type == PSKC_MEDIA_TYPE {
+        let keys = pskc_keys(req, state)?;
+        // Parsing (and PBKDF2) is CPU work on a file of up to jobs.max_body_bytes: off the
+        // request threads.
+        web::block(move || import::pskc::parse(&bytes, &keys, max_items)).await
+    } else {
+        web::block(move || import::csv::parse(&bytes, max_items)).await
+    }
+    .map_err(|e| ApiError::Internal(format!("import parser did not finish: {e}")))?
+    .map_err(|e: ImportError| ApiError::InvalidRequest(e.to_string()))?;
+    Ok(NewJob::Create { is_async, items })
+}
+
+#[derive(Deserialize)]
+struct AsyncQuery {
+    #[serde(rename = "async")]
+    is_async: Option<bool>,
+}
+
+fn pskc_keys(req: &HttpRequest, state: &AppState) -> Result<PskcKeys, ApiError> {
+    let mut keys = PskcKeys::default();
+    if let Some(id) = req.headers().get(PSKC_KEY_ID_HEADER) {
+        let key = id
+            .to_str()
+            .ok()
+            .and_then(|id| state.settings.import.pskc_key(id.trim()));
+        keys.pre_shared = Some(key.ok_or_else(|| {
+            ApiError::InvalidRequest(
+                "X-PSKC-Key-Id names no configured pre-shared key (import.pskc_keys.<id>).".into(),
+            )
+        })?);
+    }
+    if let Some(password) = req.headers().get(PSKC_PASSWORD_HEADER) {
+        keys.password = Some(zeroize::Zeroizing::new(password.as_bytes().to_vec()));
+    }
+    Ok(keys)
 }
 
 fn accepted(status: StatusCode, location: &str, body: Vec<u8>) -> HttpResponse {

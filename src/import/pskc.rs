@@ -1,0 +1,586 @@
+//! PSKC key containers (RFC 6030): one token per `KeyPackage`, numbered from 1 in file order.
+//! The XML is read by [`super::xml`] (streamed, no DOCTYPE, bounded); encrypted values are opened
+//! by [`encryption`]. A key package that breaks the token rules, or whose values do not
+//! authenticate (a wrong key, an altered file), is an INVALID item, not a refused file.
+
+mod encryption;
+
+use base64::Engine as _;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use self::encryption::Crypto;
+use super::xml::{shown, Element, Parts};
+use super::{invalid, shown_serial, ImportError, RowFields};
+use crate::domain::job::CreateItem;
+
+/// Largest TimeDrift taken over, in time intervals (about 35 days of 30-second steps).
+const MAX_DRIFT: i32 = 100_000;
+
+/// The keys a request supplies for encrypted containers.
+#[derive(Default)]
+pub struct PskcKeys {
+    /// The configured pre-shared key that `X-PSKC-Key-Id` named.
+    pub pre_shared: Option<Zeroizing<Vec<u8>>>,
+    /// The `X-PSKC-Password` header.
+    pub password: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// Reads a PSKC document into job items, refusing files of more than `max_rows` key packages.
+pub fn parse(
+    body: &[u8],
+    keys: &PskcKeys,
+    max_rows: usize,
+) -> Result<Vec<CreateItem>, ImportError> {
+    let mut parts = Parts::new(body)?;
+    let root = parts.root()?;
+    check_root(&parts, &root)?;
+    let mut header: Vec<Element> = Vec::new();
+    let mut crypto: Option<Crypto> = None;
+    let mut items = Vec::new();
+    while let Some(part) = parts.next_part()? {
+        match part.name.as_str() {
+            "KeyPackage" => {
+                if items.len() == max_rows {
+                    return Err(ImportError::TooManyRows { max: max_rows });
+                }
+                let crypto = match &mut crypto {
+                    Some(c) => c,
+                    None => crypto.insert(Crypto::new(&parts, &header, keys)?),
+                };
+                let row_number = items.len() as i64 + 1;
+                items.push(key_package(&parts, &part, crypto, row_number)?);
+            }
+            "EncryptionKey" | "MACMethod" if crypto.is_none() => header.push(part),
+            "EncryptionKey" | "MACMethod" => {
+                return Err(parts.error(
+                    part.offset,
+                    format!("{} must come before the first KeyPackage.", part.name),
+                ))
+            }
+            // Signature, other extensions: not needed to create tokens.
+            _ => {}
+        }
+    }
+    if items.is_empty() {
+        return Err(ImportError::Unreadable(
+            "The KeyContainer holds no KeyPackage.".into(),
+        ));
+    }
+    Ok(items)
+}
+
+fn check_root(doc: &Parts, root: &Element) -> Result<(), ImportError> {
+    if root.name != "KeyContainer" {
+        return Err(doc.error(
+            root.offset,
+            format!(
+                "the root element is {}, not KeyContainer: this is not a PSKC document.",
+                shown(&root.name)
+            ),
+        ));
+    }
+    match root.attribute("Version") {
+        None | Some("1.0") => Ok(()),
+        Some(v) => Err(doc.error(
+            root.offset,
+            format!(
+                "KeyContainer Version {:?} is not supported (1.0 is).",
+                shown(v)
+            ),
+        )),
+    }
+}
+
+fn base64(text: &str) -> Option<Zeroizing<Vec<u8>>> {
+    let compact: Zeroizing<String> =
+        Zeroizing::new(text.chars().filter(|c| !c.is_ascii_whitespace()).collect());
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// The last segment of an algorithm URI, lower-case: `...xmlenc#aes128-cbc` -> `aes128-cbc`,
+/// `urn:ietf:params:xml:ns:keyprov:pskc:hotp` -> `hotp`.
+fn uri_suffix(uri: &str) -> String {
+    uri.trim()
+        .rsplit(['#', ':', '/'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// One key package -> one job item. Problems of the package are an INVALID item; an
+/// encrypted value with no key at all refuses the file.
+fn key_package(
+    doc: &Parts,
+    package: &Element,
+    crypto: &Crypto,
+    row_number: i64,
+) -> Result<CreateItem, ImportError> {
+    let key = package.child("Key");
+    let serial = package
+        .path(&["DeviceInfo", "SerialNo"])
+        .map(|s| s.trimmed().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            key.and_then(|k| k.attribute("Id"))
+                .map(|s| s.trim().to_string())
+        });
+    let shown_serial = serial.as_deref().map(shown_serial);
+    let fail = |message: String| Ok(invalid(row_number, shown_serial.clone(), "", message));
+    let Some(key) = key else {
+        return fail("the KeyPackage has no Key".into());
+    };
+    if key.attribute("Algorithm").is_none() {
+        return fail("the Key has no Algorithm".into());
+    }
+    let algorithm = key.attribute("Algorithm").unwrap_or_default();
+    let token_type = match uri_suffix(algorithm).as_str() {
+        "hotp" => "HOTP",
+        "totp" => "TOTP",
+        _ => {
+            return fail(format!(
+                "the Key Algorithm {:?} is not HOTP or TOTP",
+                shown(algorithm)
+            ))
+        }
+    };
+    if crypto.key.is_none() && contains(package, "EncryptedValue") {
+        return Err(doc.error(
+            package.offset,
+            "the KeyPackage holds encrypted values: name the file's pre-shared key with X-PSKC-Key-Id, or send its password in X-PSKC-Password.",
+        ));
+    }
+
+    let mut fields = RowFields::default();
+    let mut problems = Vec::new();
+    match &serial {
+        Some(s) => fields.set_str("serialNumber", s),
+        None => problems.push("SerialNo is missing (DeviceInfo/SerialNo, or the Key Id)".into()),
+    }
+    fields.set_str("type", token_type);
+    let parameters = key.child("AlgorithmParameters");
+    match parameters.and_then(|p| p.child("ResponseFormat")) {
+        None => problems.push("ResponseFormat is missing (it gives the OTP length)".into()),
+        Some(format) => {
+            if let Some(encoding) = format.attribute("Encoding") {
+                if !encoding.eq_ignore_ascii_case("DECIMAL") {
+                    problems.push(format!(
+                        "ResponseFormat Encoding {:?} is not supported (DECIMAL is)",
+                        shown(encoding)
+                    ));
+                }
+            }
+            match format.attribute("Length") {
+                Some(length) => fields.set("otpLength", number(length)),
+                None => problems.push("ResponseFormat Length is missing".into()),
+            }
+        }
+    }
+    if let Some(suite) = parameters.and_then(|p| p.child("Suite")) {
+        fields.set_str("hashAlgorithm", &hash_algorithm(suite.trimmed()));
+    }
+
+    let data = key.child("Data");
+    match data.and_then(|d| d.child("Secret")) {
+        None => problems.push(if key.child("KeyReference").is_some() {
+            "the Secret is missing: keys derived from a KeyReference cannot be imported".into()
+        } else {
+            "the Secret is missing".into()
+        }),
+        Some(secret) => match binary(crypto, "Secret", secret) {
+            Ok(bytes) => fields.set_secret(&bytes),
+            Err(e) => problems.push(e),
+        },
+    }
+    // Values that do not apply to the key's algorithm are read (and authenticated) but unused.
+    let mut integer_field = |name: &str| -> Option<i64> {
+        let element = data.and_then(|d| d.child(name))?;
+        integer(crypto, name, element)
+            .map_err(|e| problems.push(e))
+            .ok()
+    };
+    let counter = integer_field("Counter");
+    let time_interval = integer_field("TimeInterval");
+    let _time = integer_field("Time");
+    let drift = integer_field("TimeDrift");
+    match token_type {
+        "HOTP" => {
+            if let Some(counter) = counter {
+                fields.set_nested("hotp", "counter", Value::from(counter));
+            }
+        }
+        _ => {
+            if let Some(step) = time_interval {
+                fields.set_nested("totp", "timeStep", Value::from(step));
+            }
+        }
+    }
+    let drift = match drift.map(|d| i32::try_from(d).ok().filter(|d| d.abs() <= MAX_DRIFT)) {
+        Some(Some(d)) if token_type == "TOTP" => d,
+        Some(None) if token_type == "TOTP" => {
+            problems.push(format!(
+                "TimeDrift must be from -{MAX_DRIFT} to {MAX_DRIFT} time intervals"
+            ));
+            0
+        }
+        _ => 0,
+    };
+    if !problems.is_empty() {
+        return fail(problems.join("; "));
+    }
+    Ok(match fields.into_item(row_number, "", &element_name) {
+        CreateItem::Token(mut token) => {
+            token.drift = drift;
+            CreateItem::Token(token)
+        }
+        invalid => invalid,
+    })
+}
+
+/// The PSKC element a token field path came from.
+fn element_name(path: &str) -> String {
+    match path {
+        "serialNumber" => "SerialNo",
+        "secret" => "Secret",
+        "type" => "Algorithm",
+        "otpLength" => "ResponseFormat Length",
+        "hashAlgorithm" => "Suite",
+        "hotp" | "hotp.counter" => "Counter",
+        "totp" | "totp.timeStep" => "TimeInterval",
+        other => other,
+    }
+    .to_string()
+}
+
+fn contains(element: &Element, name: &str) -> bool {
+    element.name == name || element.children.iter().any(|c| contains(c, name))
+}
+
+/// A `Suite` as the token rules name hashes: `HMAC-SHA256`, `SHA256` or an xmldsig URI ->
+/// `HmacSHA256`; anything else is left for the rules to refuse.
+fn hash_algorithm(suite: &str) -> String {
+    let compact: String = uri_suffix(suite)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    match compact.trim_start_matches("hmac") {
+        "sha1" => "HmacSHA1".into(),
+        "sha256" => "HmacSHA256".into(),
+        "sha512" => "HmacSHA512".into(),
+        _ => shown(suite),
+    }
+}
+
+fn number(text: &str) -> Value {
+    let text = text.trim();
+    text.parse::<i64>()
+        .map(Value::from)
+        .unwrap_or_else(|_| Value::String(shown(text)))
+}
+
+/// A binary value (`Secret`): base64 `PlainValue`, or `EncryptedValue` + `ValueMAC`.
+fn binary(crypto: &Crypto, what: &str, element: &Element) -> Result<Zeroizing<Vec<u8>>, String> {
+    if let Some(plain) = element.child("PlainValue") {
+        return base64(plain.trimmed()).ok_or_else(|| format!("{what} PlainValue is not base64"));
+    }
+    if let Some(encrypted) = element.child("EncryptedValue") {
+        return crypto.open(what, encrypted, element.child("ValueMAC"));
+    }
+    Err(format!("{what} has neither PlainValue nor EncryptedValue"))
+}
+
+/// An integer value (`Counter`, `Time`, `TimeInterval`, `TimeDrift`): decimal `PlainValue`, or
+/// an `EncryptedValue` holding decimal digits or a big-endian binary integer.
+fn integer(crypto: &Crypto, what: &str, element: &Element) -> Result<i64, String> {
+    let signed = what == "TimeDrift";
+    let not_integer = || format!("{what} is not an integer");
+    if let Some(plain) = element.child("PlainValue") {
+        return plain.trimmed().parse::<i64>().map_err(|_| not_integer());
+    }
+    let Some(encrypted) = element.child("EncryptedValue") else {
+        return Err(format!("{what} has neither PlainValue nor EncryptedValue"));
+    };
+    let bytes = crypto.open(what, encrypted, element.child("ValueMAC"))?;
+    if let Some(n) = std::str::from_utf8(&bytes)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .and_then(|s| s.trim().parse::<i64>().ok())
+    {
+        return Ok(n);
+    }
+    if bytes.is_empty() || bytes.len() > 8 {
+        return Err(not_integer());
+    }
+    // Big-endian; only TimeDrift may be negative.
+    let fill = if signed && bytes[0] & 0x80 != 0 {
+        0xFF
+    } else {
+        0
+    };
+    let mut be = [fill; 8];
+    be[8 - bytes.len()..].copy_from_slice(&bytes);
+    if !signed && bytes.len() == 8 && bytes[0] & 0x80 != 0 {
+        return Err(not_integer());
+    }
+    Ok(i64::from_be_bytes(be))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TokenKind;
+
+    const RFC_SECRET: &[u8] = b"12345678901234567890";
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("tests/fixtures/pskc/{name}")).unwrap()
+    }
+
+    fn pre_shared(hex_key: &str) -> PskcKeys {
+        PskcKeys {
+            pre_shared: Some(Zeroizing::new(hex::decode(hex_key).unwrap())),
+            password: None,
+        }
+    }
+
+    fn password(p: &str) -> PskcKeys {
+        PskcKeys {
+            pre_shared: None,
+            password: Some(Zeroizing::new(p.as_bytes().to_vec())),
+        }
+    }
+
+    fn parse_ok(name: &str, keys: &PskcKeys) -> Vec<CreateItem> {
+        parse(&fixture(name), keys, 1000).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn token(item: &CreateItem) -> &crate::domain::NewToken {
+        match item {
+            CreateItem::Token(t) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn message(item: &CreateItem) -> &str {
+        match item {
+            CreateItem::Invalid(r) => &r.message,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn refused(body: &[u8], keys: &PskcKeys) -> String {
+        parse(body, keys, 1000).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rfc6030_figure3_plain_hotp() {
+        let items = parse_ok("rfc6030-figure3.pskcxml", &PskcKeys::default());
+        let t = token(&items[0]);
+        assert_eq!(t.serial_number.as_str(), "987654321");
+        assert_eq!(t.secret.expose(), RFC_SECRET);
+        assert_eq!(t.otp_length.get(), 8);
+        assert_eq!(t.kind, TokenKind::Hotp { counter: 0 });
+        assert_eq!(t.row_number, Some(1));
+    }
+
+    #[test]
+    fn rfc6030_figures_that_hold_no_importable_token_are_invalid_rows() {
+        // Figure 2: a 32-bit secret, no serial number but a Key Id, and no OTP length.
+        let items = parse_ok("rfc6030-figure2.pskcxml", &PskcKeys::default());
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            message(&items[0]),
+            "ResponseFormat is missing (it gives the OTP length)"
+        );
+        // Figure 4: the key is derived from a master key the service does not have.
+        let items = parse_ok("rfc6030-figure4.pskcxml", &PskcKeys::default());
+        assert!(message(&items[0]).contains("KeyReference"), "{items:?}");
+        // Figure 5: the HOTP key, then its PIN as a key package of its own.
+        let items = parse_ok("rfc6030-figure5.pskcxml", &PskcKeys::default());
+        assert_eq!(token(&items[0]).secret.expose(), RFC_SECRET);
+        assert!(message(&items[1]).contains("is not HOTP or TOTP"));
+    }
+
+    #[test]
+    fn rfc6030_figure6_pre_shared_key_and_figure7_password() {
+        let items = parse_ok(
+            "rfc6030-figure6.pskcxml",
+            &pre_shared("12345678901234567890123456789012"),
+        );
+        assert_eq!(token(&items[0]).secret.expose(), RFC_SECRET);
+        let items = parse_ok("rfc6030-figure7.pskcxml", &password("qwerty"));
+        let t = token(&items[0]);
+        assert_eq!(t.secret.expose(), RFC_SECRET);
+        assert_eq!(t.serial_number.as_str(), "987654321");
+    }
+
+    #[test]
+    fn a_wrong_key_or_password_makes_rows_invalid_not_the_file() {
+        for (name, keys) in [
+            (
+                "rfc6030-figure6.pskcxml",
+                pre_shared("00000000000000000000000000000000"),
+            ),
+            ("rfc6030-figure7.pskcxml", password("Qwerty")),
+            ("vendor-aes256.pskcxml", pre_shared(&"ab".repeat(32))),
+        ] {
+            for item in parse_ok(name, &keys) {
+                let m = message(&item);
+                assert!(
+                    m.contains("ValueMAC cannot be checked")
+                        || m.contains("ValueMAC does not match"),
+                    "{name}: {m}"
+                );
+            }
+        }
+        // A key of the wrong size for the file's algorithm.
+        let items = parse_ok("rfc6030-figure6.pskcxml", &pre_shared(&"12".repeat(32)));
+        assert!(message(&items[0]).contains("ValueMAC"), "{items:?}");
+    }
+
+    #[test]
+    fn vendor_files_plain_and_encrypted() {
+        let key: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
+        for (name, keys, prefix) in [
+            ("vendor-aes256.pskcxml", pre_shared(&key), "EVA"),
+            (
+                "vendor-pbkdf2.pskcxml",
+                password("correct horse battery staple"),
+                "EVP",
+            ),
+        ] {
+            let items = parse_ok(name, &keys);
+            let t: Vec<_> = items.iter().map(token).collect();
+            assert_eq!(t[0].serial_number.as_str(), format!("{prefix}0001"));
+            assert_eq!(t[0].secret.expose(), RFC_SECRET);
+            assert_eq!(t[0].kind, TokenKind::Hotp { counter: 5 });
+            assert_eq!(t[1].secret.expose(), b"12345678901234567890123456789012");
+            assert_eq!(t[1].kind, TokenKind::Totp { time_step: 30 });
+            assert_eq!(t[1].hash_algorithm.as_str(), "HmacSHA256");
+            assert_eq!(t[1].otp_length.get(), 8);
+            assert_eq!(t[2].secret.expose().len(), 64);
+            assert_eq!(t[2].kind, TokenKind::Totp { time_step: 60 });
+            assert_eq!(t[2].hash_algorithm.as_str(), "HmacSHA512");
+            assert_eq!((t[1].drift, t[2].drift), (0, -1));
+        }
+
+        let items = parse_ok("vendor-plain.pskcxml", &PskcKeys::default());
+        assert_eq!(items.len(), 5);
+        assert_eq!(token(&items[0]).kind, TokenKind::Hotp { counter: 42 });
+        assert_eq!(token(&items[1]).hash_algorithm.as_str(), "HmacSHA256");
+        assert_eq!(token(&items[2]).secret.expose().len(), 64);
+        assert!(message(&items[3]).starts_with("SerialNo is missing"));
+        assert_eq!(message(&items[4]), "ResponseFormat Length must be 6 or 8");
+    }
+
+    #[test]
+    fn a_bad_mac_rejects_its_key_package_only() {
+        let key: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
+        let items = parse_ok("vendor-aes256-bad-mac.pskcxml", &pre_shared(&key));
+        assert_eq!(token(&items[0]).serial_number.as_str(), "EVM0001");
+        assert_eq!(
+            message(&items[1]),
+            "Secret: ValueMAC does not match (a wrong key or password, or an altered file)"
+        );
+        match &items[1] {
+            CreateItem::Invalid(r) => {
+                assert_eq!(r.row_number, 2);
+                assert_eq!(r.serial_number.as_deref(), Some("EVM0002"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(token(&items[2]).serial_number.as_str(), "EVM0003");
+    }
+
+    #[test]
+    fn encrypted_files_need_a_key() {
+        let err = refused(&fixture("rfc6030-figure6.pskcxml"), &PskcKeys::default());
+        assert!(
+            err.starts_with("Line 9:") && err.contains("X-PSKC-Key-Id"),
+            "{err}"
+        );
+        let err = refused(&fixture("rfc6030-figure7.pskcxml"), &PskcKeys::default());
+        assert!(err.contains("X-PSKC-Password"), "{err}");
+    }
+
+    #[test]
+    fn dtds_entities_and_broken_xml_are_refused_with_their_line() {
+        let cases: [(&[u8], &str); 9] = [
+            (
+                &fixture("billion-laughs.pskcxml"),
+                "Line 2: a DOCTYPE declaration is not accepted",
+            ),
+            (
+                &fixture("external-entity.pskcxml"),
+                "Line 2: a DOCTYPE declaration is not accepted",
+            ),
+            (
+                &fixture("undeclared-entity.pskcxml"),
+                "Line 4: the entity reference &serial; is not defined",
+            ),
+            (
+                &fixture("truncated.pskcxml"),
+                "the file ends before the element Data (line 8) is closed",
+            ),
+            (
+                b"serialNumber,secret\nA1,00",
+                "Line 1: text outside the root element",
+            ),
+            (
+                b"<?xml version=\"1.0\"?>\n<html><body/></html>",
+                "Line 2: the root element is html",
+            ),
+            (
+                b"<KeyContainer Version=\"2.0\"/>",
+                "Version \"2.0\" is not supported",
+            ),
+            (
+                b"<KeyContainer>\n<KeyPackage></Key></KeyContainer>",
+                "Line 2: the file is not well-formed XML",
+            ),
+            (
+                b"<KeyContainer Version=\"1.0\"></KeyContainer>",
+                "holds no KeyPackage",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = refused(body, &PskcKeys::default());
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        let deep = format!("<KeyContainer>{}", "<a>".repeat(100));
+        assert!(refused(deep.as_bytes(), &PskcKeys::default()).contains("nest deeper than 32"));
+        assert!(refused(b"\xff\xfe<\x00", &PskcKeys::default()).contains("UTF-16"));
+        assert!(
+            refused(b"<KeyContainer>\n\xff</KeyContainer>", &PskcKeys::default())
+                .starts_with("Line 2: the file is not UTF-8")
+        );
+    }
+
+    #[test]
+    fn key_package_count_is_bounded() {
+        let body = fixture("rfc6030-figure5.pskcxml");
+        assert_eq!(
+            parse(&body, &PskcKeys::default(), 1).unwrap_err(),
+            ImportError::TooManyRows { max: 1 }
+        );
+    }
+
+    #[test]
+    fn encrypted_integers_decode_as_text_or_big_endian() {
+        assert_eq!(hash_algorithm("HMAC-SHA256"), "HmacSHA256");
+        assert_eq!(
+            hash_algorithm("http://www.w3.org/2001/04/xmldsig-more#hmac-sha512"),
+            "HmacSHA512"
+        );
+        assert_eq!(hash_algorithm("SHA1"), "HmacSHA1");
+        assert_eq!(hash_algorithm("MD5"), "MD5");
+        assert_eq!(uri_suffix("http://www.ietf.org/keyprov/pskc#totp"), "totp");
+        assert_eq!(
+            uri_suffix("urn:ietf:params:xml:ns:keyprov:pskc:HOTP"),
+            "hotp"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! Encrypted PSKC values (RFC 6030 section 6.1): AES-CBC with the IV in front of the ciphertext,
+//! under a pre-shared key or a PBKDF2 key derived from a password. Each value carries a
+//! `ValueMAC`, an HMAC of IV and ciphertext under the container's MAC key (`MACMethod/MACKey`,
+//! itself encrypted with the same key; the encryption key when absent), checked in constant time
+//! before anything is decrypted. Errors about one value are row messages; errors about the
+//! container's keys refuse the file.
+
+use aes::cipher::{BlockDecryptMut, KeyIvInit};
+use hmac::{Hmac, Mac};
+use zeroize::Zeroizing;
+
+use super::{base64, uri_suffix, PskcKeys};
+use crate::import::xml::{shown, Element, Parts};
+use crate::import::ImportError;
+
+/// PBKDF2 iterations accepted: enough for any real file, too few to tie a worker up for long.
+const MAX_ITERATIONS: u32 = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MacAlgorithm {
+    Sha1,
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl MacAlgorithm {
+    pub(super) fn from_uri(uri: &str) -> Option<Self> {
+        match uri_suffix(uri).as_str() {
+            "hmac-sha1" | "hmacwithsha1" => Some(Self::Sha1),
+            "hmac-sha224" | "hmacwithsha224" => Some(Self::Sha224),
+            "hmac-sha256" | "hmacwithsha256" => Some(Self::Sha256),
+            "hmac-sha384" | "hmacwithsha384" => Some(Self::Sha384),
+            "hmac-sha512" | "hmacwithsha512" => Some(Self::Sha512),
+            _ => None,
+        }
+    }
+
+    /// Checks `tag` over `data` in constant time.
+    fn verify(self, key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+        fn check<M: Mac + hmac::digest::KeyInit>(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+            let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key)
+                .expect("HMAC takes keys of any length");
+            mac.update(data);
+            mac.verify_slice(tag).is_ok()
+        }
+        match self {
+            Self::Sha1 => check::<Hmac<sha1::Sha1>>(key, data, tag),
+            Self::Sha224 => check::<Hmac<sha2::Sha224>>(key, data, tag),
+            Self::Sha256 => check::<Hmac<sha2::Sha256>>(key, data, tag),
+            Self::Sha384 => check::<Hmac<sha2::Sha384>>(key, data, tag),
+            Self::Sha512 => check::<Hmac<sha2::Sha512>>(key, data, tag),
+        }
+    }
+
+    fn pbkdf2(self, password: &[u8], salt: &[u8], rounds: u32, out: &mut [u8]) {
+        match self {
+            Self::Sha1 => pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, rounds, out),
+            Self::Sha224 => pbkdf2::pbkdf2_hmac::<sha2::Sha224>(password, salt, rounds, out),
+            Self::Sha256 => pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, rounds, out),
+            Self::Sha384 => pbkdf2::pbkdf2_hmac::<sha2::Sha384>(password, salt, rounds, out),
+            Self::Sha512 => pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, salt, rounds, out),
+        }
+    }
+}
+
+/// How a container's encrypted values are opened.
+pub(super) struct Crypto {
+    /// The encryption key, when the request supplied one (derived from the password if the file
+    /// says so).
+    pub key: Option<Zeroizing<Vec<u8>>>,
+    /// The MAC key and algorithm, or why values cannot be authenticated.
+    mac: Result<(MacAlgorithm, Zeroizing<Vec<u8>>), String>,
+}
+
+impl Crypto {
+    /// Settles the keys from the container header (read before the first key package) and the
+    /// request's keys. A file that needs a key the request lacks is refused here.
+    pub fn new(doc: &Parts, header: &[Element], keys: &PskcKeys) -> Result<Self, ImportError> {
+        let encryption_key = header.iter().find(|e| e.name == "EncryptionKey");
+        let mac_method = header.iter().find(|e| e.name == "MACMethod");
+        let derived = encryption_key.and_then(|e| e.child("DerivedKey"));
+        let key = match derived {
+            Some(derived) => {
+                let Some(password) = &keys.password else {
+                    return Err(doc.error(
+                        derived.offset,
+                        "the file's keys are derived from a password (DerivedKey): send it in the X-PSKC-Password header.",
+                    ));
+                };
+                Some(derive_key(doc, derived, password)?)
+            }
+            None => keys.pre_shared.clone(),
+        };
+        let encrypted =
+            encryption_key.is_some() || mac_method.is_some_and(|m| m.child("MACKey").is_some());
+        if encrypted && key.is_none() {
+            let at = encryption_key.or(mac_method).map_or(0, |e| e.offset);
+            return Err(doc.error(
+                at,
+                "the file is encrypted: name its pre-shared key with the X-PSKC-Key-Id header.",
+            ));
+        }
+        let mac = match (mac_method, &key) {
+            (None, _) => Err("the file has no MACMethod to check ValueMAC with".to_string()),
+            (Some(_), None) => Err("the MAC key needs the encryption key".to_string()),
+            (Some(method), Some(key)) => mac_key(method, key),
+        };
+        Ok(Self { key, mac })
+    }
+
+    /// Authenticates and decrypts an `EncryptedValue` (or `MACKey`) element. Errors are row
+    /// messages naming `what`.
+    pub fn open(
+        &self,
+        what: &str,
+        encrypted: &Element,
+        value_mac: Option<&Element>,
+    ) -> Result<Zeroizing<Vec<u8>>, String> {
+        let key = self
+            .key
+            .as_deref()
+            .ok_or_else(|| format!("{what} is encrypted but the file names no EncryptionKey"))?;
+        let cipher_value = cipher_value(what, encrypted)?;
+        let Some(value_mac) = value_mac else {
+            return Err(format!(
+                "{what} is encrypted without a ValueMAC (RFC 6030 requires one with AES-CBC)"
+            ));
+        };
+        let (algorithm, mac_key) = self.mac.as_ref().map_err(|e| format!("{what}: {e}"))?;
+        let tag =
+            base64(value_mac.trimmed()).ok_or_else(|| format!("{what}: ValueMAC is not base64"))?;
+        if !algorithm.verify(mac_key, &cipher_value, &tag) {
+            return Err(format!(
+                "{what}: ValueMAC does not match (a wrong key or password, or an altered file)"
+            ));
+        }
+        decrypt(what, encrypted, key, &cipher_value)
+    }
+}
+
+/// The bytes of `CipherData/CipherValue`: IV and ciphertext.
+fn cipher_value(what: &str, encrypted: &Element) -> Result<Zeroizing<Vec<u8>>, String> {
+    let value = encrypted
+        .path(&["CipherData", "CipherValue"])
+        .ok_or_else(|| format!("{what}: CipherData/CipherValue is missing"))?;
+    base64(value.trimmed()).ok_or_else(|| format!("{what}: CipherValue is not base64"))
+}
+
+/// AES-CBC with the IV in the first block. Padding is read from the last byte only, which
+/// accepts PKCS#7 and the XML Encryption padding alike.
+fn decrypt(
+    what: &str,
+    encrypted: &Element,
+    key: &[u8],
+    cipher_value: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let uri = encrypted
+        .child("EncryptionMethod")
+        .and_then(|m| m.attribute("Algorithm"))
+        .ok_or_else(|| format!("{what}: EncryptionMethod Algorithm is missing"))?;
+    let key_len = match uri_suffix(uri).as_str() {
+        "aes128-cbc" => 16,
+        "aes192-cbc" => 24,
+        "aes256-cbc" => 32,
+        _ => {
+            return Err(format!(
+                "{what}: the encryption algorithm {:?} is not supported (aes128-cbc, aes192-cbc and aes256-cbc are)",
+                shown(uri)
+            ))
+        }
+    };
+    if key.len() != key_len {
+        return Err(format!(
+            "{what}: {} needs a {key_len}-byte key, the key given has {} bytes",
+            uri_suffix(uri),
+            key.len()
+        ));
+    }
+    if cipher_value.len() < 32 || cipher_value.len() % 16 != 0 {
+        return Err(format!(
+            "{what}: CipherValue is not an IV and whole AES blocks"
+        ));
+    }
+    let (iv, body) = cipher_value.split_at(16);
+    let mut plain = Zeroizing::new(body.to_vec());
+    let result = match key_len {
+        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv).map(|d| {
+            d.decrypt_padded_mut::<aes::cipher::block_padding::NoPadding>(&mut plain)
+                .map(|_| ())
+        }),
+        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, iv).map(|d| {
+            d.decrypt_padded_mut::<aes::cipher::block_padding::NoPadding>(&mut plain)
+                .map(|_| ())
+        }),
+        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, iv).map(|d| {
+            d.decrypt_padded_mut::<aes::cipher::block_padding::NoPadding>(&mut plain)
+                .map(|_| ())
+        }),
+    };
+    let cannot = || format!("{what} cannot be decrypted (a wrong key or password)");
+    result.map_err(|_| cannot())?.map_err(|_| cannot())?;
+    let pad = usize::from(*plain.last().ok_or_else(cannot)?);
+    if pad == 0 || pad > 16 || pad > plain.len() {
+        return Err(cannot());
+    }
+    let len = plain.len() - pad;
+    plain.truncate(len);
+    Ok(plain)
+}
+
+/// The MAC key of `MACMethod`: its encrypted `MACKey`, or the encryption key itself when the
+/// method has none (as early PSKC producers wrote it).
+fn mac_key(method: &Element, key: &[u8]) -> Result<(MacAlgorithm, Zeroizing<Vec<u8>>), String> {
+    let uri = method.attribute("Algorithm").unwrap_or("");
+    let algorithm = MacAlgorithm::from_uri(uri).ok_or_else(|| {
+        format!(
+            "the MACMethod algorithm {:?} is not supported (HMAC-SHA1 and HMAC-SHA2 are)",
+            shown(uri)
+        )
+    })?;
+    let Some(mac_key) = method.child("MACKey") else {
+        return Ok((algorithm, Zeroizing::new(key.to_vec())));
+    };
+    // The MAC key has no MAC of its own: a wrong key shows as a ValueMAC mismatch below, and
+    // a failure here reads the same.
+    let opened = cipher_value("MACKey", mac_key)
+        .and_then(|c| decrypt("MACKey", mac_key, key, &c))
+        .map_err(|_| {
+        "ValueMAC cannot be checked: the MAC key does not decrypt (a wrong key or password, or an altered file)".to_string()
+    })?;
+    Ok((algorithm, opened))
+}
+
+/// PBKDF2 (RFC 8018) as `DerivedKey/KeyDerivationMethod` describes it.
+fn derive_key(
+    doc: &Parts,
+    derived: &Element,
+    password: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, ImportError> {
+    let fail = |e: &Element, m: &str| Err(doc.error(e.offset, m));
+    let Some(method) = derived.child("KeyDerivationMethod") else {
+        return fail(derived, "DerivedKey has no KeyDerivationMethod.");
+    };
+    if uri_suffix(method.attribute("Algorithm").unwrap_or("")) != "pbkdf2" {
+        return fail(method, "only PBKDF2 key derivation is supported.");
+    }
+    let Some(params) = method.child("PBKDF2-params") else {
+        return fail(method, "KeyDerivationMethod has no PBKDF2-params.");
+    };
+    let Some(salt) = params
+        .path(&["Salt", "Specified"])
+        .and_then(|s| base64(s.trimmed()))
+    else {
+        return fail(params, "PBKDF2-params needs a base64 Salt/Specified.");
+    };
+    let iterations = params
+        .child("IterationCount")
+        .and_then(|i| i.trimmed().parse::<u32>().ok())
+        .filter(|n| (1..=MAX_ITERATIONS).contains(n));
+    let Some(iterations) = iterations else {
+        return fail(
+            params,
+            &format!("PBKDF2-params needs an IterationCount from 1 to {MAX_ITERATIONS}."),
+        );
+    };
+    // Without a KeyLength, the AES-128 key of RFC 6030's examples.
+    let length = match params.child("KeyLength") {
+        None => 16,
+        Some(l) => match l.trimmed().parse::<usize>() {
+            Ok(n @ (16 | 24 | 32)) => n,
+            _ => return fail(l, "PBKDF2 KeyLength must be 16, 24 or 32 (bytes)."),
+        },
+    };
+    let prf = match params.child("PRF").and_then(|p| p.attribute("Algorithm")) {
+        None => MacAlgorithm::Sha1,
+        Some(uri) => match MacAlgorithm::from_uri(uri) {
+            Some(a) => a,
+            None => return fail(params, "the PBKDF2 PRF must be HMAC-SHA1 or HMAC-SHA2."),
+        },
+    };
+    let mut key = Zeroizing::new(vec![0u8; length]);
+    prf.pbkdf2(password, &salt, iterations, &mut key);
+    Ok(key)
+}
