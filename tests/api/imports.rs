@@ -202,6 +202,23 @@ async fn rfc6030_examples_import_with_the_rfcs_secret(pool: PgPool) {
         assert_eq!(token["type"], "HOTP");
         assert_eq!(token["otpLength"], 8);
         assert_eq!(token["hotp"]["counter"], 0);
+        // And the service agrees: the code validates once, and not twice.
+        let validate = || async {
+            let res = app
+                .client
+                .post(app.url(&format!(
+                    "/v1/environments/{env}/oathTokens/{}/validate",
+                    token["id"].as_str().unwrap()
+                )))
+                .bearer_auth(app.token_for(env, &Scope::ALL))
+                .json(&json!({"otp": "84755224"}))
+                .send()
+                .await
+                .unwrap();
+            parts(res).await.1["status"].as_str().unwrap().to_string()
+        };
+        assert_eq!(validate().await, "VALID", "{figure}");
+        assert_eq!(validate().await, "INVALID", "{figure}");
     }
 
     // Figure 5's second key package is the PIN, not a token.
