@@ -7,6 +7,7 @@ mod errors;
 mod helpers;
 mod jobs;
 mod metrics;
+mod openapi;
 mod otp;
 mod outage;
 mod secrets;
