@@ -385,10 +385,69 @@ struct PageQuery {
     outcome: Option<String>,
 }
 
-fn page_query(req: &HttpRequest) -> Result<PageQuery, ApiError> {
-    web::Query::<PageQuery>::from_query(req.query_string())
+fn page_query(query_string: &str) -> Result<PageQuery, ApiError> {
+    web::Query::<PageQuery>::from_query(query_string)
         .map(web::Query::into_inner)
         .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))
+}
+
+/// A job list's query string, parsed.
+pub struct JobListRequest {
+    pub limit: i64,
+    /// The last id of the previous page (jobs are listed newest first).
+    pub before: Option<Uuid>,
+    cursor: Option<String>,
+}
+
+impl JobListRequest {
+    /// `limit` and `cursor`; other parameters are ignored.
+    pub fn parse(query_string: &str) -> Result<Self, ApiError> {
+        let query = page_query(query_string)?;
+        Ok(Self {
+            limit: page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?,
+            before: query.cursor.as_deref().map(cursor::decode).transpose()?,
+            cursor: query.cursor,
+        })
+    }
+}
+
+/// A job results query string, parsed.
+pub struct ResultsRequest {
+    pub limit: i64,
+    /// The last item index of the previous page.
+    pub after: Option<i32>,
+    pub outcome: Option<Outcome>,
+    cursor: Option<String>,
+}
+
+impl ResultsRequest {
+    /// `limit`, `cursor` and `outcome`; other parameters are ignored.
+    pub fn parse(query_string: &str) -> Result<Self, ApiError> {
+        let query = page_query(query_string)?;
+        let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
+        let after = query
+            .cursor
+            .as_deref()
+            .map(decode_index_cursor)
+            .transpose()?;
+        let outcome = query
+            .outcome
+            .as_deref()
+            .map(|o| {
+                Outcome::parse(o).ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "outcome must be one of CREATED, DUPLICATE, REVOKED, NOT_FOUND, SKIPPED_PAIRED, LIMIT_EXCEEDED, INVALID.".into(),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            limit,
+            after,
+            outcome,
+            cursor: query.cursor,
+        })
+    }
 }
 
 /// A page of jobs, newest first; `_links.next` when more follow.
@@ -463,10 +522,9 @@ struct EmbeddedJobs {
 )]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let env = state.authorize(&req, "env_id", Scope::JobsRead).await?;
-    let query = page_query(&req)?;
-    let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
-    let before = query.cursor.as_deref().map(cursor::decode).transpose()?;
-    let mut rows = store::list(&state.db, env, before, limit + 1).await?;
+    let query = JobListRequest::parse(req.query_string())?;
+    let limit = query.limit;
+    let mut rows = store::list(&state.db, env, query.before, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = more
@@ -576,24 +634,8 @@ pub async fn results(
 ) -> Result<HttpResponse, ApiError> {
     let env = state.authorize(&req, "env_id", Scope::JobsRead).await?;
     let id = path_id(&req, "job_id")?;
-    let query = page_query(&req)?;
-    let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(decode_index_cursor)
-        .transpose()?;
-    let outcome = query
-        .outcome
-        .as_deref()
-        .map(|o| {
-            Outcome::parse(o).ok_or_else(|| {
-                ApiError::InvalidRequest(
-                    "outcome must be one of CREATED, DUPLICATE, REVOKED, NOT_FOUND, SKIPPED_PAIRED, LIMIT_EXCEEDED, INVALID.".into(),
-                )
-            })
-        })
-        .transpose()?;
+    let query = ResultsRequest::parse(req.query_string())?;
+    let (limit, after, outcome) = (query.limit, query.after, query.outcome);
     if store::get(&state.db, env, id).await?.is_none() {
         return Err(ApiError::not_found());
     }

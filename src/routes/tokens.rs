@@ -290,6 +290,33 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
+/// A token list's query string, parsed.
+pub struct ListRequest {
+    pub serial: Option<SerialNumber>,
+    pub limit: i64,
+    /// The last id of the previous page.
+    pub after: Option<Uuid>,
+    /// As sent, for the page links.
+    filter: Option<String>,
+    cursor: Option<String>,
+}
+
+impl ListRequest {
+    /// `filter`, `limit` and `cursor`; other parameters are ignored.
+    pub fn parse(query_string: &str) -> Result<Self, ApiError> {
+        let query = web::Query::<ListQuery>::from_query(query_string)
+            .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))?
+            .into_inner();
+        Ok(Self {
+            serial: query.filter.as_deref().map(parse_filter).transpose()?,
+            limit: page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?,
+            after: query.cursor.as_deref().map(cursor::decode).transpose()?,
+            filter: query.filter,
+            cursor: query.cursor,
+        })
+    }
+}
+
 /// A page of tokens, oldest first; `_links.next` when more follow.
 #[derive(Serialize, ToSchema)]
 struct TokenPage {
@@ -326,18 +353,13 @@ struct EmbeddedTokens {
 )]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let env = state.authorize(&req, "env_id", Scope::TokensRead).await?;
-    let query = web::Query::<ListQuery>::from_query(req.query_string())
-        .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))?
-        .into_inner();
-    let serial = query.filter.as_deref().map(parse_filter).transpose()?;
-    let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
-    let after = query.cursor.as_deref().map(cursor::decode).transpose()?;
-
+    let query = ListRequest::parse(req.query_string())?;
+    let limit = query.limit;
     let mut rows = store::list(
         &state.db,
         env,
-        serial.as_ref().map(SerialNumber::as_str),
-        after,
+        query.serial.as_ref().map(SerialNumber::as_str),
+        query.after,
         limit + 1,
     )
     .await?;
