@@ -5,6 +5,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::AuthError;
@@ -42,13 +43,114 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The contract's error codes (section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidData,
+    AccessFailed,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    RequestTooLarge,
+    UnsupportedMediaType,
+    UnexpectedError,
+    ServiceUnavailable,
+}
+
+impl ErrorCode {
+    pub const ALL: [Self; 10] = [
+        Self::InvalidRequest,
+        Self::InvalidData,
+        Self::AccessFailed,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::RequestTooLarge,
+        Self::UnsupportedMediaType,
+        Self::UnexpectedError,
+        Self::ServiceUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "INVALID_REQUEST",
+            Self::InvalidData => "INVALID_DATA",
+            Self::AccessFailed => "ACCESS_FAILED",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::Conflict => "CONFLICT",
+            Self::RequestTooLarge => "REQUEST_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::UnexpectedError => "UNEXPECTED_ERROR",
+            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+        }
+    }
+}
+
+/// Every error response has this body.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// Id of this error, also in the service's log line about it.
     id: Uuid,
-    code: &'static str,
+    code: ErrorCode,
+    /// One sentence a user can act on.
+    #[schema(example = "The request has 1 invalid field; see details.")]
     message: &'a str,
+    /// One entry per invalid field (`INVALID_DATA` only).
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     details: &'a [FieldError],
+}
+
+/// The error responses, as the OpenAPI document describes them.
+pub mod responses {
+    use utoipa::ToResponse;
+
+    use super::ErrorBody;
+
+    /// `INVALID_REQUEST`: the body is not JSON or the query is malformed; `INVALID_DATA`: fields
+    /// fail validation, one `details[]` entry per problem.
+    #[derive(ToResponse)]
+    pub struct BadRequest<'a>(pub ErrorBody<'a>);
+
+    /// `ACCESS_FAILED`: no bearer token, or one that is malformed, expired, not yet valid, badly
+    /// signed or missing a claim.
+    #[derive(ToResponse)]
+    #[response(headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent")))]
+    pub struct Unauthorized<'a>(pub ErrorBody<'a>);
+
+    /// `ACCESS_FAILED`: the token lacks the operation's scope, or is for another environment.
+    #[derive(ToResponse)]
+    #[response(headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\"`")))]
+    pub struct Forbidden<'a>(pub ErrorBody<'a>);
+
+    /// `NOT_FOUND`: no such resource in the environment, or a path id that is not a UUID.
+    #[derive(ToResponse)]
+    pub struct NotFound<'a>(pub ErrorBody<'a>);
+
+    /// `CONFLICT`.
+    #[derive(ToResponse)]
+    pub struct Conflict<'a>(pub ErrorBody<'a>);
+
+    /// `REQUEST_TOO_LARGE`: the body exceeds the configured limit.
+    #[derive(ToResponse)]
+    pub struct TooLarge<'a>(pub ErrorBody<'a>);
+
+    /// `UNSUPPORTED_MEDIA_TYPE`: the body's `Content-Type` is not one the operation accepts.
+    #[derive(ToResponse)]
+    pub struct UnsupportedMediaType<'a>(pub ErrorBody<'a>);
+
+    /// `UNEXPECTED_ERROR`: a bug; the message never tells internals, the log has the cause.
+    #[derive(ToResponse)]
+    pub struct Unexpected<'a>(pub ErrorBody<'a>);
+
+    /// `SERVICE_UNAVAILABLE`: the database (or the key set) cannot be reached right now; the
+    /// service recovers by itself.
+    #[derive(ToResponse)]
+    #[response(headers(("Retry-After" = u32, description = "Seconds to wait before retrying")))]
+    pub struct Unavailable<'a>(pub ErrorBody<'a>);
 }
 
 impl ApiError {
@@ -64,20 +166,20 @@ impl ApiError {
         Self::NotFound("The requested resource was not found.".into())
     }
 
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            Self::InvalidRequest(_) => "INVALID_REQUEST",
-            Self::InvalidData { .. } => "INVALID_DATA",
+            Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Self::InvalidData { .. } => ErrorCode::InvalidData,
             Self::Auth(AuthError::KeySetUnavailable(_)) | Self::Unavailable(_) => {
-                "SERVICE_UNAVAILABLE"
+                ErrorCode::ServiceUnavailable
             }
-            Self::Auth(_) => "ACCESS_FAILED",
-            Self::NotFound(_) => "NOT_FOUND",
-            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            Self::Conflict(_) => "CONFLICT",
-            Self::TooLarge(_) => "REQUEST_TOO_LARGE",
-            Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
-            Self::Internal(_) => "UNEXPECTED_ERROR",
+            Self::Auth(_) => ErrorCode::AccessFailed,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::TooLarge(_) => ErrorCode::RequestTooLarge,
+            Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Self::Internal(_) => ErrorCode::UnexpectedError,
         }
     }
 
@@ -128,9 +230,9 @@ impl ResponseError for ApiError {
         let code = self.code();
         // `self`'s Display carries the internal cause; it is logged, never sent.
         if status.is_server_error() {
-            tracing::error!(error_id = %id, code, cause = %self, "request failed");
+            tracing::error!(error_id = %id, code = code.as_str(), cause = %self, "request failed");
         } else {
-            tracing::info!(error_id = %id, code, cause = %self, "request rejected");
+            tracing::info!(error_id = %id, code = code.as_str(), cause = %self, "request rejected");
         }
         let message = self.public_message();
         let details: &[FieldError] = match self {
@@ -208,5 +310,17 @@ impl actix_web::Responder for ApiError {
 
     fn respond_to(self, _req: &actix_web::HttpRequest) -> HttpResponse {
         self.error_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_serialize_as_their_names() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use sqlx::PgPool;
 
@@ -20,6 +20,7 @@ pub struct Metrics {
     pub job_lease_losses: IntCounter,
     pub otp_validations: IntCounterVec,
     db_connections: IntGaugeVec,
+    db_max_connections: IntGauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -36,12 +37,14 @@ impl Metrics {
         )
         .expect("valid metric");
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(
-                vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-                ],
-            ),
-            &["method", "route"],
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by method, route and status",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["method", "route", "status"],
         )
         .expect("valid metric");
         let job_chunk_duration = HistogramVec::new(
@@ -81,6 +84,11 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let db_max_connections = IntGauge::new(
+            "db_pool_max_connections",
+            "Connections the database pool may open",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -90,6 +98,7 @@ impl Metrics {
             Box::new(job_lease_losses.clone()),
             Box::new(otp_validations.clone()),
             Box::new(db_connections.clone()),
+            Box::new(db_max_connections.clone()),
         ] {
             registry.register(m).expect("metric registered once");
         }
@@ -103,6 +112,7 @@ impl Metrics {
             job_lease_losses,
             otp_validations,
             db_connections,
+            db_max_connections,
         }
     }
 
@@ -113,6 +123,8 @@ impl Metrics {
         self.db_connections
             .with_label_values(&["in_use"])
             .set(size - idle);
+        self.db_max_connections
+            .set(i64::from(pool.options().get_max_connections()));
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -98,13 +98,12 @@ fn record_metrics<B>(response: &ServiceResponse<B>, seconds: f64) {
     let req = response.request();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str();
-    METRICS
-        .http_requests
-        .with_label_values(&[method, route.as_str(), response.status().as_str()])
-        .inc();
+    let status = response.status();
+    let labels = [method, route.as_str(), status.as_str()];
+    METRICS.http_requests.with_label_values(&labels).inc();
     METRICS
         .http_duration
-        .with_label_values(&[method, route.as_str()])
+        .with_label_values(&labels)
         .observe(seconds);
 }
 

@@ -6,17 +6,20 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::token::TokenSource;
+use super::token::{TokenRequestDoc, TokenSource};
 use super::{FieldError, NewToken};
 
 /// Details listed in one error response; the message gives the total.
 pub const MAX_DETAILS: usize = 1000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
 pub enum JobType {
+    #[schema(rename = "CREATE_OATH_TOKENS")]
     CreateTokens,
+    #[schema(rename = "REVOKE_OATH_TOKENS")]
     RevokeTokens,
 }
 
@@ -50,7 +53,8 @@ impl JobType {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobStatus {
     Pending,
     InProgress,
@@ -84,7 +88,8 @@ impl JobStatus {
 }
 
 /// What happened to one item of a job (a `job_results` row).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ToSchema)]
+#[schema(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
     Created,
     Duplicate,
@@ -121,6 +126,51 @@ impl Outcome {
         .into_iter()
         .find(|o| o.as_str() == s)
     }
+}
+
+// What `parse_job` accepts for a create job, for the OpenAPI document.
+/// A bulk create job. Every item is validated before anything is stored: one invalid item refuses
+/// the whole job, with a detail per problem (`tokens[12].secret`).
+#[derive(ToSchema)]
+#[schema(
+    as = CreateJobRequest,
+    example = json!({"type": "CREATE_OATH_TOKENS", "tokens": [
+        {"serialNumber": "2308734700388", "secret": "6EBD59F71A634C48C4619CD33F6C385C9237C9BA",
+         "type": "HOTP", "otpLength": 8}]})
+)]
+pub struct CreateJobRequestDoc {
+    /// `CREATE_OATH_TOKENS`.
+    #[schema(rename = "type", value_type = JobType)]
+    pub job_type: String,
+    /// Default true. `false`: the response waits (up to a configured time) for the job to finish.
+    #[schema(rename = "async")]
+    pub is_async: Option<bool>,
+    /// 1 to 100,000 tokens (configurable).
+    #[schema(min_items = 1, max_items = 100000)]
+    pub tokens: Vec<TokenRequestDoc>,
+}
+
+// What `parse_job` accepts for a revoke job.
+/// A bulk revoke job.
+#[derive(ToSchema)]
+#[schema(
+    as = RevokeJobRequest,
+    example = json!({"type": "REVOKE_OATH_TOKENS", "async": true, "forceUnpair": false,
+                     "tokenIds": ["0193a8f0-5c1e-7c4d-9a51-1b2c3d4e5f60"]})
+)]
+pub struct RevokeJobRequestDoc {
+    /// `REVOKE_OATH_TOKENS`.
+    #[schema(rename = "type", value_type = JobType)]
+    pub job_type: String,
+    /// Default true.
+    #[schema(rename = "async")]
+    pub is_async: Option<bool>,
+    /// Default false: paired tokens are left alone (`SKIPPED_PAIRED`); true unpairs and revokes them.
+    #[schema(rename = "forceUnpair")]
+    pub force_unpair: Option<bool>,
+    /// 1 to 100,000 token ids (configurable).
+    #[schema(rename = "tokenIds", min_items = 1, max_items = 100000)]
+    pub token_ids: Vec<Uuid>,
 }
 
 /// One item of a create job: a token, or a row of an imported file that could not be read as a

@@ -7,7 +7,10 @@ mod secret;
 pub mod token;
 mod validation;
 
-pub use otp::{Otp, PairingRequest, ResyncRequest, UserId, ValidateRequest};
+pub use otp::{
+    Otp, PairingRequest, PairingRequestDoc, ResyncRequest, ResyncRequestDoc, UserId,
+    ValidateRequest, ValidateRequestDoc,
+};
 pub use secret::Secret;
 pub use token::{
     HashAlgorithm, NewToken, OtpLength, SerialNumber, TokenKind, TokenSource, TokenStatus,

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::{FieldError, OtpLength};
 
@@ -85,6 +86,43 @@ pub struct ResyncRequest {
 pub struct PairingRequest {
     pub user_id: UserId,
     pub otp: Otp,
+}
+
+// What `ValidateRequest::parse` accepts, for the OpenAPI document.
+/// An OTP to check.
+#[derive(ToSchema)]
+#[schema(as = ValidateRequest, example = json!({"otp": "12345678"}))]
+pub struct ValidateRequestDoc {
+    /// 6 or 8 digits. A well-formed code of another length than the token's is just wrong.
+    #[schema(pattern = "^([0-9]{6}|[0-9]{8})$")]
+    pub otp: String,
+}
+
+// What `ResyncRequest::parse` accepts.
+/// Two consecutive OTPs of the token.
+#[derive(ToSchema)]
+#[schema(as = ResyncRequest, example = json!({"otps": ["12345678", "87654321"]}))]
+pub struct ResyncRequestDoc {
+    /// Two consecutive codes, in order, each 6 or 8 digits.
+    #[schema(min_items = 2, max_items = 2)]
+    pub otps: Vec<String>,
+}
+
+// What `PairingRequest::parse` accepts.
+/// The user to pair the token with, and an OTP the token shows now.
+#[derive(ToSchema)]
+#[schema(
+    as = PairingRequest,
+    rename_all = "camelCase",
+    example = json!({"userId": "alice", "otp": "12345678"})
+)]
+pub struct PairingRequestDoc {
+    /// 1 to 128 characters, no control characters; stored as given.
+    #[schema(min_length = 1, max_length = 128)]
+    pub user_id: String,
+    /// 6 or 8 digits.
+    #[schema(pattern = "^([0-9]{6}|[0-9]{8})$")]
+    pub otp: String,
 }
 
 impl ValidateRequest {

@@ -2,6 +2,7 @@
 //! the path of the field (`serialNumber`, `tokens[12].hotp.counter`).
 
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::{FieldError, Secret};
 
@@ -29,7 +30,8 @@ impl SerialNumber {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "UPPERCASE")]
 pub enum TokenType {
     Hotp,
     Totp,
@@ -52,10 +54,14 @@ impl TokenType {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// HOTP tokens use `HmacSHA1` only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
 pub enum HashAlgorithm {
+    #[schema(rename = "HmacSHA1")]
     Sha1,
+    #[schema(rename = "HmacSHA256")]
     Sha256,
+    #[schema(rename = "HmacSHA512")]
     Sha512,
 }
 
@@ -91,7 +97,9 @@ impl OtpLength {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `PAIRED` tokens carry the `user` they are paired with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "UPPERCASE")]
 pub enum TokenStatus {
     Available,
     Paired,
@@ -152,6 +160,70 @@ impl TokenSource {
             Self::JobItem(i) => format!("tokens[{i}].{field}"),
         }
     }
+}
+
+// What `NewToken::parse` accepts, for the OpenAPI document.
+/// A token as a client submits it. Unknown properties, `hotp` on a TOTP token and `totp` on a HOTP
+/// token are refused; `null` counts as absent.
+#[derive(ToSchema)]
+#[schema(
+    as = TokenRequest,
+    rename_all = "camelCase",
+    example = json!({"serialNumber": "2333734700388", "secret": "6EBD59F71A800C48C4619CD33F6C385C9237C9BA",
+                     "type": "HOTP", "hotp": {"counter": 456789}, "otpLength": 8})
+)]
+pub struct TokenRequestDoc {
+    /// Unique per environment (case-sensitive).
+    #[schema(min_length = 1, max_length = 50, pattern = "^[A-Za-z0-9]+$")]
+    pub serial_number: String,
+    /// The shared secret in hex (either case): 32 to 200 digits, an even number. Input only: no
+    /// response, log line or error message repeats it.
+    #[schema(
+        min_length = 32,
+        max_length = 200,
+        pattern = "^([0-9A-Fa-f]{2})+$",
+        write_only
+    )]
+    pub secret: String,
+    #[schema(rename = "type")]
+    pub token_type: TokenType,
+    #[schema(schema_with = otp_length_schema)]
+    pub otp_length: u8,
+    /// Default `HmacSHA1`.
+    pub hash_algorithm: Option<HashAlgorithm>,
+    /// HOTP tokens only.
+    pub hotp: Option<HotpRequestDoc>,
+    /// TOTP tokens only; `timeStep` 30 when absent.
+    pub totp: Option<TotpRequestDoc>,
+    /// Job items only (a single create refuses it): the row of the source file, echoed in the
+    /// job's results.
+    #[schema(minimum = 1)]
+    pub row_number: Option<i64>,
+}
+
+#[derive(ToSchema)]
+#[schema(as = HotpRequest)]
+pub struct HotpRequestDoc {
+    /// The next counter value expected, 0 to 2^63-1; default 0.
+    #[schema(minimum = 0)]
+    pub counter: Option<i64>,
+}
+
+#[derive(ToSchema)]
+#[schema(as = TotpRequest, rename_all = "camelCase")]
+pub struct TotpRequestDoc {
+    /// Seconds; default 30.
+    #[schema(minimum = 10, maximum = 300)]
+    pub time_step: Option<i32>,
+}
+
+/// `otpLength`: 6 or 8 digits.
+pub fn otp_length_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .enum_values(Some([6, 8]))
+        .description(Some("Digits per OTP."))
+        .build()
 }
 
 pub const SECRET_MIN_HEX: usize = 32;

@@ -1,8 +1,9 @@
 //! One problem with one field of a request, as it appears in an error body's `details[]`.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DetailCode {
     RequiredValue,
@@ -11,12 +12,16 @@ pub enum DetailCode {
     LimitExceeded,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One problem with one field of the request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = ErrorDetail)]
 pub struct FieldError {
     pub code: DetailCode,
-    /// The field's path; empty (and left out of the body) for problems of no single field.
+    /// The field's path, e.g. `tokens[3].otpLength`; absent for problems of no single field.
     #[serde(skip_serializing_if = "String::is_empty")]
+    #[schema(example = "tokens[3].otpLength")]
     pub target: String,
+    #[schema(example = "otpLength must be 6 or 8")]
     pub message: String,
 }
 

@@ -2,19 +2,50 @@
 //! binary knows is applied), and the Prometheus metrics.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use crate::error::responses::{Unavailable, Unexpected};
 use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store;
 
-pub async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "UP"}))
+#[derive(Serialize, ToSchema)]
+#[schema(as = Health)]
+pub struct Health {
+    #[schema(example = "UP")]
+    status: &'static str,
 }
 
+const UP: Health = Health { status: "UP" };
+
+/// Liveness: the process answers. Never looks at the database.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "Operations",
+    operation_id = "live",
+    responses((status = 200, description = "The process is up.", body = Health)),
+)]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(UP)
+}
+
+/// Readiness: the database answers and every migration this binary knows is applied.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "Operations",
+    operation_id = "ready",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Health),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match store::migrations_applied(&state.db).await {
-        Ok(true) => Ok(HttpResponse::Ok().json(json!({"status": "UP"}))),
+        Ok(true) => Ok(HttpResponse::Ok().json(UP)),
         Ok(false) => Err(ApiError::Unavailable("migrations are not applied".into())),
         // No migrations table yet: reachable but not migrated.
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
@@ -24,6 +55,15 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     }
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "Operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "Every metric of this process.", body = String,
+        content_type = "text/plain; version=0.0.4")),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

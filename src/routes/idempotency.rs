@@ -13,6 +13,10 @@ use crate::startup::AppState;
 use crate::store::idempotency::{self as store, Stored};
 
 pub const HEADER: HeaderName = HeaderName::from_static("idempotency-key");
+/// The header's description in the OpenAPI document.
+pub const DOC: &str = "1-255 visible ASCII characters. A retry with the same key and the same \
+    request within 24 hours answers the first response (with `Idempotent-Replayed: true`) without \
+    doing the work again; the same key with another request is 409.";
 const MAX_KEY_LEN: usize = 255;
 
 pub struct IdempotencyKey {

@@ -6,15 +6,22 @@ use std::time::{Duration, Instant};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::idempotency::IdempotencyKey;
-use super::page::{self, Page};
+use super::page;
 use super::tokens::{environment_url, timestamp};
 use super::{cursor, page_limit, path_id, read_body, require_media_type, IdRef, Link};
+use super::{EnvPath, JobPath, PageLinks};
 use crate::auth::Scope;
 use crate::domain::job::{
-    parse_job, JobRequestError, JobStatus, JobType, NewJob, Outcome, MAX_DETAILS,
+    parse_job, CreateJobRequestDoc, JobRequestError, JobStatus, JobType, NewJob, Outcome,
+    RevokeJobRequestDoc, MAX_DETAILS,
+};
+use crate::error::responses::{
+    BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
+    UnsupportedMediaType,
 };
 use crate::error::ApiError;
 use crate::import::{self, pskc::PskcKeys, ImportError, CSV_MEDIA_TYPE, PSKC_MEDIA_TYPE};
@@ -25,29 +32,40 @@ use crate::store::jobs::{self as store, Duplicate, JobRow, ResultRow};
 const PAGE_DEFAULT: i64 = 100;
 const PAGE_MAX: i64 = 1000;
 
-#[derive(Serialize)]
+/// A bulk job: its state, progress and result counts.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Job)]
 pub struct JobResource {
     #[serde(rename = "_links")]
     links: JobLinks,
     id: Uuid,
     environment: IdRef,
     #[serde(rename = "type")]
+    #[schema(value_type = JobType)]
     job_type: String,
     #[serde(rename = "async")]
     is_async: bool,
+    #[schema(value_type = JobStatus)]
     status: String,
+    /// `FAILED` jobs only: why, in words a user can act on.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     reason: Option<String>,
     progress: Progress,
     result: JobResult,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
+    /// Finished jobs only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false)]
     completed_at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobLinks)]
 struct JobLinks {
     #[serde(rename = "self")]
     self_: Link,
@@ -55,7 +73,8 @@ struct JobLinks {
     results: Link,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobProgress)]
 struct Progress {
     processed: i32,
     total: i32,
@@ -63,21 +82,32 @@ struct Progress {
 
 /// Counts that are zero are left out, beside the one each job type always shows (as the
 /// reference API's PENDING jobs show `{"created": 0}` or `{"revoked": 0}`).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = JobResult)]
 struct JobResult {
+    /// Create jobs: tokens created.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     created: Option<i32>,
+    /// Create jobs: the first 1,000 items whose serial number already existed (or came earlier
+    /// in the job); all of them are in the job's results.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     duplicates: Vec<DuplicateView>,
+    /// Create jobs: all duplicates.
     #[serde(skip_serializing_if = "is_zero")]
     duplicates_count: i32,
+    /// Revoke jobs: tokens revoked.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     revoked: Option<i32>,
+    /// Revoke jobs: ids not found in the environment.
     #[serde(skip_serializing_if = "is_zero")]
     not_found: i32,
+    /// Revoke jobs: paired tokens left alone (`forceUnpair` false).
     #[serde(skip_serializing_if = "is_zero")]
     skipped_paired: i32,
+    /// Create jobs: items refused for another reason (`LIMIT_EXCEEDED`, `INVALID` file rows).
     #[serde(skip_serializing_if = "is_zero")]
     failed: i32,
 }
@@ -86,10 +116,13 @@ fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = JobDuplicate)]
 struct DuplicateView {
     serial_number: String,
+    /// The first two hex digits of the submitted secret, upper-case, then six `*`.
+    #[schema(example = "6E******")]
     masked_secret: String,
 }
 
@@ -158,6 +191,53 @@ fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// Submit a bulk create or revoke job.
+///
+/// The body's media type says which. The whole request is validated first; a valid one is stored
+/// and answered `202` (`PENDING`) before any token is written.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env_id}/oathJobs",
+    tag = "Jobs",
+    operation_id = "submitJob",
+    params(
+        EnvPath,
+        ("Idempotency-Key" = Option<String>, Header, description = super::idempotency::DOC),
+        ("X-PSKC-Key-Id" = Option<String>, Header,
+            description = "`application/pskc+xml` only: the configured pre-shared key that decrypts the file's secrets"),
+        ("X-PSKC-Password" = Option<String>, Header,
+            description = "`application/pskc+xml` only: the password a PBKDF2-encrypted file's key derives from"),
+    ),
+    request_body(
+        description = "A JSON job (its `type` must agree with the media type), or a file to \
+            import as a create job: PSKC (RFC 6030) or CSV with the header row \
+            `serialNumber,secret,type,otpLength,hashAlgorithm,counter,timeStep` (`secretBase32` \
+            instead of `secret` for base32 seeds). A file row that is not a valid token becomes an \
+            `INVALID` result instead of refusing the file.",
+        content(
+            (CreateJobRequestDoc = "application/vnd.pingidentity.job.oathtokens.create+json"),
+            (RevokeJobRequestDoc = "application/vnd.pingidentity.job.oathtokens.revoke+json"),
+            (String = "application/pskc+xml"),
+            (String = "text/csv"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "`\"async\": false` and the job finished in time.", body = JobResource,
+            headers(("Location" = String, description = "The job's URL"))),
+        (status = 202, description = "The job is stored and will run.", body = JobResource,
+            headers(("Location" = String, description = "The job's URL"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:jobs:write"])),
+)]
 pub async fn submit(
     req: HttpRequest,
     payload: web::Payload,
@@ -334,6 +414,25 @@ fn accepted(status: StatusCode, location: &str, body: Vec<u8>) -> HttpResponse {
         .body(body)
 }
 
+/// Read a job: status, progress and result counts.
+///
+/// `/jobs/{job_id}` (the form of the job's self link) serves the same resource.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathJobs/{job_id}",
+    tag = "Jobs",
+    operation_id = "getJob",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job.", body = JobResource),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
 pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let env = state.authorize(&req, "env_id", Scope::JobsRead).await?;
     let id = path_id(&req, "job_id")?;
@@ -343,31 +442,160 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(render(&state, row).await?))
 }
 
-#[derive(Deserialize)]
+/// Read a job, by its self link.
+///
+/// The same resource as `/oathJobs/{job_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/jobs/{job_id}",
+    tag = "Jobs",
+    operation_id = "getJobBySelfLink",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job.", body = JobResource),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
+#[allow(dead_code)] // documents the second path of `get`'s resource; never called
+fn get_by_self_link() {}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Items per page, 1 to 1000; default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// Opaque: taken from a page's `_links.next`.
     cursor: Option<String>,
+    /// Only rows with this outcome.
+    #[param(value_type = Option<Outcome>)]
     outcome: Option<String>,
 }
 
-fn page_query(req: &HttpRequest) -> Result<PageQuery, ApiError> {
-    web::Query::<PageQuery>::from_query(req.query_string())
+fn page_query(query_string: &str) -> Result<PageQuery, ApiError> {
+    web::Query::<PageQuery>::from_query(query_string)
         .map(web::Query::into_inner)
         .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))
 }
 
-#[derive(Serialize)]
+/// A job list's query string, parsed.
+pub struct JobListRequest {
+    pub limit: i64,
+    /// The last id of the previous page (jobs are listed newest first).
+    pub before: Option<Uuid>,
+    cursor: Option<String>,
+}
+
+impl JobListRequest {
+    /// `limit` and `cursor`; other parameters are ignored.
+    pub fn parse(query_string: &str) -> Result<Self, ApiError> {
+        let query = page_query(query_string)?;
+        Ok(Self {
+            limit: page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?,
+            before: query.cursor.as_deref().map(cursor::decode).transpose()?,
+            cursor: query.cursor,
+        })
+    }
+}
+
+/// A job results query string, parsed.
+pub struct ResultsRequest {
+    pub limit: i64,
+    /// The last item index of the previous page.
+    pub after: Option<i32>,
+    pub outcome: Option<Outcome>,
+    cursor: Option<String>,
+}
+
+impl ResultsRequest {
+    /// `limit`, `cursor` and `outcome`; other parameters are ignored.
+    pub fn parse(query_string: &str) -> Result<Self, ApiError> {
+        let query = page_query(query_string)?;
+        let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
+        let after = query
+            .cursor
+            .as_deref()
+            .map(decode_index_cursor)
+            .transpose()?;
+        let outcome = query
+            .outcome
+            .as_deref()
+            .map(|o| {
+                Outcome::parse(o).ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "outcome must be one of CREATED, DUPLICATE, REVOKED, NOT_FOUND, SKIPPED_PAIRED, LIMIT_EXCEEDED, INVALID.".into(),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            limit,
+            after,
+            outcome,
+            cursor: query.cursor,
+        })
+    }
+}
+
+/// A page of jobs, newest first; `_links.next` when more follow.
+#[derive(Serialize, ToSchema)]
+struct JobPage {
+    #[serde(rename = "_links")]
+    links: PageLinks,
+    #[serde(rename = "_embedded")]
+    embedded: EmbeddedJobs,
+    size: usize,
+}
+
+/// A page of a job's results, in item order; `_links.next` when more follow.
+#[derive(Serialize, ToSchema)]
+struct ResultPage {
+    #[serde(rename = "_links")]
+    links: PageLinks,
+    #[serde(rename = "_embedded")]
+    embedded: EmbeddedResults,
+    size: usize,
+}
+
+#[derive(Serialize, ToSchema)]
 struct EmbeddedJobs {
     #[serde(rename = "oathJobs")]
     oath_jobs: Vec<JobResource>,
 }
 
+/// List jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathJobs",
+    tag = "Jobs",
+    operation_id = "listJobs",
+    params(
+        EnvPath,
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
+            description = "Jobs per page, 1 to 1000; default 100."),
+        ("cursor" = Option<String>, Query, description = "Opaque: taken from a page's `_links.next`."),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs.", body = JobPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let env = state.authorize(&req, "env_id", Scope::JobsRead).await?;
-    let query = page_query(&req)?;
-    let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
-    let before = query.cursor.as_deref().map(cursor::decode).transpose()?;
-    let mut rows = store::list(&state.db, env, before, limit + 1).await?;
+    let query = JobListRequest::parse(req.query_string())?;
+    let limit = query.limit;
+    let mut rows = store::list(&state.db, env, query.before, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = more
@@ -381,7 +609,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         "{}/oathJobs",
         environment_url(state.settings.base_url(), env)
     );
-    Ok(HttpResponse::Ok().json(Page {
+    Ok(HttpResponse::Ok().json(JobPage {
         links: page::links(
             &collection,
             &[("limit", limit.to_string())],
@@ -393,20 +621,34 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     }))
 }
 
-#[derive(Serialize)]
+/// What happened to one item of a job.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = JobItemResult)]
 struct ResultView {
+    /// The item's `rowNumber`, or its row in an imported file.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     row_number: Option<i64>,
+    /// The item's position in the job, from 0.
     index: i32,
+    /// Create jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     serial_number: Option<String>,
+    #[schema(value_type = Outcome)]
     outcome: String,
+    /// The token created, revoked or already holding the serial number.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     token_id: Option<Uuid>,
+    /// Create jobs: the first two hex digits of the submitted secret, then six `*`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     masked_secret: Option<String>,
+    /// `INVALID` rows: why the row could not be read as a token.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     message: Option<String>,
 }
 
@@ -424,7 +666,7 @@ impl From<ResultRow> for ResultView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EmbeddedResults {
     results: Vec<ResultView>,
 }
@@ -439,30 +681,32 @@ fn decode_index_cursor(c: &str) -> Result<i32, ApiError> {
         .map_err(|_| ApiError::InvalidRequest("The cursor is not valid.".into()))
 }
 
+/// The job's per-item outcomes, in item order.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathJobs/{job_id}/results",
+    tag = "Jobs",
+    operation_id = "listJobResults",
+    params(JobPath, PageQuery),
+    responses(
+        (status = 200, description = "A page of results.", body = ResultPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
 pub async fn results(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let env = state.authorize(&req, "env_id", Scope::JobsRead).await?;
     let id = path_id(&req, "job_id")?;
-    let query = page_query(&req)?;
-    let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(decode_index_cursor)
-        .transpose()?;
-    let outcome = query
-        .outcome
-        .as_deref()
-        .map(|o| {
-            Outcome::parse(o).ok_or_else(|| {
-                ApiError::InvalidRequest(
-                    "outcome must be one of CREATED, DUPLICATE, REVOKED, NOT_FOUND, SKIPPED_PAIRED, LIMIT_EXCEEDED, INVALID.".into(),
-                )
-            })
-        })
-        .transpose()?;
+    let query = ResultsRequest::parse(req.query_string())?;
+    let (limit, after, outcome) = (query.limit, query.after, query.outcome);
     if store::get(&state.db, env, id).await?.is_none() {
         return Err(ApiError::not_found());
     }
@@ -489,7 +733,7 @@ pub async fn results(
         environment_url(state.settings.base_url(), env)
     );
     let results: Vec<ResultView> = rows.into_iter().map(ResultView::from).collect();
-    Ok(HttpResponse::Ok().json(Page {
+    Ok(HttpResponse::Ok().json(ResultPage {
         links: page::links(&collection, &params, query.cursor.as_deref(), next),
         size: results.len(),
         embedded: EmbeddedResults { results },

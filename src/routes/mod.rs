@@ -4,83 +4,107 @@
 pub mod health;
 pub mod idempotency;
 pub mod jobs;
+pub mod openapi;
 pub mod otp;
 pub mod tokens;
 
-use actix_web::http::header;
-use actix_web::{web, HttpRequest};
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpRequest, Route};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::{self, ApiError};
 
-/// Registers every route. Each resource answers 405 for methods it does not serve.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/health/live")
-            .route(web::get().to(health::live))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource("/health/ready")
-            .route(web::get().to(health::ready))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource("/metrics")
-            .route(web::get().to(health::metrics))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/environments/{env_id}/oathTokens")
-            .route(web::get().to(tokens::list))
-            .route(web::post().to(tokens::create))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}")
-            .route(web::get().to(tokens::get))
-            .route(web::delete().to(tokens::delete))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/environments/{env_id}/oathJobs")
-            .route(web::get().to(jobs::list))
-            .route(web::post().to(jobs::submit))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource([
+/// Makes the route of one method of a resource (the method guard is added by [`configure`]).
+pub type Handler = fn() -> Route;
+
+/// One resource: its paths (aliases serve the same handlers) and the methods it serves.
+pub struct Resource {
+    pub paths: &'static [&'static str],
+    pub methods: &'static [(Method, Handler)],
+}
+
+const fn resource(
+    paths: &'static [&'static str],
+    methods: &'static [(Method, Handler)],
+) -> Resource {
+    Resource { paths, methods }
+}
+
+const GET: Method = Method::GET;
+const POST: Method = Method::POST;
+const DELETE: Method = Method::DELETE;
+
+/// Every route the service serves: [`configure`] registers exactly these, and the OpenAPI test
+/// checks that `/openapi.json` documents exactly these (method, path) pairs. Order matters only
+/// for speed: the router tries resources in this order.
+pub const ROUTES: &[Resource] = &[
+    resource(&["/health/live"], &[(GET, || web::to(health::live))]),
+    resource(&["/health/ready"], &[(GET, || web::to(health::ready))]),
+    resource(&["/metrics"], &[(GET, || web::to(health::metrics))]),
+    resource(&["/openapi.json"], &[(GET, || web::to(openapi::document))]),
+    resource(
+        &["/v1/environments/{env_id}/oathTokens"],
+        &[
+            (GET, || web::to(tokens::list)),
+            (POST, || web::to(tokens::create)),
+        ],
+    ),
+    resource(
+        &["/v1/environments/{env_id}/oathTokens/{token_id}"],
+        &[
+            (GET, || web::to(tokens::get)),
+            (DELETE, || web::to(tokens::delete)),
+        ],
+    ),
+    resource(
+        &["/v1/environments/{env_id}/oathJobs"],
+        &[
+            (GET, || web::to(jobs::list)),
+            (POST, || web::to(jobs::submit)),
+        ],
+    ),
+    resource(
+        &[
             "/v1/environments/{env_id}/oathJobs/{job_id}",
             "/v1/environments/{env_id}/jobs/{job_id}",
-        ])
-        .route(web::get().to(jobs::get))
-        .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/environments/{env_id}/oathJobs/{job_id}/results")
-            .route(web::get().to(jobs::results))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}/validate")
-            .route(web::post().to(otp::validate))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}/resync")
-            .route(web::post().to(otp::resync))
-            .default_service(web::to(error::method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/environments/{env_id}/oathTokens/{token_id}/pairing")
-            .route(web::post().to(otp::pair))
-            .route(web::delete().to(otp::unpair))
-            .default_service(web::to(error::method_not_allowed)),
-    );
+        ],
+        &[(GET, || web::to(jobs::get))],
+    ),
+    resource(
+        &["/v1/environments/{env_id}/oathJobs/{job_id}/results"],
+        &[(GET, || web::to(jobs::results))],
+    ),
+    resource(
+        &["/v1/environments/{env_id}/oathTokens/{token_id}/validate"],
+        &[(POST, || web::to(otp::validate))],
+    ),
+    resource(
+        &["/v1/environments/{env_id}/oathTokens/{token_id}/resync"],
+        &[(POST, || web::to(otp::resync))],
+    ),
+    resource(
+        &["/v1/environments/{env_id}/oathTokens/{token_id}/pairing"],
+        &[
+            (POST, || web::to(otp::pair)),
+            (DELETE, || web::to(otp::unpair)),
+        ],
+    ),
+];
+
+/// Registers every route of [`ROUTES`]. Each resource answers 405 for methods it does not serve.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for r in ROUTES {
+        let mut service = web::resource(r.paths.to_vec());
+        for (method, handler) in r.methods {
+            service = service.route(handler().method(method.clone()));
+        }
+        cfg.service(service.default_service(web::to(error::method_not_allowed)));
+    }
 }
 
 /// A UUID path segment; anything else names no resource, so it is a 404.
@@ -173,41 +197,32 @@ pub async fn read_body(
     Ok(body)
 }
 
-/// `{"href": "..."}`
-#[derive(Debug, Serialize)]
+/// `{"href": "..."}`: an absolute URL.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Link {
     pub href: String,
 }
 
+/// The links of a page of a collection; `next` only when more items follow.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PageLinks {
+    #[serde(rename = "self")]
+    pub self_: Link,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub next: Option<Link>,
+}
+
 /// `{"id": "..."}`
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IdRef {
     pub id: Uuid,
 }
 
-/// Pages of a collection, in PingOne's shape:
-/// `{"_links": {"self", "next"?}, "_embedded": {...}, "size": n}`.
+/// Links of pages of a collection (PingOne's shape:
+/// `{"_links": {"self", "next"?}, "_embedded": {...}, "size": n}`).
 pub mod page {
-    use serde::Serialize;
-
-    use super::Link;
-
-    #[derive(Serialize)]
-    pub struct Page<T: Serialize> {
-        #[serde(rename = "_links")]
-        pub links: PageLinks,
-        #[serde(rename = "_embedded")]
-        pub embedded: T,
-        pub size: usize,
-    }
-
-    #[derive(Serialize)]
-    pub struct PageLinks {
-        #[serde(rename = "self")]
-        pub self_: Link,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub next: Option<Link>,
-    }
+    use super::{Link, PageLinks};
 
     /// Links to this page and, when `next` is a cursor, the next one; `params` are repeated in
     /// both, percent-encoded.
@@ -257,6 +272,32 @@ pub mod page {
             );
         }
     }
+}
+
+/// The path of a resource of an environment, for the OpenAPI document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct EnvPath {
+    /// The environment (tenant).
+    pub env_id: Uuid,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TokenPath {
+    /// The environment (tenant).
+    pub env_id: Uuid,
+    /// The token.
+    pub token_id: Uuid,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JobPath {
+    /// The environment (tenant).
+    pub env_id: Uuid,
+    /// The job.
+    pub job_id: Uuid,
 }
 
 /// Opaque page cursors: the last id of the previous page, base64url-encoded with a version tag.

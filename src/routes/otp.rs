@@ -9,14 +9,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::tokens::TokenResource;
-use super::{json_body, path_id};
+use super::{json_body, path_id, TokenPath};
 use crate::auth::Scope;
 use crate::config::OtpSettings;
 use crate::domain::{
-    FieldError, HashAlgorithm, OtpLength, PairingRequest, ResyncRequest, ValidateRequest,
+    FieldError, HashAlgorithm, OtpLength, PairingRequest, PairingRequestDoc, ResyncRequest,
+    ResyncRequestDoc, ValidateRequest, ValidateRequestDoc,
+};
+use crate::error::responses::{
+    BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
+    UnsupportedMediaType,
 };
 use crate::error::ApiError;
 use crate::metrics::METRICS;
@@ -25,8 +31,9 @@ use crate::startup::AppState;
 use crate::store::otp::{self as store, OtpRow};
 
 /// The answer of `validate`, and the outcome of every logged check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = ValidationStatus)]
 pub enum Outcome {
     Valid,
     Invalid,
@@ -44,12 +51,36 @@ impl Outcome {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ValidationResult {
     status: Outcome,
 }
 
-/// `POST .../validate {"otp": "..."}` -> `200 {"status": "VALID" | "INVALID" | "LOCKED"}`.
+/// Check an OTP.
+///
+/// `{"otp": "..."}` answers `{"status": "VALID" | "INVALID" | "LOCKED"}`. A valid code is
+/// consumed (HOTP: the counter moves past it; TOTP: its time step is never accepted again); after
+/// too many consecutive failures the token is `LOCKED` until a successful resync.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}/validate",
+    tag = "OTP",
+    operation_id = "validateOtp",
+    params(TokenPath),
+    request_body(content = ValidateRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The outcome of the check.", body = ValidationResult),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:otp:validate"])),
+)]
 pub async fn validate(
     req: HttpRequest,
     payload: web::Payload,
@@ -92,8 +123,30 @@ pub async fn validate(
     Ok(HttpResponse::Ok().json(ValidationResult { status: outcome }))
 }
 
-/// `POST .../resync {"otps": ["first", "second"]}`: sets the counter or drift, clears the lock and
-/// answers the token; `400 INVALID_DATA` when the OTPs are not consecutive codes in the window.
+/// Resynchronise a token with two consecutive OTPs.
+///
+/// `{"otps": ["first", "second"]}` sets the counter or drift, clears the lock and answers the
+/// token; `400 INVALID_DATA` when the OTPs are not consecutive codes within the resync window.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}/resync",
+    tag = "OTP",
+    operation_id = "resyncToken",
+    params(TokenPath),
+    request_body(content = ResyncRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The token, resynchronised.", body = TokenResource),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
 pub async fn resync(
     req: HttpRequest,
     payload: web::Payload,
@@ -137,8 +190,31 @@ pub async fn resync(
     Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
 }
 
-/// `POST .../pairing {"userId": "...", "otp": "..."}`: pairs an `AVAILABLE` token whose OTP
-/// validates (consuming it) and answers the token; `409` when already paired or locked.
+/// Pair a token with a user.
+///
+/// `{"userId": "...", "otp": "..."}` pairs an `AVAILABLE` token whose OTP validates (consuming
+/// it) and answers the token; `409` when it is already paired or locked.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}/pairing",
+    tag = "OTP",
+    operation_id = "pairToken",
+    params(TokenPath),
+    request_body(content = PairingRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The token, now `PAIRED`.", body = TokenResource),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
 pub async fn pair(
     req: HttpRequest,
     payload: web::Payload,
@@ -186,7 +262,25 @@ pub async fn pair(
     Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
 }
 
-/// `DELETE .../pairing`: 204 whether or not the token was paired; 404 when there is no token.
+/// Unpair a token.
+///
+/// `204` whether or not the token was paired; `404` when there is no token.
+#[utoipa::path(
+    delete,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}/pairing",
+    tag = "OTP",
+    operation_id = "unpairToken",
+    params(TokenPath),
+    responses(
+        (status = 204, description = "The token is not paired (whether or not it was)."),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
 pub async fn unpair(
     req: HttpRequest,
     state: web::Data<AppState>,

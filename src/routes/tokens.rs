@@ -4,13 +4,23 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::idempotency::IdempotencyKey;
-use super::page::{self, Page};
+use super::page;
 use super::{cursor, page_limit, parse_json, path_id, read_body, require_media_type, IdRef, Link};
+use super::{EnvPath, PageLinks, TokenPath};
 use crate::auth::Scope;
-use crate::domain::{DetailCode, FieldError, NewToken, SerialNumber, TokenSource};
+use crate::domain::token::{otp_length_schema, TokenRequestDoc};
+use crate::domain::{
+    DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenSource, TokenStatus,
+    TokenType,
+};
+use crate::error::responses::{
+    BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
+    UnsupportedMediaType,
+};
 use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store::tokens::{self as store, InsertError, TokenRow};
@@ -19,50 +29,72 @@ const PAGE_DEFAULT: i64 = 100;
 const PAGE_MAX: i64 = 1000;
 
 /// The token representation: never the secret.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Token)]
 pub struct TokenResource {
     #[serde(rename = "_links")]
     links: TokenLinks,
     id: Uuid,
     environment: IdRef,
+    #[schema(example = "2333734700388")]
     serial_number: String,
     #[serde(rename = "type")]
+    #[schema(value_type = TokenType)]
     token_type: String,
+    /// HOTP tokens only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     hotp: Option<HotpView>,
+    /// TOTP tokens only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     totp: Option<TotpView>,
+    #[schema(schema_with = otp_length_schema)]
     otp_length: i16,
+    #[schema(value_type = HashAlgorithm)]
     hash_algorithm: String,
+    #[schema(value_type = TokenStatus)]
     status: String,
+    /// `PAIRED` tokens only: the user the token is paired with.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     user: Option<UserRef>,
+    /// RFC 3339, UTC, milliseconds.
+    #[schema(format = DateTime, example = "2024-12-02T12:10:41.616Z")]
     created_at: String,
+    #[schema(format = DateTime, example = "2024-12-02T12:10:41.676Z")]
     updated_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TokenLinks {
     #[serde(rename = "self")]
     self_: Link,
     environment: Link,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = HotpState)]
 struct HotpView {
+    /// The next counter value expected.
     counter: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = TotpState)]
 struct TotpView {
+    /// Seconds.
     time_step: i32,
+    /// Read-only: the token's clock offset in time steps, learnt from validations and resyncs.
     drift: i32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = UserRef)]
 struct UserRef {
+    /// The user id given when the token was paired.
     id: String,
 }
 
@@ -110,6 +142,29 @@ impl TokenResource {
     }
 }
 
+/// Create one token.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env_id}/oathTokens",
+    tag = "Tokens",
+    operation_id = "createToken",
+    params(EnvPath, ("Idempotency-Key" = Option<String>, Header, description = super::idempotency::DOC)),
+    request_body(content = TokenRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The token was created.", body = TokenResource,
+            headers(("Location" = String, description = "The token's URL"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
 pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -167,6 +222,23 @@ pub async fn create(
         .body(body))
 }
 
+/// Read one token.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}",
+    tag = "Tokens",
+    operation_id = "getToken",
+    params(TokenPath),
+    responses(
+        (status = 200, description = "The token.", body = TokenResource),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:tokens:read"])),
+)]
 pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let env = state.authorize(&req, "env_id", Scope::TokensRead).await?;
     let id = path_id(&req, "token_id")?;
@@ -176,6 +248,23 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
 }
 
+/// Revoke (delete) one token, unpairing it if it is paired.
+#[utoipa::path(
+    delete,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}",
+    tag = "Tokens",
+    operation_id = "deleteToken",
+    params(TokenPath),
+    responses(
+        (status = 204, description = "The token is gone."),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
 pub async fn delete(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -189,33 +278,89 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// `serialNumber eq "<serial number>"` (operator case-insensitive): the only filter.
+    #[param(example = "serialNumber eq \"2333734700388\"")]
     filter: Option<String>,
+    /// Tokens per page, 1 to 1000; default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// Opaque: taken from a page's `_links.next`.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A token list's query string, parsed.
+pub struct ListRequest {
+    pub serial: Option<SerialNumber>,
+    pub limit: i64,
+    /// The last id of the previous page.
+    pub after: Option<Uuid>,
+    /// As sent, for the page links.
+    filter: Option<String>,
+    cursor: Option<String>,
+}
+
+impl ListRequest {
+    /// `filter`, `limit` and `cursor`; other parameters are ignored.
+    pub fn parse(query_string: &str) -> Result<Self, ApiError> {
+        let query = web::Query::<ListQuery>::from_query(query_string)
+            .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))?
+            .into_inner();
+        Ok(Self {
+            serial: query.filter.as_deref().map(parse_filter).transpose()?,
+            limit: page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?,
+            after: query.cursor.as_deref().map(cursor::decode).transpose()?,
+            filter: query.filter,
+            cursor: query.cursor,
+        })
+    }
+}
+
+/// A page of tokens, oldest first; `_links.next` when more follow.
+#[derive(Serialize, ToSchema)]
+struct TokenPage {
+    #[serde(rename = "_links")]
+    links: PageLinks,
+    #[serde(rename = "_embedded")]
+    embedded: EmbeddedTokens,
+    size: usize,
+}
+
+#[derive(Serialize, ToSchema)]
 struct EmbeddedTokens {
     #[serde(rename = "oathTokens")]
     oath_tokens: Vec<TokenResource>,
 }
 
+/// List tokens, or find one by serial number.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathTokens",
+    tag = "Tokens",
+    operation_id = "listTokens",
+    params(EnvPath, ListQuery),
+    responses(
+        (status = 200, description = "A page of tokens.", body = TokenPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Unexpected),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = ["oath:tokens:read"])),
+)]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let env = state.authorize(&req, "env_id", Scope::TokensRead).await?;
-    let query = web::Query::<ListQuery>::from_query(req.query_string())
-        .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))?
-        .into_inner();
-    let serial = query.filter.as_deref().map(parse_filter).transpose()?;
-    let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
-    let after = query.cursor.as_deref().map(cursor::decode).transpose()?;
-
+    let query = ListRequest::parse(req.query_string())?;
+    let limit = query.limit;
     let mut rows = store::list(
         &state.db,
         env,
-        serial.as_ref().map(SerialNumber::as_str),
-        after,
+        query.serial.as_ref().map(SerialNumber::as_str),
+        query.after,
         limit + 1,
     )
     .await?;
@@ -236,7 +381,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .into_iter()
         .map(|r| TokenResource::new(base, r))
         .collect();
-    Ok(HttpResponse::Ok().json(Page {
+    Ok(HttpResponse::Ok().json(TokenPage {
         links: page::links(&collection, &params, query.cursor.as_deref(), next),
         size: oath_tokens.len(),
         embedded: EmbeddedTokens { oath_tokens },

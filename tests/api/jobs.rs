@@ -423,6 +423,24 @@ async fn a_runner_that_lost_its_lease_writes_nothing(pool: PgPool) {
     assert_eq!(done["result"], json!({"created": 30}));
     assert_eq!(app.count("select count(*) from job_results").await, 30);
     assert_eq!(app.count("select attempt::bigint from oath_jobs").await, 2);
+    // Counted in /metrics (at least: the registry is per process).
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(value("oath_job_lease_losses_total ") >= 1.0);
+    assert!(value("oath_job_claims_total ") >= 2.0);
 }
 
 #[sqlx::test]

@@ -8,6 +8,7 @@ mod helpers;
 mod imports;
 mod jobs;
 mod metrics;
+mod openapi;
 mod otp;
 mod outage;
 mod secrets;

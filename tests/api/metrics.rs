@@ -71,7 +71,9 @@ async fn metrics_count_requests_jobs_and_the_pool(pool: PgPool) {
     );
     assert!(sample(
         &text,
-        &format!(r#"oath_http_request_duration_seconds_count{{method="POST",route="{route}"}}"#)
+        &format!(
+            r#"oath_http_request_duration_seconds_count{{method="POST",route="{route}",status="201"}}"#
+        )
     )
     .is_some());
     assert_eq!(
@@ -89,6 +91,9 @@ async fn metrics_count_requests_jobs_and_the_pool(pool: PgPool) {
     )
     .is_some());
     assert!(sample(&text, r#"oath_db_pool_connections{state="idle"}"#).is_some());
+    assert!(sample(&text, r#"oath_db_pool_connections{state="in_use"}"#).is_some());
+    // The test's pool is sqlx::test's, not one sized by the settings.
+    assert!(sample(&text, "oath_db_pool_max_connections").is_some_and(|n| n >= 1.0));
     assert_eq!(
         sample(
             &text,

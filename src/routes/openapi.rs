@@ -1,0 +1,114 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of every route, generated from the handlers'
+//! `#[utoipa::path]` attributes and the response types. The API test checks that it lists
+//! exactly the routes of [`super::ROUTES`].
+
+use std::sync::LazyLock;
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{health, jobs, otp, tokens};
+use crate::error::responses::{
+    BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
+    UnsupportedMediaType,
+};
+use crate::error::ErrorBody;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "oath-service",
+        description = "Stores and validates OATH hardware tokens (HOTP, RFC 4226; TOTP, RFC 6238) \
+            for many tenants (environments); wire-compatible with the PingOne OATH Tokens API. \
+            Every `/v1` operation needs a bearer JWT whose `env` claim is the path's environment \
+            and whose `scope` grants the operation. A method a path does not serve answers 405 \
+            `METHOD_NOT_ALLOWED`, an unknown path 404 `NOT_FOUND`, both with the error body."
+    ),
+    paths(
+        health::live,
+        health::ready,
+        health::metrics,
+        document,
+        tokens::list,
+        tokens::create,
+        tokens::get,
+        tokens::delete,
+        jobs::list,
+        jobs::submit,
+        jobs::get,
+        jobs::get_by_self_link,
+        jobs::results,
+        otp::validate,
+        otp::resync,
+        otp::pair,
+        otp::unpair,
+    ),
+    components(
+        schemas(ErrorBody),
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            TooLarge,
+            UnsupportedMediaType,
+            Unexpected,
+            Unavailable
+        )
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "Tokens", description = "Single tokens: create, read, list, revoke."),
+        (name = "Jobs", description = "Bulk create and revoke jobs, and their per-item results."),
+        (name = "OTP", description = "Validate OTPs, resynchronise and pair tokens."),
+        (name = "Operations", description = "Health, metrics and this document; no authentication."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The `bearer` security scheme the operations name with their scopes (OpenAPI 3.1 allows
+/// required scopes, "roles", on any scheme).
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A JWT (RS256, ES256 or EdDSA from the configured key set) with `iss`, \
+                         `aud`, `exp`, the environment id in `env` and space-separated scopes in \
+                         `scope`: oath:tokens:read, oath:tokens:write, oath:jobs:read, \
+                         oath:jobs:write, oath:otp:validate.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+});
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "Operations",
+    operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", body = serde_json::Value)),
+)]
+pub async fn document() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(DOCUMENT.as_str())
+}
