@@ -22,9 +22,9 @@ fuzz_target!(|data: &[u8]| {
                     assert!(errors.iter().all(|e| e.target.starts_with("tokens[7]")));
                 }
                 let secret = value.get("secret").and_then(Value::as_str).unwrap_or("");
-                let echoed_as_key = value
-                    .as_object()
-                    .is_some_and(|o| o.keys().any(|k| k.contains(secret)));
+                // Targets name unknown properties as sent, at any depth: a key that embeds
+                // the secret is the client's own text coming back, not the secret's value.
+                let echoed_as_key = any_key_contains(&value, secret);
                 // Hex secrets: message text could match other strings by chance.
                 let hex = secret.bytes().all(|b| b.is_ascii_hexdigit());
                 if secret.len() >= 16 && hex && !echoed_as_key {
@@ -34,3 +34,13 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+fn any_key_contains(value: &Value, needle: &str) -> bool {
+    match value {
+        Value::Object(o) => o
+            .iter()
+            .any(|(k, v)| k.contains(needle) || any_key_contains(v, needle)),
+        Value::Array(a) => a.iter().any(|v| any_key_contains(v, needle)),
+        _ => false,
+    }
+}
