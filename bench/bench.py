@@ -1,14 +1,29 @@
 #!/usr/bin/env python3
 """oath-service benchmarks: each figure is a ratio against a baseline measured on the same
-database in the same run. Started by bench/run, which provides the database and the binary.
+database in the same run. Started by bench/run, which provides the database, the tools and the
+release binary; prints the table and writes it to bench/REPORT.md with the machine's description.
 
-Environment (set by bench/run): DATABASE_URL (server to use; the database BENCH_DB, default
-`oath_bench`, is recreated), OATH_BIN (release binary), BENCH_REPS, BENCH_TOKENS.
+The table's lines are the entries of MEASUREMENTS, in order: each is a function that measures and
+returns its lines (a job's lines, a wrk-vs-pgbench pair's line). Add a line by adding a function.
+
+Environment (set by bench/run; all optional but DATABASE_URL and OATH_BIN):
+  DATABASE_URL       server to use; the database BENCH_DB (default `oath_bench`) is recreated
+                     and dropped
+  OATH_BIN           release binary
+  BENCH_REPS         runs of each 100k job (default 3; medians)
+  BENCH_TOKENS       tokens per job (default 100000)
+  BENCH_DURATION     seconds per wrk or pgbench measurement (default 10)
+  BENCH_ROUNDS       alternating wrk/pgbench rounds per line (default 3; medians)
+  BENCH_CONNECTIONS  wrk connections = pgbench clients (default 16)
+  BENCH_THREADS      wrk threads = pgbench threads (default 2)
+  BENCH_HTTP_TOKENS  tokens the GET and validate measurements spread over (default 10000)
+  BENCH_ONLY         comma-separated measurement names to run (default: all)
 """
 
 import json
 import os
 import platform
+import re
 import secrets
 import socket
 import statistics
@@ -20,19 +35,31 @@ import urllib.error
 import urllib.request
 import uuid
 from base64 import b64encode
+from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ["OATH_BIN"]
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 TOKENS = int(os.environ.get("BENCH_TOKENS", "100000"))
+DURATION = int(os.environ.get("BENCH_DURATION", "10"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+HTTP_TOKENS = int(os.environ.get("BENCH_HTTP_TOKENS", "10000"))
+ONLY = [m for m in os.environ.get("BENCH_ONLY", "").split(",") if m]
 SERVER_URL = os.environ["DATABASE_URL"].split("?")[0].rsplit("/", 1)[0]
 DB_NAME = os.environ.get("BENCH_DB", "oath_bench")
-DB_URL = SERVER_URL + "/" + DB_NAME
+DB_URL = f"{SERVER_URL}/{DB_NAME}"
 ADMIN_URL = SERVER_URL + "/postgres"
 CREATE_TYPE = "application/vnd.pingidentity.job.oathtokens.create+json"
 REVOKE_TYPE = "application/vnd.pingidentity.job.oathtokens.revoke+json"
 CSV_TYPE = "text/csv"
 CSV_HEADER = "serialNumber,secret,type,otpLength,hashAlgorithm,counter,timeStep"
+SECRET = "3132333435363738393031323334353637383930"
+
+
+def say(*args):
+    print("==>", *args, file=sys.stderr, flush=True)
 
 
 def psql(url, sql, *args):
@@ -58,10 +85,15 @@ class Service:
                         OATH_CONFIG_DIR=os.path.join(ROOT, "config"),
                         OATH__SERVER__ADDR=f"127.0.0.1:{self.port}",
                         OATH__SERVER__PUBLIC_BASE_URL=self.base,
+                        OATH__DATABASE__MAX_CONNECTIONS=str(CONNECTIONS),
                         OATH__AUTH__HS256_SECRET=b64encode(secrets.token_bytes(48)).decode(),
                         OATH__CRYPTO__ACTIVE_KEY_ID="bench",
                         OATH__CRYPTO__KEYS__BENCH=b64encode(secrets.token_bytes(32)).decode(),
+                        # Single creates add up over the rounds; validations never lock a token.
+                        OATH__LIMITS__TOKENS_PER_ENVIRONMENT="100000000",
+                        OATH__OTP__MAX_FAILURES="2147483647",
                         OATH__LOG__LEVEL="warn")
+        self.env.pop("RUST_LOG", None)
         subprocess.run([BIN, "migrate"], env=self.env, check=True, capture_output=True)
         self.proc = subprocess.Popen([BIN, "serve", "--no-migrate"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=sys.stderr)
@@ -94,13 +126,36 @@ class Service:
                     return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_seconds(self):
+        """User + system CPU time of the service so far."""
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=60)
 
 
+@dataclass
+class Line:
+    metric: str
+    baseline: str
+    value: float  # a ratio, or MB for memory
+    goal: str  # ">= 0.6" or "<= 200 MB"
+    detail: str
+
+    def met(self):
+        op, limit = self.goal.split()[:2]
+        return self.value >= float(limit) if op == ">=" else self.value <= float(limit)
+
+    def shown(self):
+        return f"{self.value:.0f} MB" if self.goal.endswith("MB") else f"{self.value:.2f}"
+
+
+# --- the 100k jobs against COPY and DELETE ----------------------------------------------------
+
 def run_job(svc, env, token, body, content_type):
-    """Seconds from POST to DONE."""
+    """Seconds from POST to DONE, and to the 202."""
     started = time.perf_counter()
     status, job = svc.request("POST", f"/v1/environments/{env}/oathJobs", token, body, content_type)
     assert status == 202, job
@@ -116,6 +171,11 @@ def run_job(svc, env, token, body, content_type):
 
 def token_rows(n, prefix):
     return [(f"{prefix}{i:07d}", secrets.token_hex(20).upper()) for i in range(n)]
+
+
+def create_body(rows):
+    return json.dumps({"type": "CREATE_OATH_TOKENS", "tokens": [
+        {"serialNumber": s, "secret": sec, "type": "HOTP", "otpLength": 6} for s, sec in rows]}).encode()
 
 
 def copy_baseline(env, rows):
@@ -141,68 +201,268 @@ def delete_baseline():
     return time.perf_counter() - started
 
 
+def jobs(svc):
+    figures = {"create": [], "copy": [], "revoke": [], "delete": [], "csv": []}
+    for rep in range(REPS):
+        env = str(uuid.uuid4())
+        token = svc.token(env)
+        rows = token_rows(TOKENS, f"B{rep}x")
+        t_job, t_accept = run_job(svc, env, token, create_body(rows), CREATE_TYPE)
+        t_copy = copy_baseline(env, rows)
+        ids = psql(DB_URL, f"select id from oath_tokens where environment_id = '{env}'").split()
+        revoke = json.dumps({"type": "REVOKE_OATH_TOKENS", "tokenIds": ids}).encode()
+        t_revoke, t_revoke_accept = run_job(svc, env, token, revoke, REVOKE_TYPE)
+        t_delete = delete_baseline()
+        # The same kind of rows as a CSV file, into an environment of its own.
+        csv_env = str(uuid.uuid4())
+        csv_rows = token_rows(TOKENS, f"C{rep}x")
+        csv_body = "\n".join([CSV_HEADER] + [f"{s},{sec},HOTP,6,,," for s, sec in csv_rows]).encode()
+        t_csv, t_csv_accept = run_job(svc, csv_env, svc.token(csv_env), csv_body, CSV_TYPE)
+        psql(DB_URL, f"delete from oath_tokens where environment_id = '{csv_env}'")
+        for k, v in (("create", t_job), ("copy", t_copy), ("revoke", t_revoke), ("delete", t_delete),
+                     ("csv", t_csv)):
+            figures[k].append(v)
+        say(f"jobs {rep + 1}/{REPS}: create job {t_job:.2f}s (202 after {t_accept:.2f}s), "
+            f"COPY {t_copy:.2f}s, revoke job {t_revoke:.2f}s (202 after {t_revoke_accept:.2f}s), "
+            f"DELETE {t_delete:.2f}s, CSV import {t_csv:.2f}s (202 after {t_csv_accept:.2f}s)")
+    rss = svc.peak_rss_mb()
+    med = {k: statistics.median(v) for k, v in figures.items()}
+    k = f"{TOKENS // 1000}k"
+    return [
+        Line(f"{k}-token create job, POST to DONE", "raw COPY of the same rows", med["copy"] / med["create"],
+             ">= 0.6", f"{TOKENS / med['create']:,.0f} tokens/s vs {TOKENS / med['copy']:,.0f} rows/s"),
+        Line(f"{k}-id revoke job, POST to DONE", "raw DELETE of the same ids", med["delete"] / med["revoke"],
+             ">= 0.5", f"{TOKENS / med['revoke']:,.0f} ids/s vs {TOKENS / med['delete']:,.0f} rows/s"),
+        Line(f"{k}-row CSV import, POST to DONE", "JSON create job of the same rows",
+             med["create"] / med["csv"], ">= 0.8",
+             f"{TOKENS / med['csv']:,.0f} rows/s vs {TOKENS / med['create']:,.0f} tokens/s"),
+        Line(f"peak RSS of the service during the {k} jobs", "", rss, "<= 200 MB",
+             f"VmHWM after {REPS} create and {REPS} revoke jobs"),
+    ]
+
+
+# --- HTTP with wrk against pgbench ------------------------------------------------------------
+
+def run_wrk(svc, script, label):
+    """Requests/s of wrk with `script`; fails on any non-2xx answer or socket error."""
+    out = subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{DURATION}s",
+                          "--latency", "-s", script, svc.base], check=True, capture_output=True, text=True).stdout
+    if "Non-2xx" in out or re.search(r"Socket errors:.*(connect [1-9]|read [1-9]|write [1-9]|timeout [1-9])", out):
+        sys.exit(f"bench: {label}: some requests failed:\n{out}")
+    rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)
+    return rps, f"p50 {p50}, p99 {p99}"
+
+
+def run_pgbench(args, label):
+    """Transactions/s of pgbench on the bench database."""
+    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-c", str(CONNECTIONS), "-j", str(THREADS),
+                          "-T", str(DURATION), *args, DB_URL], capture_output=True, text=True)
+    if out.returncode != 0 or re.search(r"number of failed transactions: [1-9]", out.stdout):
+        sys.exit(f"bench: {label}: pgbench failed:\n{out.stdout}\n{out.stderr}")
+    return float(re.search(r"^tps = ([\d.]+)", out.stdout, re.M).group(1))
+
+
+def alternate(svc, label, wrk_script, pgbench_args, extra=None):
+    """ROUNDS alternating rounds of wrk and pgbench (and `extra` pgbench args, if any), so that
+    load from elsewhere on the machine hits both alike; returns the medians."""
+    say(f"{label}: warming up (2 s)")
+    subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", "2s", "-s", wrk_script, svc.base],
+                   check=True, capture_output=True)
+    http, base, more, lat, cpu = [], [], [], [], []
+    for r in range(ROUNDS):
+        cpu0, t0 = svc.cpu_seconds(), time.perf_counter()
+        rps, latency = run_wrk(svc, wrk_script, label)
+        cpu.append((svc.cpu_seconds() - cpu0) / (rps * (time.perf_counter() - t0)) * 1e6)
+        tps = run_pgbench(pgbench_args, label)
+        x = run_pgbench(extra, label) if extra else None
+        http.append(rps)
+        base.append(tps)
+        lat.append(latency)
+        if x is not None:
+            more.append(x)
+        say(f"{label} {r + 1}/{ROUNDS}: {rps:,.0f} requests/s ({latency}) vs pgbench {tps:,.0f} tps"
+            + (f", ceiling {x:,.0f} tps" if x is not None else "") + f"; load {load_average()}")
+    return (statistics.median(http), statistics.median(base), statistics.median(more) if more else None,
+            lat[len(lat) // 2], statistics.median(cpu))
+
+
+def lua_ids(ids):
+    return "local ids = {\n" + "".join(f'  "{i}",\n' for i in ids) + "}\n"
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def http_tokens(svc, work):
+    """An environment with HTTP_TOKENS HOTP tokens (made by a create job), for GET and validate."""
+    env = str(uuid.uuid4())
+    token = svc.token(env)
+    rows = [(f"H{i:07d}", SECRET) for i in range(HTTP_TOKENS)]
+    run_job(svc, env, token, create_body(rows), CREATE_TYPE)
+    ids = psql(DB_URL, f"select id from oath_tokens where environment_id = '{env}'").split()
+    assert len(ids) == HTTP_TOKENS
+    return env, token, ids
+
+
+HTTP_SETUP = {}
+
+
+def shared_tokens(svc, work):
+    if not HTTP_SETUP:
+        HTTP_SETUP["tokens"] = http_tokens(svc, work)
+    return HTTP_SETUP["tokens"]
+
+
+RANDOM_SEED = 'math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)"), 16) or 0))'
+
+
+def get_by_id(svc, work):
+    env, token, ids = shared_tokens(svc, work)
+    script = write(os.path.join(work, "get.lua"), lua_ids(ids) + f"""
+local prefix = "/v1/environments/{env}/oathTokens/"
+local headers = {{["Authorization"] = "Bearer {token}"}}
+function init(args) {RANDOM_SEED} end
+function request() return wrk.format("GET", prefix .. ids[math.random(#ids)], headers) end
+""")
+    say("pgbench -i -s 1 (100,000 pgbench_accounts rows)")
+    subprocess.run(["pgbench", "-i", "-q", "-s", "1", DB_URL], check=True, capture_output=True)
+    http, base, _, latency, cpu = alternate(svc, "GET token", script, ["-S"])
+    return [Line(f"GET token by id, {CONNECTIONS} connections (wrk)",
+                 f"pgbench -S (select by primary key), {CONNECTIONS} clients", http / base, ">= 0.5",
+                 f"{http:,.0f} requests/s vs {base:,.0f} tps; {latency}; service CPU {cpu:.0f} us/request")]
+
+
+def single_create(svc, work):
+    env = str(uuid.uuid4())
+    token = svc.token(env)
+    script = write(os.path.join(work, "create.lua"), f"""
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+local prefix, n = nil, 0
+function init(args) prefix = "W" .. os.time() .. "x" .. tid .. "x" end
+local path = "/v1/environments/{env}/oathTokens"
+local headers = {{["Authorization"] = "Bearer {token}", ["Content-Type"] = "application/json"}}
+function request()
+  n = n + 1
+  local body = '{{"serialNumber": "' .. prefix .. n .. '", "secret": "{SECRET}", "type": "HOTP", "otpLength": 6}}'
+  return wrk.format("POST", path, headers, body)
+end
+""")
+    psql(DB_URL, "drop table if exists bench_insert; drop sequence if exists bench_serial; "
+                 "create table bench_insert (like oath_tokens including all); create sequence bench_serial")
+    insert = write(os.path.join(work, "insert.sql"), f"""
+insert into bench_insert (environment_id, id, serial_number, type, otp_length, hash_algorithm, counter,
+                          secret_ciphertext, secret_key_id)
+values ('{env}', gen_random_uuid(), 'P' || nextval('bench_serial'), 'HOTP', 6, 'HmacSHA1', 0,
+        '\\x{secrets.token_hex(48)}', 'bench');
+""")
+    http, base, _, latency, cpu = alternate(svc, "single create", script, ["-f", insert])
+    return [Line(f"single create, {CONNECTIONS} connections (wrk)",
+                 f"pgbench single-row INSERT into a copy of oath_tokens, {CONNECTIONS} clients", http / base,
+                 ">= 0.5", f"{http:,.0f} creates/s vs {base:,.0f} tps; {latency}; service CPU {cpu:.0f} us/request")]
+
+
+def validate(svc, work):
+    env, token, ids = shared_tokens(svc, work)
+    # A wrong code: every request reads the token, searches its window and writes the failure
+    # count, the same database work as a success (read, then one conditional UPDATE).
+    script = write(os.path.join(work, "validate.lua"), lua_ids(ids) + f"""
+local prefix = "/v1/environments/{env}/oathTokens/"
+local headers = {{["Authorization"] = "Bearer {token}", ["Content-Type"] = "application/json"}}
+local body = '{{"otp": "000000"}}'
+function init(args) {RANDOM_SEED} end
+function request() return wrk.format("POST", prefix .. ids[math.random(#ids)] .. "/validate", headers, body) end
+""")
+    rows = len(ids)
+    psql(DB_URL, f"""drop table if exists bench_rows; drop table if exists bench_tokens;
+        create table bench_rows (id integer primary key, n bigint not null default 0);
+        insert into bench_rows (id) select generate_series(1, {rows});
+        create table bench_tokens (like oath_tokens including all);
+        alter table bench_tokens add column n serial unique;
+        insert into bench_tokens select * from oath_tokens where environment_id = '{env}'""")
+    psql(DB_URL, "vacuum analyze bench_rows")
+    psql(DB_URL, "vacuum analyze bench_tokens")
+    update = write(os.path.join(work, "update.sql"), f"""\\set id random(1, {rows})
+update bench_rows set n = n + 1 where id = :id;
+""")
+    # A validation's own two statements on a copy of oath_tokens: what the database alone allows.
+    ceiling = write(os.path.join(work, "validation.sql"), f"""\\set n random(1, {rows})
+select otp_length, hash_algorithm, counter, time_step, drift, last_time_step, fail_count, status,
+       secret_ciphertext, secret_key_id
+  from bench_tokens where n = :n;
+update bench_tokens set fail_count = fail_count + 1
+ where n = :n and fail_count < 2147483647 returning fail_count;
+""")
+    http, base, more, latency, cpu = alternate(svc, "validate", script, ["-f", update], ["-f", ceiling])
+    return [Line(f"validate (a wrong code), {CONNECTIONS} connections (wrk)",
+                 f"pgbench single-row UPDATE, {CONNECTIONS} clients", http / base, ">= 0.5",
+                 f"{http:,.0f} requests/s vs {base:,.0f} tps; {latency}; service CPU {cpu:.0f} us/request; "
+                 f"the validation's two statements alone in pgbench: {more:,.0f} tps ({more / base:.2f})")]
+
+
+# The table, in order. Each entry: (name for BENCH_ONLY, function(svc, workdir) -> [Line]).
+MEASUREMENTS = [
+    ("jobs", lambda svc, work: jobs(svc)),
+    ("get", get_by_id),
+    ("create", single_create),
+    ("validate", validate),
+]
+
+
+def load_average():
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    return (f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem / 1024:.0f} GiB, "
+            f"Linux {platform.release()}, PostgreSQL {psql(ADMIN_URL, 'show server_version')} on the same "
+            f"machine (fsync {psql(ADMIN_URL, 'show fsync')}, synchronous_commit "
+            f"{psql(ADMIN_URL, 'show synchronous_commit')})")
+
+
 def main():
     psql(ADMIN_URL, f"drop database if exists {DB_NAME} with (force)")
     psql(ADMIN_URL, f"create database {DB_NAME}")
+    started, load_before = time.time(), load_average()
     svc = Service()
-    figures = {"create": [], "copy": [], "revoke": [], "delete": [], "csv": []}
+    lines = []
     try:
-        for rep in range(REPS):
-            env = str(uuid.uuid4())
-            token = svc.token(env)
-            rows = token_rows(TOKENS, f"B{rep}x")
-            body = json.dumps({"type": "CREATE_OATH_TOKENS", "tokens": [
-                {"serialNumber": s, "secret": sec, "type": "HOTP", "otpLength": 6} for s, sec in rows]}).encode()
-            t_job, t_accept = run_job(svc, env, token, body, CREATE_TYPE)
-            t_copy = copy_baseline(env, rows)
-            ids = psql(DB_URL, f"select id from oath_tokens where environment_id = '{env}'").split()
-            revoke = json.dumps({"type": "REVOKE_OATH_TOKENS", "tokenIds": ids}).encode()
-            t_revoke, t_revoke_accept = run_job(svc, env, token, revoke, REVOKE_TYPE)
-            t_delete = delete_baseline()
-            # The same kind of rows as a CSV file, into an environment of its own (after the
-            # revoke: the tables hold the JSON job's dead rows, which only slows the import).
-            csv_env = str(uuid.uuid4())
-            csv_rows = token_rows(TOKENS, f"C{rep}x")
-            csv_body = "\n".join([CSV_HEADER] + [f"{s},{sec},HOTP,6,,," for s, sec in csv_rows]).encode()
-            t_csv, t_csv_accept = run_job(svc, csv_env, svc.token(csv_env), csv_body, CSV_TYPE)
-            psql(DB_URL, f"delete from oath_tokens where environment_id = '{csv_env}'")
-            for k, v in (("create", t_job), ("copy", t_copy), ("revoke", t_revoke), ("delete", t_delete),
-                         ("csv", t_csv)):
-                figures[k].append(v)
-            print(f"rep {rep + 1}/{REPS}: create job {t_job:.2f}s (202 after {t_accept:.2f}s), "
-                  f"COPY {t_copy:.2f}s, revoke job {t_revoke:.2f}s (202 after {t_revoke_accept:.2f}s), "
-                  f"DELETE {t_delete:.2f}s, CSV import {t_csv:.2f}s (202 after {t_csv_accept:.2f}s)",
-                  file=sys.stderr)
-        rss = svc.peak_rss_mb()
+        with tempfile.TemporaryDirectory(prefix="oath-bench.") as work:
+            for name, measure in MEASUREMENTS:
+                if not ONLY or name in ONLY:
+                    lines.extend(measure(svc, work))
     finally:
         svc.stop()
         psql(ADMIN_URL, f"drop database if exists {DB_NAME} with (force)")
-
-    med = {k: statistics.median(v) for k, v in figures.items()}
-    lines = [
-        ("100k-token create job, POST to DONE", "raw COPY of the same rows", med["copy"] / med["create"], ">= 0.6",
-         f"{TOKENS / med['create']:,.0f} tokens/s vs {TOKENS / med['copy']:,.0f} rows/s"),
-        ("100k-id revoke job, POST to DONE", "raw DELETE of the same ids", med["delete"] / med["revoke"], ">= 0.5",
-         f"{TOKENS / med['revoke']:,.0f} ids/s vs {TOKENS / med['delete']:,.0f} rows/s"),
-        ("100k-row CSV import, POST to DONE", "JSON create job of the same rows", med["create"] / med["csv"],
-         ">= 0.8", f"{TOKENS / med['csv']:,.0f} rows/s vs {TOKENS / med['create']:,.0f} tokens/s"),
-        ("peak RSS of the service", "", rss, "<= 200 MB", f"{rss:.0f} MB"),
-    ]
-    report(lines)
+    report(lines, started, load_before)
 
 
-def report(lines):
-    machine = (f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, "
-               f"{psql(ADMIN_URL, 'show server_version')} PostgreSQL, "
-               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, median of {REPS} runs, {TOKENS:,} tokens")
-    table = ["| metric | baseline | ratio | goal | figures |", "| --- | --- | --- | --- | --- |"]
-    for metric, baseline, value, goal, detail in lines:
-        shown = f"{value:.0f} MB" if "RSS" in metric else f"{value:.2f}"
-        table.append(f"| {metric} | {baseline} | {shown} | {goal} | {detail} |")
+def report(lines, started, load_before):
+    table = ["| metric | baseline (same database, same run) | ratio | goal | met | figures |",
+             "| --- | --- | ---: | --- | --- | --- |"]
+    for l in lines:
+        table.append(f"| {l.metric} | {l.baseline} | {l.shown()} | {l.goal} | {'yes' if l.met() else 'NO'} | {l.detail} |")
     text = "\n".join(table)
     print(text)
+    met = sum(l.met() for l in lines)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     with open(os.path.join(ROOT, "bench", "REPORT.md"), "w") as f:
-        f.write(f"# Benchmark report\n\nMachine: {machine}.\nCommand: `bench/run`.\n\n{text}\n")
+        f.write(f"# Benchmark report\n\n"
+                f"Machine: {machine()}.\n"
+                f"Run: {when}, {time.time() - started:.0f} s; load average {load_before} before and "
+                f"{load_average()} after (other work on the machine slows both sides of a ratio, not "
+                f"always alike). Jobs: median of {REPS} runs of {TOKENS:,} tokens. HTTP lines: median of "
+                f"{ROUNDS} alternating rounds of {DURATION} s, wrk -t {THREADS} -c {CONNECTIONS} against "
+                f"pgbench -M prepared -j {THREADS} -c {CONNECTIONS}, over {HTTP_TOKENS:,} tokens.\n"
+                f"Command: `bench/run`. Goals met: {met} of {len(lines)}; what limits each figure: "
+                f"`bench/README.md`.\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -40,13 +40,25 @@ const POST: Method = Method::POST;
 const DELETE: Method = Method::DELETE;
 
 /// Every route the service serves: [`configure`] registers exactly these, and the OpenAPI test
-/// checks that `/openapi.json` documents exactly these (method, path) pairs. Order matters only
-/// for speed: the router tries resources in this order.
+/// checks that `/openapi.json` documents exactly these (method, path) pairs. The router tries
+/// resources in this order and matches each dynamic one with a regex, so the static paths come
+/// first (a string comparison each), then the busiest: validate, then single tokens.
 pub const ROUTES: &[Resource] = &[
     resource(&["/health/live"], &[(GET, || web::to(health::live))]),
     resource(&["/health/ready"], &[(GET, || web::to(health::ready))]),
     resource(&["/metrics"], &[(GET, || web::to(health::metrics))]),
     resource(&["/openapi.json"], &[(GET, || web::to(openapi::document))]),
+    resource(
+        &["/v1/environments/{env_id}/oathTokens/{token_id}/validate"],
+        &[(POST, || web::to(otp::validate))],
+    ),
+    resource(
+        &["/v1/environments/{env_id}/oathTokens/{token_id}"],
+        &[
+            (GET, || web::to(tokens::get)),
+            (DELETE, || web::to(tokens::delete)),
+        ],
+    ),
     resource(
         &["/v1/environments/{env_id}/oathTokens"],
         &[
@@ -55,10 +67,14 @@ pub const ROUTES: &[Resource] = &[
         ],
     ),
     resource(
-        &["/v1/environments/{env_id}/oathTokens/{token_id}"],
+        &["/v1/environments/{env_id}/oathTokens/{token_id}/resync"],
+        &[(POST, || web::to(otp::resync))],
+    ),
+    resource(
+        &["/v1/environments/{env_id}/oathTokens/{token_id}/pairing"],
         &[
-            (GET, || web::to(tokens::get)),
-            (DELETE, || web::to(tokens::delete)),
+            (POST, || web::to(otp::pair)),
+            (DELETE, || web::to(otp::unpair)),
         ],
     ),
     resource(
@@ -78,21 +94,6 @@ pub const ROUTES: &[Resource] = &[
     resource(
         &["/v1/environments/{env_id}/oathJobs/{job_id}/results"],
         &[(GET, || web::to(jobs::results))],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathTokens/{token_id}/validate"],
-        &[(POST, || web::to(otp::validate))],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathTokens/{token_id}/resync"],
-        &[(POST, || web::to(otp::resync))],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathTokens/{token_id}/pairing"],
-        &[
-            (POST, || web::to(otp::pair)),
-            (DELETE, || web::to(otp::unpair)),
-        ],
     ),
 ];
 

@@ -186,35 +186,46 @@ pub async fn create(
     let id = Uuid::now_v7();
     let sealed = state.cipher.seal(&token.secret, env, id);
     let limit = state.settings.limits.tokens_per_environment;
-    let mut tx = state.db.begin().await?;
-    if let Some(key) = &idempotency {
-        if let Err(first_response) = key.claim(&mut tx, &state, env).await? {
-            return Ok(first_response);
+    let insert_error = |e| match e {
+        InsertError::Duplicate => ApiError::invalid_data(vec![FieldError::new(
+            DetailCode::UniquenessViolation,
+            "serialNumber",
+            "a token with this serialNumber already exists in the environment",
+        )]),
+        InsertError::LimitExceeded => ApiError::invalid_data(vec![FieldError::new(
+            DetailCode::LimitExceeded,
+            "",
+            format!("the environment already holds its limit of {limit} tokens"),
+        )]),
+        InsertError::Db(e) => e.into(),
+    };
+    let (row, tx) = match &idempotency {
+        // One statement, committed on its own: one round trip.
+        None => {
+            let row = store::insert(&state.db, env, id, &token, &sealed, limit)
+                .await
+                .map_err(insert_error)?;
+            (row, None)
         }
-    }
-    let row = store::insert(&mut tx, env, id, &token, &sealed, limit)
-        .await
-        .map_err(|e| match e {
-            InsertError::Duplicate => ApiError::invalid_data(vec![FieldError::new(
-                DetailCode::UniquenessViolation,
-                "serialNumber",
-                "a token with this serialNumber already exists in the environment",
-            )]),
-            InsertError::LimitExceeded => ApiError::invalid_data(vec![FieldError::new(
-                DetailCode::LimitExceeded,
-                "",
-                format!("the environment already holds its limit of {limit} tokens"),
-            )]),
-            InsertError::Db(e) => e.into(),
-        })?;
+        Some(key) => {
+            let mut tx = state.db.begin().await?;
+            if let Err(first_response) = key.claim(&mut tx, &state, env).await? {
+                return Ok(first_response);
+            }
+            let row = store::insert(&mut *tx, env, id, &token, &sealed, limit)
+                .await
+                .map_err(insert_error)?;
+            (row, Some(tx))
+        }
+    };
     let resource = TokenResource::new(state.settings.base_url(), row);
     let location = resource.links.self_.href.clone();
     let body = serde_json::to_vec(&resource).map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let Some(key) = &idempotency {
+    if let (Some(key), Some(mut tx)) = (&idempotency, tx) {
         key.record(&mut tx, env, StatusCode::CREATED, Some(&location), &body)
             .await?;
+        tx.commit().await?;
     }
-    tx.commit().await?;
     tracing::info!(token_id = %id, serial_number = %token.serial_number.as_str(), "token created");
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))

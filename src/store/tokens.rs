@@ -38,10 +38,11 @@ pub enum InsertError {
     Db(#[from] sqlx::Error),
 }
 
-/// Inserts one token and counts it against the environment's quota, in the caller's transaction
-/// (which must be rolled back on error).
-pub async fn insert(
-    tx: &mut PgConnection,
+/// Inserts one token and counts it against the environment's quota, in one statement: on a
+/// connection of its own it commits at once, holding the quota row's lock only while it commits;
+/// in a transaction, the caller rolls back on error.
+pub async fn insert<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
     env: Uuid,
     id: Uuid,
     token: &NewToken,
@@ -52,15 +53,33 @@ pub async fn insert(
         TokenKind::Hotp { counter } => (Some(counter), None),
         TokenKind::Totp { time_step } => (None, Some(time_step)),
     };
+    // The token first, then the quota row (the order job chunks take them in, so the two never
+    // deadlock). Over the quota, `usage` is empty and the division by zero fails the statement,
+    // which undoes the insert.
     let row = sqlx::query_as!(
         TokenRow,
-        r#"insert into oath_tokens
-               (environment_id, id, serial_number, type, otp_length, hash_algorithm,
-                counter, time_step, secret_ciphertext, secret_key_id)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-           returning environment_id, id, serial_number, type as token_type, otp_length,
-                     hash_algorithm, counter, time_step, drift, status, user_id,
-                     created_at, updated_at"#,
+        r#"with token as (
+               insert into oath_tokens
+                   (environment_id, id, serial_number, type, otp_length, hash_algorithm,
+                    counter, time_step, secret_ciphertext, secret_key_id)
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               returning environment_id, id, serial_number, type, otp_length, hash_algorithm,
+                         counter, time_step, drift, status, user_id, created_at, updated_at
+           ), usage as (
+               insert into environment_usage as u (environment_id, token_count)
+               select environment_id, 1 from token where 1 <= $11::bigint
+               on conflict (environment_id) do update
+                   set token_count = u.token_count + 1
+                   where u.token_count + 1 <= $11::bigint
+               returning token_count
+           )
+           select environment_id as "environment_id!", id as "id!",
+                  serial_number as "serial_number!", type as "token_type!",
+                  otp_length as "otp_length!", hash_algorithm as "hash_algorithm!", counter,
+                  time_step, drift as "drift!", status as "status!", user_id,
+                  created_at as "created_at!", updated_at as "updated_at!"
+           from token
+           where 1 / (select count(*)::integer from usage) = 1"#,
         env,
         id,
         token.serial_number.as_str(),
@@ -71,20 +90,24 @@ pub async fn insert(
         time_step,
         &sealed.ciphertext,
         &sealed.key_id,
+        limit,
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(conn)
     .await
     .map_err(|e| match &e {
         sqlx::Error::Database(db) if db.constraint() == Some(SERIAL_UNIQUE_CONSTRAINT) => {
             InsertError::Duplicate
         }
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(DIVISION_BY_ZERO) => {
+            InsertError::LimitExceeded
+        }
         _ => InsertError::Db(e),
     })?;
-    if !reserve(tx, env, 1, limit).await? {
-        return Err(InsertError::LimitExceeded);
-    }
     Ok(row)
 }
+
+/// SQLSTATE of the quota guard in [`insert`].
+const DIVISION_BY_ZERO: &str = "22012";
 
 /// Adds `n` to the environment's token count if the result stays within `limit`. Returns false
 /// (and changes nothing) otherwise. The row lock it takes serialises concurrent reservations.

@@ -283,3 +283,49 @@ async fn quota_holds_under_concurrent_creates(pool: PgPool) {
     assert_eq!(app.create_token(&hotp("QX")).await.status(), 201);
     assert_eq!(app.create_token(&hotp("QY")).await.status(), 400);
 }
+
+#[sqlx::test]
+async fn create_with_an_idempotency_key_replays_and_conflicts(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let send = |body: Value| {
+        app.request(Method::POST, &app.tokens_path())
+            .header("idempotency-key", "token-1")
+            .json(&body)
+            .send()
+    };
+    let first = send(hotp("I1")).await.unwrap();
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let location = first.headers()["location"].clone();
+    let (status, created) = parts(first).await;
+    assert_eq!(status, 201, "{created}");
+
+    let again = send(hotp("I1")).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["location"], location);
+    let (status, replayed) = parts(again).await;
+    assert_eq!((status, &replayed), (201, &created));
+
+    let (status, body) = parts(send(hotp("I2")).await.unwrap()).await;
+    assert_error(status, &body, 409, "CONFLICT");
+    // A rejected request is not remembered: the key stays usable after a duplicate.
+    let (status, _) = parts(
+        app.request(Method::POST, &app.tokens_path())
+            .header("idempotency-key", "token-2")
+            .json(&hotp("I1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let count: i64 = sqlx::query_scalar("select count(*) from oath_tokens")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+    let usage: i64 = sqlx::query_scalar("select token_count from environment_usage")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(usage, 1);
+}
