@@ -7,8 +7,7 @@ The table's lines are the entries of MEASUREMENTS, in order: each is a function 
 returns its lines (a job's lines, a wrk-vs-pgbench pair's line). Add a line by adding a function.
 
 Environment (set by bench/run; all optional but DATABASE_URL and OATH_BIN):
-  DATABASE_URL       server to use; the database BENCH_DB (default `oath_bench`) is recreated
-                     and dropped
+  DATABASE_URL       server to use; a database `oath_bench_<pid>` of its own is made and dropped
   OATH_BIN           release binary
   BENCH_REPS         runs of each 100k job (default 3; medians)
   BENCH_TOKENS       tokens per job (default 100000)
@@ -48,7 +47,7 @@ THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 HTTP_TOKENS = int(os.environ.get("BENCH_HTTP_TOKENS", "10000"))
 ONLY = [m for m in os.environ.get("BENCH_ONLY", "").split(",") if m]
 SERVER_URL = os.environ["DATABASE_URL"].split("?")[0].rsplit("/", 1)[0]
-DB_NAME = os.environ.get("BENCH_DB", "oath_bench")
+DB_NAME = f"oath_bench_{os.getpid()}"
 DB_URL = f"{SERVER_URL}/{DB_NAME}"
 ADMIN_URL = SERVER_URL + "/postgres"
 CREATE_TYPE = "application/vnd.pingidentity.job.oathtokens.create+json"
@@ -264,9 +263,21 @@ def run_pgbench(args, label):
     return float(re.search(r"^tps = ([\d.]+)", out.stdout, re.M).group(1))
 
 
+@dataclass
+class Rounds:
+    """Medians over the rounds: requests/s, baseline tps, `extra` tps (or None), the ratio of
+    each round (wrk / baseline), the round's wrk latency, service CPU per request."""
+    http: float
+    base: float
+    extra: float
+    ratio: float
+    latency: str
+    cpu_us: float
+
+
 def alternate(svc, label, wrk_script, pgbench_args, extra=None):
     """ROUNDS alternating rounds of wrk and pgbench (and `extra` pgbench args, if any), so that
-    load from elsewhere on the machine hits both alike; returns the medians."""
+    load from elsewhere on the machine hits both alike; the ratio is the median of the rounds'."""
     say(f"{label}: warming up (2 s)")
     subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", "2s", "-s", wrk_script, svc.base],
                    check=True, capture_output=True)
@@ -284,8 +295,10 @@ def alternate(svc, label, wrk_script, pgbench_args, extra=None):
             more.append(x)
         say(f"{label} {r + 1}/{ROUNDS}: {rps:,.0f} requests/s ({latency}) vs pgbench {tps:,.0f} tps"
             + (f", ceiling {x:,.0f} tps" if x is not None else "") + f"; load {load_average()}")
-    return (statistics.median(http), statistics.median(base), statistics.median(more) if more else None,
-            lat[len(lat) // 2], statistics.median(cpu))
+    ratios = [h / b for h, b in zip(http, base)]
+    middle = sorted(range(ROUNDS), key=lambda i: ratios[i])[ROUNDS // 2]
+    return Rounds(statistics.median(http), statistics.median(base), statistics.median(more) if more else None,
+                  statistics.median(ratios), lat[middle], statistics.median(cpu))
 
 
 def lua_ids(ids):
@@ -331,10 +344,11 @@ function request() return wrk.format("GET", prefix .. ids[math.random(#ids)], he
 """)
     say("pgbench -i -s 1 (100,000 pgbench_accounts rows)")
     subprocess.run(["pgbench", "-i", "-q", "-s", "1", DB_URL], check=True, capture_output=True)
-    http, base, _, latency, cpu = alternate(svc, "GET token", script, ["-S"])
+    r = alternate(svc, "GET token", script, ["-S"])
     return [Line(f"GET token by id, {CONNECTIONS} connections (wrk)",
-                 f"pgbench -S (select by primary key), {CONNECTIONS} clients", http / base, ">= 0.5",
-                 f"{http:,.0f} requests/s vs {base:,.0f} tps; {latency}; service CPU {cpu:.0f} us/request")]
+                 f"pgbench -S (select by primary key), {CONNECTIONS} clients", r.ratio, ">= 0.5",
+                 f"{r.http:,.0f} requests/s vs {r.base:,.0f} tps; {r.latency}; "
+                 f"service CPU {r.cpu_us:.0f} us/request")]
 
 
 def single_create(svc, work):
@@ -361,10 +375,11 @@ insert into bench_insert (environment_id, id, serial_number, type, otp_length, h
 values ('{env}', gen_random_uuid(), 'P' || nextval('bench_serial'), 'HOTP', 6, 'HmacSHA1', 0,
         '\\x{secrets.token_hex(48)}', 'bench');
 """)
-    http, base, _, latency, cpu = alternate(svc, "single create", script, ["-f", insert])
-    return [Line(f"single create, {CONNECTIONS} connections (wrk)",
-                 f"pgbench single-row INSERT into a copy of oath_tokens, {CONNECTIONS} clients", http / base,
-                 ">= 0.5", f"{http:,.0f} creates/s vs {base:,.0f} tps; {latency}; service CPU {cpu:.0f} us/request")]
+    r = alternate(svc, "single create", script, ["-f", insert])
+    return [Line(f"single create in one environment, {CONNECTIONS} connections (wrk)",
+                 f"pgbench single-row INSERT into a copy of oath_tokens, {CONNECTIONS} clients", r.ratio,
+                 ">= 0.5", f"{r.http:,.0f} creates/s vs {r.base:,.0f} tps; {r.latency}; "
+                 f"service CPU {r.cpu_us:.0f} us/request")]
 
 
 def validate(svc, work):
@@ -398,11 +413,12 @@ select otp_length, hash_algorithm, counter, time_step, drift, last_time_step, fa
 update bench_tokens set fail_count = fail_count + 1
  where n = :n and fail_count < 2147483647 returning fail_count;
 """)
-    http, base, more, latency, cpu = alternate(svc, "validate", script, ["-f", update], ["-f", ceiling])
+    r = alternate(svc, "validate", script, ["-f", update], ["-f", ceiling])
     return [Line(f"validate (a wrong code), {CONNECTIONS} connections (wrk)",
-                 f"pgbench single-row UPDATE, {CONNECTIONS} clients", http / base, ">= 0.5",
-                 f"{http:,.0f} requests/s vs {base:,.0f} tps; {latency}; service CPU {cpu:.0f} us/request; "
-                 f"the validation's two statements alone in pgbench: {more:,.0f} tps ({more / base:.2f})")]
+                 f"pgbench single-row UPDATE, {CONNECTIONS} clients", r.ratio, ">= 0.5",
+                 f"{r.http:,.0f} requests/s vs {r.base:,.0f} tps; {r.latency}; "
+                 f"service CPU {r.cpu_us:.0f} us/request; the validation's two statements alone in "
+                 f"pgbench: {r.extra:,.0f} tps ({r.extra / r.base:.2f})")]
 
 
 # The table, in order. Each entry: (name for BENCH_ONLY, function(svc, workdir) -> [Line]).
@@ -458,12 +474,12 @@ def report(lines, started, load_before):
                 f"Machine: {machine()}.\n"
                 f"Run: {when}, {time.time() - started:.0f} s; load average {load_before} before and "
                 f"{load_average()} after (other work on the machine slows both sides of a ratio, not "
-                f"always alike). Jobs: median of {REPS} runs of {TOKENS:,} tokens. HTTP lines: median of "
-                f"{ROUNDS} alternating rounds of {DURATION} s, wrk -t {THREADS} -c {CONNECTIONS} against "
-                f"pgbench -M prepared -j {THREADS} -c {CONNECTIONS}, over {HTTP_TOKENS:,} tokens.\n"
+                f"always alike). Jobs: median of {REPS} runs of {TOKENS:,} tokens. HTTP lines: "
+                f"{ROUNDS} alternating rounds of {DURATION} s, wrk -t {THREADS} -c {CONNECTIONS} "
+                f"against pgbench -M prepared -j {THREADS} -c {CONNECTIONS}, over {HTTP_TOKENS:,} "
+                f"tokens; the ratio is the median round's, the figures are medians.\n"
                 f"Command: `bench/run`. Goals met: {met} of {len(lines)}; what limits each figure: "
                 f"`bench/README.md`.\n\n{text}\n")
-
 
 if __name__ == "__main__":
     main()

@@ -65,6 +65,15 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
+/// Whether the `postgres` user can enter `dir` (and so a folder made in it for that user).
+fn reachable_by_postgres(dir: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A private cluster, stopped and deleted on drop. The server refuses to run as root, so as
 /// root every server command runs as the `postgres` user.
 struct Cluster {
@@ -77,11 +86,15 @@ struct Cluster {
 
 impl Cluster {
     fn create(bin: PathBuf) -> Self {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = base.join(format!("pg-outage-{}", std::process::id()));
+        let as_postgres = is_root();
+        let name = format!("pg-outage-{}", std::process::id());
+        let mut dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
+        // The postgres user must reach the data directory: not so under /root, for one.
+        if as_postgres && !reachable_by_postgres(dir.parent().unwrap()) {
+            dir = std::env::temp_dir().join(format!("oath-service-{name}"));
+        }
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let as_postgres = is_root();
         let cluster = Self {
             bin,
             data: dir.join("data"),
@@ -92,9 +105,8 @@ impl Cluster {
         std::fs::create_dir_all(&cluster.data).unwrap();
         std::fs::File::create(&cluster.log).unwrap();
         if as_postgres {
-            let owner = format!("postgres:{}", "postgres");
             let chown = Command::new("chown")
-                .args(["-R", &owner])
+                .args(["-R", "postgres:postgres"])
                 .arg(&dir)
                 .status()
                 .unwrap();

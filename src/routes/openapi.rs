@@ -23,7 +23,9 @@ use crate::error::ErrorBody;
             for many tenants (environments); wire-compatible with the PingOne OATH Tokens API. \
             Every `/v1` operation needs a bearer JWT whose `env` claim is the path's environment \
             and whose `scope` grants the operation. A method a path does not serve answers 405 \
-            `METHOD_NOT_ALLOWED`, an unknown path 404 `NOT_FOUND`, both with the error body."
+            `METHOD_NOT_ALLOWED`, an unknown path 404 `NOT_FOUND`, both with the error body. \
+            Every response carries `X-Request-Id` (the caller's, when it is 1-128 characters of \
+            `[A-Za-z0-9._:-]`, else a generated one), also found in the service's log lines."
     ),
     paths(
         health::live,
