@@ -467,9 +467,9 @@ def report(lines, started, load_before):
     with open(os.path.join(ROOT, "bench", "REPORT.md"), "w") as f:
         f.write(f"# Benchmark report\n\n"
                 f"Machine: {machine()}.\n"
-                f"Run: {when}, {time.time() - started:.0f} s; load average {load_before} before and "
-                f"{load_average()} after (other work on the machine slows both sides of a ratio, not "
-                f"always alike). Jobs: median of {REPS} runs of {TOKENS:,} tokens. HTTP lines: "
+                f"Run: {when}, {time.time() - started:.0f} s; load average {load_before} before, "
+                f"{load_average()} at the end (the run's own processes count in it; other work on the "
+                f"machine slows both sides of a ratio, not always alike). Jobs: median of {REPS} runs of {TOKENS:,} tokens. HTTP lines: "
                 f"{ROUNDS} alternating rounds of {DURATION} s, wrk -t {THREADS} -c {CONNECTIONS} "
                 f"against pgbench -M prepared -j {THREADS} -c {CONNECTIONS}, over {HTTP_TOKENS:,} "
                 f"tokens; the ratio is the median round's, the figures are medians.\n"
