@@ -243,9 +243,11 @@ def jobs(svc):
 # --- HTTP with wrk against pgbench ------------------------------------------------------------
 
 def run_wrk(svc, script, label):
-    """Requests/s of wrk with `script`; fails on any non-2xx answer or socket error."""
+    """Requests/s of wrk with `script`; fails on any non-2xx answer or socket error. An answer is
+    waited for up to 10 s (a checkpoint's I/O can stall one for seconds on this machine)."""
     out = subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{DURATION}s",
-                          "--latency", "-s", script, svc.base], check=True, capture_output=True, text=True).stdout
+                          "--timeout", "10s", "--latency", "-s", script, svc.base],
+                         check=True, capture_output=True, text=True).stdout
     if "Non-2xx" in out or re.search(r"Socket errors:.*(connect [1-9]|read [1-9]|write [1-9]|timeout [1-9])", out):
         sys.exit(f"bench: {label}: some requests failed:\n{out}")
     rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))
@@ -278,6 +280,11 @@ class Rounds:
 def alternate(svc, label, wrk_script, pgbench_args, extra=None):
     """ROUNDS alternating rounds of wrk and pgbench (and `extra` pgbench args, if any), so that
     load from elsewhere on the machine hits both alike; the ratio is the median of the rounds'."""
+    # Write out what the jobs left dirty first, so that a checkpoint does not land in a round.
+    try:
+        psql(DB_URL, "checkpoint")
+    except subprocess.CalledProcessError:
+        pass  # not a superuser: measure anyway
     say(f"{label}: warming up (2 s)")
     subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", "2s", "-s", wrk_script, svc.base],
                    check=True, capture_output=True)
@@ -472,9 +479,9 @@ def report(lines, started, load_before):
     with open(os.path.join(ROOT, "bench", "REPORT.md"), "w") as f:
         f.write(f"# Benchmark report\n\n"
                 f"Machine: {machine()}.\n"
-                f"Run: {when}, {time.time() - started:.0f} s; load average {load_before} before and "
-                f"{load_average()} after (other work on the machine slows both sides of a ratio, not "
-                f"always alike). Jobs: median of {REPS} runs of {TOKENS:,} tokens. HTTP lines: "
+                f"Run: {when}, {time.time() - started:.0f} s; load average {load_before} before, "
+                f"{load_average()} at the end (the run's own processes count in it; other work on the "
+                f"machine slows both sides of a ratio, not always alike). Jobs: median of {REPS} runs of {TOKENS:,} tokens. HTTP lines: "
                 f"{ROUNDS} alternating rounds of {DURATION} s, wrk -t {THREADS} -c {CONNECTIONS} "
                 f"against pgbench -M prepared -j {THREADS} -c {CONNECTIONS}, over {HTTP_TOKENS:,} "
                 f"tokens; the ratio is the median round's, the figures are medians.\n"
