@@ -51,6 +51,8 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest HS256 secret accepted: 256 bits, the HMAC-SHA256 output size.
 const MIN_HS256_SECRET_BYTES: usize = 32;
+/// Clock leeway beyond this would keep expired tokens alive for too long.
+const MAX_LEEWAY_SECONDS: u64 = 300;
 /// RSA keys below this size are refused when loading a key set.
 const MIN_RSA_MODULUS_BYTES: usize = 256;
 
@@ -120,6 +122,11 @@ impl AuthSettings {
         }
         if self.audience.trim().is_empty() {
             return Err("auth.audience must not be empty".into());
+        }
+        if self.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(format!(
+                "auth.leeway_seconds must be at most {MAX_LEEWAY_SECONDS}"
+            ));
         }
         if self.jwks_path.is_none() && self.jwks_url.is_none() && self.hs256_secret.is_none() {
             return Err("auth.jwks_path, auth.jwks_url or auth.hs256_secret must be set".into());

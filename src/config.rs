@@ -1,6 +1,9 @@
-//! Typed settings: `config/default.toml`, then `config/{OATH_ENV}.toml`, then `OATH__SECTION__KEY`
-//! environment variables (and `DATABASE_URL`). Anything missing or malformed stops start-up with one
-//! line naming the key.
+//! Typed settings: the defaults compiled into the binary (`config/default.toml`), then the
+//! optional overlays `config/default.toml` and `config/{OATH_ENV}.toml` of the working directory,
+//! then `OATH__SECTION__KEY` environment variables (and `DATABASE_URL`). Environment values are
+//! taken verbatim as text, so a digits-only key or secret is never read as a number; typed
+//! settings parse that text. Anything missing or malformed stops start-up with one line naming
+//! the key.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
+use hmac::Hmac;
 use serde::Deserialize;
+use sha2::Sha256;
+use uuid::Uuid;
+use zeroize::Zeroizing;
 
 pub use crate::auth::AuthSettings;
 
@@ -69,6 +76,10 @@ pub struct CryptoSettings {
     /// Key id -> base64 of 32 bytes.
     #[serde(default)]
     pub keys: HashMap<String, String>,
+    /// Base64 of 32 bytes: the HMAC key binding idempotency keys to requests. Derived from the
+    /// active key when unset.
+    #[serde(default)]
+    pub request_hash_key: Option<String>,
 }
 
 impl fmt::Debug for CryptoSettings {
@@ -173,12 +184,74 @@ pub struct JobSettings {
 }
 
 /// File imports (PSKC, CSV).
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Deserialize)]
+#[serde(default)]
 pub struct ImportSettings {
-    /// Pre-shared PSKC transport keys: id (named by a request's `X-PSKC-Key-Id`) -> hex of 16,
-    /// 24 or 32 bytes.
-    #[serde(default)]
-    pub pskc_keys: HashMap<String, String>,
+    /// Pre-shared PSKC transport keys by id (named by a request's `X-PSKC-Key-Id`), each bound
+    /// to the environments that may use it.
+    pub pskc_keys: HashMap<String, PskcKeySetting>,
+    /// Largest PBKDF2 `IterationCount` a password-protected file may ask for.
+    pub pbkdf2_max_iterations: u32,
+    /// Files parsed (and keys derived) at once per process; further imports wait their turn.
+    pub max_concurrent: usize,
+}
+
+impl Default for ImportSettings {
+    fn default() -> Self {
+        Self {
+            pskc_keys: HashMap::new(),
+            pbkdf2_max_iterations: 200_000,
+            max_concurrent: 2,
+        }
+    }
+}
+
+/// One `import.pskc_keys.<id>` entry as configured. The earlier flat form (`<id> = "<hex>"`)
+/// is read only to stop start-up with a message naming the new form.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PskcKeySetting {
+    Bound {
+        key: String,
+        #[serde(default)]
+        environments: Option<TextList>,
+    },
+    Flat(String),
+}
+
+impl PskcKeySetting {
+    /// A key (hex) for the listed environments (`"*"`: all), as the new form configures it.
+    pub fn bound(key: &str, environments: &[&str]) -> Self {
+        Self::Bound {
+            key: key.to_string(),
+            environments: Some(TextList::List(
+                environments.iter().map(|e| e.to_string()).collect(),
+            )),
+        }
+    }
+}
+
+/// A list given as a TOML array or, from an environment variable, as comma-separated text.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TextList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl TextList {
+    fn items(&self) -> Vec<String> {
+        let items: Vec<&str> = match self {
+            Self::List(items) => items.iter().map(String::as_str).collect(),
+            Self::Text(text) => text.split(',').collect(),
+        };
+        items
+            .into_iter()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 impl fmt::Debug for ImportSettings {
@@ -187,37 +260,123 @@ impl fmt::Debug for ImportSettings {
         ids.sort();
         f.debug_struct("ImportSettings")
             .field("pskc_key_ids", &ids)
+            .field("pbkdf2_max_iterations", &self.pbkdf2_max_iterations)
+            .field("max_concurrent", &self.max_concurrent)
             .finish()
     }
 }
 
-impl ImportSettings {
-    /// The pre-shared key with this id (case-insensitive, as environment variable names are).
-    pub fn pskc_key(&self, id: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
-        self.pskc_keys
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(id))
-            .and_then(|(_, v)| decode_pskc_key(v))
-    }
+/// Which environments may use a pre-shared PSKC key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyScope {
+    /// `["*"]`: every environment (logged as a warning at start-up).
+    All,
+    Environments(Vec<Uuid>),
+}
 
-    fn check(&self) -> Result<(), ConfigError> {
-        let mut ids: Vec<&String> = self.pskc_keys.keys().collect();
+/// The configured pre-shared PSKC keys, decoded and bound to their environments.
+#[derive(Default)]
+pub struct PskcKeyring {
+    /// Lower-case id -> key and scope.
+    keys: HashMap<String, (Zeroizing<Vec<u8>>, KeyScope)>,
+}
+
+impl fmt::Debug for PskcKeyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ids: Vec<&String> = self.keys.keys().collect();
         ids.sort();
-        for id in ids {
-            if decode_pskc_key(&self.pskc_keys[id]).is_none() {
-                return Err(ConfigError(format!(
-                    "import.pskc_keys.{id} must be hex of 16, 24 or 32 bytes"
-                )));
-            }
-        }
-        Ok(())
+        f.debug_struct("PskcKeyring").field("ids", &ids).finish()
     }
 }
 
-fn decode_pskc_key(hex_digits: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+impl PskcKeyring {
+    /// The key with this id (case-insensitive, as environment variable names are) if `env` may
+    /// use it. An unknown id and a key bound elsewhere look the same to the caller.
+    pub fn key_for(&self, id: &str, env: Uuid) -> Option<Zeroizing<Vec<u8>>> {
+        let (key, scope) = self.keys.get(&id.to_ascii_lowercase())?;
+        let allowed = match scope {
+            KeyScope::All => true,
+            KeyScope::Environments(envs) => envs.contains(&env),
+        };
+        allowed.then(|| key.clone())
+    }
+
+    /// Ids of keys every environment may use.
+    pub fn shared_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self
+            .keys
+            .iter()
+            .filter(|(_, (_, scope))| *scope == KeyScope::All)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl ImportSettings {
+    /// Decodes and binds every configured key; the error names the key at fault.
+    pub fn keyring(&self) -> Result<PskcKeyring, ConfigError> {
+        let mut ids: Vec<&String> = self.pskc_keys.keys().collect();
+        ids.sort();
+        let mut keys = HashMap::new();
+        for id in ids {
+            let fail = |what: &str| Err(ConfigError(format!("import.pskc_keys.{id}{what}")));
+            let (key, environments) = match &self.pskc_keys[id] {
+                PskcKeySetting::Flat(_) => {
+                    return fail(&format!(
+                        " is a bare key, a form no longer read: set import.pskc_keys.{id}.key = \"<hex>\" and import.pskc_keys.{id}.environments = [\"<environment id>\", ...] (OATH__IMPORT__PSKC_KEYS__{up}__KEY and OATH__IMPORT__PSKC_KEYS__{up}__ENVIRONMENTS=<id>,<id>)",
+                        up = id.to_ascii_uppercase()
+                    ))
+                }
+                PskcKeySetting::Bound { key, environments } => (key, environments),
+            };
+            let Some(key) = decode_pskc_key(key) else {
+                return fail(".key must be hex of 16, 24 or 32 bytes");
+            };
+            let listed = environments
+                .as_ref()
+                .map(TextList::items)
+                .unwrap_or_default();
+            let scope = if listed == ["*"] {
+                KeyScope::All
+            } else {
+                let envs: Option<Vec<Uuid>> =
+                    listed.iter().map(|e| Uuid::parse_str(e).ok()).collect();
+                match envs {
+                    Some(envs) if !envs.is_empty() => KeyScope::Environments(envs),
+                    _ => {
+                        return fail(
+                            ".environments must list the environment ids that may use the key (or [\"*\"] for all)",
+                        )
+                    }
+                }
+            };
+            keys.insert(id.to_ascii_lowercase(), (key, scope));
+        }
+        Ok(PskcKeyring { keys })
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(1_000..=10_000_000).contains(&self.pbkdf2_max_iterations) {
+            return Err(ConfigError(
+                "import.pbkdf2_max_iterations must be from 1000 to 10000000".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.max_concurrent) {
+            return Err(ConfigError(
+                "import.max_concurrent must be from 1 to 64".into(),
+            ));
+        }
+        self.keyring().map(|_| ())
+    }
+}
+
+/// A PSKC transport key: hex of 16, 24 or 32 bytes.
+pub fn decode_pskc_key(hex_digits: &str) -> Option<Zeroizing<Vec<u8>>> {
     hex::decode(hex_digits.trim())
         .ok()
-        .map(zeroize::Zeroizing::new)
+        .map(Zeroizing::new)
         .filter(|k| matches!(k.len(), 16 | 24 | 32))
 }
 
@@ -233,6 +392,9 @@ pub enum LogFormat {
     Json,
     Pretty,
 }
+
+/// The shipped defaults, compiled in so that the binary runs from any directory.
+const DEFAULTS: &str = include_str!("../config/default.toml");
 
 impl Settings {
     /// Loads from `OATH_CONFIG_DIR` (default `config/`), `OATH_ENV` and the process environment.
@@ -253,28 +415,39 @@ impl Settings {
     /// Reads the layered sources without the semantic checks of [`Settings::check`], for callers
     /// (tests) that fill in the rest.
     pub fn read_from(dir: &Path, profile: Option<&str>) -> Result<Self, ConfigError> {
-        let default_file = dir.join("default.toml");
-        if !default_file.is_file() {
-            return Err(ConfigError(format!(
-                "{} not found (run from the project directory or set OATH_CONFIG_DIR)",
-                default_file.display()
-            )));
-        }
-        let mut builder =
-            config::Config::builder().add_source(config::File::from(default_file).required(true));
+        Self::read_with_env(dir, profile, None)
+    }
+
+    /// As [`Settings::read_from`], with `env` standing for the process environment when given:
+    /// the variables are read exactly as they would be from the process.
+    pub fn read_with_env(
+        dir: &Path,
+        profile: Option<&str>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let var = |name: &str| match &env {
+            Some(env) => env.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        };
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from(dir.join("default.toml")).required(false));
         if let Some(profile) = profile.filter(|p| !p.is_empty()) {
+            // A profile the operator names must exist.
             builder = builder
                 .add_source(config::File::from(dir.join(format!("{profile}.toml"))).required(true));
         }
+        // No `try_parsing`: it would turn a digits-only secret into a float. Values stay text;
+        // numeric and boolean settings parse it when deserialized.
         builder = builder.add_source(
             config::Environment::with_prefix("OATH")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .source(env.clone()),
         );
         // OATH__DATABASE__URL wins over the conventional DATABASE_URL.
-        if std::env::var_os("OATH__DATABASE__URL").is_none() {
-            if let Ok(url) = std::env::var("DATABASE_URL") {
+        if var("OATH__DATABASE__URL").is_none() {
+            if let Some(url) = var("DATABASE_URL") {
                 builder = builder
                     .set_override("database.url", url)
                     .map_err(|e| ConfigError(e.to_string()))?;
@@ -346,9 +519,12 @@ impl Settings {
     }
 }
 
+/// Key id (lower case) -> AES-256 key, wiped when dropped.
+pub type DecodedKeys = HashMap<String, Zeroizing<[u8; 32]>>;
+
 impl CryptoSettings {
     /// The active key id and every configured key, decoded.
-    pub fn decoded_keys(&self) -> Result<(String, HashMap<String, [u8; 32]>), ConfigError> {
+    pub fn decoded_keys(&self) -> Result<(String, DecodedKeys), ConfigError> {
         let Some(active) = self.active_key_id.as_deref().filter(|s| !s.is_empty()) else {
             return Err(ConfigError(
                 "crypto.active_key_id is not set (e.g. OATH__CRYPTO__ACTIVE_KEY_ID=k1 with OATH__CRYPTO__KEYS__K1=<base64 of 32 bytes>)".into(),
@@ -357,13 +533,9 @@ impl CryptoSettings {
         let active = active.to_ascii_lowercase();
         let mut keys = HashMap::new();
         for (id, encoded) in &self.keys {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| {
-                    ConfigError(format!("crypto.keys.{id} must be base64 of 32 bytes"))
-                })?;
+            let bytes = decode_key32(encoded).ok_or_else(|| {
+                ConfigError(format!("crypto.keys.{id} must be base64 of 32 bytes"))
+            })?;
             // Environment variable names reach us lower-cased, so key ids are case-insensitive.
             keys.insert(id.to_ascii_lowercase(), bytes);
         }
@@ -374,6 +546,33 @@ impl CryptoSettings {
         }
         Ok((active, keys))
     }
+
+    /// The key of the HMAC that binds an `Idempotency-Key` to its request: `request_hash_key`
+    /// when set, else derived from the active encryption key (so that a database reader, who
+    /// has neither, cannot test guesses of a secret against the stored binding).
+    pub fn request_hash_key(&self) -> Result<Zeroizing<[u8; 32]>, ConfigError> {
+        if let Some(encoded) = self.request_hash_key.as_deref() {
+            return decode_key32(encoded).ok_or_else(|| {
+                ConfigError("crypto.request_hash_key must be base64 of 32 bytes".into())
+            });
+        }
+        let (active, keys) = self.decoded_keys()?;
+        let mut mac = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&keys[&active][..])
+            .expect("HMAC takes keys of any length");
+        hmac::Mac::update(&mut mac, b"oath-service:request-hash-key:v1");
+        Ok(Zeroizing::new(hmac::Mac::finalize(mac).into_bytes().into()))
+    }
+}
+
+fn decode_key32(encoded: &str) -> Option<Zeroizing<[u8; 32]>> {
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?,
+    );
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .ok()
+        .map(Zeroizing::new)
 }
 
 #[cfg(test)]
@@ -407,7 +606,7 @@ mod tests {
         let s = load_with(VALID).unwrap();
         let (active, keys) = s.crypto.decoded_keys().unwrap();
         assert_eq!(active, "k1");
-        assert_eq!(keys["k1"], [1u8; 32]);
+        assert_eq!(*keys["k1"], [1u8; 32]);
         assert_eq!(s.limits.tokens_per_environment, 100_000);
         assert_eq!(s.otp.hotp_window, 10);
         assert_eq!(s.otp.totp_window, 1);
@@ -421,14 +620,140 @@ mod tests {
         );
     }
 
+    const ENV_A: &str = "0193a0c4-0000-7000-8000-00000000000a";
+    const ENV_B: &str = "0193a0c4-0000-7000-8000-00000000000b";
+
     #[test]
-    fn pskc_keys_are_hex_found_case_insensitively_and_never_shown() {
+    fn pskc_keys_are_bound_to_environments_and_never_shown() {
         let key = "000102030405060708090a0b0c0d0e0f";
-        let s = load_with(&format!("{VALID}\n[import]\npskc_keys.Vendor = \"{key}\"")).unwrap();
-        assert_eq!(s.import.pskc_key("VENDOR").unwrap().len(), 16);
-        assert!(s.import.pskc_key("other").is_none());
+        let s = load_with(&format!(
+            "{VALID}\n[import]\npskc_keys.Vendor.key = \"{key}\"\npskc_keys.Vendor.environments = [\"{ENV_A}\"]\npskc_keys.all.key = \"{key}\"\npskc_keys.all.environments = [\"*\"]"
+        ))
+        .unwrap();
+        let ring = s.import.keyring().unwrap();
+        let (a, b) = (
+            Uuid::parse_str(ENV_A).unwrap(),
+            Uuid::parse_str(ENV_B).unwrap(),
+        );
+        assert_eq!(ring.key_for("VENDOR", a).unwrap().len(), 16);
+        assert!(ring.key_for("vendor", b).is_none(), "bound to A only");
+        assert!(ring.key_for("other", a).is_none());
+        assert!(ring.key_for("all", b).is_some());
+        assert_eq!(ring.shared_ids(), ["all"]);
         assert!(!format!("{s:?}").contains(key));
+        assert!(!format!("{ring:?}").contains(key));
         assert!(load_with(VALID).unwrap().import.pskc_keys.is_empty());
+    }
+
+    /// The process environment as an operator sets it, read through the real loader.
+    fn load_env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("oath-config-{}", uuid::Uuid::new_v4()));
+        let env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::read_with_env(&dir, None, Some(env)).and_then(|s| {
+            s.check()?;
+            Ok(s)
+        })
+    }
+
+    #[test]
+    fn runs_with_compiled_in_defaults_and_no_config_folder() {
+        let s = load_env(&[(
+            "OATH__AUTH__HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )])
+        .unwrap();
+        assert_eq!(s.jobs.chunk_size, 1000);
+        assert_eq!(s.import.pbkdf2_max_iterations, 200_000);
+        assert_eq!(s.server.addr, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn string_settings_from_the_environment_are_taken_verbatim() {
+        let digits = "12345678901234567890123456789012";
+        let s = load_env(&[
+            ("OATH__AUTH__HS256_SECRET", digits),
+            ("OATH__AUTH__ISSUER", "0042"),
+            ("OATH__AUTH__AUDIENCE", "1e3"),
+            ("OATH__CRYPTO__ACTIVE_KEY_ID", "007"),
+            ("OATH__CRYPTO__KEYS__007", KEY),
+            ("OATH__IMPORT__PSKC_KEYS__VENDOR7__KEY", digits),
+            (
+                "OATH__IMPORT__PSKC_KEYS__VENDOR7__ENVIRONMENTS",
+                &format!("{ENV_A}, {ENV_B}"),
+            ),
+            ("OATH__SERVER__PUBLIC_BASE_URL", "https://10.0.0.1"),
+            ("OATH__JOBS__RUNNERS", "0"),
+            ("OATH__JOBS__SYNC_WAIT_SECONDS", "5"),
+            ("OATH__LIMITS__TOKENS_PER_ENVIRONMENT", "7"),
+            ("DATABASE_URL", "postgres://u:1234@db:5432/1234"),
+        ])
+        .unwrap();
+        assert_eq!(s.auth.hs256_secret.as_deref(), Some(digits));
+        assert_eq!(s.auth.issuer, "0042");
+        assert_eq!(s.auth.audience, "1e3");
+        let (active, keys) = s.crypto.decoded_keys().unwrap();
+        assert_eq!(active, "007");
+        assert_eq!(*keys["007"], [1u8; 32]);
+        let ring = s.import.keyring().unwrap();
+        for env in [ENV_A, ENV_B] {
+            let key = ring
+                .key_for("vendor7", Uuid::parse_str(env).unwrap())
+                .unwrap();
+            assert_eq!(hex::encode(&key[..]), digits);
+        }
+        assert_eq!(s.database.url, "postgres://u:1234@db:5432/1234");
+        assert_eq!((s.jobs.runners, s.jobs.sync_wait_seconds), (0, 5));
+        assert_eq!(s.limits.tokens_per_environment, 7);
+    }
+
+    #[test]
+    fn the_flat_pskc_key_form_names_the_new_one() {
+        for err in [
+            load_with(&format!(
+                "{VALID}\n[import]\npskc_keys.vendor7 = \"000102030405060708090a0b0c0d0e0f\""
+            ))
+            .unwrap_err(),
+            load_env(&[
+                (
+                    "OATH__AUTH__HS256_SECRET",
+                    "0123456789abcdef0123456789abcdef",
+                ),
+                (
+                    "OATH__IMPORT__PSKC_KEYS__VENDOR7",
+                    "000102030405060708090a0b0c0d0e0f",
+                ),
+            ])
+            .unwrap_err(),
+        ] {
+            let err = err.to_string();
+            assert!(err.contains("import.pskc_keys.vendor7.key"), "{err}");
+            assert!(
+                err.contains("OATH__IMPORT__PSKC_KEYS__VENDOR7__ENVIRONMENTS"),
+                "{err}"
+            );
+            assert_eq!(err.lines().count(), 1);
+        }
+    }
+
+    #[test]
+    fn the_request_hash_key_is_configured_or_derived() {
+        let s = load_with(VALID).unwrap();
+        let derived = s.crypto.request_hash_key().unwrap();
+        assert_ne!(*derived, [1u8; 32], "not the encryption key itself");
+        let mut s2 = s.clone();
+        s2.crypto.request_hash_key =
+            Some(base64::engine::general_purpose::STANDARD.encode([9u8; 32]));
+        assert_eq!(*s2.crypto.request_hash_key().unwrap(), [9u8; 32]);
+        s2.crypto.request_hash_key = Some("c2hvcnQ=".into());
+        assert!(s2
+            .crypto
+            .request_hash_key()
+            .unwrap_err()
+            .to_string()
+            .contains("crypto.request_hash_key"));
     }
 
     #[test]
@@ -467,12 +792,24 @@ mod tests {
             ),
             (format!("{VALID}\n[otp]\ntotp_window = -1"), "totp_window"),
             (
-                format!("{VALID}\n[import]\npskc_keys.vendor7 = \"00112233\""),
-                "import.pskc_keys.vendor7",
+                format!("{VALID}\n[import]\npskc_keys.vendor7.key = \"00112233\"\npskc_keys.vendor7.environments = [\"*\"]"),
+                "import.pskc_keys.vendor7.key",
             ),
             (
-                format!("{VALID}\n[import]\npskc_keys.v8 = \"not hex at all, not at all!!\""),
-                "import.pskc_keys.v8",
+                format!("{VALID}\n[import]\npskc_keys.v8.key = \"000102030405060708090a0b0c0d0e0f\""),
+                "import.pskc_keys.v8.environments",
+            ),
+            (
+                format!("{VALID}\n[import]\npskc_keys.v9.key = \"000102030405060708090a0b0c0d0e0f\"\npskc_keys.v9.environments = [\"not-a-uuid\"]"),
+                "import.pskc_keys.v9.environments",
+            ),
+            (
+                format!("{VALID}\n[import]\npbkdf2_max_iterations = 1"),
+                "import.pbkdf2_max_iterations",
+            ),
+            (
+                VALID.replace("[auth]", "[auth]\nleeway_seconds = 301"),
+                "auth.leeway_seconds",
             ),
         ];
         for (file, key) in cases {

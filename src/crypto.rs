@@ -45,12 +45,20 @@ impl fmt::Debug for SecretCipher {
 }
 
 impl SecretCipher {
-    /// `keys` must contain `active_id` (checked by the configuration loader).
-    pub fn new(active_id: String, keys: &HashMap<String, [u8; 32]>) -> Result<Self, CryptoError> {
-        let keys: HashMap<String, Aes256Gcm> = keys
+    /// `keys` (32 bytes each) must contain `active_id` (checked by the configuration loader).
+    /// The ciphers wipe their key schedules when dropped.
+    pub fn new<K: AsRef<[u8]>>(
+        active_id: String,
+        keys: &HashMap<String, K>,
+    ) -> Result<Self, CryptoError> {
+        let keys = keys
             .iter()
-            .map(|(id, key)| (id.clone(), Aes256Gcm::new(key.into())))
-            .collect();
+            .map(|(id, key)| {
+                Aes256Gcm::new_from_slice(key.as_ref())
+                    .map(|cipher| (id.clone(), cipher))
+                    .map_err(|_| CryptoError::UnknownKey(id.clone()))
+            })
+            .collect::<Result<HashMap<String, Aes256Gcm>, _>>()?;
         if !keys.contains_key(&active_id) {
             return Err(CryptoError::UnknownKey(active_id));
         }

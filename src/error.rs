@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::AuthError;
+use crate::domain::job::MAX_DETAILS;
 use crate::domain::FieldError;
 
 /// Seconds a client should wait before retrying after a 503.
@@ -155,8 +156,20 @@ pub mod responses {
 
 impl ApiError {
     pub fn invalid_data(details: Vec<FieldError>) -> Self {
-        let message = match details.len() {
+        let total = details.len();
+        Self::invalid_data_of(details, total)
+    }
+
+    /// A 400 INVALID_DATA for `total` problems, of which `details` are the first: at most
+    /// [`MAX_DETAILS`] are listed, whatever the body held, and the message gives the total.
+    pub fn invalid_data_of(mut details: Vec<FieldError>, total: usize) -> Self {
+        details.truncate(MAX_DETAILS);
+        let message = match total {
             1 => "The request has 1 invalid field; see details.".to_string(),
+            n if n > details.len() => format!(
+                "The request has {n} invalid fields; the first {} are listed.",
+                details.len()
+            ),
             n => format!("The request has {n} invalid fields; see details."),
         };
         Self::InvalidData { message, details }

@@ -11,8 +11,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
 use crate::auth::{Authenticator, Scope};
-use crate::config::Settings;
+use crate::config::{PskcKeyring, Settings};
 use crate::crypto::SecretCipher;
 use crate::error::{self, ApiError};
 use crate::{routes, telemetry};
@@ -23,18 +26,40 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub auth: Authenticator,
     pub cipher: SecretCipher,
+    /// The configured pre-shared PSKC keys, each bound to its environments.
+    pub pskc_keys: PskcKeyring,
+    /// Keys the HMAC that binds an `Idempotency-Key` to its request.
+    pub request_hash_key: Zeroizing<[u8; 32]>,
+    /// Imports parsed (and PBKDF2 keys derived) at once; the rest wait, so that imports cannot
+    /// take every thread from request handling.
+    pub import_permits: Semaphore,
 }
 
 impl AppState {
     pub async fn new(settings: Settings, db: PgPool) -> Result<Self, String> {
         let (active, keys) = settings.crypto.decoded_keys().map_err(|e| e.to_string())?;
         let cipher = SecretCipher::new(active, &keys).map_err(|e| e.to_string())?;
+        let request_hash_key = settings
+            .crypto
+            .request_hash_key()
+            .map_err(|e| e.to_string())?;
+        let pskc_keys = settings.import.keyring().map_err(|e| e.to_string())?;
+        for id in pskc_keys.shared_ids() {
+            tracing::warn!(
+                key_id = id,
+                "import.pskc_keys.{id}.environments is [\"*\"]: every environment may import files under this key"
+            );
+        }
         let auth = Authenticator::new(&settings.auth).await?;
+        let import_permits = Semaphore::new(settings.import.max_concurrent);
         Ok(Self {
             db,
             settings: Arc::new(settings),
             auth,
             cipher,
+            pskc_keys,
+            request_hash_key,
+            import_permits,
         })
     }
 

@@ -136,7 +136,34 @@ async fn no_secret_in_logs_of_a_full_cycle(pool: PgPool) {
         .unwrap();
     assert_eq!(res.status(), 204);
 
+    // A PSKC file under the caller's own transport key, and one under a password: neither the
+    // key nor the password may reach the log.
+    let psk = "12345678901234567890123456789012";
+    let password = "correct horse battery staple";
+    for (file, header, value) in [
+        ("rfc6030-figure6.pskcxml", "X-PSKC-Key", psk),
+        ("vendor-pbkdf2.pskcxml", "X-PSKC-Password", password),
+    ] {
+        let res = app
+            .request(Method::POST, &app.jobs_path())
+            .header("content-type", "application/pskc+xml")
+            .header(header, value)
+            .body(std::fs::read(format!("tests/fixtures/pskc/{file}")).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202, "{file}");
+    }
+    app.drain(&mut app.runner("r1")).await;
+
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(!logs.contains(psk) && !logs.contains(password));
+    // Start-up warned that HS256 tokens are accepted.
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"level\":\"WARN\"") && l.contains("auth.hs256_secret is set")),
+        "no HS256 warning"
+    );
     // Every check is an event with its outcome, and no OTP appears anywhere.
     let checks: Vec<&str> = logs
         .lines()

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::token::{TokenRequestDoc, TokenSource};
-use super::{FieldError, NewToken};
+use super::{shown_name, FieldError, NewToken};
 
 /// Details listed in one error response; the message gives the total.
 pub const MAX_DETAILS: usize = 1000;
@@ -290,7 +290,7 @@ pub fn parse_job(
         .filter(|k| !allowed.contains(&k.as_str()))
         .collect();
     unknown.sort();
-    for key in unknown {
+    for key in unknown.into_iter().map(|k| shown_name(k)) {
         problems.push(FieldError::invalid(
             key.as_str(),
             format!("unknown property {key}"),

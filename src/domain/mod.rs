@@ -16,4 +16,4 @@ pub use token::{
     HashAlgorithm, NewToken, OtpLength, SerialNumber, TokenKind, TokenSource, TokenStatus,
     TokenType,
 };
-pub use validation::{DetailCode, FieldError};
+pub use validation::{shown_name, DetailCode, FieldError};

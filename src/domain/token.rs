@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{FieldError, Secret};
+use super::{shown_name, FieldError, Secret};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SerialNumber(String);
@@ -259,8 +259,9 @@ impl NewToken {
                     | "totp"
             ) || (key == "rowNumber" && matches!(source, TokenSource::JobItem(_)));
             if !known {
+                let key = shown_name(key);
                 errors.push(FieldError::invalid(
-                    t(key),
+                    t(&key),
                     format!("unknown property {key}"),
                 ));
             }
@@ -425,7 +426,11 @@ fn parse_hotp(
     errors: &mut Vec<FieldError>,
 ) -> Option<i64> {
     let obj = sub_object(value, "hotp", token_type, TokenType::Hotp, t, errors)?;
-    for key in obj.keys().filter(|k| *k != "counter") {
+    for key in obj
+        .keys()
+        .filter(|k| *k != "counter")
+        .map(|k| shown_name(k))
+    {
         errors.push(FieldError::invalid(
             t(&format!("hotp.{key}")),
             format!("unknown property {key}"),
@@ -455,7 +460,11 @@ fn parse_totp(
     errors: &mut Vec<FieldError>,
 ) -> Option<i32> {
     let obj = sub_object(value, "totp", token_type, TokenType::Totp, t, errors)?;
-    for key in obj.keys().filter(|k| *k != "timeStep") {
+    for key in obj
+        .keys()
+        .filter(|k| *k != "timeStep")
+        .map(|k| shown_name(k))
+    {
         let message = if key == "drift" {
             "drift is read-only".to_string()
         } else {

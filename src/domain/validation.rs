@@ -49,3 +49,21 @@ impl FieldError {
 fn leaf(target: &str) -> &str {
     target.rsplit('.').next().unwrap_or(target)
 }
+
+/// Longest property name an error repeats; a longer one is cut, so that a body of huge
+/// unknown names cannot make an answer larger still.
+pub const SHOWN_NAME_MAX: usize = 64;
+
+/// A client's property name as an error may repeat it: at most [`SHOWN_NAME_MAX`] characters,
+/// no control characters.
+pub fn shown_name(name: &str) -> String {
+    let mut shown: String = name
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(SHOWN_NAME_MAX)
+        .collect();
+    if name.chars().count() > SHOWN_NAME_MAX {
+        shown.push('…');
+    }
+    shown
+}

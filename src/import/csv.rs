@@ -209,16 +209,11 @@ fn row(
             "the row is not UTF-8 text".into(),
         );
     };
-    let serial = columns
-        .iter()
-        .position(|c| *c == Column::SerialNumber)
-        .and_then(|i| cells.get(i))
-        .filter(|s| !s.is_empty())
-        .map(|s| shown_serial(s));
     if cells.len() != columns.len() {
+        // No cell is echoed: in a shifted row the serial's place may hold the secret.
         return invalid(
             row_number,
-            serial,
+            None,
             &context,
             format!(
                 "the row has {} fields, the header row {}",
@@ -228,6 +223,12 @@ fn row(
         );
     }
 
+    let serial = columns
+        .iter()
+        .position(|c| *c == Column::SerialNumber)
+        .map(|i| cells[i])
+        .filter(|s| !s.is_empty())
+        .map(shown_serial);
     let mut fields = RowFields::default();
     for (column, cell) in columns.iter().zip(cells) {
         if cell.is_empty() {
@@ -371,6 +372,25 @@ mod tests {
         for item in parse(body.as_bytes(), 10).unwrap() {
             if let CreateItem::Invalid(r) = item {
                 assert!(!r.message.contains(SECRET));
+            }
+        }
+    }
+
+    /// A row missing its serial cell puts the secret in the serial's place: it must not come
+    /// back as the row's serial number (nor be stored as one).
+    #[test]
+    fn a_shifted_row_echoes_no_cell() {
+        let body = format!(
+            "serialNumber,secret,type,otpLength\n{SECRET},HOTP,6\nS2,{SECRET},HOTP,6,extra\n"
+        );
+        for item in parse(body.as_bytes(), 10).unwrap() {
+            match item {
+                CreateItem::Invalid(r) => {
+                    assert_eq!(r.serial_number, None, "{r:?}");
+                    assert!(r.message.contains("the row has"), "{r:?}");
+                    assert!(!r.message.contains(SECRET));
+                }
+                other => panic!("{other:?}"),
             }
         }
     }

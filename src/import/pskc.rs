@@ -9,7 +9,8 @@ use base64::Engine as _;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use self::encryption::Crypto;
+pub use self::encryption::UNREADABLE;
+use self::encryption::{Crypto, OpenError};
 use super::xml::{shown, Element, Parts};
 use super::{invalid, shown_serial, ImportError, RowFields};
 use crate::domain::job::CreateItem;
@@ -17,14 +18,30 @@ use crate::domain::job::CreateItem;
 /// Largest TimeDrift taken over, in time intervals (about 35 days of 30-second steps).
 const MAX_DRIFT: i32 = 100_000;
 
-/// The keys a request supplies for encrypted containers.
-#[derive(Default)]
+/// The keys a request supplies for encrypted containers, and the cost it may ask for.
 pub struct PskcKeys {
-    /// The configured pre-shared key that `X-PSKC-Key-Id` named.
+    /// The pre-shared key: the caller's own (`X-PSKC-Key`) or a configured one that
+    /// `X-PSKC-Key-Id` named.
     pub pre_shared: Option<Zeroizing<Vec<u8>>>,
     /// The `X-PSKC-Password` header.
     pub password: Option<Zeroizing<Vec<u8>>>,
+    /// Largest PBKDF2 iteration count derived (`import.pbkdf2_max_iterations`); a file asking
+    /// for more is refused before any derivation.
+    pub pbkdf2_max_iterations: u32,
 }
+
+impl Default for PskcKeys {
+    fn default() -> Self {
+        Self {
+            pre_shared: None,
+            password: None,
+            pbkdf2_max_iterations: DEFAULT_PBKDF2_MAX_ITERATIONS,
+        }
+    }
+}
+
+/// `import.pbkdf2_max_iterations` unless configured.
+pub const DEFAULT_PBKDF2_MAX_ITERATIONS: u32 = 200_000;
 
 /// Reads a PSKC document into job items, refusing files of more than `max_rows` key packages.
 pub fn parse(
@@ -150,12 +167,14 @@ fn key_package(
     if crypto.key.is_none() && contains(package, "EncryptedValue") {
         return Err(doc.error(
             package.offset,
-            "the KeyPackage holds encrypted values: name the file's pre-shared key with X-PSKC-Key-Id, or send its password in X-PSKC-Password.",
+            "the KeyPackage holds encrypted values: send the file's pre-shared key in X-PSKC-Key (or name a configured one with X-PSKC-Key-Id), or its password in X-PSKC-Password.",
         ));
     }
 
     let mut fields = RowFields::default();
     let mut problems = Vec::new();
+    // Any value that does not decrypt or authenticate makes the row's message UNREADABLE alone.
+    let mut unreadable = false;
     match &serial {
         Some(s) => fields.set_str("serialNumber", s),
         None => problems.push("SerialNo is missing (DeviceInfo/SerialNo, or the Key Id)".into()),
@@ -192,14 +211,18 @@ fn key_package(
         }),
         Some(secret) => match binary(crypto, "Secret", secret) {
             Ok(bytes) => fields.set_secret(&bytes),
-            Err(e) => problems.push(e),
+            Err(OpenError::Malformed(e)) => problems.push(e),
+            Err(OpenError::Unreadable) => unreadable = true,
         },
     }
     // Values that do not apply to the key's algorithm are read (and authenticated) but unused.
     let mut integer_field = |name: &str| -> Option<i64> {
         let element = data.and_then(|d| d.child(name))?;
         integer(crypto, name, element)
-            .map_err(|e| problems.push(e))
+            .map_err(|e| match e {
+                OpenError::Malformed(e) => problems.push(e),
+                OpenError::Unreadable => unreadable = true,
+            })
             .ok()
     };
     let counter = integer_field("Counter");
@@ -228,6 +251,9 @@ fn key_package(
         }
         _ => 0,
     };
+    if unreadable {
+        return fail(UNREADABLE.to_string());
+    }
     if !problems.is_empty() {
         return fail(problems.join("; "));
     }
@@ -282,26 +308,32 @@ fn number(text: &str) -> Value {
 }
 
 /// A binary value (`Secret`): base64 `PlainValue`, or `EncryptedValue` + `ValueMAC`.
-fn binary(crypto: &Crypto, what: &str, element: &Element) -> Result<Zeroizing<Vec<u8>>, String> {
+fn binary(crypto: &Crypto, what: &str, element: &Element) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    let malformed = |m: String| OpenError::Malformed(m);
     if let Some(plain) = element.child("PlainValue") {
-        return base64(plain.trimmed()).ok_or_else(|| format!("{what} PlainValue is not base64"));
+        return base64(plain.trimmed())
+            .ok_or_else(|| malformed(format!("{what} PlainValue is not base64")));
     }
     if let Some(encrypted) = element.child("EncryptedValue") {
         return crypto.open(what, encrypted, element.child("ValueMAC"));
     }
-    Err(format!("{what} has neither PlainValue nor EncryptedValue"))
+    Err(malformed(format!(
+        "{what} has neither PlainValue nor EncryptedValue"
+    )))
 }
 
 /// An integer value (`Counter`, `Time`, `TimeInterval`, `TimeDrift`): decimal `PlainValue`, or
 /// an `EncryptedValue` holding decimal digits or a big-endian binary integer.
-fn integer(crypto: &Crypto, what: &str, element: &Element) -> Result<i64, String> {
+fn integer(crypto: &Crypto, what: &str, element: &Element) -> Result<i64, OpenError> {
     let signed = what == "TimeDrift";
-    let not_integer = || format!("{what} is not an integer");
+    let not_integer = || OpenError::Malformed(format!("{what} is not an integer"));
     if let Some(plain) = element.child("PlainValue") {
         return plain.trimmed().parse::<i64>().map_err(|_| not_integer());
     }
     let Some(encrypted) = element.child("EncryptedValue") else {
-        return Err(format!("{what} has neither PlainValue nor EncryptedValue"));
+        return Err(OpenError::Malformed(format!(
+            "{what} has neither PlainValue nor EncryptedValue"
+        )));
     };
     let bytes = crypto.open(what, encrypted, element.child("ValueMAC"))?;
     if let Some(n) = std::str::from_utf8(&bytes)
@@ -342,14 +374,14 @@ mod tests {
     fn pre_shared(hex_key: &str) -> PskcKeys {
         PskcKeys {
             pre_shared: Some(Zeroizing::new(hex::decode(hex_key).unwrap())),
-            password: None,
+            ..PskcKeys::default()
         }
     }
 
     fn password(p: &str) -> PskcKeys {
         PskcKeys {
-            pre_shared: None,
             password: Some(Zeroizing::new(p.as_bytes().to_vec())),
+            ..PskcKeys::default()
         }
     }
 
@@ -428,17 +460,12 @@ mod tests {
             ("vendor-aes256.pskcxml", pre_shared(&"ab".repeat(32))),
         ] {
             for item in parse_ok(name, &keys) {
-                let m = message(&item);
-                assert!(
-                    m.contains("ValueMAC cannot be checked")
-                        || m.contains("ValueMAC does not match"),
-                    "{name}: {m}"
-                );
+                assert_eq!(message(&item), UNREADABLE, "{name}");
             }
         }
-        // A key of the wrong size for the file's algorithm.
+        // A key of the wrong size for the file's algorithm is a wrong key.
         let items = parse_ok("rfc6030-figure6.pskcxml", &pre_shared(&"12".repeat(32)));
-        assert!(message(&items[0]).contains("ValueMAC"), "{items:?}");
+        assert_eq!(message(&items[0]), UNREADABLE);
     }
 
     #[test]
@@ -481,10 +508,7 @@ mod tests {
         let key: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
         let items = parse_ok("vendor-aes256-bad-mac.pskcxml", &pre_shared(&key));
         assert_eq!(token(&items[0]).serial_number.as_str(), "EVM0001");
-        assert_eq!(
-            message(&items[1]),
-            "Secret: ValueMAC does not match (a wrong key or password, or an altered file)"
-        );
+        assert_eq!(message(&items[1]), UNREADABLE);
         match &items[1] {
             CreateItem::Invalid(r) => {
                 assert_eq!(r.row_number, 2);
@@ -569,7 +593,7 @@ mod tests {
     }
 
     #[test]
-    fn encrypted_integers_decode_as_text_or_big_endian() {
+    fn suites_and_algorithm_uris_are_read_by_their_last_segment() {
         assert_eq!(hash_algorithm("HMAC-SHA256"), "HmacSHA256");
         assert_eq!(
             hash_algorithm("http://www.w3.org/2001/04/xmldsig-more#hmac-sha512"),
@@ -582,5 +606,234 @@ mod tests {
             uri_suffix("urn:ietf:params:xml:ns:keyprov:pskc:HOTP"),
             "hotp"
         );
+    }
+
+    // --- Encrypted containers built here, under a key the test knows. ---
+
+    const KEY: [u8; 16] = [0x42; 16];
+    const MAC_KEY: [u8; 20] = [0x17; 20];
+
+    fn encrypt(key: &[u8], iv: [u8; 16], plain: &[u8]) -> Vec<u8> {
+        use aes::cipher::{block_padding::NoPadding, BlockEncryptMut, KeyIvInit};
+        assert_eq!(plain.len() % 16, 0, "the caller pads");
+        let mut body = plain.to_vec();
+        cbc::Encryptor::<aes::Aes128>::new_from_slices(key, &iv)
+            .unwrap()
+            .encrypt_padded_mut::<NoPadding>(&mut body, plain.len())
+            .unwrap();
+        let mut out = iv.to_vec();
+        out.extend(body);
+        out
+    }
+
+    fn pkcs7(value: &[u8]) -> Vec<u8> {
+        let n = 16 - value.len() % 16;
+        let mut out = value.to_vec();
+        out.extend(std::iter::repeat_n(n as u8, n));
+        out
+    }
+
+    fn hmac_sha1(key: &[u8], data: &[u8]) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn encrypted(element: &str, cipher: &[u8], value_mac: &[u8]) -> String {
+        format!(
+            r#"<{element}><EncryptedValue><xenc:EncryptionMethod Algorithm="http://www.w3.org/2001/04/xmlenc#aes128-cbc"/><xenc:CipherData><xenc:CipherValue>{}</xenc:CipherValue></xenc:CipherData></EncryptedValue><ValueMAC>{}</ValueMAC></{element}>"#,
+            b64(cipher),
+            b64(value_mac)
+        )
+    }
+
+    /// A container whose MACKey is `mac_key_cipher` (IV and blocks), with one HOTP key package
+    /// per `(serial, secret cipher, ValueMAC, counter element)`.
+    fn container(
+        mac_key_cipher: &[u8],
+        packages: &[(String, Vec<u8>, Vec<u8>, String)],
+    ) -> Vec<u8> {
+        let mut xml = format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<KeyContainer Version="1.0" xmlns="urn:ietf:params:xml:ns:keyprov:pskc" xmlns:ds="http://www.w3.org/2000/09/xmldsig#" xmlns:xenc="http://www.w3.org/2001/04/xmlenc#">
+<EncryptionKey><ds:KeyName>Pre-shared-key</ds:KeyName></EncryptionKey>
+<MACMethod Algorithm="http://www.w3.org/2000/09/xmldsig#hmac-sha1"><MACKey><xenc:EncryptionMethod Algorithm="http://www.w3.org/2001/04/xmlenc#aes128-cbc"/><xenc:CipherData><xenc:CipherValue>{}</xenc:CipherValue></xenc:CipherData></MACKey></MACMethod>
+"#,
+            b64(mac_key_cipher)
+        );
+        for (serial, cipher, value_mac, counter) in packages {
+            xml.push_str(&format!(
+                r#"<KeyPackage><DeviceInfo><SerialNo>{serial}</SerialNo></DeviceInfo><Key Algorithm="urn:ietf:params:xml:ns:keyprov:pskc:hotp"><AlgorithmParameters><ResponseFormat Length="6" Encoding="DECIMAL"/></AlgorithmParameters><Data>{}{counter}</Data></Key></KeyPackage>
+"#,
+                encrypted("Secret", cipher, value_mac)
+            ));
+        }
+        xml.push_str("</KeyContainer>");
+        xml.into_bytes()
+    }
+
+    fn key_of_test() -> PskcKeys {
+        PskcKeys {
+            pre_shared: Some(Zeroizing::new(KEY.to_vec())),
+            ..PskcKeys::default()
+        }
+    }
+
+    #[test]
+    fn a_container_built_here_imports_its_encrypted_secret_and_counter() {
+        let mac_key_cipher = encrypt(&KEY, [1; 16], &pkcs7(&MAC_KEY));
+        let secret_cipher = encrypt(&KEY, [2; 16], &pkcs7(RFC_SECRET));
+        // The counter as decimal text, and as a big-endian integer.
+        let text = encrypt(&KEY, [3; 16], &pkcs7(b"42"));
+        let binary = encrypt(&KEY, [4; 16], &pkcs7(&[0x01, 0x00]));
+        let packages: Vec<_> = [("T1", text), ("T2", binary)]
+            .into_iter()
+            .map(|(serial, counter)| {
+                (
+                    serial.to_string(),
+                    secret_cipher.clone(),
+                    hmac_sha1(&MAC_KEY, &secret_cipher),
+                    encrypted("Counter", &counter, &hmac_sha1(&MAC_KEY, &counter)),
+                )
+            })
+            .collect();
+        let items = parse(&container(&mac_key_cipher, &packages), &key_of_test(), 10).unwrap();
+        assert_eq!(token(&items[0]).secret.expose(), RFC_SECRET);
+        assert_eq!(token(&items[0]).kind, TokenKind::Hotp { counter: 42 });
+        assert_eq!(token(&items[1]).kind, TokenKind::Hotp { counter: 256 });
+    }
+
+    /// The attack on a service that told "the MAC key does not decrypt" from "ValueMAC does not
+    /// match": a victim's ciphertext block as the MACKey, behind 256 chosen IVs, so that the one
+    /// IV giving valid padding reveals a plaintext byte. Every package must read the same.
+    #[test]
+    fn crafted_mac_keys_are_no_padding_oracle() {
+        // The victim's value, encrypted under the shared key; the attacker has its ciphertext.
+        let victim = encrypt(&KEY, [9; 16], &pkcs7(b"victim secret!!"));
+        let (victim_iv, victim_block) = victim.split_at(16);
+        let secret_cipher = encrypt(&KEY, [2; 16], &pkcs7(RFC_SECRET));
+        let mut messages = std::collections::BTreeSet::new();
+        let mut valid_padding = 0;
+        for guess in 0..=255u8 {
+            let mut iv: [u8; 16] = victim_iv.try_into().unwrap();
+            iv[15] ^= guess;
+            let mut mac_key_cipher = iv.to_vec();
+            mac_key_cipher.extend_from_slice(&victim_block[..16]);
+            // Whether this guess decrypts to a well-padded (if short) key, as the attacker hopes.
+            let last = b"victim secret!!\x01"[15] ^ guess;
+            if (1..=16).contains(&last) {
+                valid_padding += 1;
+            }
+            let packages = [(
+                format!("G{guess}"),
+                secret_cipher.clone(),
+                vec![0u8; 20],
+                String::new(),
+            )];
+            for item in parse(&container(&mac_key_cipher, &packages), &key_of_test(), 10).unwrap() {
+                messages.insert(message(&item).to_string());
+            }
+        }
+        assert!(valid_padding > 0, "some guesses do reach a padded key");
+        assert_eq!(messages.into_iter().collect::<Vec<_>>(), [UNREADABLE]);
+    }
+
+    /// A MAC key that decrypts to nothing (a block of padding) is a key the attacker knows: with
+    /// it they could MAC any ciphertext and import a clone of someone else's token.
+    #[test]
+    fn short_or_empty_mac_keys_import_nothing() {
+        let secret_cipher = encrypt(&KEY, [2; 16], &pkcs7(RFC_SECRET));
+        for mac_key in [&b""[..], b"k", &[7u8; 15]] {
+            let mac_key_cipher = encrypt(&KEY, [1; 16], &pkcs7(mac_key));
+            let packages = [(
+                "CLONE1".to_string(),
+                secret_cipher.clone(),
+                hmac_sha1(mac_key, &secret_cipher),
+                String::new(),
+            )];
+            let items = parse(&container(&mac_key_cipher, &packages), &key_of_test(), 10).unwrap();
+            assert_eq!(message(&items[0]), UNREADABLE, "{} bytes", mac_key.len());
+        }
+    }
+
+    #[test]
+    fn padding_is_checked_on_every_byte() {
+        use super::encryption::unpadded_len as unpadded;
+        assert_eq!(unpadded(&[b'a', b'b', 2, 2]), Some(2));
+        assert_eq!(
+            unpadded(&[b'a', b'b', 5, 2]),
+            None,
+            "a pad byte that differs"
+        );
+        assert_eq!(unpadded(&[b'a', 3, 2, 3]), None);
+        assert_eq!(unpadded(&[b'a', b'b', b'c', 0]), None);
+        assert_eq!(unpadded(&[17; 32]), None);
+        assert_eq!(unpadded(&[16; 16]), Some(0));
+        // A value padded wrongly in its middle pad byte is unreadable, like any other failure.
+        let mac_key_cipher = encrypt(&KEY, [1; 16], &pkcs7(&MAC_KEY));
+        let mut bad = MAC_KEY[..16].to_vec();
+        bad.extend([b'x'; 13]);
+        bad.extend([3, 9, 3]);
+        let secret_cipher = encrypt(&KEY, [2; 16], &bad);
+        let packages = [(
+            "P1".to_string(),
+            secret_cipher.clone(),
+            hmac_sha1(&MAC_KEY, &secret_cipher),
+            String::new(),
+        )];
+        let items = parse(&container(&mac_key_cipher, &packages), &key_of_test(), 10).unwrap();
+        assert_eq!(message(&items[0]), UNREADABLE);
+    }
+
+    #[test]
+    fn encrypted_integers_decode_as_text_or_big_endian_and_drift_may_be_negative() {
+        let mac_key_cipher = encrypt(&KEY, [1; 16], &pkcs7(&MAC_KEY));
+        let secret_cipher = encrypt(&KEY, [2; 16], &pkcs7(RFC_SECRET));
+        let body = String::from_utf8(container(&mac_key_cipher, &[])).unwrap();
+        let enc = |element: &str, plain: &[u8]| {
+            let c = encrypt(&KEY, [5; 16], &pkcs7(plain));
+            encrypted(element, &c, &hmac_sha1(&MAC_KEY, &c))
+        };
+        let totp = |serial: &str, drift: String| {
+            format!(
+                r#"<KeyPackage><DeviceInfo><SerialNo>{serial}</SerialNo></DeviceInfo><Key Algorithm="urn:ietf:params:xml:ns:keyprov:pskc:totp"><AlgorithmParameters><ResponseFormat Length="6" Encoding="DECIMAL"/></AlgorithmParameters><Data>{}{}{drift}</Data></Key></KeyPackage>"#,
+                encrypted(
+                    "Secret",
+                    &secret_cipher,
+                    &hmac_sha1(&MAC_KEY, &secret_cipher)
+                ),
+                enc("TimeInterval", b"60"),
+            )
+        };
+        let packages = [
+            totp("D1", enc("TimeDrift", b"-3")),
+            totp("D2", enc("TimeDrift", &[0xFF, 0xFE])),
+            totp(
+                "D3",
+                "<TimeDrift><PlainValue>-4</PlainValue></TimeDrift>".into(),
+            ),
+            totp("D4", enc("TimeDrift", b"not a number")),
+        ]
+        .concat();
+        let xml = body.replace("</KeyContainer>", &format!("{packages}</KeyContainer>"));
+        let items = parse(xml.as_bytes(), &key_of_test(), 10).unwrap();
+        let drifts: Vec<i32> = items[..3].iter().map(|i| token(i).drift).collect();
+        assert_eq!(drifts, [-3, -2, -4]);
+        assert_eq!(token(&items[0]).kind, TokenKind::Totp { time_step: 60 });
+        assert_eq!(message(&items[3]), "TimeDrift is not an integer");
+    }
+
+    #[test]
+    fn pbkdf2_iteration_counts_above_the_limit_are_refused_before_deriving() {
+        let body = fixture("vendor-pbkdf2.pskcxml");
+        let mut keys = password("correct horse battery staple");
+        keys.pbkdf2_max_iterations = 999;
+        let err = refused(&body, &keys);
+        assert!(err.contains("IterationCount from 1 to 999"), "{err}");
     }
 }

@@ -4,7 +4,8 @@
 use actix_web::http::header::{self, HeaderName};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -25,9 +26,15 @@ pub struct IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    /// The request's key, if it sent one, bound to what it asks: method, path, media type, PSKC
-    /// key id, body.
-    pub fn from_request(req: &HttpRequest, body: &[u8]) -> Result<Option<Self>, ApiError> {
+    /// The request's key, if it sent one, bound to what it asks: method, path, media type, the
+    /// PSKC key headers, body. The binding is an HMAC under the server's `hash_key`: bodies and
+    /// headers hold secrets, and a plain hash in the database would let its reader confirm a
+    /// guessed one.
+    pub fn from_request(
+        req: &HttpRequest,
+        body: &[u8],
+        hash_key: &[u8],
+    ) -> Result<Option<Self>, ApiError> {
         let Some(value) = req.headers().get(&HEADER) else {
             return Ok(None);
         };
@@ -42,30 +49,31 @@ impl IdempotencyKey {
                     "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters."
                 ))
             })?;
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        let mut hash = Sha256::new();
+        let header_bytes = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default()
+        };
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(hash_key).expect("HMAC takes keys of any length");
+        // A PSKC file means something else under another key or password: they are part of
+        // the request.
         for part in [
             req.method().as_str().as_bytes(),
             req.path().as_bytes(),
-            content_type,
+            header_bytes(header::CONTENT_TYPE.as_str()),
+            header_bytes(super::jobs::PSKC_KEY_ID_HEADER),
+            header_bytes(super::jobs::PSKC_KEY_HEADER),
+            header_bytes(super::jobs::PSKC_PASSWORD_HEADER),
         ] {
-            hash.update((part.len() as u64).to_be_bytes());
-            hash.update(part);
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
         }
-        // A PSKC file means something else under another key: the key id is part of the
-        // request (when sent, so other requests hash as before). A password is not hashed.
-        if let Some(key_id) = req.headers().get(super::jobs::PSKC_KEY_ID_HEADER) {
-            hash.update((key_id.len() as u64).to_be_bytes());
-            hash.update(key_id.as_bytes());
-        }
-        hash.update(body);
+        mac.update(body);
         Ok(Some(Self {
             key: key.to_string(),
-            request_hash: hash.finalize().to_vec(),
+            request_hash: mac.finalize().into_bytes().to_vec(),
         }))
     }
 

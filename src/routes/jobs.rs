@@ -17,7 +17,7 @@ use super::{EnvPath, JobPath, PageLinks};
 use crate::auth::Scope;
 use crate::domain::job::{
     parse_job, CreateJobRequestDoc, JobRequestError, JobStatus, JobType, NewJob, Outcome,
-    RevokeJobRequestDoc, MAX_DETAILS,
+    RevokeJobRequestDoc,
 };
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
@@ -203,8 +203,10 @@ fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     params(
         EnvPath,
         ("Idempotency-Key" = Option<String>, Header, description = super::idempotency::DOC),
+        ("X-PSKC-Key" = Option<String>, Header,
+            description = "`application/pskc+xml` only: the caller's own transport key (hex of 16, 24 or 32 bytes) that decrypts the file's secrets; never logged or stored"),
         ("X-PSKC-Key-Id" = Option<String>, Header,
-            description = "`application/pskc+xml` only: the configured pre-shared key that decrypts the file's secrets"),
+            description = "`application/pskc+xml` only: a pre-shared key configured in the service for this environment (`import.pskc_keys.<id>`)"),
         ("X-PSKC-Password" = Option<String>, Header,
             description = "`application/pskc+xml` only: the password a PBKDF2-encrypted file's key derives from"),
     ),
@@ -261,12 +263,12 @@ pub async fn submit(
     let (job, expected) = match JobType::from_media_type(media_type) {
         Some(expected) => (json_job(&bytes, expected, &state)?, expected),
         None => (
-            import_job(&req, media_type, bytes.clone(), &state).await?,
+            import_job(&req, env, media_type, bytes.clone(), &state).await?,
             JobType::CreateTokens,
         ),
     };
     let parsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let idempotency = IdempotencyKey::from_request(&req, &bytes)?;
+    let idempotency = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])?;
     drop(bytes);
 
     let job_id = Uuid::now_v7();
@@ -330,21 +332,14 @@ pub async fn submit(
 fn json_job(bytes: &[u8], expected: JobType, state: &AppState) -> Result<NewJob, ApiError> {
     parse_job(bytes, expected, state.settings.jobs.max_items).map_err(|e| match e {
         JobRequestError::Syntax(message) => ApiError::InvalidRequest(message),
-        JobRequestError::Invalid { details, total } => ApiError::InvalidData {
-            message: if total > details.len() {
-                format!(
-                    "The request has {total} invalid fields; the first {MAX_DETAILS} are listed. Nothing was stored."
-                )
-            } else {
-                format!("The request has {total} invalid field(s); see details. Nothing was stored.")
-            },
-            details,
-        },
+        JobRequestError::Invalid { details, total } => ApiError::invalid_data_of(details, total),
     })
 }
 
 /// The header naming a configured pre-shared PSKC key (`import.pskc_keys.<id>`).
 pub const PSKC_KEY_ID_HEADER: &str = "x-pskc-key-id";
+/// The header carrying the caller's own PSKC transport key, hex. Never logged or stored.
+pub const PSKC_KEY_HEADER: &str = "x-pskc-key";
 /// The header carrying the password of a PBKDF2-protected PSKC file. Never logged or stored.
 pub const PSKC_PASSWORD_HEADER: &str = "x-pskc-password";
 
@@ -353,6 +348,7 @@ pub const PSKC_PASSWORD_HEADER: &str = "x-pskc-password";
 /// `"async": false` does in a JSON body.
 async fn import_job(
     req: &HttpRequest,
+    env: Uuid,
     media_type: &str,
     bytes: web::Bytes,
     state: &AppState,
@@ -369,13 +365,21 @@ async fn import_job(
         }
     };
     let max_items = state.settings.jobs.max_items;
-    let items = if media_type == PSKC_MEDIA_TYPE {
-        let keys = pskc_keys(req, state)?;
-        // Parsing (and PBKDF2) is CPU work on a file of up to jobs.max_body_bytes: off the
-        // request threads.
-        web::block(move || import::pskc::parse(&bytes, &keys, max_items)).await
+    let keys = if media_type == PSKC_MEDIA_TYPE {
+        Some(pskc_keys(req, env, state)?)
     } else {
-        web::block(move || import::csv::parse(&bytes, max_items)).await
+        None
+    };
+    // Parsing (and PBKDF2) is CPU work on a file of up to jobs.max_body_bytes: off the request
+    // threads, and a few files at a time.
+    let _permit = state
+        .import_permits
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(format!("import permits closed: {e}")))?;
+    let items = match keys {
+        Some(keys) => web::block(move || import::pskc::parse(&bytes, &keys, max_items)).await,
+        None => web::block(move || import::csv::parse(&bytes, max_items)).await,
     }
     .map_err(|e| ApiError::Internal(format!("import parser did not finish: {e}")))?
     .map_err(|e: ImportError| ApiError::InvalidRequest(e.to_string()))?;
@@ -388,20 +392,47 @@ struct AsyncQuery {
     is_async: Option<bool>,
 }
 
-fn pskc_keys(req: &HttpRequest, state: &AppState) -> Result<PskcKeys, ApiError> {
-    let mut keys = PskcKeys::default();
-    if let Some(id) = req.headers().get(PSKC_KEY_ID_HEADER) {
+/// The transport key and password a PSKC upload brings. A key id the environment may not use
+/// is answered exactly as one that does not exist.
+fn pskc_keys(req: &HttpRequest, env: Uuid, state: &AppState) -> Result<PskcKeys, ApiError> {
+    let headers = req.headers();
+    let mut keys = PskcKeys {
+        pbkdf2_max_iterations: state.settings.import.pbkdf2_max_iterations,
+        ..PskcKeys::default()
+    };
+    let (own, named) = (
+        headers.get(PSKC_KEY_HEADER),
+        headers.get(PSKC_KEY_ID_HEADER),
+    );
+    if own.is_some() && named.is_some() {
+        return Err(ApiError::InvalidRequest(
+            "Send either X-PSKC-Key or X-PSKC-Key-Id, not both.".into(),
+        ));
+    }
+    if let Some(own) = own {
+        let key = own
+            .to_str()
+            .ok()
+            .and_then(crate::config::decode_pskc_key)
+            .ok_or_else(|| {
+                ApiError::InvalidRequest(
+                    "X-PSKC-Key must be the hex of a 16, 24 or 32-byte key.".into(),
+                )
+            })?;
+        keys.pre_shared = Some(key);
+    }
+    if let Some(id) = named {
         let key = id
             .to_str()
             .ok()
-            .and_then(|id| state.settings.import.pskc_key(id.trim()));
+            .and_then(|id| state.pskc_keys.key_for(id.trim(), env));
         keys.pre_shared = Some(key.ok_or_else(|| {
             ApiError::InvalidRequest(
-                "X-PSKC-Key-Id names no configured pre-shared key (import.pskc_keys.<id>).".into(),
+                "X-PSKC-Key-Id names no pre-shared key this environment may use.".into(),
             )
         })?);
     }
-    if let Some(password) = req.headers().get(PSKC_PASSWORD_HEADER) {
+    if let Some(password) = headers.get(PSKC_PASSWORD_HEADER) {
         keys.password = Some(zeroize::Zeroizing::new(password.as_bytes().to_vec()));
     }
     Ok(keys)

@@ -181,7 +181,7 @@ pub async fn create(
     }
     let token = NewToken::parse(&body, TokenSource::Single).map_err(ApiError::invalid_data)?;
 
-    let idempotency = IdempotencyKey::from_request(&req, &bytes)?;
+    let idempotency = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])?;
 
     let id = Uuid::now_v7();
     let sealed = state.cipher.seal(&token.secret, env, id);

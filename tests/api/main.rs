@@ -12,5 +12,6 @@ mod openapi;
 mod otp;
 mod outage;
 mod secrets;
+mod security;
 mod tokens;
 mod validation;

@@ -48,7 +48,7 @@ async fn reencrypt_moves_secrets_to_the_active_key(pool: PgPool) {
     let app = spawn_app(pool).await;
     assert_eq!(app.create_token(&seed_token()).await.status(), 201);
     let mut keys = app.settings.crypto.decoded_keys().unwrap().1;
-    keys.insert("b".into(), [7u8; 32]);
+    keys.insert("b".into(), zeroize::Zeroizing::new([7u8; 32]));
     let rotated = SecretCipher::new("b".into(), &keys).unwrap();
     let moved = oath_service::store::secrets::reencrypt_all(&app.pool, &rotated)
         .await

@@ -4,6 +4,11 @@
 //! itself encrypted with the same key; the encryption key when absent), checked in constant time
 //! before anything is decrypted. Errors about one value are row messages; errors about the
 //! container's keys refuse the file.
+//!
+//! Every failure to decrypt or authenticate (bad padding, a MAC key that does not decrypt or is
+//! too short, a `ValueMAC` mismatch) is the one message [`UNREADABLE`]: were they told apart, a
+//! caller could submit crafted ciphertexts and learn plaintext from which message came back (a
+//! padding oracle).
 
 use aes::cipher::{BlockDecryptMut, KeyIvInit};
 use hmac::{Hmac, Mac};
@@ -13,8 +18,21 @@ use super::{base64, uri_suffix, PskcKeys};
 use crate::import::xml::{shown, Element, Parts};
 use crate::import::ImportError;
 
-/// PBKDF2 iterations accepted: enough for any real file, too few to tie a worker up for long.
-const MAX_ITERATIONS: u32 = 1_000_000;
+/// The row message of every key package that does not decrypt or authenticate.
+pub const UNREADABLE: &str = "the key package cannot be decrypted or authenticated (a wrong key or password, or an altered file)";
+
+/// Shortest MAC key accepted: a shorter one (a truncated decryption) would be guessable.
+const MIN_MAC_KEY_BYTES: usize = 16;
+
+/// Why a value could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum OpenError {
+    /// The value is not laid out as RFC 6030 says (a missing element, an unsupported
+    /// algorithm): a message naming it.
+    Malformed(String),
+    /// It does not decrypt or authenticate: always [`UNREADABLE`], whatever the cause.
+    Unreadable,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum MacAlgorithm {
@@ -71,7 +89,7 @@ pub(super) struct Crypto {
     /// says so).
     pub key: Option<Zeroizing<Vec<u8>>>,
     /// The MAC key and algorithm, or why values cannot be authenticated.
-    mac: Result<(MacAlgorithm, Zeroizing<Vec<u8>>), String>,
+    mac: Result<(MacAlgorithm, Zeroizing<Vec<u8>>), OpenError>,
 }
 
 impl Crypto {
@@ -89,7 +107,12 @@ impl Crypto {
                         "the file's keys are derived from a password (DerivedKey): send it in the X-PSKC-Password header.",
                     ));
                 };
-                Some(derive_key(doc, derived, password)?)
+                Some(derive_key(
+                    doc,
+                    derived,
+                    password,
+                    keys.pbkdf2_max_iterations,
+                )?)
             }
             None => keys.pre_shared.clone(),
         };
@@ -99,137 +122,152 @@ impl Crypto {
             let at = encryption_key.or(mac_method).map_or(0, |e| e.offset);
             return Err(doc.error(
                 at,
-                "the file is encrypted: name its pre-shared key with the X-PSKC-Key-Id header.",
+                "the file is encrypted: send its pre-shared key in the X-PSKC-Key header, or name a configured one with X-PSKC-Key-Id.",
             ));
         }
         let mac = match (mac_method, &key) {
-            (None, _) => Err("the file has no MACMethod to check ValueMAC with".to_string()),
-            (Some(_), None) => Err("the MAC key needs the encryption key".to_string()),
+            (None, _) => Err(OpenError::Malformed(
+                "the file has no MACMethod to check ValueMAC with".to_string(),
+            )),
+            (Some(_), None) => Err(OpenError::Malformed(
+                "the MAC key needs the encryption key".to_string(),
+            )),
             (Some(method), Some(key)) => mac_key(method, key),
         };
         Ok(Self { key, mac })
     }
 
-    /// Authenticates and decrypts an `EncryptedValue` (or `MACKey`) element. Errors are row
-    /// messages naming `what`.
+    /// Authenticates and decrypts an `EncryptedValue` element. Malformed values are named
+    /// with `what`.
     pub fn open(
         &self,
         what: &str,
         encrypted: &Element,
         value_mac: Option<&Element>,
-    ) -> Result<Zeroizing<Vec<u8>>, String> {
-        let key = self
-            .key
-            .as_deref()
-            .ok_or_else(|| format!("{what} is encrypted but the file names no EncryptionKey"))?;
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        let malformed = |m: String| OpenError::Malformed(m);
+        let key = self.key.as_deref().ok_or_else(|| {
+            malformed(format!(
+                "{what} is encrypted but the file names no EncryptionKey"
+            ))
+        })?;
         let cipher_value = cipher_value(what, encrypted)?;
         let Some(value_mac) = value_mac else {
-            return Err(format!(
+            return Err(malformed(format!(
                 "{what} is encrypted without a ValueMAC (RFC 6030 requires one with AES-CBC)"
-            ));
+            )));
         };
-        let (algorithm, mac_key) = self.mac.as_ref().map_err(|e| format!("{what}: {e}"))?;
-        let tag =
-            base64(value_mac.trimmed()).ok_or_else(|| format!("{what}: ValueMAC is not base64"))?;
+        let key_len = key_length(what, encrypted, key)?;
+        let (algorithm, mac_key) = match &self.mac {
+            Ok(mac) => mac,
+            Err(OpenError::Malformed(m)) => return Err(malformed(format!("{what}: {m}"))),
+            Err(OpenError::Unreadable) => return Err(OpenError::Unreadable),
+        };
+        let tag = base64(value_mac.trimmed()).ok_or(OpenError::Unreadable)?;
         if !algorithm.verify(mac_key, &cipher_value, &tag) {
-            return Err(format!(
-                "{what}: ValueMAC does not match (a wrong key or password, or an altered file)"
-            ));
+            return Err(OpenError::Unreadable);
         }
-        decrypt(what, encrypted, key, &cipher_value)
+        decrypt(key, key_len, &cipher_value).ok_or(OpenError::Unreadable)
     }
 }
 
 /// The bytes of `CipherData/CipherValue`: IV and ciphertext.
-fn cipher_value(what: &str, encrypted: &Element) -> Result<Zeroizing<Vec<u8>>, String> {
+fn cipher_value(what: &str, encrypted: &Element) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let value = encrypted
         .path(&["CipherData", "CipherValue"])
-        .ok_or_else(|| format!("{what}: CipherData/CipherValue is missing"))?;
-    base64(value.trimmed()).ok_or_else(|| format!("{what}: CipherValue is not base64"))
+        .ok_or_else(|| {
+            OpenError::Malformed(format!("{what}: CipherData/CipherValue is missing"))
+        })?;
+    base64(value.trimmed()).ok_or(OpenError::Unreadable)
 }
 
-/// AES-CBC with the IV in the first block. Padding is read from the last byte only, which
-/// accepts PKCS#7 and the XML Encryption padding alike.
-fn decrypt(
-    what: &str,
-    encrypted: &Element,
-    key: &[u8],
-    cipher_value: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, String> {
+/// The AES key length `EncryptionMethod` names, checked against the key at hand.
+fn key_length(what: &str, encrypted: &Element, key: &[u8]) -> Result<usize, OpenError> {
     let uri = encrypted
         .child("EncryptionMethod")
         .and_then(|m| m.attribute("Algorithm"))
-        .ok_or_else(|| format!("{what}: EncryptionMethod Algorithm is missing"))?;
+        .ok_or_else(|| {
+            OpenError::Malformed(format!("{what}: EncryptionMethod Algorithm is missing"))
+        })?;
     let key_len = match uri_suffix(uri).as_str() {
         "aes128-cbc" => 16,
         "aes192-cbc" => 24,
         "aes256-cbc" => 32,
         _ => {
-            return Err(format!(
+            return Err(OpenError::Malformed(format!(
                 "{what}: the encryption algorithm {:?} is not supported (aes128-cbc, aes192-cbc and aes256-cbc are)",
                 shown(uri)
-            ))
+            )))
         }
     };
+    // A key of another size is a wrong key, and reads like one.
     if key.len() != key_len {
-        return Err(format!(
-            "{what}: {} needs a {key_len}-byte key, the key given has {} bytes",
-            uri_suffix(uri),
-            key.len()
-        ));
+        return Err(OpenError::Unreadable);
     }
-    if cipher_value.len() < 32 || cipher_value.len() % 16 != 0 {
-        return Err(format!(
-            "{what}: CipherValue is not an IV and whole AES blocks"
-        ));
+    Ok(key_len)
+}
+
+/// AES-CBC with the IV in the first block and PKCS#7 padding, every pad byte checked. None for
+/// anything that does not decrypt to a well-padded value; the caller cannot tell why.
+fn decrypt(key: &[u8], key_len: usize, cipher_value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use aes::cipher::block_padding::NoPadding;
+    if cipher_value.len() < 32 || cipher_value.len() % 16 != 0 || key.len() != key_len {
+        return None;
     }
     let (iv, body) = cipher_value.split_at(16);
     let mut plain = Zeroizing::new(body.to_vec());
-    let result = match key_len {
-        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv).map(|d| {
-            d.decrypt_padded_mut::<aes::cipher::block_padding::NoPadding>(&mut plain)
-                .map(|_| ())
-        }),
-        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, iv).map(|d| {
-            d.decrypt_padded_mut::<aes::cipher::block_padding::NoPadding>(&mut plain)
-                .map(|_| ())
-        }),
-        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, iv).map(|d| {
-            d.decrypt_padded_mut::<aes::cipher::block_padding::NoPadding>(&mut plain)
-                .map(|_| ())
-        }),
+    let decrypted = match key_len {
+        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv)
+            .ok()?
+            .decrypt_padded_mut::<NoPadding>(&mut plain)
+            .is_ok(),
+        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, iv)
+            .ok()?
+            .decrypt_padded_mut::<NoPadding>(&mut plain)
+            .is_ok(),
+        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, iv)
+            .ok()?
+            .decrypt_padded_mut::<NoPadding>(&mut plain)
+            .is_ok(),
     };
-    let cannot = || format!("{what} cannot be decrypted (a wrong key or password)");
-    result.map_err(|_| cannot())?.map_err(|_| cannot())?;
-    let pad = usize::from(*plain.last().ok_or_else(cannot)?);
-    if pad == 0 || pad > 16 || pad > plain.len() {
-        return Err(cannot());
-    }
-    let len = plain.len() - pad;
+    let len = unpadded_len(&plain).filter(|_| decrypted)?;
     plain.truncate(len);
-    Ok(plain)
+    Some(plain)
+}
+
+/// The length before PKCS#7 padding (RFC 5652 section 6.3): the last byte `n`, from 1 to 16,
+/// and the last `n` bytes all equal to `n`. Every byte is compared, whatever the result.
+pub(super) fn unpadded_len(plain: &[u8]) -> Option<usize> {
+    let pad = *plain.last()?;
+    let n = usize::from(pad);
+    if n == 0 || n > 16 || n > plain.len() {
+        return None;
+    }
+    let mismatch = plain[plain.len() - n..]
+        .iter()
+        .fold(0u8, |acc, b| acc | (b ^ pad));
+    (mismatch == 0).then(|| plain.len() - n)
 }
 
 /// The MAC key of `MACMethod`: its encrypted `MACKey`, or the encryption key itself when the
-/// method has none (as early PSKC producers wrote it).
-fn mac_key(method: &Element, key: &[u8]) -> Result<(MacAlgorithm, Zeroizing<Vec<u8>>), String> {
+/// method has none (as early PSKC producers wrote it). A MAC key that does not decrypt, or is
+/// shorter than 16 bytes, makes every value of the file unreadable, with the one message.
+fn mac_key(method: &Element, key: &[u8]) -> Result<(MacAlgorithm, Zeroizing<Vec<u8>>), OpenError> {
     let uri = method.attribute("Algorithm").unwrap_or("");
     let algorithm = MacAlgorithm::from_uri(uri).ok_or_else(|| {
-        format!(
+        OpenError::Malformed(format!(
             "the MACMethod algorithm {:?} is not supported (HMAC-SHA1 and HMAC-SHA2 are)",
             shown(uri)
-        )
+        ))
     })?;
     let Some(mac_key) = method.child("MACKey") else {
         return Ok((algorithm, Zeroizing::new(key.to_vec())));
     };
-    // The MAC key has no MAC of its own: a wrong key shows as a ValueMAC mismatch below, and
-    // a failure here reads the same.
-    let opened = cipher_value("MACKey", mac_key)
-        .and_then(|c| decrypt("MACKey", mac_key, key, &c))
-        .map_err(|_| {
-        "ValueMAC cannot be checked: the MAC key does not decrypt (a wrong key or password, or an altered file)".to_string()
-    })?;
+    let cipher = cipher_value("MACKey", mac_key)?;
+    let key_len = key_length("MACKey", mac_key, key)?;
+    let opened = decrypt(key, key_len, &cipher)
+        .filter(|k| k.len() >= MIN_MAC_KEY_BYTES)
+        .ok_or(OpenError::Unreadable)?;
     Ok((algorithm, opened))
 }
 
@@ -238,6 +276,7 @@ fn derive_key(
     doc: &Parts,
     derived: &Element,
     password: &[u8],
+    max_iterations: u32,
 ) -> Result<Zeroizing<Vec<u8>>, ImportError> {
     let fail = |e: &Element, m: &str| Err(doc.error(e.offset, m));
     let Some(method) = derived.child("KeyDerivationMethod") else {
@@ -255,14 +294,17 @@ fn derive_key(
     else {
         return fail(params, "PBKDF2-params needs a base64 Salt/Specified.");
     };
+    // Checked before any derivation: the count sets its cost.
     let iterations = params
         .child("IterationCount")
         .and_then(|i| i.trimmed().parse::<u32>().ok())
-        .filter(|n| (1..=MAX_ITERATIONS).contains(n));
+        .filter(|n| (1..=max_iterations).contains(n));
     let Some(iterations) = iterations else {
         return fail(
             params,
-            &format!("PBKDF2-params needs an IterationCount from 1 to {MAX_ITERATIONS}."),
+            &format!(
+                "PBKDF2-params needs an IterationCount from 1 to {max_iterations} (import.pbkdf2_max_iterations)."
+            ),
         );
     };
     // Without a KeyLength, the AES-128 key of RFC 6030's examples.
