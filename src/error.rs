@@ -284,27 +284,11 @@ impl ResponseError for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if is_unavailable(&e) {
+        if crate::store::is_unavailable(&e) {
             Self::Unavailable(e.to_string())
         } else {
             Self::Internal(e.to_string())
         }
-    }
-}
-
-/// Errors that mean "the database cannot be reached right now", as opposed to a bug.
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        // Class 08: connection exception; 57P0x: shutdown / cannot connect now; 53: resources.
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
-        _ => false,
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -15,10 +16,12 @@ use super::{shown_name, FieldError, NewToken};
 /// Details listed in one error response; the message gives the total.
 pub const MAX_DETAILS: usize = 1000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub enum JobType {
+    #[serde(rename = "CREATE_OATH_TOKENS")]
     #[schema(rename = "CREATE_OATH_TOKENS")]
     CreateTokens,
+    #[serde(rename = "REVOKE_OATH_TOKENS")]
     #[schema(rename = "REVOKE_OATH_TOKENS")]
     RevokeTokens,
 }
@@ -53,7 +56,8 @@ impl JobType {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[schema(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobStatus {
     Pending,
@@ -88,7 +92,8 @@ impl JobStatus {
 }
 
 /// What happened to one item of a job (a `job_results` row).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[schema(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
     Created,

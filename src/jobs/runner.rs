@@ -11,12 +11,12 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::queue::{self, ClaimedJob};
 use super::{create, revoke, ChunkError};
 use crate::config::Settings;
 use crate::domain::job::JobType;
-use crate::error::is_unavailable;
 use crate::metrics::METRICS;
+use crate::store::is_unavailable;
+use crate::store::jobs::{self as queue, ChunkCounts, ClaimedJob};
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl Runner {
                 "The job was interrupted {} times and could not finish; submit it again.",
                 job.attempt - 1
             );
-            queue::fail(&mut tx, job, &reason).await?;
+            fail(&mut tx, job, &reason).await?;
             tx.commit().await?;
             tracing::warn!(job_id = %job.id, attempt = job.attempt, "job failed: too many attempts");
             return Ok(Step::Finished {
@@ -136,7 +136,7 @@ impl Runner {
                 // Roll back the partial chunk, then fail the job in a transaction of its own.
                 tx.rollback().await?;
                 let mut tx = self.pool.begin().await?;
-                queue::fail(
+                fail(
                     &mut tx,
                     job,
                     "The job's stored input could not be read completely; submit the job again.",
@@ -184,7 +184,21 @@ impl Runner {
     }
 }
 
-fn record_chunk(job_type: JobType, c: &queue::ChunkCounts, took: Duration) {
+/// Ends a job that cannot finish: FAILED with a reason a user can act on, its remaining input
+/// (and secrets) deleted. Fenced like a chunk: nothing changes if the claim was lost.
+async fn fail(
+    tx: &mut sqlx::PgConnection,
+    job: &ClaimedJob,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let failed = queue::fail(tx, job, reason).await?;
+    if failed {
+        crate::store::chunks::delete_all(tx, job.environment_id, job.id).await?;
+    }
+    Ok(failed)
+}
+
+fn record_chunk(job_type: JobType, c: &ChunkCounts, took: Duration) {
     METRICS
         .job_chunk_duration
         .with_label_values(&[job_type.as_str()])

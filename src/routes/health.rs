@@ -47,10 +47,6 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     match store::migrations_applied(&state.db).await {
         Ok(true) => Ok(HttpResponse::Ok().json(UP)),
         Ok(false) => Err(ApiError::Unavailable("migrations are not applied".into())),
-        // No migrations table yet: reachable but not migrated.
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
-            Err(ApiError::Unavailable("migrations are not applied".into()))
-        }
         Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
 }

@@ -27,7 +27,8 @@ use crate::error::ApiError;
 use crate::import::{self, pskc::PskcKeys, ImportError, CSV_MEDIA_TYPE, PSKC_MEDIA_TYPE};
 use crate::jobs::queue;
 use crate::startup::AppState;
-use crate::store::jobs::{self as store, Duplicate, JobRow, ResultRow};
+use crate::store::jobs::{self as store, Job};
+use crate::store::results::{self, Duplicate, JobResult as ItemResult};
 
 const PAGE_DEFAULT: i64 = 100;
 const PAGE_MAX: i64 = 1000;
@@ -42,12 +43,10 @@ pub struct JobResource {
     id: Uuid,
     environment: IdRef,
     #[serde(rename = "type")]
-    #[schema(value_type = JobType)]
-    job_type: String,
+    job_type: JobType,
     #[serde(rename = "async")]
     is_async: bool,
-    #[schema(value_type = JobStatus)]
-    status: String,
+    status: JobStatus,
     /// `FAILED` jobs only: why, in words a user can act on.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -131,9 +130,10 @@ fn job_url(base: &str, env: Uuid, id: Uuid) -> String {
 }
 
 impl JobResource {
-    fn new(base: &str, row: JobRow, duplicates: Vec<Duplicate>) -> Self {
+    fn new(base: &str, row: Job, duplicates: Vec<Duplicate>) -> Self {
         let env = row.environment_id;
-        let is_create = row.job_type == JobType::CreateTokens.as_str();
+        let is_create = row.job_type == JobType::CreateTokens;
+        let counts = row.counts;
         Self {
             links: JobLinks {
                 self_: Link {
@@ -157,7 +157,7 @@ impl JobResource {
                 total: row.total,
             },
             result: JobResult {
-                created: is_create.then_some(row.created),
+                created: is_create.then_some(counts.created),
                 duplicates: duplicates
                     .into_iter()
                     .map(|d| DuplicateView {
@@ -165,11 +165,11 @@ impl JobResource {
                         masked_secret: d.masked_secret,
                     })
                     .collect(),
-                duplicates_count: row.duplicates,
-                revoked: (!is_create).then_some(row.revoked),
-                not_found: row.not_found,
-                skipped_paired: row.skipped_paired,
-                failed: row.failed,
+                duplicates_count: counts.duplicates,
+                revoked: (!is_create).then_some(counts.revoked),
+                not_found: counts.not_found,
+                skipped_paired: counts.skipped_paired,
+                failed: counts.failed,
             },
             created_at: timestamp(row.created_at),
             updated_at: timestamp(row.updated_at),
@@ -178,9 +178,9 @@ impl JobResource {
     }
 }
 
-async fn render(state: &AppState, row: JobRow) -> Result<JobResource, ApiError> {
-    let duplicates = if row.duplicates > 0 {
-        store::duplicates(&state.db, row.environment_id, row.id).await?
+async fn render(state: &AppState, row: Job) -> Result<JobResource, ApiError> {
+    let duplicates = if row.counts.duplicates > 0 {
+        results::duplicates(&state.db, row.environment_id, row.id).await?
     } else {
         Vec::new()
     };
@@ -310,7 +310,7 @@ pub async fn submit(
         let row = store::get(&state.db, env, job_id)
             .await?
             .ok_or_else(|| ApiError::Internal("submitted job vanished".into()))?;
-        let finished = JobStatus::parse(&row.status).is_some_and(JobStatus::is_final);
+        let finished = row.status.is_final();
         if finished || Instant::now() >= deadline {
             let status = if finished {
                 StatusCode::OK
@@ -667,8 +667,7 @@ struct ResultView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     serial_number: Option<String>,
-    #[schema(value_type = Outcome)]
-    outcome: String,
+    outcome: Outcome,
     /// The token created, revoked or already holding the serial number.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -683,8 +682,8 @@ struct ResultView {
     message: Option<String>,
 }
 
-impl From<ResultRow> for ResultView {
-    fn from(r: ResultRow) -> Self {
+impl From<ItemResult> for ResultView {
+    fn from(r: ItemResult) -> Self {
         Self {
             row_number: r.row_number,
             index: r.idx,
@@ -741,15 +740,7 @@ pub async fn results(
     if store::get(&state.db, env, id).await?.is_none() {
         return Err(ApiError::not_found());
     }
-    let mut rows = store::results(
-        &state.db,
-        env,
-        id,
-        after,
-        outcome.map(Outcome::as_str),
-        limit + 1,
-    )
-    .await?;
+    let mut rows = results::page(&state.db, env, id, after, outcome, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = more

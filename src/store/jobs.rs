@@ -1,21 +1,39 @@
-//! Reading jobs and their results for the API. Writing them is the queue's job (`jobs::queue`).
+//! `oath_jobs`: a job's row, from submission (insert) through its claims under a lease, the
+//! fenced progress of its chunks, to DONE or FAILED; and reading jobs for the API. Rows are read
+//! into [`Job`] in one place, [`JobRecord::into_job`], with one column list, [`job_query!`].
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// Duplicates embedded in a create job's representation; all of them are in its results.
-pub const EMBEDDED_DUPLICATES: i64 = 1000;
+use super::decode;
+use crate::domain::job::{JobStatus, JobType};
 
-#[derive(Debug, Clone)]
-pub struct JobRow {
+/// The LISTEN/NOTIFY channel that wakes runners when a job is enqueued.
+pub const CHANNEL: &str = "oath_jobs";
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
     pub environment_id: Uuid,
     pub id: Uuid,
-    pub job_type: String,
+    pub job_type: JobType,
     pub is_async: bool,
-    pub status: String,
+    pub status: JobStatus,
     pub reason: Option<String>,
     pub total: i32,
+    pub processed: i32,
+    pub counts: ChunkCounts,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Item counts: a committed chunk's, or (summed) a job's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkCounts {
     pub processed: i32,
     pub created: i32,
     pub duplicates: i32,
@@ -23,40 +41,125 @@ pub struct JobRow {
     pub not_found: i32,
     pub skipped_paired: i32,
     pub failed: i32,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone)]
-pub struct ResultRow {
-    pub idx: i32,
-    pub row_number: Option<i64>,
-    pub serial_number: Option<String>,
-    pub token_id: Option<Uuid>,
-    pub outcome: String,
-    pub masked_secret: Option<String>,
-    pub message: Option<String>,
+/// The columns of `oath_jobs` as read.
+struct JobRecord {
+    environment_id: Uuid,
+    id: Uuid,
+    job_type: String,
+    is_async: bool,
+    status: String,
+    reason: Option<String>,
+    total: i32,
+    processed: i32,
+    created: i32,
+    duplicates: i32,
+    revoked: i32,
+    not_found: i32,
+    skipped_paired: i32,
+    failed: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Duplicate {
-    pub serial_number: String,
-    pub masked_secret: String,
+impl JobRecord {
+    /// An unknown type or status is an error: the row was written by something else.
+    fn into_job(self) -> Result<Job, sqlx::Error> {
+        Ok(Job {
+            environment_id: self.environment_id,
+            id: self.id,
+            job_type: decode(&self.job_type, JobType::parse, "job type")?,
+            is_async: self.is_async,
+            status: decode(&self.status, JobStatus::parse, "job status")?,
+            reason: self.reason,
+            total: self.total,
+            processed: self.processed,
+            counts: ChunkCounts {
+                processed: self.processed,
+                created: self.created,
+                duplicates: self.duplicates,
+                revoked: self.revoked,
+                not_found: self.not_found,
+                skipped_paired: self.skipped_paired,
+                failed: self.failed,
+            },
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            completed_at: self.completed_at,
+        })
+    }
 }
 
-pub async fn get(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as!(
-        JobRow,
-        r#"select environment_id, id, type as job_type, async as is_async, status, reason, total,
-                  processed, created, duplicates, revoked, not_found, skipped_paired, failed,
-                  created_at, updated_at, completed_at
-           from oath_jobs where environment_id = $1 and id = $2"#,
+/// `query_as!` into [`JobRecord`] with `oath_jobs`' column list between `$before` and `$after`.
+macro_rules! job_query {
+    ($before:tt, $after:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            JobRecord,
+            $before
+                + "environment_id, id, type as job_type, async as is_async, status, reason, \
+                   total, processed, created, duplicates, revoked, not_found, skipped_paired, \
+                   failed, created_at, updated_at, completed_at"
+                + $after
+            $(, $arg)*
+        )
+    };
+}
+
+/// What a new job's row says of it.
+#[derive(Clone, Copy, Debug)]
+pub struct NewJobRow {
+    pub job_type: JobType,
+    pub is_async: bool,
+    pub force_unpair: bool,
+    pub total: i32,
+    pub chunk_size: i32,
+}
+
+/// Stores a new job (PENDING) in the submitting transaction.
+pub async fn insert(
+    tx: &mut PgConnection,
+    env: Uuid,
+    id: Uuid,
+    job: NewJobRow,
+) -> Result<Job, sqlx::Error> {
+    job_query!(
+        "insert into oath_jobs (environment_id, id, type, async, force_unpair, total, chunk_size) \
+         values ($1, $2, $3, $4, $5, $6, $7) returning ",
+        "",
+        env,
+        id,
+        job.job_type.as_str(),
+        job.is_async,
+        job.force_unpair,
+        job.total,
+        job.chunk_size,
+    )
+    .fetch_one(&mut *tx)
+    .await?
+    .into_job()
+}
+
+/// Wakes the runners of every process when the transaction commits.
+pub async fn notify(tx: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!("select pg_notify($1, $2)", CHANNEL, id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn get(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    job_query!(
+        "select ",
+        " from oath_jobs where environment_id = $1 and id = $2",
         env,
         id,
     )
     .fetch_optional(pool)
-    .await
+    .await?
+    .map(JobRecord::into_job)
+    .transpose()
 }
 
 /// Newest first (ids are time-ordered), before `before`.
@@ -65,69 +168,167 @@ pub async fn list(
     env: Uuid,
     before: Option<Uuid>,
     limit: i64,
-) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as!(
-        JobRow,
-        r#"select environment_id, id, type as job_type, async as is_async, status, reason, total,
-                  processed, created, duplicates, revoked, not_found, skipped_paired, failed,
-                  created_at, updated_at, completed_at
-           from oath_jobs
-           where environment_id = $1 and ($2::uuid is null or id < $2)
-           order by id desc
-           limit $3"#,
+) -> Result<Vec<Job>, sqlx::Error> {
+    job_query!(
+        "select ",
+        " from oath_jobs where environment_id = $1 and ($2::uuid is null or id < $2) \
+         order by id desc limit $3",
         env,
         before,
         limit,
     )
     .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(JobRecord::into_job)
+    .collect()
+}
+
+/// A job a runner holds the lease of, under claim number `attempt`.
+#[derive(Clone, Debug)]
+pub struct ClaimedJob {
+    pub environment_id: Uuid,
+    pub id: Uuid,
+    pub job_type: JobType,
+    pub attempt: i32,
+    pub force_unpair: bool,
+}
+
+/// Takes the oldest runnable job: pending, or running under an expired lease. The claim bumps
+/// `attempt`, which fences out whoever held the job before.
+pub async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<ClaimedJob>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"update oath_jobs j
+           set status = 'IN_PROGRESS', attempt = j.attempt + 1, lease_owner = $1,
+               lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
+           from (select environment_id, id from oath_jobs
+                 where status = 'PENDING'
+                    or (status = 'IN_PROGRESS' and lease_expires_at < now())
+                 order by created_at
+                 limit 1
+                 for update skip locked) next
+           where j.environment_id = next.environment_id and j.id = next.id
+           returning j.environment_id, j.id, j.type as job_type, j.attempt, j.force_unpair"#,
+        owner,
+        lease.as_secs_f64(),
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(ClaimedJob {
+            environment_id: r.environment_id,
+            id: r.id,
+            job_type: decode(&r.job_type, JobType::parse, "job type")?,
+            attempt: r.attempt,
+            force_unpair: r.force_unpair,
+        })
+    })
+    .transpose()
+}
+
+/// Where a job stands, as its chunk transaction sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Position {
+    pub processed: i32,
+    pub total: i32,
+    pub chunk_size: i32,
+}
+
+/// First statement of every chunk transaction: renews the lease and locks the job row, but only
+/// if this claim still holds it. None when the lease was lost.
+pub async fn fence(
+    tx: &mut PgConnection,
+    job: &ClaimedJob,
+    lease: Duration,
+) -> Result<Option<Position>, sqlx::Error> {
+    sqlx::query_as!(
+        Position,
+        r#"update oath_jobs
+           set lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
+           where environment_id = $1 and id = $2 and attempt = $3 and status = 'IN_PROGRESS'
+           returning processed, total, chunk_size"#,
+        job.environment_id,
+        job.id,
+        job.attempt,
+        lease.as_secs_f64(),
+    )
+    .fetch_optional(&mut *tx)
     .await
 }
 
-/// The first duplicates of a create job, in item order.
-pub async fn duplicates(
-    pool: &PgPool,
-    env: Uuid,
-    job: Uuid,
-) -> Result<Vec<Duplicate>, sqlx::Error> {
-    sqlx::query_as!(
-        Duplicate,
-        r#"select serial_number as "serial_number!", masked_secret as "masked_secret!"
-           from job_results
-           where environment_id = $1 and job_id = $2 and outcome = 'DUPLICATE'
-           order by idx
-           limit $3"#,
-        env,
-        job,
-        EMBEDDED_DUPLICATES,
+/// Adds a committed chunk's counts; the job is DONE when every item is processed. Runs in the
+/// chunk's transaction, after [`fence`] locked the row. Returns the items processed and whether
+/// the job is done.
+pub async fn advance(
+    tx: &mut PgConnection,
+    job: &ClaimedJob,
+    c: &ChunkCounts,
+) -> Result<(i32, bool), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"update oath_jobs
+           set processed = processed + $3, created = created + $4, duplicates = duplicates + $5,
+               revoked = revoked + $6, not_found = not_found + $7,
+               skipped_paired = skipped_paired + $8, failed = failed + $9,
+               status = case when processed + $3 >= total then 'DONE' else status end,
+               completed_at = case when processed + $3 >= total then now() end,
+               lease_owner = case when processed + $3 >= total then null else lease_owner end,
+               lease_expires_at = case when processed + $3 >= total then null else lease_expires_at end,
+               updated_at = now()
+           where environment_id = $1 and id = $2
+           returning processed, status"#,
+        job.environment_id,
+        job.id,
+        c.processed,
+        c.created,
+        c.duplicates,
+        c.revoked,
+        c.not_found,
+        c.skipped_paired,
+        c.failed,
     )
-    .fetch_all(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    let status = decode(&row.status, JobStatus::parse, "job status")?;
+    Ok((row.processed, status == JobStatus::Done))
 }
 
-/// One page of results in item order, after item `after`, optionally of one outcome.
-pub async fn results(
-    pool: &PgPool,
-    env: Uuid,
-    job: Uuid,
-    after: Option<i32>,
-    outcome: Option<&str>,
-    limit: i64,
-) -> Result<Vec<ResultRow>, sqlx::Error> {
-    sqlx::query_as!(
-        ResultRow,
-        r#"select idx, row_number, serial_number, token_id, outcome, masked_secret, message
-           from job_results
-           where environment_id = $1 and job_id = $2
-             and ($3::int is null or idx > $3)
-             and ($4::text is null or outcome = $4)
-           order by idx
-           limit $5"#,
-        env,
-        job,
-        after,
-        outcome,
-        limit,
+/// Marks a job FAILED with `reason`, if this claim still holds it. False when it does not.
+pub async fn fail(
+    tx: &mut PgConnection,
+    job: &ClaimedJob,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        r#"update oath_jobs
+           set status = 'FAILED', reason = $4, completed_at = now(), updated_at = now(),
+               lease_owner = null, lease_expires_at = null
+           where environment_id = $1 and id = $2 and attempt = $3 and status = 'IN_PROGRESS'"#,
+        job.environment_id,
+        job.id,
+        job.attempt,
+        reason,
     )
-    .fetch_all(pool)
-    .await
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Gives a job back (shutdown) so that another runner can resume it at once instead of waiting
+/// for the lease to expire.
+pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"update oath_jobs set lease_expires_at = now(), lease_owner = null, updated_at = now()
+           where environment_id = $1 and id = $2 and attempt = $3 and status = 'IN_PROGRESS'"#,
+        job.environment_id,
+        job.id,
+        job.attempt,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }

@@ -1,10 +1,13 @@
 //! SQL, one file per table family. Functions take a pool or a transaction and domain types, and
 //! return rows; they decide nothing the database can decide better (uniqueness, quotas).
 
+pub mod chunks;
 pub mod copy;
 pub mod idempotency;
 pub mod jobs;
 pub mod otp;
+pub mod quota;
+pub mod results;
 pub mod secrets;
 pub mod tokens;
 
@@ -13,15 +16,88 @@ use sqlx::PgPool;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// True when every migration this binary knows has been applied successfully.
+/// SQLSTATE of a statement on a table that does not exist.
+const UNDEFINED_TABLE: &str = "42P01";
+
+/// True when every migration this binary knows has been applied successfully; false too on a
+/// database never migrated (no migrations table).
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    let applied: Vec<i64> = sqlx::query_scalar!(
+    let applied: Vec<i64> = match sqlx::query_scalar!(
         r#"select version as "version!" from _sqlx_migrations where success order by version"#
     )
     .fetch_all(pool)
-    .await?;
+    .await
+    {
+        Ok(applied) => applied,
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNDEFINED_TABLE) => {
+            return Ok(false)
+        }
+        Err(e) => return Err(e),
+    };
     Ok(MIGRATOR
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
         .all(|m| applied.binary_search(&m.version).is_ok()))
+}
+
+/// Errors that mean "the database cannot be reached right now", as opposed to a bug.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; 57P0x: shutdown / cannot connect now; 53: resources.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
+        _ => false,
+    }
+}
+
+/// A text column as a domain value: an unknown value is an error, never a default.
+pub(crate) fn decode<T>(
+    value: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    what: &str,
+) -> Result<T, sqlx::Error> {
+    parse(value).ok_or_else(|| {
+        sqlx::Error::Decode(format!("unknown {what} {value:?} in the database").into())
+    })
+}
+
+/// [`decode`] for every value of an array column.
+pub(crate) fn decode_all<T>(
+    values: &[String],
+    parse: impl Fn(&str) -> Option<T>,
+    what: &str,
+) -> Result<Vec<T>, sqlx::Error> {
+    values.iter().map(|v| decode(v, &parse, what)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::job::JobStatus;
+
+    #[test]
+    fn unknown_database_values_are_errors_not_defaults() {
+        assert_eq!(
+            decode("DONE", JobStatus::parse, "job status").unwrap(),
+            JobStatus::Done
+        );
+        let err = decode("done", JobStatus::parse, "job status").unwrap_err();
+        assert!(matches!(err, sqlx::Error::Decode(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("unknown job status \"done\""),
+            "{err}"
+        );
+        assert!(decode_all(
+            &["HOTP".to_string(), "XOTP".to_string()],
+            crate::domain::TokenType::parse,
+            "token type"
+        )
+        .is_err());
+    }
 }

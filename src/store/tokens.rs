@@ -1,9 +1,14 @@
-//! `oath_tokens` and `environment_usage`: insert under the quota, read, list by keyset, delete.
+//! `oath_tokens`: insert under the quota, read, list by keyset, delete.
+
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::chunks::CreateChunk;
+use super::copy::CopyRows;
+use super::quota;
 use crate::crypto::Sealed;
 use crate::domain::{NewToken, TokenKind};
 
@@ -54,8 +59,8 @@ pub async fn insert<'c>(
         TokenKind::Totp { time_step } => (None, Some(time_step)),
     };
     // The token first, then the quota row (the order job chunks take them in, so the two never
-    // deadlock). Over the quota, `usage` is empty and the division by zero fails the statement,
-    // which undoes the insert.
+    // deadlock). Past the limit, the quota's constraint fails the statement, which undoes the
+    // insert.
     let row = sqlx::query_as!(
         TokenRow,
         r#"with token as (
@@ -66,20 +71,17 @@ pub async fn insert<'c>(
                returning environment_id, id, serial_number, type, otp_length, hash_algorithm,
                          counter, time_step, drift, status, user_id, created_at, updated_at
            ), usage as (
-               insert into environment_usage as u (environment_id, token_count)
-               select environment_id, 1 from token where 1 <= $11::bigint
+               insert into environment_usage as u (environment_id, token_count, token_limit)
+               select environment_id, 1, $11::bigint from token
                on conflict (environment_id) do update
-                   set token_count = u.token_count + 1
-                   where u.token_count + 1 <= $11::bigint
-               returning token_count
+                   set token_count = u.token_count + 1, token_limit = excluded.token_limit
            )
            select environment_id as "environment_id!", id as "id!",
                   serial_number as "serial_number!", type as "token_type!",
                   otp_length as "otp_length!", hash_algorithm as "hash_algorithm!", counter,
                   time_step, drift as "drift!", status as "status!", user_id,
                   created_at as "created_at!", updated_at as "updated_at!"
-           from token
-           where 1 / (select count(*)::integer from usage) = 1"#,
+           from token"#,
         env,
         id,
         token.serial_number.as_str(),
@@ -98,39 +100,10 @@ pub async fn insert<'c>(
         sqlx::Error::Database(db) if db.constraint() == Some(SERIAL_UNIQUE_CONSTRAINT) => {
             InsertError::Duplicate
         }
-        sqlx::Error::Database(db) if db.code().as_deref() == Some(DIVISION_BY_ZERO) => {
-            InsertError::LimitExceeded
-        }
+        e if quota::is_exceeded(e) => InsertError::LimitExceeded,
         _ => InsertError::Db(e),
     })?;
     Ok(row)
-}
-
-/// SQLSTATE of the quota guard in [`insert`].
-const DIVISION_BY_ZERO: &str = "22012";
-
-/// Adds `n` to the environment's token count if the result stays within `limit`. Returns false
-/// (and changes nothing) otherwise. The row lock it takes serialises concurrent reservations.
-pub async fn reserve(
-    tx: &mut PgConnection,
-    env: Uuid,
-    n: i64,
-    limit: i64,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query_scalar!(
-        r#"insert into environment_usage as u (environment_id, token_count)
-           select $1::uuid, $2::bigint where $2::bigint <= $3::bigint
-           on conflict (environment_id) do update
-               set token_count = u.token_count + excluded.token_count
-               where u.token_count + excluded.token_count <= $3::bigint
-           returning token_count"#,
-        env,
-        n,
-        limit,
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(updated.is_some())
 }
 
 pub async fn get(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<TokenRow>, sqlx::Error> {
@@ -188,15 +161,151 @@ pub async fn delete(pool: &PgPool, env: Uuid, id: Uuid) -> Result<bool, sqlx::Er
     .await?
     .rows_affected();
     if deleted > 0 {
-        sqlx::query!(
-            "update environment_usage set token_count = token_count - $2
-             where environment_id = $1",
-            env,
-            deleted as i64,
-        )
-        .execute(&mut *tx)
-        .await?;
+        quota::release(&mut tx, env, deleted as i64).await?;
     }
     tx.commit().await?;
     Ok(deleted > 0)
+}
+
+/// Writes the chunk's tokens at `positions` (the first occurrence of each serial) and returns
+/// the positions written: all of them, except serials the environment already has.
+///
+/// Optimistically COPYs them all: in a first import no serial exists yet. If one does (an earlier
+/// chunk, another job, a single create), the COPY fails on the unique constraint; then it rolls
+/// back to a savepoint, looks the existing serials up, and COPYs the rest. A concurrent insert
+/// after that lookup fails the chunk, which is retried and then sees it.
+pub async fn insert_new_from_chunk(
+    tx: &mut PgConnection,
+    env: Uuid,
+    chunk: &CreateChunk,
+    positions: Vec<usize>,
+) -> Result<Vec<usize>, sqlx::Error> {
+    sqlx::query("savepoint chunk_copy")
+        .execute(&mut *tx)
+        .await?;
+    let mut new = positions.clone();
+    match copy_from_chunk(tx, env, chunk, &mut new).await {
+        Ok(()) => return Ok(new),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {}
+        Err(e) => return Err(e),
+    }
+    sqlx::query("rollback to savepoint chunk_copy")
+        .execute(&mut *tx)
+        .await?;
+    let existing: HashSet<String> = sqlx::query_scalar!(
+        // A join on the unique index, one probe per serial, whatever the statistics say.
+        r#"select t.serial_number from unnest($2::text[]) s(serial)
+           join oath_tokens t on t.environment_id = $1 and t.serial_number = s.serial"#,
+        env,
+        &chunk.serial_numbers,
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut new: Vec<usize> = positions
+        .into_iter()
+        .filter(|&i| !existing.contains(&chunk.serial_numbers[i]))
+        .collect();
+    copy_from_chunk(tx, env, chunk, &mut new).await?;
+    Ok(new)
+}
+
+/// COPYs the chunk's tokens at `positions` (sorted here by serial, so that concurrent jobs take
+/// unique-index locks in one order) into `oath_tokens`.
+async fn copy_from_chunk(
+    tx: &mut PgConnection,
+    env: Uuid,
+    chunk: &CreateChunk,
+    positions: &mut [usize],
+) -> Result<(), sqlx::Error> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    positions.sort_unstable_by(|&a, &b| chunk.serial_numbers[a].cmp(&chunk.serial_numbers[b]));
+    let mut rows = CopyRows::with_capacity(positions.len() * 200);
+    for &i in positions.iter() {
+        rows.plain(env)
+            .plain(chunk.token_ids[i])
+            .text(&chunk.serial_numbers[i])
+            .text(chunk.token_types[i].as_str())
+            .plain(chunk.otp_lengths[i])
+            .text(chunk.hash_algorithms[i].as_str())
+            .opt(chunk.counters[i])
+            .opt(chunk.time_steps[i])
+            .plain(chunk.drifts[i])
+            .bytea(&chunk.secret_ciphertexts[i])
+            .text(&chunk.secret_key_ids[i])
+            .end_row();
+    }
+    rows.send(
+        tx,
+        "oath_tokens (environment_id, id, serial_number, type, otp_length, hash_algorithm, \
+         counter, time_step, drift, secret_ciphertext, secret_key_id)",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes tokens just written (those past the quota) in the writing transaction.
+pub async fn delete_written(
+    tx: &mut PgConnection,
+    env: Uuid,
+    ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "delete from oath_tokens where environment_id = $1 and id = any($2)",
+        env,
+        ids,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Revokes the tokens of `ids` (paired ones only with `force_unpair`: deleting a paired token
+/// unpairs it) and releases their quota. Returns the revoked ids with their serials, and the
+/// paired ids left alone.
+pub async fn revoke(
+    tx: &mut PgConnection,
+    env: Uuid,
+    ids: &[Uuid],
+    force_unpair: bool,
+) -> Result<(HashMap<Uuid, String>, HashSet<Uuid>), sqlx::Error> {
+    let revoked: HashMap<Uuid, String> = sqlx::query!(
+        r#"delete from oath_tokens t using unnest($2::uuid[]) u(id)
+           where t.environment_id = $1 and t.id = u.id and ($3 or t.status <> 'PAIRED')
+           returning t.id, t.serial_number"#,
+        env,
+        ids,
+        force_unpair,
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.id, r.serial_number))
+    .collect();
+    // Only ids that were not revoked can be paired tokens left alone.
+    let remaining: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !revoked.contains_key(id))
+        .copied()
+        .collect();
+    let paired: HashSet<Uuid> = if force_unpair || remaining.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar!(
+            "select id from oath_tokens where environment_id = $1 and id = any($2) and status = 'PAIRED'",
+            env,
+            &remaining,
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    if !revoked.is_empty() {
+        quota::release(tx, env, revoked.len() as i64).await?;
+    }
+    Ok((revoked, paired))
 }

@@ -14,4 +14,5 @@ mod outage;
 mod secrets;
 mod security;
 mod tokens;
+mod typed_rows;
 mod validation;

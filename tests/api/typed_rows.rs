@@ -1,0 +1,57 @@
+//! The store reads rows into domain types: a value no domain type has is an error, never a
+//! default that would send a job down the wrong path.
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::{parts, seed_token, spawn_app};
+
+#[sqlx::test]
+async fn a_chunk_with_an_unknown_token_type_fails_its_step_instead_of_guessing(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (status, job) = parts(
+        app.submit_job(&json!({"type": "CREATE_OATH_TOKENS", "tokens": [seed_token()]}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    sqlx::query("update oath_job_chunks set token_types = '{XOTP}'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let err = app.runner("r1").step().await.unwrap_err();
+    assert!(
+        err.to_string().contains("unknown token type \"XOTP\""),
+        "{err}"
+    );
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
+}
+
+#[sqlx::test]
+async fn jobs_and_results_read_back_as_their_types(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (_, job) = parts(
+        app.submit_job(
+            &json!({"type": "CREATE_OATH_TOKENS", "tokens": [seed_token(), seed_token()]}),
+        )
+        .await,
+    )
+    .await;
+    app.drain(&mut app.runner("r1")).await;
+    let id = job["id"].as_str().unwrap();
+    let (_, done) = parts(app.get_path(&format!("{}/{id}", app.jobs_path())).await).await;
+    assert_eq!(done["type"], "CREATE_OATH_TOKENS");
+    assert_eq!(done["status"], "DONE");
+    let (_, page) = parts(
+        app.get_path(&format!(
+            "{}/{id}/results?outcome=DUPLICATE",
+            app.jobs_path()
+        ))
+        .await,
+    )
+    .await;
+    let results = page["_embedded"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["outcome"], "DUPLICATE");
+    assert_eq!(results[0]["index"], 1);
+}
