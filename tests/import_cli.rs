@@ -197,6 +197,7 @@ async fn a_pskc_file_is_imported_and_a_rerun_imports_nothing_twice(pool: PgPool)
     assert_eq!(doc["id"], job.as_str());
     assert_eq!(doc["status"], "DONE");
     assert_eq!(doc["result"]["created"], 1);
+    assert!(again.stderr.contains("accepted before"), "{}", again.stderr);
     assert_eq!((svc.tokens().await, svc.jobs().await), (1, 1));
 
     // Once the idempotency record is gone (after 24 h), a re-run is a new job whose every row is
@@ -418,10 +419,8 @@ async fn progress_is_a_bar_on_a_terminal(pool: PgPool) {
     );
 
     assert!(screen.contains('\x1b'), "no terminal drawing: {screen:?}");
-    assert!(
-        screen.contains("[================================] 2000/2000 rows"),
-        "{screen:?}"
-    );
+    assert!(screen.contains("=====] 2000/2000 rows"), "{screen:?}");
+    assert!(screen.contains(" accepted: 2000 rows"), "{screen:?}");
     assert!(screen.contains(" rows/s"), "{screen:?}");
     assert!(screen.contains("ETA "), "{screen:?}");
     assert!(screen.contains("DONE"), "{screen:?}");

@@ -53,6 +53,8 @@ pub struct Job {
     pub created: u64,
     pub duplicates: u64,
     pub failed: u64,
+    /// The upload's answer was the first one's, replayed for its `Idempotency-Key`.
+    pub replayed: bool,
     pub document: String,
 }
 
@@ -71,6 +73,7 @@ impl Job {
             // `duplicatesCount` only appears when the embedded list was cut.
             duplicates: doc.result.duplicates_count.unwrap_or(listed).max(listed),
             failed: doc.result.failed.unwrap_or(0),
+            replayed: false,
             document: text.trim().to_string(),
         })
     }
@@ -211,11 +214,17 @@ impl Client {
             };
             let failure = match request.send().await {
                 Ok(res) if res.status().is_success() => {
+                    let replayed = res
+                        .headers()
+                        .get("idempotent-replayed")
+                        .is_some_and(|v| v.as_bytes() == b"true");
                     let text = res
                         .text()
                         .await
                         .map_err(|e| transport("upload", &e).message)?;
-                    return Job::parse(&text);
+                    let mut job = Job::parse(&text)?;
+                    job.replayed = replayed;
+                    return Ok(job);
                 }
                 Ok(res) => {
                     let wait = retry_after(&res);
