@@ -22,7 +22,7 @@ const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 fn rendered_dom(url: &str) -> String {
     let browser = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
     let profile = std::env::temp_dir().join(format!("oath-docs-chromium-{}", uuid::Uuid::new_v4()));
-    let mut child = Command::new(&browser)
+    let child = Command::new(&browser)
         .args([
             "--headless",
             "--no-sandbox",
