@@ -1,4 +1,7 @@
-//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`.
+//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`, and `import`, a client
+//! of the API (`cli/import.rs`).
+
+pub mod import;
 
 use std::time::Duration;
 
@@ -46,12 +49,23 @@ pub enum Command {
     },
     /// Re-encrypt every stored secret with crypto.active_key_id, then exit.
     Reencrypt,
+    /// Upload a seed file (PSKC, CSV or a JSON create job) to a running service and follow the
+    /// job. The bearer token comes from the OATH_TOKEN environment variable.
+    Import(Box<import::ImportArgs>),
 }
 
 /// Runs the command; the error is one line for the operator.
 pub async fn run(cli: Cli) -> Result<(), String> {
+    let command = cli.command.unwrap_or(Command::Serve { no_migrate: false });
+    // A client of a service elsewhere: it reads no service configuration.
+    if let Command::Import(args) = command {
+        return match import::run(*args).await? {
+            import::Completion::AllCreated => Ok(()),
+            import::Completion::SomeNotCreated => std::process::exit(import::EXIT_SOME_NOT_CREATED),
+        };
+    }
     let settings = Settings::load().map_err(|e| e.to_string())?;
-    match cli.command.unwrap_or(Command::Serve { no_migrate: false }) {
+    match command {
         Command::Serve { no_migrate } => serve(settings, !no_migrate).await,
         Command::Migrate => {
             telemetry::init(&settings.log);
@@ -78,6 +92,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             tracing::info!(moved, "re-encryption finished");
             Ok(())
         }
+        Command::Import(_) => unreachable!("handled above"),
     }
 }
 

@@ -6,6 +6,7 @@
 //! functions the OTP routes call between reading and updating a token. `auth` guards every route; `error` is
 //! the single mapping from failures to the contract's error body.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -76,6 +76,7 @@ impl AppState {
             .get(actix_web::http::header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or("\u{0}"));
         let principal = self.auth.authenticate(header).await?;
+        crate::audit::actor(req, principal.subject.as_deref());
         match routes::path_id(req, env_param) {
             Ok(env) => {
                 principal.require(env, scope)?;

@@ -89,7 +89,10 @@ pub async fn request_context(
     let elapsed = started.elapsed().as_secs_f64();
     let latency_ms = elapsed * 1000.0;
     record_metrics(&response, elapsed);
-    span.in_scope(|| tracing::info!(status, latency_ms, "request completed"));
+    span.in_scope(|| {
+        crate::audit::emit(&response, &request_id);
+        tracing::info!(status, latency_ms, "request completed");
+    });
     Ok(response)
 }
 

@@ -280,6 +280,7 @@ pub async fn submit(
     }
     let chunk_size = state.settings.jobs.chunk_size;
     let row = queue::enqueue(&mut tx, env, job_id, &job, chunk_size, &state.cipher).await?;
+    crate::audit::target(&req, job_id);
     let is_async = job.is_async();
     drop(job);
     let resource = JobResource::new(state.settings.base_url(), row, Vec::new());

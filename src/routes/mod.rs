@@ -1,6 +1,7 @@
 //! HTTP resources, one file each, plus what every route shares: the route table, path ids, JSON
 //! bodies, cursors and links.
 
+pub mod docs;
 pub mod health;
 pub mod idempotency;
 pub mod jobs;
@@ -48,6 +49,11 @@ pub const ROUTES: &[Resource] = &[
     resource(&["/health/ready"], &[(GET, || web::to(health::ready))]),
     resource(&["/metrics"], &[(GET, || web::to(health::metrics))]),
     resource(&["/openapi.json"], &[(GET, || web::to(openapi::document))]),
+    resource(&["/docs"], &[(GET, || web::to(docs::page))]),
+    resource(
+        &["/docs/redoc.standalone.js"],
+        &[(GET, || web::to(docs::script))],
+    ),
     resource(
         &["/v1/environments/{env_id}/oathTokens/{token_id}/validate"],
         &[(POST, || web::to(otp::validate))],

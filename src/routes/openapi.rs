@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, jobs, otp, tokens};
+use super::{docs, health, jobs, otp, tokens};
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
     UnsupportedMediaType,
@@ -32,6 +32,8 @@ use crate::error::ErrorBody;
         health::ready,
         health::metrics,
         document,
+        docs::page,
+        docs::script,
         tokens::list,
         tokens::create,
         tokens::get,
@@ -65,7 +67,7 @@ use crate::error::ErrorBody;
         (name = "Tokens", description = "Single tokens: create, read, list, revoke."),
         (name = "Jobs", description = "Bulk create and revoke jobs, and their per-item results."),
         (name = "OTP", description = "Validate OTPs, resynchronise and pair tokens."),
-        (name = "Operations", description = "Health, metrics and this document; no authentication."),
+        (name = "Operations", description = "Health, metrics, this document and its HTML rendering; no authentication."),
     )
 )]
 pub struct ApiDoc;

@@ -119,7 +119,7 @@ pub async fn validate(
             }
         }
     };
-    log_check(id, "validate", outcome);
+    log_check(&req, id, "validate", outcome);
     Ok(HttpResponse::Ok().json(ValidationResult { status: outcome }))
 }
 
@@ -173,7 +173,7 @@ pub async fn resync(
         .await
         .map_err(|e| ApiError::Internal(format!("resync search failed: {e}")))?;
     let Some(advance) = found else {
-        log_check(id, "resync", Outcome::Invalid);
+        log_check(&req, id, "resync", Outcome::Invalid);
         return Err(ApiError::InvalidData {
             message: "The OTPs are not two consecutive codes of this token within the resync \
                       window; enter two codes in a row as the token shows them."
@@ -186,7 +186,7 @@ pub async fn resync(
     };
     let row = store::apply(&mut tx, env, id, advance, None).await?;
     tx.commit().await?;
-    log_check(id, "resync", Outcome::Valid);
+    log_check(&req, id, "resync", Outcome::Valid);
     Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
 }
 
@@ -236,7 +236,7 @@ pub async fn pair(
         ));
     }
     if is_locked(&row, settings) {
-        log_check(id, "pairing", Outcome::Locked);
+        log_check(&req, id, "pairing", Outcome::Locked);
         return Err(ApiError::Conflict(
             "The token is locked after too many failed validations; resync it first.".into(),
         ));
@@ -245,7 +245,7 @@ pub async fn pair(
     let Some(advance) = otp::verify(&token, &request.otp, unix_now(), windows(settings)) else {
         store::record_failure(&mut *tx, env, id, settings.max_failures).await?;
         tx.commit().await?;
-        log_check(id, "pairing", Outcome::Invalid);
+        log_check(&req, id, "pairing", Outcome::Invalid);
         return Err(ApiError::InvalidData {
             message: "The OTP is not valid for this token; enter the code the token shows now."
                 .into(),
@@ -257,7 +257,7 @@ pub async fn pair(
     };
     let row = store::apply(&mut tx, env, id, advance, Some(&request.user_id)).await?;
     tx.commit().await?;
-    log_check(id, "pairing", Outcome::Valid);
+    log_check(&req, id, "pairing", Outcome::Valid);
     tracing::info!(token_id = %id, "token paired");
     Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
 }
@@ -370,8 +370,10 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The audit event of one OTP check, also counted in `oath_otp_validations_total`.
-fn log_check(token_id: Uuid, operation: &'static str, outcome: Outcome) {
+/// One OTP check: logged, counted in `oath_otp_validations_total`, and its outcome given to the
+/// request's audit event.
+fn log_check(req: &HttpRequest, token_id: Uuid, operation: &'static str, outcome: Outcome) {
+    crate::audit::outcome(req, outcome.as_str());
     METRICS
         .otp_validations
         .with_label_values(&[operation, outcome.as_str()])

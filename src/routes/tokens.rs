@@ -227,6 +227,7 @@ pub async fn create(
         tx.commit().await?;
     }
     tracing::info!(token_id = %id, serial_number = %token.serial_number.as_str(), "token created");
+    crate::audit::target(&req, id);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))
         .content_type("application/json")

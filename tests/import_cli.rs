@@ -1,0 +1,436 @@
+//! `oath-service import`, the real binary, against the real service (in this process, with its job
+//! runners, on a test database): exit codes, stdout and stderr, the report, re-runs, and the
+//! progress bar on a real terminal (`script` gives the process a pseudo-terminal).
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use oath_service::auth::Scope;
+use oath_service::jobs::runner::RunnerPool;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use helpers::{spawn_app_with, TestApp};
+
+const BIN: &str = env!("CARGO_BIN_EXE_oath-service");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pskc");
+const RFC_SECRET: &str = "3132333435363738393031323334353637383930";
+
+/// The service with running job runners (the CLI waits for its job like any client).
+struct Service {
+    app: TestApp,
+    _runners: RunnerPool,
+}
+
+async fn service(pool: PgPool) -> Service {
+    let app = spawn_app_with(pool, |s| {
+        s.jobs.runners = 1;
+        s.jobs.poll_interval_ms = 20;
+        s.jobs.chunk_size = 200;
+    })
+    .await;
+    let runners = RunnerPool::start(app.pool.clone(), Arc::new(app.settings.clone()));
+    Service {
+        app,
+        _runners: runners,
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Service {
+    fn token(&self) -> String {
+        self.app.token(&Scope::ALL)
+    }
+
+    /// `oath-service import FILE --url .. --env .. EXTRA..` with stderr a pipe.
+    async fn import(&self, file: &Path, extra: &[&str], token: Option<String>, stdin: &str) -> Run {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("import")
+            .arg(file)
+            .args([
+                "--url",
+                &self.app.address,
+                "--env",
+                &self.app.env.to_string(),
+            ])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(token) = token {
+            cmd.env("OATH_TOKEN", token);
+        }
+        let stdin = stdin.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().expect("oath-service starts");
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(stdin.as_bytes()).unwrap();
+            drop(input);
+            let out = child.wait_with_output().unwrap();
+            Run {
+                code: out.status.code().expect("exited"),
+                stdout: String::from_utf8(out.stdout).unwrap(),
+                stderr: String::from_utf8(out.stderr).unwrap(),
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn tokens(&self) -> i64 {
+        self.app
+            .count(&format!(
+                "select count(*) from oath_tokens where environment_id = '{}'",
+                self.app.env
+            ))
+            .await
+    }
+
+    async fn jobs(&self) -> i64 {
+        self.app
+            .count(&format!(
+                "select count(*) from oath_jobs where environment_id = '{}'",
+                self.app.env
+            ))
+            .await
+    }
+}
+
+/// A fresh folder for one test's files.
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("oath-import-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn csv_file(dir: &Path, name: &str, rows: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    let mut text = String::from("serialNumber,secret,type,otpLength\n");
+    for row in rows {
+        text.push_str(row);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn valid_rows(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{prefix}{i},{RFC_SECRET},HOTP,6"))
+        .collect()
+}
+
+/// The one stdout line of a finished import: `NAME: N rows: C created, D duplicate(s), F failed (job ID)`.
+fn summary(run: &Run) -> (u64, u64, u64, u64, String) {
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout: {:?}", run.stdout);
+    let (counts, job) = lines[0]
+        .split_once(" (job ")
+        .unwrap_or_else(|| panic!("no job id: {}", lines[0]));
+    let counts = counts
+        .split_once(" rows: ")
+        .map(|(name_total, rest)| format!("{} {rest}", name_total.rsplit(' ').next().unwrap()))
+        .unwrap_or_else(|| panic!("no counts: {}", lines[0]));
+    let numbers: Vec<u64> = counts
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 4, "{}", lines[0]);
+    let job = job
+        .strip_suffix(')')
+        .expect("closing parenthesis")
+        .to_string();
+    (numbers[0], numbers[1], numbers[2], numbers[3], job)
+}
+
+#[sqlx::test]
+async fn a_pskc_file_is_imported_and_a_rerun_imports_nothing_twice(pool: PgPool) {
+    let svc = service(pool).await;
+    let file = Path::new(FIXTURES).join("rfc6030-figure3.pskcxml");
+
+    let first = svc.import(&file, &[], Some(svc.token()), "").await;
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+    let (total, created, duplicates, failed, job) = summary(&first);
+    assert_eq!((total, created, duplicates, failed), (1, 1, 0, 0));
+    assert!(first
+        .stdout
+        .starts_with("rfc6030-figure3.pskcxml: 1 rows: 1 created"));
+    assert_eq!(svc.tokens().await, 1);
+    // stderr is a pipe: plain lines, no terminal control sequences.
+    assert!(
+        first
+            .stderr
+            .contains(&format!("job {job} accepted: 1 rows")),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first.stderr.contains("1/1 rows processed (100%)"),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first.stderr.contains(&format!("job {job}: DONE")),
+        "{}",
+        first.stderr
+    );
+    assert!(!first.stderr.contains('\x1b'), "{}", first.stderr);
+
+    // The same file again (as after a dropped connection): the first job answers, nothing is
+    // imported again. With --json, stdout is that job's document and nothing else.
+    let again = svc.import(&file, &["--json"], Some(svc.token()), "").await;
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    let doc: Value = serde_json::from_str(&again.stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["id"], job.as_str());
+    assert_eq!(doc["status"], "DONE");
+    assert_eq!(doc["result"]["created"], 1);
+    assert!(again.stderr.contains("accepted before"), "{}", again.stderr);
+    assert_eq!((svc.tokens().await, svc.jobs().await), (1, 1));
+
+    // Once the idempotency record is gone (after 24 h), a re-run is a new job whose every row is
+    // a duplicate: exit 2, and still nothing is imported twice.
+    sqlx::query("delete from idempotency_keys")
+        .execute(&svc.app.pool)
+        .await
+        .unwrap();
+    let later = svc.import(&file, &[], Some(svc.token()), "").await;
+    assert_eq!(later.code, 2, "{}{}", later.stdout, later.stderr);
+    let (total, created, duplicates, failed, second_job) = summary(&later);
+    assert_eq!((total, created, duplicates, failed), (1, 0, 1, 0));
+    assert_ne!(second_job, job);
+    assert_eq!((svc.tokens().await, svc.jobs().await), (1, 2));
+}
+
+#[sqlx::test]
+async fn a_csv_with_invalid_rows_exits_2_and_reports_them(pool: PgPool) {
+    let svc = service(pool).await;
+    let dir = scratch();
+    let bad_secret = "ABCDEF0123456789ABCDEF01234567";
+    let mut rows = valid_rows("CSV", 3);
+    rows.insert(1, format!("BAD1,{RFC_SECRET},HOTP,7"));
+    rows.insert(3, format!("BAD2,{bad_secret},HOTP,6"));
+    rows.push(format!("SHIFTED,{RFC_SECRET},HOTP,6,extra"));
+    let file = csv_file(&dir, "tokens.csv", &rows);
+    let report = dir.join("report.csv");
+
+    let run = svc
+        .import(
+            &file,
+            &["--report", report.to_str().unwrap()],
+            Some(svc.token()),
+            "",
+        )
+        .await;
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    let (total, created, duplicates, failed, _) = summary(&run);
+    assert_eq!((total, created, duplicates, failed), (6, 3, 0, 3));
+    assert_eq!(svc.tokens().await, 3);
+    assert!(
+        run.stderr.contains("report: 3 row(s) not created"),
+        "{}",
+        run.stderr
+    );
+
+    let text = std::fs::read_to_string(&report).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(
+        reader.headers().unwrap().iter().collect::<Vec<_>>(),
+        [
+            "rowNumber",
+            "index",
+            "serialNumber",
+            "outcome",
+            "tokenId",
+            "maskedSecret",
+            "message"
+        ]
+    );
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let rows: Vec<(&str, &str)> = records.iter().map(|r| (&r[0], &r[3])).collect();
+    assert_eq!(rows, [("2", "INVALID"), ("4", "INVALID"), ("6", "INVALID")]);
+    assert_eq!((&records[0][2], &records[1][2]), ("BAD1", "BAD2"));
+    assert!(records.iter().all(|r| !r[6].is_empty()), "{text}");
+    assert!(
+        !text.contains(RFC_SECRET) && !text.contains(bad_secret),
+        "{text}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[sqlx::test]
+async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
+    let svc = service(pool).await;
+    let file = Path::new(FIXTURES).join("vendor-plain.pskcxml");
+    let one_line_error = |run: &Run, needle: &str| {
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
+        let errors: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("oath-service: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "stderr: {}", run.stderr);
+        assert!(
+            run.stderr.ends_with(&format!("{}\n", errors[0])),
+            "{}",
+            run.stderr
+        );
+        assert!(errors[0].contains(needle), "{}", errors[0]);
+    };
+
+    // A token signed with another secret: 401, said once, the token never repeated.
+    let mut settings = svc.app.settings.clone();
+    settings.auth.hs256_secret = Some("another-secret-of-at-least-thirty-two-bytes".into());
+    let forged = oath_service::auth::mint_dev_token(
+        &settings.auth,
+        svc.app.env,
+        &["oath:jobs:write".to_string(), "oath:jobs:read".to_string()],
+        std::time::Duration::from_secs(300),
+    )
+    .unwrap();
+    let run = svc.import(&file, &[], Some(forged.clone()), "").await;
+    one_line_error(&run, "HTTP 401 ACCESS_FAILED");
+    assert!(
+        run.stderr.contains("check the token in OATH_TOKEN"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(&forged[forged.len() - 20..]));
+    // A token for another environment: 403.
+    let other = svc.app.token_for(uuid::Uuid::new_v4(), &Scope::ALL);
+    one_line_error(&svc.import(&file, &[], Some(other), "").await, "HTTP 403");
+    assert_eq!(svc.jobs().await, 0);
+
+    // No token at all, a file that is not there, a type the name does not tell, a bad key on
+    // stdin, a key option on a CSV, a usage error: each one line, exit 1, nothing sent.
+    one_line_error(
+        &svc.import(&file, &[], None, "").await,
+        "OATH_TOKEN is not set",
+    );
+    let missing = Path::new(FIXTURES).join("no-such-file.pskcxml");
+    one_line_error(
+        &svc.import(&missing, &[], Some(svc.token()), "").await,
+        "cannot read",
+    );
+    let txt = Path::new(FIXTURES).join("README.md");
+    one_line_error(
+        &svc.import(&txt, &[], Some(svc.token()), "").await,
+        "cannot tell the type",
+    );
+    let secret_key = "not-hex-but-secret-0123456789abcdef";
+    let run = svc
+        .import(&file, &["--key-stdin"], Some(svc.token()), secret_key)
+        .await;
+    one_line_error(&run, "hex of 16, 24 or 32 bytes");
+    assert!(!run.stderr.contains(secret_key));
+    let dir = scratch();
+    let csv = csv_file(&dir, "t.csv", &valid_rows("K", 1));
+    one_line_error(
+        &svc.import(&csv, &["--key-id", "v7"], Some(svc.token()), "")
+            .await,
+        "PSKC files only",
+    );
+    one_line_error(
+        &svc.import(
+            &file,
+            &["--key-id", "v7", "--password-stdin"],
+            Some(svc.token()),
+            "",
+        )
+        .await,
+        "cannot be used with",
+    );
+    // A file the service refuses as a whole (not XML at all): the service's message, exit 1.
+    let broken = dir.join("broken.xml");
+    std::fs::write(&broken, "this is not xml").unwrap();
+    one_line_error(
+        &svc.import(&broken, &[], Some(svc.token()), "").await,
+        "HTTP 400 INVALID_REQUEST",
+    );
+    assert_eq!(svc.jobs().await, 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[sqlx::test]
+async fn a_password_from_stdin_unlocks_a_pbkdf2_file(pool: PgPool) {
+    let svc = service(pool).await;
+    let file = Path::new(FIXTURES).join("vendor-pbkdf2.pskcxml");
+    let password = "correct horse battery staple";
+    let run = svc
+        .import(
+            &file,
+            &["--password-stdin"],
+            Some(svc.token()),
+            &format!("{password}\n"),
+        )
+        .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let (total, created, _, _, _) = summary(&run);
+    assert_eq!((total, created), (3, 3));
+    assert_eq!(svc.tokens().await, 3);
+    assert!(!run.stderr.contains(password) && !run.stdout.contains(password));
+}
+
+/// Under a pseudo-terminal stderr shows the bar (rows of total, rate, ETA); stdout, redirected to
+/// a file, still carries the counts alone.
+#[sqlx::test]
+async fn progress_is_a_bar_on_a_terminal(pool: PgPool) {
+    let svc = service(pool).await;
+    let dir = scratch();
+    let file = csv_file(&dir, "bar.csv", &valid_rows("BAR", 2000));
+    let out = dir.join("stdout.txt");
+    let inner = format!(
+        "stty cols 120 rows 30; exec {BIN} import {} --url {} --env {} > {}",
+        file.display(),
+        svc.app.address,
+        svc.app.env,
+        out.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &inner, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm-256color")
+        .env("OATH_TOKEN", svc.token())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || cmd.output().expect("script(1) runs"))
+        .await
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{screen}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    assert!(screen.contains('\x1b'), "no terminal drawing: {screen:?}");
+    assert!(screen.contains("=====] 2000/2000 rows"), "{screen:?}");
+    assert!(screen.contains(" accepted: 2000 rows"), "{screen:?}");
+    assert!(screen.contains(" rows/s"), "{screen:?}");
+    assert!(screen.contains("ETA "), "{screen:?}");
+    assert!(screen.contains("DONE"), "{screen:?}");
+    let stdout = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        stdout.starts_with("bar.csv: 2000 rows: 2000 created, 0 duplicate(s), 0 failed (job "),
+        "{stdout:?}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+    assert!(!stdout.contains('\x1b'));
+    assert_eq!(svc.tokens().await, 2000);
+    std::fs::remove_dir_all(dir).unwrap();
+}
