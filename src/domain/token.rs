@@ -1,6 +1,7 @@
 //! A token as a client submits it, parsed from JSON with every problem reported at once, each with
 //! the path of the field (`serialNumber`, `tokens[12].hotp.counter`).
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
@@ -30,7 +31,8 @@ impl SerialNumber {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
 #[schema(rename_all = "UPPERCASE")]
 pub enum TokenType {
     Hotp,
@@ -55,12 +57,15 @@ impl TokenType {
 }
 
 /// HOTP tokens use `HmacSHA1` only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub enum HashAlgorithm {
+    #[serde(rename = "HmacSHA1")]
     #[schema(rename = "HmacSHA1")]
     Sha1,
+    #[serde(rename = "HmacSHA256")]
     #[schema(rename = "HmacSHA256")]
     Sha256,
+    #[serde(rename = "HmacSHA512")]
     #[schema(rename = "HmacSHA512")]
     Sha512,
 }
@@ -98,7 +103,8 @@ impl OtpLength {
 }
 
 /// `PAIRED` tokens carry the `user` they are paired with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
 #[schema(rename_all = "UPPERCASE")]
 pub enum TokenStatus {
     Available,
@@ -110,6 +116,14 @@ impl TokenStatus {
         match self {
             Self::Available => "AVAILABLE",
             Self::Paired => "PAIRED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "AVAILABLE" => Some(Self::Available),
+            "PAIRED" => Some(Self::Paired),
+            _ => None,
         }
     }
 }

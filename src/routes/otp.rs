@@ -4,8 +4,6 @@
 //! Every OTP check is logged as one event (`otp checked`: token id, operation, outcome), never
 //! with the OTP or the secret.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -15,10 +13,9 @@ use uuid::Uuid;
 use super::tokens::TokenResource;
 use super::{json_body, path_id, TokenPath};
 use crate::auth::Scope;
-use crate::config::OtpSettings;
 use crate::domain::{
-    FieldError, HashAlgorithm, OtpLength, PairingRequest, PairingRequestDoc, ResyncRequest,
-    ResyncRequestDoc, ValidateRequest, ValidateRequestDoc,
+    FieldError, PairingRequest, PairingRequestDoc, ResyncRequest, ResyncRequestDoc,
+    ValidateRequest, ValidateRequestDoc,
 };
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
@@ -26,30 +23,9 @@ use crate::error::responses::{
 };
 use crate::error::ApiError;
 use crate::metrics::METRICS;
-use crate::otp::{self, MovingFactor, ResyncWindows, Windows};
 use crate::startup::AppState;
-use crate::store::otp::{self as store, OtpRow};
-
-/// The answer of `validate`, and the outcome of every logged check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[schema(as = ValidationStatus)]
-pub enum Outcome {
-    Valid,
-    Invalid,
-    /// Too many consecutive failures: the OTP was not checked.
-    Locked,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Valid => "VALID",
-            Self::Invalid => "INVALID",
-            Self::Locked => "LOCKED",
-        }
-    }
-}
+use crate::store::otp as store;
+use crate::verification::{self, Outcome, Pairing, Resync};
 
 #[derive(Serialize, ToSchema)]
 struct ValidationResult {
@@ -90,35 +66,9 @@ pub async fn validate(
     let id = path_id(&req, "token_id")?;
     let body = object_body(&req, payload, &state).await?;
     let request = ValidateRequest::parse(&body).map_err(ApiError::invalid_data)?;
-    let settings = &state.settings.otp;
-
-    // One connection for the read and the write: every checkout costs a round trip (sqlx tests
-    // each connection as it returns to the pool).
-    let mut db = state.db.acquire().await?;
-    let row = store::get(&mut *db, env, id)
+    let outcome = verification::validate(&state, env, id, &request.otp)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let outcome = if is_locked(&row, settings) {
-        Outcome::Locked
-    } else {
-        let token = engine_token(&state, env, id, &row)?;
-        let accepted = match otp::verify(&token, &request.otp, unix_now(), windows(settings)) {
-            // The check-and-advance: false when a concurrent request consumed the code first.
-            Some(advance) => {
-                store::accept(&mut *db, env, id, advance, settings.max_failures).await?
-            }
-            None => false,
-        };
-        if accepted {
-            Outcome::Valid
-        } else {
-            match store::record_failure(&mut *db, env, id, settings.max_failures).await? {
-                Some(_) => Outcome::Invalid,
-                // Locked by concurrent failures since the row was read.
-                None => Outcome::Locked,
-            }
-        }
-    };
     log_check(&req, id, "validate", outcome);
     Ok(HttpResponse::Ok().json(ValidationResult { status: outcome }))
 }
@@ -156,38 +106,27 @@ pub async fn resync(
     let id = path_id(&req, "token_id")?;
     let body = object_body(&req, payload, &state).await?;
     let request = ResyncRequest::parse(&body).map_err(ApiError::invalid_data)?;
-    let settings = &state.settings.otp;
-    let windows = ResyncWindows {
-        hotp: settings.hotp_resync_window,
-        totp_seconds: settings.totp_resync_window_seconds,
-    };
-
-    let mut tx = state.db.begin().await?;
-    let row = store::get_for_update(&mut tx, env, id)
+    match verification::resync(&state, env, id, request.otps)
         .await?
-        .ok_or_else(ApiError::not_found)?;
-    let token = engine_token(&state, env, id, &row)?;
-    let now = unix_now();
-    // Up to a few thousand HMACs: off the async worker.
-    let found = web::block(move || otp::resync(&token, &request.otps, now, windows))
-        .await
-        .map_err(|e| ApiError::Internal(format!("resync search failed: {e}")))?;
-    let Some(advance) = found else {
-        log_check(&req, id, "resync", Outcome::Invalid);
-        return Err(ApiError::InvalidData {
-            message: "The OTPs are not two consecutive codes of this token within the resync \
-                      window; enter two codes in a row as the token shows them."
-                .into(),
-            details: vec![FieldError::invalid(
-                "otps",
-                "otps must be two consecutive codes of this token",
-            )],
-        });
-    };
-    let row = store::apply(&mut tx, env, id, advance, None).await?;
-    tx.commit().await?;
-    log_check(&req, id, "resync", Outcome::Valid);
-    Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
+        .ok_or_else(ApiError::not_found)?
+    {
+        Resync::Done(token) => {
+            log_check(&req, id, "resync", Outcome::Valid);
+            Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), token)))
+        }
+        Resync::NoMatch => {
+            log_check(&req, id, "resync", Outcome::Invalid);
+            Err(ApiError::InvalidData {
+                message: "The OTPs are not two consecutive codes of this token within the \
+                          resync window; enter two codes in a row as the token shows them."
+                    .into(),
+                details: vec![FieldError::invalid(
+                    "otps",
+                    "otps must be two consecutive codes of this token",
+                )],
+            })
+        }
+    }
 }
 
 /// Pair a token with a user.
@@ -224,42 +163,36 @@ pub async fn pair(
     let id = path_id(&req, "token_id")?;
     let body = object_body(&req, payload, &state).await?;
     let request = PairingRequest::parse(&body).map_err(ApiError::invalid_data)?;
-    let settings = &state.settings.otp;
-
-    let mut tx = state.db.begin().await?;
-    let row = store::get_for_update(&mut tx, env, id)
+    match verification::pair(&state, env, id, &request.user_id, &request.otp)
         .await?
-        .ok_or_else(ApiError::not_found)?;
-    if row.status == "PAIRED" {
-        return Err(ApiError::Conflict(
+        .ok_or_else(ApiError::not_found)?
+    {
+        Pairing::Paired(token) => {
+            log_check(&req, id, "pairing", Outcome::Valid);
+            tracing::info!(token_id = %id, "token paired");
+            Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), token)))
+        }
+        Pairing::AlreadyPaired => Err(ApiError::Conflict(
             "The token is already paired; unpair it first.".into(),
-        ));
+        )),
+        Pairing::Locked => {
+            log_check(&req, id, "pairing", Outcome::Locked);
+            Err(ApiError::Conflict(
+                "The token is locked after too many failed validations; resync it first.".into(),
+            ))
+        }
+        Pairing::Invalid => {
+            log_check(&req, id, "pairing", Outcome::Invalid);
+            Err(ApiError::InvalidData {
+                message: "The OTP is not valid for this token; enter the code the token shows now."
+                    .into(),
+                details: vec![FieldError::invalid(
+                    "otp",
+                    "the OTP is not valid for this token",
+                )],
+            })
+        }
     }
-    if is_locked(&row, settings) {
-        log_check(&req, id, "pairing", Outcome::Locked);
-        return Err(ApiError::Conflict(
-            "The token is locked after too many failed validations; resync it first.".into(),
-        ));
-    }
-    let token = engine_token(&state, env, id, &row)?;
-    let Some(advance) = otp::verify(&token, &request.otp, unix_now(), windows(settings)) else {
-        store::record_failure(&mut *tx, env, id, settings.max_failures).await?;
-        tx.commit().await?;
-        log_check(&req, id, "pairing", Outcome::Invalid);
-        return Err(ApiError::InvalidData {
-            message: "The OTP is not valid for this token; enter the code the token shows now."
-                .into(),
-            details: vec![FieldError::invalid(
-                "otp",
-                "the OTP is not valid for this token",
-            )],
-        });
-    };
-    let row = store::apply(&mut tx, env, id, advance, Some(&request.user_id)).await?;
-    tx.commit().await?;
-    log_check(&req, id, "pairing", Outcome::Valid);
-    tracing::info!(token_id = %id, "token paired");
-    Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
 }
 
 /// Unpair a token.
@@ -307,67 +240,6 @@ async fn object_body(
             "The request body must be a JSON object.".into(),
         )),
     }
-}
-
-fn is_locked(row: &OtpRow, settings: &OtpSettings) -> bool {
-    i64::from(row.fail_count) >= i64::from(settings.max_failures)
-}
-
-fn windows(settings: &OtpSettings) -> Windows {
-    Windows {
-        hotp: settings.hotp_window,
-        totp: settings.totp_window,
-    }
-}
-
-/// The engine's view of a stored token, its secret opened.
-fn engine_token(
-    state: &AppState,
-    env: Uuid,
-    id: Uuid,
-    row: &OtpRow,
-) -> Result<otp::Token, ApiError> {
-    let corrupt = |what: &str| ApiError::Internal(format!("token {id} has an invalid {what}"));
-    let algorithm =
-        HashAlgorithm::parse(&row.hash_algorithm).ok_or_else(|| corrupt("hash_algorithm"))?;
-    let length = u64::try_from(row.otp_length)
-        .ok()
-        .and_then(OtpLength::new)
-        .ok_or_else(|| corrupt("otp_length"))?;
-    let factor = match (row.counter, row.time_step) {
-        (Some(counter), None) => MovingFactor::Hotp {
-            counter: u64::try_from(counter).map_err(|_| corrupt("counter"))?,
-        },
-        (None, Some(time_step)) => MovingFactor::Totp {
-            time_step: u32::try_from(time_step)
-                .ok()
-                .filter(|s| *s > 0)
-                .ok_or_else(|| corrupt("time_step"))?,
-            drift: row.drift,
-            last_step: row
-                .last_time_step
-                .map(u64::try_from)
-                .transpose()
-                .map_err(|_| corrupt("last_time_step"))?,
-        },
-        _ => return Err(corrupt("type")),
-    };
-    let key = state
-        .cipher
-        .open(&row.secret_key_id, &row.secret_ciphertext, env, id)
-        .map_err(|e| ApiError::Internal(format!("token {id}: {e}")))?;
-    Ok(otp::Token {
-        key,
-        algorithm,
-        length,
-        factor,
-    })
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// One OTP check: logged, counted in `oath_otp_validations_total`, and its outcome given to the

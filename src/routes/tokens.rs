@@ -14,8 +14,8 @@ use super::{EnvPath, PageLinks, TokenPath};
 use crate::auth::Scope;
 use crate::domain::token::{otp_length_schema, TokenRequestDoc};
 use crate::domain::{
-    DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenSource, TokenStatus,
-    TokenType,
+    DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenKind, TokenSource,
+    TokenStatus, TokenType,
 };
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
@@ -23,7 +23,7 @@ use crate::error::responses::{
 };
 use crate::error::ApiError;
 use crate::startup::AppState;
-use crate::store::tokens::{self as store, InsertError, TokenRow};
+use crate::store::tokens::{self as store, InsertError, Token};
 
 const PAGE_DEFAULT: i64 = 100;
 const PAGE_MAX: i64 = 1000;
@@ -40,8 +40,7 @@ pub struct TokenResource {
     #[schema(example = "2333734700388")]
     serial_number: String,
     #[serde(rename = "type")]
-    #[schema(value_type = TokenType)]
-    token_type: String,
+    token_type: TokenType,
     /// HOTP tokens only.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -51,11 +50,9 @@ pub struct TokenResource {
     #[schema(nullable = false)]
     totp: Option<TotpView>,
     #[schema(schema_with = otp_length_schema)]
-    otp_length: i16,
-    #[schema(value_type = HashAlgorithm)]
-    hash_algorithm: String,
-    #[schema(value_type = TokenStatus)]
-    status: String,
+    otp_length: u8,
+    hash_algorithm: HashAlgorithm,
+    status: TokenStatus,
     /// `PAIRED` tokens only: the user the token is paired with.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -111,33 +108,40 @@ fn token_url(base: &str, env: Uuid, id: Uuid) -> String {
 }
 
 impl TokenResource {
-    pub fn new(base: &str, row: TokenRow) -> Self {
+    pub fn new(base: &str, token: Token) -> Self {
+        let (hotp, totp) = match token.kind {
+            TokenKind::Hotp { counter } => (Some(HotpView { counter }), None),
+            TokenKind::Totp { time_step } => (
+                None,
+                Some(TotpView {
+                    time_step,
+                    drift: token.drift,
+                }),
+            ),
+        };
         Self {
             links: TokenLinks {
                 self_: Link {
-                    href: token_url(base, row.environment_id, row.id),
+                    href: token_url(base, token.environment_id, token.id),
                 },
                 environment: Link {
-                    href: environment_url(base, row.environment_id),
+                    href: environment_url(base, token.environment_id),
                 },
             },
-            id: row.id,
+            id: token.id,
             environment: IdRef {
-                id: row.environment_id,
+                id: token.environment_id,
             },
-            serial_number: row.serial_number,
-            hotp: row.counter.map(|counter| HotpView { counter }),
-            totp: row.time_step.map(|time_step| TotpView {
-                time_step,
-                drift: row.drift,
-            }),
-            token_type: row.token_type,
-            otp_length: row.otp_length,
-            hash_algorithm: row.hash_algorithm,
-            status: row.status,
-            user: row.user_id.map(|id| UserRef { id }),
-            created_at: timestamp(row.created_at),
-            updated_at: timestamp(row.updated_at),
+            serial_number: token.serial_number,
+            token_type: token.kind.token_type(),
+            hotp,
+            totp,
+            otp_length: token.otp_length.get(),
+            hash_algorithm: token.hash_algorithm,
+            status: token.status,
+            user: token.user_id.map(|id| UserRef { id }),
+            created_at: timestamp(token.created_at),
+            updated_at: timestamp(token.updated_at),
         }
     }
 }

@@ -10,41 +10,102 @@
 use sqlx::{PgExecutor, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::domain::UserId;
-use crate::otp::Advance;
-use crate::store::tokens::TokenRow;
+use super::decode;
+use super::tokens::{token_query, Token};
+use crate::crypto::Sealed;
+use crate::domain::{HashAlgorithm, OtpLength, TokenStatus, UserId};
+use crate::otp::{Advance, MovingFactor};
 
-/// What a check needs: the token's parameters, moving factor, failures and sealed secret.
-#[derive(Debug)]
-pub struct OtpRow {
-    pub otp_length: i16,
-    pub hash_algorithm: String,
-    pub counter: Option<i64>,
-    pub time_step: Option<i32>,
-    pub drift: i32,
-    pub last_time_step: Option<i64>,
+/// What a check needs of a token: its parameters and moving factor as the engine takes them,
+/// its failures and pairing, and its sealed secret.
+pub struct OtpState {
+    pub otp_length: OtpLength,
+    pub hash_algorithm: HashAlgorithm,
+    pub factor: MovingFactor,
     pub fail_count: i32,
-    pub status: String,
-    pub secret_ciphertext: Vec<u8>,
-    pub secret_key_id: String,
+    pub status: TokenStatus,
+    pub secret: Sealed,
+}
+
+/// The OTP columns of `oath_tokens` as read.
+struct OtpRecord {
+    otp_length: i16,
+    hash_algorithm: String,
+    counter: Option<i64>,
+    time_step: Option<i32>,
+    drift: i32,
+    last_time_step: Option<i64>,
+    fail_count: i32,
+    status: String,
+    secret_ciphertext: Vec<u8>,
+    secret_key_id: String,
+}
+
+impl OtpRecord {
+    /// The one conversion of a token's OTP state: a value no token can have is an error.
+    fn into_state(self, id: Uuid) -> Result<OtpState, sqlx::Error> {
+        let invalid =
+            |what: &str| sqlx::Error::Decode(format!("token {id} has an invalid {what}").into());
+        let factor = match (self.counter, self.time_step) {
+            (Some(counter), None) => MovingFactor::Hotp {
+                counter: u64::try_from(counter).map_err(|_| invalid("counter"))?,
+            },
+            (None, Some(time_step)) => MovingFactor::Totp {
+                time_step: u32::try_from(time_step)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| invalid("time step"))?,
+                drift: self.drift,
+                last_step: self
+                    .last_time_step
+                    .map(u64::try_from)
+                    .transpose()
+                    .map_err(|_| invalid("last time step"))?,
+            },
+            _ => return Err(invalid("moving factor")),
+        };
+        Ok(OtpState {
+            otp_length: u64::try_from(self.otp_length)
+                .ok()
+                .and_then(OtpLength::new)
+                .ok_or_else(|| invalid("otp length"))?,
+            hash_algorithm: decode(&self.hash_algorithm, HashAlgorithm::parse, "hash algorithm")?,
+            factor,
+            fail_count: self.fail_count,
+            status: decode(&self.status, TokenStatus::parse, "token status")?,
+            secret: Sealed {
+                key_id: self.secret_key_id,
+                ciphertext: self.secret_ciphertext,
+            },
+        })
+    }
+}
+
+/// `query_as!` into [`OtpRecord`] of one token, with `$lock` after the condition.
+macro_rules! otp_query {
+    ($lock:tt, $env:expr, $id:expr) => {
+        sqlx::query_as!(
+            OtpRecord,
+            "select otp_length, hash_algorithm, counter, time_step, drift, last_time_step, \
+             fail_count, status, secret_ciphertext, secret_key_id \
+             from oath_tokens where environment_id = $1 and id = $2"
+                + $lock,
+            $env,
+            $id,
+        )
+    };
 }
 
 pub async fn get(
     db: impl PgExecutor<'_>,
     env: Uuid,
     id: Uuid,
-) -> Result<Option<OtpRow>, sqlx::Error> {
-    sqlx::query_as!(
-        OtpRow,
-        r#"select otp_length, hash_algorithm, counter, time_step, drift,
-                  last_time_step, fail_count, status, secret_ciphertext, secret_key_id
-           from oath_tokens
-           where environment_id = $1 and id = $2"#,
-        env,
-        id,
-    )
-    .fetch_optional(db)
-    .await
+) -> Result<Option<OtpState>, sqlx::Error> {
+    otp_query!("", env, id)
+        .fetch_optional(db)
+        .await?
+        .map(|r| r.into_state(id))
+        .transpose()
 }
 
 /// As [`get`], holding the row lock until the transaction ends.
@@ -52,19 +113,12 @@ pub async fn get_for_update(
     tx: &mut Transaction<'_, Postgres>,
     env: Uuid,
     id: Uuid,
-) -> Result<Option<OtpRow>, sqlx::Error> {
-    sqlx::query_as!(
-        OtpRow,
-        r#"select otp_length, hash_algorithm, counter, time_step, drift,
-                  last_time_step, fail_count, status, secret_ciphertext, secret_key_id
-           from oath_tokens
-           where environment_id = $1 and id = $2
-           for update"#,
-        env,
-        id,
-    )
-    .fetch_optional(&mut **tx)
-    .await
+) -> Result<Option<OtpState>, sqlx::Error> {
+    otp_query!(" for update", env, id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.into_state(id))
+        .transpose()
 }
 
 /// Applies a successful check unless, since the row was read, the codes were consumed (the
@@ -141,13 +195,12 @@ pub async fn apply(
     id: Uuid,
     advance: Advance,
     pair_with: Option<&UserId>,
-) -> Result<TokenRow, sqlx::Error> {
+) -> Result<Token, sqlx::Error> {
     let (next_counter, step, drift) = match advance {
         Advance::Hotp { last } => (Some(counter_value(last) + 1), None, None),
         Advance::Totp { step, drift } => (None, Some(counter_value(step)), Some(drift)),
     };
-    sqlx::query_as!(
-        TokenRow,
+    token_query!(
         r#"update oath_tokens
            set counter = coalesce($3, counter),
                last_time_step = coalesce($4, last_time_step),
@@ -157,9 +210,8 @@ pub async fn apply(
                user_id = coalesce($6, user_id),
                updated_at = now()
            where environment_id = $1 and id = $2
-           returning environment_id, id, serial_number, type as token_type, otp_length,
-                     hash_algorithm, counter, time_step, drift, status, user_id,
-                     created_at, updated_at"#,
+           returning "#,
+        "",
         env,
         id,
         next_counter,
@@ -168,7 +220,8 @@ pub async fn apply(
         pair_with.map(UserId::as_str),
     )
     .fetch_one(&mut **tx)
-    .await
+    .await?
+    .into_token()
 }
 
 /// Unpairs a token. `None` when there is no such token; unpairing an unpaired token changes

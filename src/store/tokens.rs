@@ -8,30 +8,99 @@ use uuid::Uuid;
 
 use super::chunks::CreateChunk;
 use super::copy::CopyRows;
-use super::quota;
+use super::{decode, quota};
 use crate::crypto::Sealed;
-use crate::domain::{NewToken, TokenKind};
+use crate::domain::{HashAlgorithm, NewToken, OtpLength, TokenKind, TokenStatus, TokenType};
 
 /// The unique constraint that decides duplicate serials (see the migration).
 pub const SERIAL_UNIQUE_CONSTRAINT: &str = "oath_tokens_serial_number_key";
 
-/// A token as read back, without its secret.
-#[derive(Debug, Clone)]
-pub struct TokenRow {
+/// A token as stored, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
     pub environment_id: Uuid,
     pub id: Uuid,
     pub serial_number: String,
-    pub token_type: String,
-    pub otp_length: i16,
-    pub hash_algorithm: String,
-    pub counter: Option<i64>,
-    pub time_step: Option<i32>,
+    pub kind: TokenKind,
+    /// TOTP: the clock offset in time steps.
     pub drift: i32,
-    pub status: String,
+    pub otp_length: OtpLength,
+    pub hash_algorithm: HashAlgorithm,
+    pub status: TokenStatus,
     pub user_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// The columns of `oath_tokens` as read (every query lists them with [`token_query!`]).
+pub(crate) struct TokenRecord {
+    pub(crate) environment_id: Uuid,
+    pub(crate) id: Uuid,
+    pub(crate) serial_number: String,
+    pub(crate) token_type: String,
+    pub(crate) otp_length: i16,
+    pub(crate) hash_algorithm: String,
+    pub(crate) counter: Option<i64>,
+    pub(crate) time_step: Option<i32>,
+    pub(crate) drift: i32,
+    pub(crate) status: String,
+    pub(crate) user_id: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+impl TokenRecord {
+    /// The one conversion of a token row: a value no token can have is an error.
+    pub(crate) fn into_token(self) -> Result<Token, sqlx::Error> {
+        let invalid = |what: &str| {
+            sqlx::Error::Decode(format!("token {} has an invalid {what}", self.id).into())
+        };
+        let kind = match (
+            decode(&self.token_type, TokenType::parse, "token type")?,
+            self.counter,
+            self.time_step,
+        ) {
+            (TokenType::Hotp, Some(counter), None) => TokenKind::Hotp { counter },
+            (TokenType::Totp, None, Some(time_step)) => TokenKind::Totp { time_step },
+            _ => return Err(invalid("moving factor")),
+        };
+        Ok(Token {
+            environment_id: self.environment_id,
+            id: self.id,
+            otp_length: u64::try_from(self.otp_length)
+                .ok()
+                .and_then(OtpLength::new)
+                .ok_or_else(|| invalid("otp length"))?,
+            hash_algorithm: decode(&self.hash_algorithm, HashAlgorithm::parse, "hash algorithm")?,
+            status: decode(&self.status, TokenStatus::parse, "token status")?,
+            serial_number: self.serial_number,
+            kind,
+            drift: self.drift,
+            user_id: self.user_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// `query_as!` into [`TokenRecord`] with the token column list between `$before` and `$after`.
+/// The list marks every column that cannot be null, so that it also reads a CTE's rows.
+macro_rules! token_query {
+    ($before:tt, $after:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            $crate::store::tokens::TokenRecord,
+            $before
+                + r#"environment_id as "environment_id!", id as "id!",
+                     serial_number as "serial_number!", type as "token_type!",
+                     otp_length as "otp_length!", hash_algorithm as "hash_algorithm!", counter,
+                     time_step, drift as "drift!", status as "status!", user_id,
+                     created_at as "created_at!", updated_at as "updated_at!""#
+                + $after
+            $(, $arg)*
+        )
+    };
+}
+pub(crate) use token_query;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InsertError {
@@ -53,7 +122,7 @@ pub async fn insert<'c>(
     token: &NewToken,
     sealed: &Sealed,
     limit: i64,
-) -> Result<TokenRow, InsertError> {
+) -> Result<Token, InsertError> {
     let (counter, time_step) = match token.kind {
         TokenKind::Hotp { counter } => (Some(counter), None),
         TokenKind::Totp { time_step } => (None, Some(time_step)),
@@ -61,27 +130,21 @@ pub async fn insert<'c>(
     // The token first, then the quota row (the order job chunks take them in, so the two never
     // deadlock). Past the limit, the quota's constraint fails the statement, which undoes the
     // insert.
-    let row = sqlx::query_as!(
-        TokenRow,
+    let row = token_query!(
         r#"with token as (
                insert into oath_tokens
                    (environment_id, id, serial_number, type, otp_length, hash_algorithm,
                     counter, time_step, secret_ciphertext, secret_key_id)
                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-               returning environment_id, id, serial_number, type, otp_length, hash_algorithm,
-                         counter, time_step, drift, status, user_id, created_at, updated_at
+               returning *
            ), usage as (
                insert into environment_usage as u (environment_id, token_count, token_limit)
                select environment_id, 1, $11::bigint from token
                on conflict (environment_id) do update
                    set token_count = u.token_count + 1, token_limit = excluded.token_limit
            )
-           select environment_id as "environment_id!", id as "id!",
-                  serial_number as "serial_number!", type as "token_type!",
-                  otp_length as "otp_length!", hash_algorithm as "hash_algorithm!", counter,
-                  time_step, drift as "drift!", status as "status!", user_id,
-                  created_at as "created_at!", updated_at as "updated_at!"
-           from token"#,
+           select "#,
+        " from token",
         env,
         id,
         token.serial_number.as_str(),
@@ -103,22 +166,20 @@ pub async fn insert<'c>(
         e if quota::is_exceeded(e) => InsertError::LimitExceeded,
         _ => InsertError::Db(e),
     })?;
-    Ok(row)
+    Ok(row.into_token()?)
 }
 
-pub async fn get(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<TokenRow>, sqlx::Error> {
-    sqlx::query_as!(
-        TokenRow,
-        r#"select environment_id, id, serial_number, type as token_type, otp_length,
-                  hash_algorithm, counter, time_step, drift, status, user_id,
-                  created_at, updated_at
-           from oath_tokens
-           where environment_id = $1 and id = $2"#,
+pub async fn get(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<Token>, sqlx::Error> {
+    token_query!(
+        "select ",
+        " from oath_tokens where environment_id = $1 and id = $2",
         env,
         id,
     )
     .fetch_optional(pool)
-    .await
+    .await?
+    .map(TokenRecord::into_token)
+    .transpose()
 }
 
 /// One page in id order (ids are time-ordered UUIDv7), after `after`, at most `limit` rows.
@@ -128,25 +189,22 @@ pub async fn list(
     serial_number: Option<&str>,
     after: Option<Uuid>,
     limit: i64,
-) -> Result<Vec<TokenRow>, sqlx::Error> {
-    sqlx::query_as!(
-        TokenRow,
-        r#"select environment_id, id, serial_number, type as token_type, otp_length,
-                  hash_algorithm, counter, time_step, drift, status, user_id,
-                  created_at, updated_at
-           from oath_tokens
-           where environment_id = $1
-             and ($2::text is null or serial_number = $2)
-             and ($3::uuid is null or id > $3)
-           order by id
-           limit $4"#,
+) -> Result<Vec<Token>, sqlx::Error> {
+    token_query!(
+        "select ",
+        " from oath_tokens where environment_id = $1 \
+         and ($2::text is null or serial_number = $2) and ($3::uuid is null or id > $3) \
+         order by id limit $4",
         env,
         serial_number,
         after,
         limit,
     )
     .fetch_all(pool)
-    .await
+    .await?
+    .into_iter()
+    .map(TokenRecord::into_token)
+    .collect()
 }
 
 /// Deletes a token (paired or not) and releases its quota. False when there was none.
