@@ -434,3 +434,57 @@ async fn progress_is_a_bar_on_a_terminal(pool: PgPool) {
     assert_eq!(svc.tokens().await, 2000);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A `.json` file is a create-job body; `--no-wait --json` prints the accepted job alone.
+#[sqlx::test]
+async fn a_json_job_with_no_wait_prints_the_accepted_job(pool: PgPool) {
+    let svc = service(pool).await;
+    let dir = scratch();
+    let file = dir.join("job.json");
+    let tokens: Vec<Value> = (0..3)
+        .map(|i| serde_json::json!({"serialNumber": format!("J{i}"), "secret": RFC_SECRET, "type": "HOTP", "otpLength": 6}))
+        .collect();
+    let body = serde_json::json!({"type": "CREATE_OATH_TOKENS", "tokens": tokens});
+    std::fs::write(&file, body.to_string()).unwrap();
+    let run = svc
+        .import(&file, &["--no-wait", "--json"], Some(svc.token()), "")
+        .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let doc: Value = serde_json::from_str(&run.stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["progress"]["total"], 3);
+    assert_eq!(doc["type"], "CREATE_OATH_TOKENS");
+    assert!(!run.stderr.contains("DONE"), "{}", run.stderr);
+    assert_eq!(svc.jobs().await, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A password is never read from a terminal, where it would be echoed.
+#[sqlx::test]
+async fn a_password_is_not_read_from_a_terminal(pool: PgPool) {
+    let svc = service(pool).await;
+    let file = Path::new(FIXTURES).join("vendor-pbkdf2.pskcxml");
+    let inner = format!(
+        "exec {BIN} import {} --url {} --env {} --password-stdin",
+        file.display(),
+        svc.app.address,
+        svc.app.env
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &inner, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OATH_TOKEN", svc.token())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || cmd.output().expect("script(1) runs"))
+        .await
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{screen}");
+    assert!(
+        screen.contains("reads the password from a pipe or a file, not a terminal"),
+        "{screen}"
+    );
+    assert_eq!(svc.jobs().await, 0);
+}
