@@ -353,6 +353,15 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
         .await,
         "cannot be used with",
     );
+    // Missing arguments: clap's list, on the one line.
+    let out = Command::new(BIN).arg("import").output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("not provided: --url <BASE> --env <UUID> <FILE>"),
+        "{stderr}"
+    );
     // A file the service refuses as a whole (not XML at all): the service's message, exit 1.
     let broken = dir.join("broken.xml");
     std::fs::write(&broken, "this is not xml").unwrap();
