@@ -353,6 +353,17 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
         .await,
         "cannot be used with",
     );
+    // A report that cannot be written is found out before anything is sent.
+    one_line_error(
+        &svc.import(
+            &file,
+            &["--report", "/nonexistent/dir/report.csv"],
+            Some(svc.token()),
+            "",
+        )
+        .await,
+        "cannot write the report /nonexistent/dir/report.csv",
+    );
     // Missing arguments: clap's list, on the one line.
     let out = Command::new(BIN).arg("import").output().unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
