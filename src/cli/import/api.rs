@@ -159,7 +159,8 @@ pub struct Client {
 impl Client {
     pub fn new(base: &str, env: Uuid, token: Zeroizing<String>) -> Result<Self, String> {
         let base = parse_base(base)?;
-        let mut auth = HeaderValue::try_from(format!("Bearer {}", token.as_str()))
+        let bearer = Zeroizing::new(format!("Bearer {}", token.as_str()));
+        let mut auth = HeaderValue::try_from(bearer.as_str())
             .map_err(|_| "OATH_TOKEN holds characters a bearer token cannot have".to_string())?;
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
@@ -218,13 +219,15 @@ impl Client {
                         .headers()
                         .get("idempotent-replayed")
                         .is_some_and(|v| v.as_bytes() == b"true");
-                    let text = res
-                        .text()
-                        .await
-                        .map_err(|e| transport("upload", &e).message)?;
-                    let mut job = Job::parse(&text)?;
-                    job.replayed = replayed;
-                    return Ok(job);
+                    match res.text().await {
+                        Ok(text) => {
+                            let mut job = Job::parse(&text)?;
+                            job.replayed = replayed;
+                            return Ok(job);
+                        }
+                        // Accepted, but the answer was lost: the retry gets it replayed.
+                        Err(e) => (transport("upload", &e), None),
+                    }
                 }
                 Ok(res) => {
                     let wait = retry_after(&res);
