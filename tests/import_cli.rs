@@ -508,3 +508,71 @@ async fn a_password_is_not_read_from_a_terminal(pool: PgPool) {
     );
     assert_eq!(svc.jobs().await, 0);
 }
+
+/// A proxy to `upstream` that forwards the first connection's request but closes it as soon as
+/// the service starts to answer, as a network that drops the connection at the worst moment:
+/// the job is accepted, the client never hears of it. Later connections pass through.
+fn dropping_proxy(upstream: std::net::SocketAddr) -> String {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(upstream).unwrap();
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                if n == 0 {
+                    let mut first = [0u8; 1];
+                    let _ = std::io::Read::read(&mut s_in, &mut first);
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = s_in.shutdown(Shutdown::Both);
+                } else {
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                }
+            });
+        }
+    });
+    address
+}
+
+/// The answer to the upload is lost after the service stored the job: the retry, with the same
+/// Idempotency-Key, gets the first job back, and nothing is imported twice.
+#[sqlx::test]
+async fn a_dropped_answer_is_retried_without_importing_twice(pool: PgPool) {
+    let svc = service(pool).await;
+    let upstream = svc
+        .app
+        .address
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = dropping_proxy(upstream);
+    let file = Path::new(FIXTURES).join("rfc6030-figure3.pskcxml");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("import")
+        .arg(&file)
+        .args(["--url", &proxy, "--env", &svc.app.env.to_string()])
+        .env_clear()
+        .env("OATH_TOKEN", svc.token())
+        .stdin(Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("trying again in 2s (attempt 2 of 4)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("accepted before"), "{stderr}");
+    assert!(stdout.contains(": 1 rows: 1 created"), "{stdout}");
+    assert_eq!((svc.tokens().await, svc.jobs().await), (1, 1));
+}

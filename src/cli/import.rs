@@ -125,7 +125,9 @@ pub async fn run(args: ImportArgs) -> Result<Completion, String> {
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     progress.uploading(&name, body.len());
     let accepted = client
-        .submit(body, kind.media_type(), &key, &credential)
+        .submit(body, kind.media_type(), &key, &credential, &mut |line| {
+            progress.note(line)
+        })
         .await;
     let job = match accepted {
         Ok(job) => job,

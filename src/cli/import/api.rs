@@ -191,6 +191,7 @@ impl Client {
         media_type: &str,
         idempotency_key: &str,
         credential: &PskcCredential,
+        on_retry: &mut dyn FnMut(&str),
     ) -> Result<Job, String> {
         // Shared, so that a retry does not copy the file.
         let body = actix_web::web::Bytes::from(body);
@@ -245,6 +246,12 @@ impl Client {
             let wait = wait
                 .unwrap_or(Duration::from_secs(1 << attempt))
                 .min(MAX_RETRY_AFTER);
+            on_retry(&format!(
+                "{}; trying again in {}s (attempt {} of {SUBMIT_ATTEMPTS})",
+                failure.message,
+                wait.as_secs(),
+                attempt + 1
+            ));
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -382,7 +389,7 @@ fn transport(what: &str, e: &reqwest::Error) -> Failure {
     } else if e.is_timeout() {
         format!("{what} failed: {place} did not answer in time")
     } else {
-        format!("{what} failed: {place}: {e}: {innermost}")
+        format!("{what} failed: {place}: {innermost}")
     };
     Failure {
         message: one_line(&message),
