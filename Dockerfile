@@ -23,6 +23,8 @@ RUN mkdir src \
 # Then the crate itself. touch: the copied files may be older than the dummy build above,
 # and cargo decides freshness by modification time.
 COPY src ./src
+# Redoc for GET /docs, compiled into the binary.
+COPY assets ./assets
 COPY migrations ./migrations
 COPY .sqlx ./.sqlx
 COPY config ./config

@@ -99,6 +99,10 @@ pub fn outcome(req: &HttpRequest, outcome: &'static str) {
 /// Emits the audit event of an answered request, when its route is audited.
 pub fn emit<B>(response: &ServiceResponse<B>, request_id: &str) {
     let req = response.request();
+    // Reads are not audited; this keeps the route lookup off their path.
+    if !matches!(*req.method(), Method::POST | Method::DELETE) {
+        return;
+    }
     let Some(pattern) = req.match_pattern() else {
         return;
     };

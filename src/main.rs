@@ -18,9 +18,16 @@ fn usage_error(e: clap::Error) -> ! {
     if !e.use_stderr() {
         e.exit();
     }
+    // clap's message runs up to the first blank line (a list of missing arguments spans several
+    // lines); the usage and tips after it are left to --help.
     let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("oath-service: {first} (see --help)");
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("oath-service: {message} (see --help)");
     std::process::exit(1);
 }

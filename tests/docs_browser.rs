@@ -18,8 +18,9 @@ use helpers::spawn_app;
 /// Longest wait for the browser; it usually takes a few seconds.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The DOM of `url` after its scripts ran, as Chromium serialises it.
-fn rendered_dom(url: &str) -> String {
+/// The DOM of `url` after its scripts ran, as Chromium serialises it, and Chromium's log (with
+/// the page's console messages).
+fn rendered_dom(url: &str) -> (String, String) {
     let browser = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
     let profile = std::env::temp_dir().join(format!("oath-docs-chromium-{}", uuid::Uuid::new_v4()));
     let child = Command::new(&browser)
@@ -36,12 +37,14 @@ fn rendered_dom(url: &str) -> String {
             // render.
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--virtual-time-budget=10000",
+            "--enable-logging=stderr",
+            "--v=0",
             "--dump-dom",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
@@ -64,7 +67,10 @@ fn rendered_dom(url: &str) -> String {
     };
     let _ = std::fs::remove_dir_all(&profile);
     assert!(out.status.success(), "{browser} failed: {:?}", out.status);
-    String::from_utf8(out.stdout).unwrap()
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[sqlx::test]
@@ -110,7 +116,7 @@ async fn the_api_reference_renders_every_operation_in_a_browser(pool: PgPool) {
         .await
         .unwrap();
     let url = app.url("/docs");
-    let dom = tokio::task::spawn_blocking(move || rendered_dom(&url))
+    let (dom, log) = tokio::task::spawn_blocking(move || rendered_dom(&url))
         .await
         .unwrap();
 
@@ -134,6 +140,16 @@ async fn the_api_reference_renders_every_operation_in_a_browser(pool: PgPool) {
         }
     }
     assert!(operations >= 19, "{operations} operations");
+    // The page tried to load nothing from another host: the policy refused nothing, and no
+    // name had to be resolved.
+    for refused in [
+        "Content Security Policy",
+        "ERR_NAME_NOT_RESOLVED",
+        "net::ERR_",
+    ] {
+        let line = log.lines().find(|l| l.contains(refused));
+        assert!(line.is_none(), "{}", line.unwrap_or_default());
+    }
     // Everything the rendered page loads comes from the service.
     for (i, _) in dom.match_indices(" src=\"") {
         let value = &dom[i + 6..];

@@ -353,6 +353,26 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
         .await,
         "cannot be used with",
     );
+    // A report that cannot be written is found out before anything is sent.
+    one_line_error(
+        &svc.import(
+            &file,
+            &["--report", "/nonexistent/dir/report.csv"],
+            Some(svc.token()),
+            "",
+        )
+        .await,
+        "cannot write the report /nonexistent/dir/report.csv",
+    );
+    // Missing arguments: clap's list, on the one line.
+    let out = Command::new(BIN).arg("import").output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("not provided: --url <BASE> --env <UUID> <FILE>"),
+        "{stderr}"
+    );
     // A file the service refuses as a whole (not XML at all): the service's message, exit 1.
     let broken = dir.join("broken.xml");
     std::fs::write(&broken, "this is not xml").unwrap();
@@ -433,4 +453,126 @@ async fn progress_is_a_bar_on_a_terminal(pool: PgPool) {
     assert!(!stdout.contains('\x1b'));
     assert_eq!(svc.tokens().await, 2000);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A `.json` file is a create-job body; `--no-wait --json` prints the accepted job alone.
+#[sqlx::test]
+async fn a_json_job_with_no_wait_prints_the_accepted_job(pool: PgPool) {
+    let svc = service(pool).await;
+    let dir = scratch();
+    let file = dir.join("job.json");
+    let tokens: Vec<Value> = (0..3)
+        .map(|i| serde_json::json!({"serialNumber": format!("J{i}"), "secret": RFC_SECRET, "type": "HOTP", "otpLength": 6}))
+        .collect();
+    let body = serde_json::json!({"type": "CREATE_OATH_TOKENS", "tokens": tokens});
+    std::fs::write(&file, body.to_string()).unwrap();
+    let run = svc
+        .import(&file, &["--no-wait", "--json"], Some(svc.token()), "")
+        .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let doc: Value = serde_json::from_str(&run.stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["progress"]["total"], 3);
+    assert_eq!(doc["type"], "CREATE_OATH_TOKENS");
+    assert!(!run.stderr.contains("DONE"), "{}", run.stderr);
+    assert_eq!(svc.jobs().await, 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A password is never read from a terminal, where it would be echoed.
+#[sqlx::test]
+async fn a_password_is_not_read_from_a_terminal(pool: PgPool) {
+    let svc = service(pool).await;
+    let file = Path::new(FIXTURES).join("vendor-pbkdf2.pskcxml");
+    let inner = format!(
+        "exec {BIN} import {} --url {} --env {} --password-stdin",
+        file.display(),
+        svc.app.address,
+        svc.app.env
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &inner, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OATH_TOKEN", svc.token())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || cmd.output().expect("script(1) runs"))
+        .await
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{screen}");
+    assert!(
+        screen.contains("reads the password from a pipe or a file, not a terminal"),
+        "{screen}"
+    );
+    assert_eq!(svc.jobs().await, 0);
+}
+
+/// A proxy to `upstream` that forwards the first connection's request but closes it as soon as
+/// the service starts to answer, as a network that drops the connection at the worst moment:
+/// the job is accepted, the client never hears of it. Later connections pass through.
+fn dropping_proxy(upstream: std::net::SocketAddr) -> String {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(upstream).unwrap();
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                if n == 0 {
+                    let mut first = [0u8; 1];
+                    let _ = std::io::Read::read(&mut s_in, &mut first);
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = s_in.shutdown(Shutdown::Both);
+                } else {
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                }
+            });
+        }
+    });
+    address
+}
+
+/// The answer to the upload is lost after the service stored the job: the retry, with the same
+/// Idempotency-Key, gets the first job back, and nothing is imported twice.
+#[sqlx::test]
+async fn a_dropped_answer_is_retried_without_importing_twice(pool: PgPool) {
+    let svc = service(pool).await;
+    let upstream = svc
+        .app
+        .address
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = dropping_proxy(upstream);
+    let file = Path::new(FIXTURES).join("rfc6030-figure3.pskcxml");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("import")
+        .arg(&file)
+        .args(["--url", &proxy, "--env", &svc.app.env.to_string()])
+        .env_clear()
+        .env("OATH_TOKEN", svc.token())
+        .stdin(Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("trying again in 2s (attempt 2 of 4)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("accepted before"), "{stderr}");
+    assert!(stdout.contains(": 1 rows: 1 created"), "{stdout}");
+    assert_eq!((svc.tokens().await, svc.jobs().await), (1, 1));
 }

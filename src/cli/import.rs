@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 
 use self::api::{Client, Job, PskcCredential};
 use self::progress::Progress;
+use self::report::Report;
 
 /// The exit code when the job finished but some rows were not created.
 pub const EXIT_SOME_NOT_CREATED: i32 = 2;
@@ -113,6 +114,7 @@ pub async fn run(args: ImportArgs) -> Result<Completion, String> {
     let credential = pskc_credential(&args, kind)?;
     let body = std::fs::read(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let report = args.report.as_deref().map(Report::create).transpose()?;
     let key = idempotency_key(&body, args.env, &credential);
     let client = Client::new(&args.url, args.env, token)?;
     let name = args.file.file_name().map_or_else(
@@ -123,7 +125,9 @@ pub async fn run(args: ImportArgs) -> Result<Completion, String> {
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     progress.uploading(&name, body.len());
     let accepted = client
-        .submit(body, kind.media_type(), &key, &credential)
+        .submit(body, kind.media_type(), &key, &credential, &mut |line| {
+            progress.note(line)
+        })
         .await;
     let job = match accepted {
         Ok(job) => job,
@@ -159,13 +163,13 @@ pub async fn run(args: ImportArgs) -> Result<Completion, String> {
                 .unwrap_or("the service gave no reason")
         ));
     }
-    if let Some(path) = &args.report {
+    if let (Some(report), Some(path)) = (report, &args.report) {
         let rows = if job.not_created() > 0 {
             client.rows_not_created(job.id).await?
         } else {
             Vec::new()
         };
-        report::write(path, &rows)?;
+        report.write(&rows)?;
         progress.note(&format!(
             "report: {} row(s) not created written to {}",
             rows.len(),
@@ -197,13 +201,18 @@ async fn follow(client: &Client, mut job: Job, progress: &mut Progress) -> Resul
             Err(e) if e.transient => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > api::TRANSIENT_PATIENCE {
-                    return Err(e.message);
+                    return Err(still_running(e.message));
                 }
             }
-            Err(e) => return Err(e.message),
+            Err(e) => return Err(still_running(e.message)),
         }
     }
     Ok(job)
+}
+
+/// The job runs on without this client: say how to pick it up again.
+fn still_running(message: String) -> String {
+    format!("{message} (the job goes on in the service: run the same command again to follow it)")
 }
 
 fn print_outcome(args: &ImportArgs, job: &Job, name: &str) -> Result<(), String> {

@@ -5,7 +5,8 @@
 use actix_web::http::header;
 use actix_web::HttpResponse;
 
-/// Redoc's standalone bundle, unmodified (its version and checksum: `assets/redoc/README.md`).
+/// Redoc's standalone bundle, without its one request to another host (version, checksums and
+/// the change: `assets/redoc/README.md`).
 const REDOC_JS: &[u8] = include_bytes!("../../assets/redoc/redoc.standalone.js");
 
 /// Redoc finds the `<redoc>` element when its script loads and fetches `spec-url`. The URLs are

@@ -159,7 +159,8 @@ pub struct Client {
 impl Client {
     pub fn new(base: &str, env: Uuid, token: Zeroizing<String>) -> Result<Self, String> {
         let base = parse_base(base)?;
-        let mut auth = HeaderValue::try_from(format!("Bearer {}", token.as_str()))
+        let bearer = Zeroizing::new(format!("Bearer {}", token.as_str()));
+        let mut auth = HeaderValue::try_from(bearer.as_str())
             .map_err(|_| "OATH_TOKEN holds characters a bearer token cannot have".to_string())?;
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
@@ -190,6 +191,7 @@ impl Client {
         media_type: &str,
         idempotency_key: &str,
         credential: &PskcCredential,
+        on_retry: &mut dyn FnMut(&str),
     ) -> Result<Job, String> {
         // Shared, so that a retry does not copy the file.
         let body = actix_web::web::Bytes::from(body);
@@ -218,13 +220,15 @@ impl Client {
                         .headers()
                         .get("idempotent-replayed")
                         .is_some_and(|v| v.as_bytes() == b"true");
-                    let text = res
-                        .text()
-                        .await
-                        .map_err(|e| transport("upload", &e).message)?;
-                    let mut job = Job::parse(&text)?;
-                    job.replayed = replayed;
-                    return Ok(job);
+                    match res.text().await {
+                        Ok(text) => {
+                            let mut job = Job::parse(&text)?;
+                            job.replayed = replayed;
+                            return Ok(job);
+                        }
+                        // Accepted, but the answer was lost: the retry gets it replayed.
+                        Err(e) => (transport("upload", &e), None),
+                    }
                 }
                 Ok(res) => {
                     let wait = retry_after(&res);
@@ -242,6 +246,12 @@ impl Client {
             let wait = wait
                 .unwrap_or(Duration::from_secs(1 << attempt))
                 .min(MAX_RETRY_AFTER);
+            on_retry(&format!(
+                "{}; trying again in {}s (attempt {} of {SUBMIT_ATTEMPTS})",
+                failure.message,
+                wait.as_secs(),
+                attempt + 1
+            ));
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -379,7 +389,7 @@ fn transport(what: &str, e: &reqwest::Error) -> Failure {
     } else if e.is_timeout() {
         format!("{what} failed: {place} did not answer in time")
     } else {
-        format!("{what} failed: {place}: {e}: {innermost}")
+        format!("{what} failed: {place}: {innermost}")
     };
     Failure {
         message: one_line(&message),

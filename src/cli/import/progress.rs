@@ -173,9 +173,12 @@ impl Progress {
         }
     }
 
-    /// A line that is not progress, after the bar has finished.
+    /// A line that is not progress: above the spinner or bar while one is drawn.
     pub fn note(&mut self, text: &str) {
-        eprintln!("{text}");
+        match &self.mode {
+            Mode::Bar(Some(bar)) => bar.println(text),
+            _ => eprintln!("{text}"),
+        }
     }
 }
 
