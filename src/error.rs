@@ -107,7 +107,7 @@ pub struct ErrorBody<'a> {
 
 /// The error responses, as the OpenAPI document describes them.
 pub mod responses {
-    use utoipa::ToResponse;
+    use utoipa::{IntoResponses, ToResponse};
 
     use super::ErrorBody;
 
@@ -152,6 +152,32 @@ pub mod responses {
     #[derive(ToResponse)]
     #[response(headers(("Retry-After" = u32, description = "Seconds to wait before retrying")))]
     pub struct Unavailable<'a>(pub ErrorBody<'a>);
+
+    /// The errors every authenticated operation may answer, listed once for all of them.
+    #[derive(IntoResponses)]
+    pub enum AuthenticatedErrors {
+        #[response(status = 401)]
+        Unauthorized(#[ref_response] Unauthorized<'static>),
+        #[response(status = 403)]
+        Forbidden(#[ref_response] Forbidden<'static>),
+        #[response(status = 404)]
+        NotFound(#[ref_response] NotFound<'static>),
+        #[response(status = 500)]
+        Unexpected(#[ref_response] Unexpected<'static>),
+        #[response(status = 503)]
+        Unavailable(#[ref_response] Unavailable<'static>),
+    }
+
+    /// The errors of every operation that takes a JSON body.
+    #[derive(IntoResponses)]
+    pub enum BodyErrors {
+        #[response(status = 400)]
+        BadRequest(#[ref_response] BadRequest<'static>),
+        #[response(status = 413)]
+        TooLarge(#[ref_response] TooLarge<'static>),
+        #[response(status = 415)]
+        UnsupportedMediaType(#[ref_response] UnsupportedMediaType<'static>),
+    }
 }
 
 impl ApiError {

@@ -19,10 +19,7 @@ use crate::domain::job::{
     parse_job, CreateJobRequestDoc, JobRequestError, JobStatus, JobType, NewJob, Outcome,
     RevokeJobRequestDoc,
 };
-use crate::error::responses::{
-    BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
-    UnsupportedMediaType,
-};
+use crate::error::responses::{AuthenticatedErrors, BadRequest, BodyErrors, Conflict};
 use crate::error::ApiError;
 use crate::import::{self, pskc::PskcKeys, ImportError, CSV_MEDIA_TYPE, PSKC_MEDIA_TYPE};
 use crate::jobs::queue;
@@ -228,15 +225,9 @@ fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
             headers(("Location" = String, description = "The job's URL"))),
         (status = 202, description = "The job is stored and will run.", body = JobResource,
             headers(("Location" = String, description = "The job's URL"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        BodyErrors,
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:jobs:write"])),
 )]
@@ -457,11 +448,7 @@ fn accepted(status: StatusCode, location: &str, body: Vec<u8>) -> HttpResponse {
     params(JobPath),
     responses(
         (status = 200, description = "The job.", body = JobResource),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:jobs:read"])),
 )]
@@ -485,11 +472,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     params(JobPath),
     responses(
         (status = 200, description = "The job.", body = JobResource),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:jobs:read"])),
 )]
@@ -615,11 +598,7 @@ struct EmbeddedJobs {
     responses(
         (status = 200, description = "A page of jobs.", body = JobPage),
         (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:jobs:read"])),
 )]
@@ -722,11 +701,7 @@ fn decode_index_cursor(c: &str) -> Result<i32, ApiError> {
     responses(
         (status = 200, description = "A page of results.", body = ResultPage),
         (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:jobs:read"])),
 )]

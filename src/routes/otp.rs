@@ -17,10 +17,7 @@ use crate::domain::{
     FieldError, PairingRequest, PairingRequestDoc, ResyncRequest, ResyncRequestDoc,
     ValidateRequest, ValidateRequestDoc,
 };
-use crate::error::responses::{
-    BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
-    UnsupportedMediaType,
-};
+use crate::error::responses::{AuthenticatedErrors, BodyErrors, Conflict};
 use crate::error::ApiError;
 use crate::metrics::METRICS;
 use crate::startup::AppState;
@@ -46,14 +43,8 @@ struct ValidationResult {
     request_body(content = ValidateRequestDoc, content_type = "application/json"),
     responses(
         (status = 200, description = "The outcome of the check.", body = ValidationResult),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        BodyErrors,
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:otp:validate"])),
 )]
@@ -86,14 +77,8 @@ pub async fn validate(
     request_body(content = ResyncRequestDoc, content_type = "application/json"),
     responses(
         (status = 200, description = "The token, resynchronised.", body = TokenResource),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        BodyErrors,
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:tokens:write"])),
 )]
@@ -142,15 +127,9 @@ pub async fn resync(
     request_body(content = PairingRequestDoc, content_type = "application/json"),
     responses(
         (status = 200, description = "The token, now `PAIRED`.", body = TokenResource),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        BodyErrors,
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:tokens:write"])),
 )]
@@ -206,11 +185,7 @@ pub async fn pair(
     params(TokenPath),
     responses(
         (status = 204, description = "The token is not paired (whether or not it was)."),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:tokens:write"])),
 )]

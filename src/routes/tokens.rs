@@ -17,10 +17,7 @@ use crate::domain::{
     DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenKind, TokenSource,
     TokenStatus, TokenType,
 };
-use crate::error::responses::{
-    BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
-    UnsupportedMediaType,
-};
+use crate::error::responses::{AuthenticatedErrors, BadRequest, BodyErrors, Conflict};
 use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store::tokens::{self as store, InsertError, Token};
@@ -157,15 +154,9 @@ impl TokenResource {
     responses(
         (status = 201, description = "The token was created.", body = TokenResource,
             headers(("Location" = String, description = "The token's URL"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        BodyErrors,
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:tokens:write"])),
 )]
@@ -247,11 +238,7 @@ pub async fn create(
     params(TokenPath),
     responses(
         (status = 200, description = "The token.", body = TokenResource),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:tokens:read"])),
 )]
@@ -273,11 +260,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     params(TokenPath),
     responses(
         (status = 204, description = "The token is gone."),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:tokens:write"])),
 )]
@@ -360,11 +343,7 @@ struct EmbeddedTokens {
     responses(
         (status = 200, description = "A page of tokens.", body = TokenPage),
         (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = Unexpected),
-        (status = 503, response = Unavailable),
+        AuthenticatedErrors,
     ),
     security(("bearer" = ["oath:tokens:read"])),
 )]
