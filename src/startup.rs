@@ -6,18 +6,17 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpRequest, HttpServer};
+use actix_web::{web, App, HttpServer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
-use uuid::Uuid;
 
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use crate::auth::{Authenticator, Scope};
+use crate::auth::Authenticator;
 use crate::config::{PskcKeyring, Settings};
 use crate::crypto::SecretCipher;
-use crate::error::{self, ApiError};
+use crate::error;
 use crate::{routes, telemetry};
 
 /// Everything a request handler needs, shared by all workers.
@@ -61,33 +60,6 @@ impl AppState {
             request_hash_key,
             import_permits,
         })
-    }
-
-    /// Authenticates the caller, checks `scope`, then the environment of the path segment
-    /// `env_param`: in that order, so nothing is looked up for a caller who may not look.
-    pub async fn authorize(
-        &self,
-        req: &HttpRequest,
-        env_param: &str,
-        scope: Scope,
-    ) -> Result<Uuid, ApiError> {
-        let header = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap_or("\u{0}"));
-        let principal = self.auth.authenticate(header).await?;
-        crate::audit::actor(req, principal.subject.as_deref());
-        match routes::path_id(req, env_param) {
-            Ok(env) => {
-                principal.require(env, scope)?;
-                Ok(env)
-            }
-            // Not a UUID: no such environment, but a caller without the scope still gets 403.
-            Err(not_found) => {
-                principal.require(principal.env, scope)?;
-                Err(not_found)
-            }
-        }
     }
 }
 

@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::extract::{Authorized, JobId, JobsRead, JobsWrite};
 use super::idempotency::IdempotencyKey;
 use super::page;
 use super::tokens::{environment_url, timestamp};
-use super::{cursor, page_limit, path_id, read_body, require_media_type, IdRef, Link};
+use super::{cursor, page_limit, read_body, require_media_type, IdRef, Link};
 use super::{EnvPath, JobPath, PageLinks};
-use crate::auth::Scope;
 use crate::domain::job::{
     parse_job, CreateJobRequestDoc, JobRequestError, JobStatus, JobType, NewJob, Outcome,
     RevokeJobRequestDoc,
@@ -232,11 +232,12 @@ fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     security(("bearer" = ["oath:jobs:write"])),
 )]
 pub async fn submit(
+    auth: Authorized<JobsWrite>,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::JobsWrite).await?;
+    let env = auth.env;
     let media_type = require_media_type(
         &req,
         &[
@@ -452,9 +453,11 @@ fn accepted(status: StatusCode, location: &str, body: Vec<u8>) -> HttpResponse {
     ),
     security(("bearer" = ["oath:jobs:read"])),
 )]
-pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::JobsRead).await?;
-    let id = path_id(&req, "job_id")?;
+pub async fn get(
+    auth: Authorized<JobsRead, JobId>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (env, id) = (auth.env, auth.ids.0);
     let row = store::get(&state.db, env, id)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -602,8 +605,12 @@ struct EmbeddedJobs {
     ),
     security(("bearer" = ["oath:jobs:read"])),
 )]
-pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::JobsRead).await?;
+pub async fn list(
+    auth: Authorized<JobsRead>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let env = auth.env;
     let query = JobListRequest::parse(req.query_string())?;
     let limit = query.limit;
     let mut rows = store::list(&state.db, env, query.before, limit + 1).await?;
@@ -706,11 +713,11 @@ fn decode_index_cursor(c: &str) -> Result<i32, ApiError> {
     security(("bearer" = ["oath:jobs:read"])),
 )]
 pub async fn results(
+    auth: Authorized<JobsRead, JobId>,
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::JobsRead).await?;
-    let id = path_id(&req, "job_id")?;
+    let (env, id) = (auth.env, auth.ids.0);
     let query = ResultsRequest::parse(req.query_string())?;
     let (limit, after, outcome) = (query.limit, query.after, query.outcome);
     if store::get(&state.db, env, id).await?.is_none() {

@@ -2,6 +2,7 @@
 //! bodies, cursors and links.
 
 pub mod docs;
+pub mod extract;
 pub mod health;
 pub mod idempotency;
 pub mod jobs;
@@ -112,14 +113,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         }
         cfg.service(service.default_service(web::to(error::method_not_allowed)));
     }
-}
-
-/// A UUID path segment; anything else names no resource, so it is a 404.
-pub fn path_id(req: &HttpRequest, name: &str) -> Result<Uuid, ApiError> {
-    req.match_info()
-        .get(name)
-        .and_then(|s| Uuid::try_parse(s).ok())
-        .ok_or_else(ApiError::not_found)
 }
 
 /// Reads a JSON body of media type `application/json` (parameters allowed), at most `limit` bytes.

@@ -10,9 +10,9 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::extract::{Authorized, OtpValidate, TokenId, TokensWrite};
 use super::tokens::TokenResource;
-use super::{json_body, path_id, TokenPath};
-use crate::auth::Scope;
+use super::{json_body, TokenPath};
 use crate::domain::{
     FieldError, PairingRequest, PairingRequestDoc, ResyncRequest, ResyncRequestDoc,
     ValidateRequest, ValidateRequestDoc,
@@ -49,12 +49,12 @@ struct ValidationResult {
     security(("bearer" = ["oath:otp:validate"])),
 )]
 pub async fn validate(
+    auth: Authorized<OtpValidate, TokenId>,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::OtpValidate).await?;
-    let id = path_id(&req, "token_id")?;
+    let (env, id) = (auth.env, auth.ids.0);
     let body = object_body(&req, payload, &state).await?;
     let request = ValidateRequest::parse(&body).map_err(ApiError::invalid_data)?;
     let outcome = verification::validate(&state, env, id, &request.otp)
@@ -83,12 +83,12 @@ pub async fn validate(
     security(("bearer" = ["oath:tokens:write"])),
 )]
 pub async fn resync(
+    auth: Authorized<TokensWrite, TokenId>,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::TokensWrite).await?;
-    let id = path_id(&req, "token_id")?;
+    let (env, id) = (auth.env, auth.ids.0);
     let body = object_body(&req, payload, &state).await?;
     let request = ResyncRequest::parse(&body).map_err(ApiError::invalid_data)?;
     match verification::resync(&state, env, id, request.otps)
@@ -134,12 +134,12 @@ pub async fn resync(
     security(("bearer" = ["oath:tokens:write"])),
 )]
 pub async fn pair(
+    auth: Authorized<TokensWrite, TokenId>,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::TokensWrite).await?;
-    let id = path_id(&req, "token_id")?;
+    let (env, id) = (auth.env, auth.ids.0);
     let body = object_body(&req, payload, &state).await?;
     let request = PairingRequest::parse(&body).map_err(ApiError::invalid_data)?;
     match verification::pair(&state, env, id, &request.user_id, &request.otp)
@@ -190,11 +190,10 @@ pub async fn pair(
     security(("bearer" = ["oath:tokens:write"])),
 )]
 pub async fn unpair(
-    req: HttpRequest,
+    auth: Authorized<TokensWrite, TokenId>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::TokensWrite).await?;
-    let id = path_id(&req, "token_id")?;
+    let (env, id) = (auth.env, auth.ids.0);
     let was_paired = store::unpair(&state.db, env, id)
         .await?
         .ok_or_else(ApiError::not_found)?;

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::extract::{Authorized, TokenId, TokensRead, TokensWrite};
 use super::idempotency::IdempotencyKey;
 use super::page;
-use super::{cursor, page_limit, parse_json, path_id, read_body, require_media_type, IdRef, Link};
+use super::{cursor, page_limit, parse_json, read_body, require_media_type, IdRef, Link};
 use super::{EnvPath, PageLinks, TokenPath};
-use crate::auth::Scope;
 use crate::domain::token::{otp_length_schema, TokenRequestDoc};
 use crate::domain::{
     DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenKind, TokenSource,
@@ -161,11 +161,12 @@ impl TokenResource {
     security(("bearer" = ["oath:tokens:write"])),
 )]
 pub async fn create(
+    auth: Authorized<TokensWrite>,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::TokensWrite).await?;
+    let env = auth.env;
     require_media_type(&req, &["application/json"])?;
     let bytes = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let body = parse_json(&bytes)?;
@@ -242,9 +243,11 @@ pub async fn create(
     ),
     security(("bearer" = ["oath:tokens:read"])),
 )]
-pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::TokensRead).await?;
-    let id = path_id(&req, "token_id")?;
+pub async fn get(
+    auth: Authorized<TokensRead, TokenId>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (env, id) = (auth.env, auth.ids.0);
     let row = store::get(&state.db, env, id)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -265,11 +268,10 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     security(("bearer" = ["oath:tokens:write"])),
 )]
 pub async fn delete(
-    req: HttpRequest,
+    auth: Authorized<TokensWrite, TokenId>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::TokensWrite).await?;
-    let id = path_id(&req, "token_id")?;
+    let (env, id) = (auth.env, auth.ids.0);
     if !store::delete(&state.db, env, id).await? {
         return Err(ApiError::not_found());
     }
@@ -347,8 +349,12 @@ struct EmbeddedTokens {
     ),
     security(("bearer" = ["oath:tokens:read"])),
 )]
-pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let env = state.authorize(&req, "env_id", Scope::TokensRead).await?;
+pub async fn list(
+    auth: Authorized<TokensRead>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let env = auth.env;
     let query = ListRequest::parse(req.query_string())?;
     let limit = query.limit;
     let mut rows = store::list(
