@@ -175,13 +175,34 @@ impl JobResource {
     }
 }
 
-async fn render(state: &AppState, row: Job) -> Result<JobResource, ApiError> {
-    let duplicates = if row.counts.duplicates > 0 {
-        results::duplicates(&state.db, row.environment_id, row.id).await?
-    } else {
-        Vec::new()
+async fn render(state: &AppState, job: Job) -> Result<JobResource, ApiError> {
+    let mut all = render_all(state, vec![job]).await?;
+    all.pop()
+        .ok_or_else(|| ApiError::Internal("a job rendered to nothing".into()))
+}
+
+/// Jobs with their embedded duplicates, read in one query for all of them.
+async fn render_all(state: &AppState, jobs: Vec<Job>) -> Result<Vec<JobResource>, ApiError> {
+    let with_duplicates: Vec<Uuid> = jobs
+        .iter()
+        .filter(|j| j.counts.duplicates > 0)
+        .map(|j| j.id)
+        .collect();
+    let env = jobs.first().map(|j| j.environment_id);
+    let mut duplicates = match env {
+        Some(env) if !with_duplicates.is_empty() => {
+            results::duplicates(&state.db, env, &with_duplicates).await?
+        }
+        _ => Default::default(),
     };
-    Ok(JobResource::new(state.settings.base_url(), row, duplicates))
+    let base = state.settings.base_url();
+    Ok(jobs
+        .into_iter()
+        .map(|job| {
+            let embedded = duplicates.remove(&job.id).unwrap_or_default();
+            JobResource::new(base, job, embedded)
+        })
+        .collect())
 }
 
 fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
@@ -614,15 +635,8 @@ pub async fn list(
     let query = JobListRequest::parse(req.query_string())?;
     let limit = query.limit;
     let mut rows = store::list(&state.db, env, query.before, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = more
-        .then(|| rows.last().map(|r| cursor::encode(r.id)))
-        .flatten();
-    let mut jobs = Vec::with_capacity(rows.len());
-    for row in rows {
-        jobs.push(render(&state, row).await?);
-    }
+    let next = page::cut(&mut rows, limit, |r| cursor::encode(r.id));
+    let jobs = render_all(&state, rows).await?;
     let collection = format!(
         "{}/oathJobs",
         environment_url(state.settings.base_url(), env)
@@ -724,11 +738,7 @@ pub async fn results(
         return Err(ApiError::not_found());
     }
     let mut rows = results::page(&state.db, env, id, after, outcome, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = more
-        .then(|| rows.last().map(|r| index_cursor(r.idx)))
-        .flatten();
+    let next = page::cut(&mut rows, limit, |r| index_cursor(r.idx));
     let mut params = vec![("limit", limit.to_string())];
     if let Some(o) = outcome {
         params.push(("outcome", o.as_str().to_string()));

@@ -224,6 +224,22 @@ pub struct IdRef {
 pub mod page {
     use super::{Link, PageLinks};
 
+    /// Cuts rows fetched with `limit + 1` to `limit`: the extra row only tells that more
+    /// follow, and then the next page's cursor is that of the last row kept.
+    pub fn cut<T>(
+        rows: &mut Vec<T>,
+        limit: i64,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> Option<String> {
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        if more {
+            rows.last().map(cursor_of)
+        } else {
+            None
+        }
+    }
+
     /// Links to this page and, when `next` is a cursor, the next one; `params` are repeated in
     /// both, percent-encoded.
     pub fn links(

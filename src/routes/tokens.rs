@@ -365,14 +365,9 @@ pub async fn list(
         limit + 1,
     )
     .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-
+    let next = page::cut(&mut rows, limit, |r| cursor::encode(r.id));
     let base = state.settings.base_url();
     let collection = format!("{}/oathTokens", environment_url(base, env));
-    let next = more
-        .then(|| rows.last().map(|r| cursor::encode(r.id)))
-        .flatten();
     let mut params = Vec::new();
     if let Some(f) = &query.filter {
         params.push(("filter", f.clone()));

@@ -1,6 +1,8 @@
 //! `job_results`: one row per job item, written by the item's chunk (COPY) and read back in item
 //! order, a page at a time.
 
+use std::collections::HashMap;
+
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -108,25 +110,36 @@ pub async fn write_revoke(
     Ok(())
 }
 
-/// The first duplicates of a create job, in item order.
+/// The first [`EMBEDDED_DUPLICATES`] duplicates of each of `jobs`, in item order, in one query.
 pub async fn duplicates(
     pool: &PgPool,
     env: Uuid,
-    job: Uuid,
-) -> Result<Vec<Duplicate>, sqlx::Error> {
-    sqlx::query_as!(
-        Duplicate,
-        r#"select serial_number as "serial_number!", masked_secret as "masked_secret!"
-           from job_results
-           where environment_id = $1 and job_id = $2 and outcome = 'DUPLICATE'
-           order by idx
-           limit $3"#,
+    jobs: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<Duplicate>>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select j.id as "job_id!", d.serial_number as "serial_number!",
+                  d.masked_secret as "masked_secret!"
+           from unnest($2::uuid[]) j(id)
+           cross join lateral (
+               select serial_number, masked_secret, idx from job_results
+               where environment_id = $1 and job_id = j.id and outcome = 'DUPLICATE'
+               order by idx
+               limit $3) d
+           order by j.id, d.idx"#,
         env,
-        job,
+        jobs,
         EMBEDDED_DUPLICATES,
     )
     .fetch_all(pool)
-    .await
+    .await?;
+    let mut by_job: HashMap<Uuid, Vec<Duplicate>> = HashMap::new();
+    for r in rows {
+        by_job.entry(r.job_id).or_default().push(Duplicate {
+            serial_number: r.serial_number,
+            masked_secret: r.masked_secret,
+        });
+    }
+    Ok(by_job)
 }
 
 /// One page of results in item order, after item `after`, optionally of one outcome.

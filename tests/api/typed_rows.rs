@@ -55,3 +55,41 @@ async fn jobs_and_results_read_back_as_their_types(pool: PgPool) {
     assert_eq!(results[0]["outcome"], "DUPLICATE");
     assert_eq!(results[0]["index"], 1);
 }
+
+/// The job list reads every listed job's embedded duplicates in one query; each job still gets
+/// its own.
+#[sqlx::test]
+async fn the_job_list_embeds_each_jobs_own_duplicates(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let token = |serial: &str| {
+        let mut t = seed_token();
+        t["serialNumber"] = json!(serial);
+        t
+    };
+    for serials in [vec!["A1", "A1"], vec!["B1", "B2", "B2", "A1"], vec!["C1"]] {
+        let tokens: Vec<_> = serials.iter().map(|s| token(s)).collect();
+        let (status, _) = parts(
+            app.submit_job(&json!({"type": "CREATE_OATH_TOKENS", "tokens": tokens}))
+                .await,
+        )
+        .await;
+        assert_eq!(status, 202);
+        app.drain(&mut app.runner("r1")).await;
+    }
+    let (_, page) = parts(app.get_path(&app.jobs_path()).await).await;
+    let jobs = page["_embedded"]["oathJobs"].as_array().unwrap();
+    let serials = |j: &serde_json::Value| -> Vec<String> {
+        j["result"]["duplicates"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|x| x["serialNumber"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Newest first.
+    assert_eq!(serials(&jobs[0]), Vec::<String>::new());
+    assert_eq!(serials(&jobs[1]), ["B2", "A1"]);
+    assert_eq!(serials(&jobs[2]), ["A1"]);
+}
