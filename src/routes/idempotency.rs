@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -94,26 +94,6 @@ impl IdempotencyKey {
         Ok(res.body(stored.body))
     }
 
-    /// Claims the key in the request's transaction. Err carries the response to return instead
-    /// (the first request's, or 409): the caller then drops its transaction.
-    pub async fn claim(
-        &self,
-        tx: &mut PgConnection,
-        state: &AppState,
-        env: Uuid,
-    ) -> Result<Result<(), HttpResponse>, ApiError> {
-        if store::claim(tx, env, &self.key, &self.request_hash).await? {
-            return Ok(Ok(()));
-        }
-        match store::find(&state.db, env, &self.key).await? {
-            Some(stored) => Ok(Err(self.respond(stored)?)),
-            // Expired between the two statements: extremely unlikely; ask for a retry.
-            None => Err(ApiError::Conflict(
-                "A request with this Idempotency-Key is being processed; retry it.".into(),
-            )),
-        }
-    }
-
     pub async fn record(
         &self,
         conn: &mut PgConnection,
@@ -123,6 +103,57 @@ impl IdempotencyKey {
         body: &[u8],
     ) -> Result<(), ApiError> {
         store::record(conn, env, &self.key, status.as_u16(), location, body).await?;
+        Ok(())
+    }
+}
+
+/// A POST's write in one transaction, under the request's `Idempotency-Key` when it sent one:
+/// the key is claimed first in the transaction (a concurrent retry waits for it to commit, then
+/// replays), and the response is recorded in it before it commits.
+pub struct Write<'k> {
+    pub tx: Transaction<'static, Postgres>,
+    key: Option<&'k IdempotencyKey>,
+    env: Uuid,
+}
+
+/// Begins the write; `Err` carries the response to answer instead (the first request's, or 409)
+/// when the key was used before.
+pub async fn begin<'k>(
+    key: Option<&'k IdempotencyKey>,
+    state: &AppState,
+    env: Uuid,
+) -> Result<Result<Write<'k>, HttpResponse>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    if let Some(key) = key {
+        if !store::claim(&mut tx, env, &key.key, &key.request_hash).await? {
+            drop(tx);
+            return Ok(Err(match store::find(&state.db, env, &key.key).await? {
+                Some(stored) => key.respond(stored)?,
+                // Expired between the two statements: extremely unlikely; ask for a retry.
+                None => {
+                    return Err(ApiError::Conflict(
+                        "A request with this Idempotency-Key is being processed; retry it.".into(),
+                    ))
+                }
+            }));
+        }
+    }
+    Ok(Ok(Write { tx, key, env }))
+}
+
+impl Write<'_> {
+    /// Records the response under the key (if any) and commits.
+    pub async fn commit(
+        mut self,
+        status: StatusCode,
+        location: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), ApiError> {
+        if let Some(key) = self.key {
+            key.record(&mut self.tx, self.env, status, location, body)
+                .await?;
+        }
+        self.tx.commit().await?;
         Ok(())
     }
 }

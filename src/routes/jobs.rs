@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::extract::{Authorized, JobId, JobsRead, JobsWrite};
-use super::idempotency::IdempotencyKey;
+use super::idempotency::{self, IdempotencyKey};
 use super::page;
 use super::tokens::{environment_url, timestamp};
 use super::{cursor, page_limit, read_body, require_media_type, IdRef, Link};
@@ -281,29 +281,25 @@ pub async fn submit(
         ),
     };
     let parsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let idempotency = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])?;
+    let idempotency_key = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])?;
     drop(bytes);
 
     let job_id = Uuid::now_v7();
-    let mut tx = state.db.begin().await?;
-    if let Some(key) = &idempotency {
-        if let Err(first_response) = key.claim(&mut tx, &state, env).await? {
-            return Ok(first_response);
-        }
-    }
+    let mut write = match idempotency::begin(idempotency_key.as_ref(), &state, env).await? {
+        Ok(write) => write,
+        Err(first_response) => return Ok(first_response),
+    };
     let chunk_size = state.settings.jobs.chunk_size;
-    let row = queue::enqueue(&mut tx, env, job_id, &job, chunk_size, &state.cipher).await?;
+    let row = queue::enqueue(&mut write.tx, env, job_id, &job, chunk_size, &state.cipher).await?;
     crate::audit::target(&req, job_id);
     let is_async = job.is_async();
     drop(job);
     let resource = JobResource::new(state.settings.base_url(), row, Vec::new());
     let location = resource.links.self_.href.clone();
     let body = json_bytes(&resource)?;
-    if let Some(key) = &idempotency {
-        key.record(&mut tx, env, StatusCode::ACCEPTED, Some(&location), &body)
-            .await?;
-    }
-    tx.commit().await?;
+    write
+        .commit(StatusCode::ACCEPTED, Some(&location), &body)
+        .await?;
     tracing::info!(
         job_id = %job_id,
         job_type = expected.as_str(),
@@ -332,7 +328,7 @@ pub async fn submit(
                 StatusCode::ACCEPTED
             };
             let body = json_bytes(&render(&state, row).await?)?;
-            if let Some(key) = &idempotency {
+            if let Some(key) = &idempotency_key {
                 let mut conn = state.db.acquire().await?;
                 key.record(&mut conn, env, status, Some(&location), &body)
                     .await?;

@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::extract::{Authorized, TokenId, TokensRead, TokensWrite};
-use super::idempotency::IdempotencyKey;
+use super::idempotency::{self, IdempotencyKey};
 use super::page;
 use super::{cursor, page_limit, parse_json, read_body, require_media_type, IdRef, Link};
 use super::{EnvPath, PageLinks, TokenPath};
@@ -177,7 +177,7 @@ pub async fn create(
     }
     let token = NewToken::parse(&body, TokenSource::Single).map_err(ApiError::invalid_data)?;
 
-    let idempotency = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])?;
+    let idempotency_key = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])?;
 
     let id = Uuid::now_v7();
     let sealed = state.cipher.seal(&token.secret, env, id);
@@ -195,7 +195,7 @@ pub async fn create(
         )]),
         InsertError::Db(e) => e.into(),
     };
-    let (row, tx) = match &idempotency {
+    let (row, write) = match &idempotency_key {
         // One statement, committed on its own: one round trip.
         None => {
             let row = store::insert(&state.db, env, id, &token, &sealed, limit)
@@ -204,23 +204,23 @@ pub async fn create(
             (row, None)
         }
         Some(key) => {
-            let mut tx = state.db.begin().await?;
-            if let Err(first_response) = key.claim(&mut tx, &state, env).await? {
-                return Ok(first_response);
-            }
-            let row = store::insert(&mut *tx, env, id, &token, &sealed, limit)
+            let mut write = match idempotency::begin(Some(key), &state, env).await? {
+                Ok(write) => write,
+                Err(first_response) => return Ok(first_response),
+            };
+            let row = store::insert(&mut *write.tx, env, id, &token, &sealed, limit)
                 .await
                 .map_err(insert_error)?;
-            (row, Some(tx))
+            (row, Some(write))
         }
     };
     let resource = TokenResource::new(state.settings.base_url(), row);
     let location = resource.links.self_.href.clone();
     let body = serde_json::to_vec(&resource).map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let (Some(key), Some(mut tx)) = (&idempotency, tx) {
-        key.record(&mut tx, env, StatusCode::CREATED, Some(&location), &body)
+    if let Some(write) = write {
+        write
+            .commit(StatusCode::CREATED, Some(&location), &body)
             .await?;
-        tx.commit().await?;
     }
     tracing::info!(token_id = %id, serial_number = %token.serial_number.as_str(), "token created");
     crate::audit::target(&req, id);
