@@ -178,7 +178,7 @@ fn decrypt(
             key.len()
         ));
     }
-    if cipher_value.len() < 32 || cipher_value.len() % 16 != 0 {
+    if cipher_value.len() < 32 || !cipher_value.len().is_multiple_of(16) {
         return Err(format!(
             "{what}: CipherValue is not an IV and whole AES blocks"
         ));
