@@ -66,11 +66,39 @@ impl AppState {
 }
 
 /// A lazily connected pool: the process starts and stays up while the database is away.
+/// TLS follows the URL's `sslmode` and `sslrootcert`, as with libpq.
 pub fn pool(settings: &Settings) -> Result<PgPool, String> {
     let options: PgConnectOptions = settings.database.url.parse().map_err(|e| {
         format!("configuration error: database.url is not a valid PostgreSQL URL: {e}")
     })?;
+    check_tls_files(&settings.database.url)?;
     Ok(pool_with(settings, options))
+}
+
+/// The certificate and key files that `database.url` names must be readable now: the pool
+/// connects lazily, so otherwise the mistake would only show as a service that never gets ready.
+fn check_tls_files(url: &str) -> Result<(), String> {
+    // sqlx has parsed the URL already; this second parse only looks at its query.
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return Ok(());
+    };
+    for (key, value) in url.query_pairs() {
+        let file_keys = [
+            "sslrootcert",
+            "ssl-root-cert",
+            "ssl-ca",
+            "sslcert",
+            "ssl-cert",
+            "sslkey",
+            "ssl-key",
+        ];
+        if file_keys.contains(&key.as_ref()) {
+            std::fs::File::open(value.as_ref()).map_err(|e| {
+                format!("configuration error: database.url: {key} {value:?} cannot be read: {e}")
+            })?;
+        }
+    }
+    Ok(())
 }
 
 pub fn pool_with(settings: &Settings, options: PgConnectOptions) -> PgPool {
