@@ -7,10 +7,14 @@ mod errors;
 mod helpers;
 mod imports;
 mod jobs;
+mod jwks_https;
 mod metrics;
 mod openapi;
 mod otp;
 mod outage;
 mod secrets;
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
+mod support;
 mod tokens;
 mod validation;
