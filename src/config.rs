@@ -37,6 +37,9 @@ pub struct Settings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct ServerSettings {
     pub addr: String,
+    /// When set (and not empty), `/metrics` is served on this address only; `/health/*` on both.
+    #[serde(default)]
+    pub admin_addr: Option<String>,
     pub public_base_url: String,
     pub max_body_bytes: usize,
     #[serde(default)]
@@ -295,6 +298,13 @@ impl Settings {
                 self.server.addr
             ));
         }
+        if let Some(admin) = self.server.admin_addr() {
+            if admin.parse::<SocketAddr>().is_err() {
+                return fail(format!(
+                    "server.admin_addr must be host:port with an IP address, got {admin:?}"
+                ));
+            }
+        }
         let base = &self.server.public_base_url;
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.contains('?') {
             return fail(format!(
@@ -343,6 +353,13 @@ impl Settings {
 
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.database.acquire_timeout_seconds.max(1))
+    }
+}
+
+impl ServerSettings {
+    /// The admin listener's address; an empty value (e.g. `OATH__SERVER__ADMIN_ADDR=`) means none.
+    pub fn admin_addr(&self) -> Option<&str> {
+        self.admin_addr.as_deref().filter(|a| !a.trim().is_empty())
     }
 }
 
