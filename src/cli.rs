@@ -1,4 +1,4 @@
-//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`.
+//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`, `healthcheck`.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use crate::auth::{self, Scope};
 use crate::config::Settings;
 use crate::jobs::runner::RunnerPool;
 use crate::startup::{self, AppState, Application};
-use crate::{store, telemetry};
+use crate::{healthcheck, store, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,12 +46,23 @@ pub enum Command {
     },
     /// Re-encrypt every stored secret with crypto.active_key_id, then exit.
     Reencrypt,
+    /// Exit 0 when BASE/health/ready answers 200, else 1 (for container health checks).
+    Healthcheck {
+        /// The service's base URL [default: http://127.0.0.1:<port of server.addr>].
+        #[arg(long = "url", value_name = "BASE")]
+        url: Option<String>,
+    },
 }
 
 /// Runs the command; the error is one line for the operator.
 pub async fn run(cli: Cli) -> Result<(), String> {
+    let command = cli.command.unwrap_or(Command::Serve { no_migrate: false });
+    // A probe given its URL needs no configuration (nor the secrets it would check).
+    if let Command::Healthcheck { url: Some(url) } = &command {
+        return healthcheck::probe(url).await;
+    }
     let settings = Settings::load().map_err(|e| e.to_string())?;
-    match cli.command.unwrap_or(Command::Serve { no_migrate: false }) {
+    match command {
         Command::Serve { no_migrate } => serve(settings, !no_migrate).await,
         Command::Migrate => {
             telemetry::init(&settings.log);
@@ -78,6 +89,13 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             tracing::info!(moved, "re-encryption finished");
             Ok(())
         }
+        Command::Healthcheck { url } => {
+            let base = match url {
+                Some(url) => url,
+                None => healthcheck::local_base_url(&settings.server.addr)?,
+            };
+            healthcheck::probe(&base).await
+        }
     }
 }
 
@@ -91,7 +109,7 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
     let runners = RunnerPool::start(state.db.clone(), state.settings.clone());
     let addr = state.settings.server.addr.clone();
     let app = Application::build(state)?;
-    tracing::info!(%addr, port = app.port(), "listening");
+    tracing::info!(%addr, port = app.port(), admin_port = ?app.admin_port(), "listening");
     // The server returns after SIGTERM/ctrl-c has drained it; then the runners finish their
     // current chunk and hand their jobs back.
     let served = app.run_until_stopped().await;

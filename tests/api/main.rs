@@ -10,6 +10,7 @@ mod jobs;
 mod jwks_https;
 mod metrics;
 mod openapi;
+mod operations;
 mod otp;
 mod outage;
 mod secrets;
