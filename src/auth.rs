@@ -17,7 +17,8 @@
 //! Required claims: `iss` (the configured issuer), `aud` (string or array containing the configured
 //! audience), `exp`, `env`; `nbf` is checked when present; `exp`/`nbf` allow `leeway_seconds`.
 //!
-//! The URL key set is cached for `jwks_cache_seconds` and refetched early when a token names an
+//! The URL key set is fetched over HTTPS, trusting the system's CA store plus `jwks_ca_file`
+//! (plain HTTP only with `allow_http_jwks`), cached for `jwks_cache_seconds` and refetched early when a token names an
 //! unknown `kid`; fetches happen at most once per `jwks_refresh_min_seconds` and one at a time.
 //! A stale set is still used while the URL is unreachable; with nothing cached the error is
 //! [`AuthError::KeySetUnavailable`].
@@ -78,9 +79,16 @@ pub struct AuthSettings {
     /// JWKS file read once at start-up.
     #[serde(default)]
     pub jwks_path: Option<PathBuf>,
-    /// JWKS URL fetched at start-up (best effort), then cached and refreshed.
+    /// JWKS URL fetched at start-up (best effort), then cached and refreshed. https:// only,
+    /// unless `allow_http_jwks`.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// PEM file of CA certificates trusted for `jwks_url`, besides the system's CA store.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Allows an `http://` `jwks_url` (development only: the keys would travel unprotected).
+    #[serde(default)]
+    pub allow_http_jwks: bool,
     /// Enables HS256 with this shared secret (development only; at least 32 bytes).
     #[serde(default)]
     pub hs256_secret: Option<String>,
@@ -102,6 +110,8 @@ impl fmt::Debug for AuthSettings {
             .field("audience", &self.audience)
             .field("jwks_path", &self.jwks_path)
             .field("jwks_url", &self.jwks_url)
+            .field("jwks_ca_file", &self.jwks_ca_file)
+            .field("allow_http_jwks", &self.allow_http_jwks)
             // The secret signs tokens; it must never reach logs or panic messages.
             .field(
                 "hs256_secret",
@@ -132,8 +142,17 @@ impl AuthSettings {
             return Err("auth.jwks_path, auth.jwks_url or auth.hs256_secret must be set".into());
         }
         if let Some(url) = &self.jwks_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err("auth.jwks_url must be an http:// or https:// URL".into());
+            // Neither message repeats the URL: it may carry credentials.
+            let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            match scheme.as_deref() {
+                Some("https") => {}
+                Some("http") if self.allow_http_jwks => {}
+                Some("http") => {
+                    return Err("auth.jwks_url must be an https:// URL \
+                                (http:// only with auth.allow_http_jwks = true, for development)"
+                        .into())
+                }
+                _ => return Err("auth.jwks_url must be an https:// URL".into()),
             }
         }
         if let Some(secret) = &self.hs256_secret {
@@ -506,8 +525,49 @@ impl RemoteJwks {
     }
 }
 
+/// The CA certificates of `auth.jwks_ca_file`; errors name the key.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("auth.jwks_ca_file: cannot read {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("auth.jwks_ca_file: {}: not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "auth.jwks_ca_file: {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The client for `auth.jwks_url`: rustls, the system's CA store plus `extra_roots`, and no
+/// plain HTTP (not even through a redirect) unless `allow_http`.
+fn jwks_client(
+    extra_roots: Vec<reqwest::Certificate>,
+    allow_http: bool,
+) -> Result<reqwest::Client, String> {
+    let has_extra_roots = !extra_roots.is_empty();
+    let mut builder = reqwest::Client::builder()
+        .timeout(JWKS_FETCH_TIMEOUT)
+        .connect_timeout(JWKS_FETCH_TIMEOUT)
+        .user_agent(concat!("oath-service/", env!("CARGO_PKG_VERSION")))
+        .https_only(!allow_http);
+    for cert in extra_roots {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| {
+        // The CA file is the likeliest cause: its certificates are parsed only here.
+        let key = if has_extra_roots {
+            "auth.jwks_ca_file"
+        } else {
+            "auth.jwks_url"
+        };
+        format!("{key}: cannot build the HTTPS client: {}", error_chain(e))
+    })
+}
+
 /// reqwest's top-level message ("error sending request") hides the cause an operator needs.
-fn error_chain(error: reqwest::Error) -> String {
+pub(crate) fn error_chain(error: reqwest::Error) -> String {
     let mut out = error.to_string();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
@@ -575,15 +635,16 @@ impl Authenticator {
             }
         };
 
+        // Read even without a URL, so that a wrong path stops start-up before it matters.
+        let extra_roots = match &settings.jwks_ca_file {
+            None => Vec::new(),
+            Some(path) => read_ca_file(path)?,
+        };
+
         let remote = match &settings.jwks_url {
             None => None,
             Some(url) => {
-                let client = reqwest::Client::builder()
-                    .timeout(JWKS_FETCH_TIMEOUT)
-                    .connect_timeout(JWKS_FETCH_TIMEOUT)
-                    .user_agent(concat!("oath-service/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .map_err(|e| format!("auth.jwks_url: cannot build HTTP client: {e}"))?;
+                let client = jwks_client(extra_roots, settings.allow_http_jwks)?;
                 let remote = RemoteJwks {
                     url: url.clone(),
                     client,
@@ -871,6 +932,8 @@ mod tests {
             audience: AUD.into(),
             jwks_path: Some(JWKS_PATH.into()),
             jwks_url: None,
+            jwks_ca_file: None,
+            allow_http_jwks: false,
             hs256_secret: None,
             leeway_seconds: default_leeway_seconds(),
             jwks_cache_seconds: default_jwks_cache_seconds(),
@@ -1318,6 +1381,45 @@ mod tests {
         assert!(debug.contains("[redacted]") && !debug.contains(SECRET));
     }
 
+    #[tokio::test]
+    async fn jwks_url_is_https_unless_http_is_allowed() {
+        let mut s = url_settings("http://127.0.0.1:9/jwks.json?key=hunter2", 300, 30);
+        s.allow_http_jwks = false;
+        let err = s.check().unwrap_err();
+        assert!(
+            err.starts_with("auth.jwks_url must be an https:// URL")
+                && err.contains("auth.allow_http_jwks"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "the URL stays out: {err}");
+        assert_eq!(Authenticator::new(&s).await.unwrap_err(), err);
+        s.jwks_url = Some("ftp://127.0.0.1/jwks.json".into());
+        assert_eq!(
+            s.check().unwrap_err(),
+            "auth.jwks_url must be an https:// URL"
+        );
+        s.jwks_url = Some("HTTPS://idp.example.test/jwks.json".into());
+        assert!(s.check().is_ok());
+        s.jwks_url = Some("http://127.0.0.1:9/jwks.json".into());
+        s.allow_http_jwks = true;
+        assert!(s.check().is_ok());
+    }
+
+    #[tokio::test]
+    async fn bad_jwks_ca_file_names_the_setting() {
+        let mut s = settings();
+        for (path, why) in [
+            ("/nonexistent/ca.pem", "cannot read"),
+            (JWKS_PATH, "holds no PEM certificate"),
+        ] {
+            s.jwks_ca_file = Some(path.into());
+            let err = Authenticator::new(&s).await.err().unwrap();
+            assert!(err.starts_with("auth.jwks_ca_file: "), "{err}");
+            assert!(err.contains(why), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+
     #[test]
     fn settings_defaults_from_serde() {
         let s: AuthSettings = serde_json::from_value(
@@ -1333,6 +1435,7 @@ mod tests {
             (60, 300, 30)
         );
         assert!(s.jwks_path.is_none() && s.hs256_secret.is_none());
+        assert!(s.jwks_ca_file.is_none() && !s.allow_http_jwks);
     }
 
     #[tokio::test]
@@ -1437,6 +1540,8 @@ mod tests {
         AuthSettings {
             jwks_path: None,
             jwks_url: Some(url.to_owned()),
+            // These tests serve the key set over plain HTTP; tests/api/jwks_https.rs does TLS.
+            allow_http_jwks: true,
             jwks_cache_seconds: cache,
             jwks_refresh_min_seconds: refresh_min,
             ..settings()

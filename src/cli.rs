@@ -1,5 +1,5 @@
-//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`, and `import`, a client
-//! of the API (`cli/import.rs`).
+//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`, `healthcheck`, and
+//! `import`, a client of the API (`cli/import.rs`).
 
 pub mod import;
 
@@ -12,7 +12,7 @@ use crate::auth::{self, Scope};
 use crate::config::Settings;
 use crate::jobs::runner::RunnerPool;
 use crate::startup::{self, AppState, Application};
-use crate::{store, telemetry};
+use crate::{healthcheck, store, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +52,12 @@ pub enum Command {
     /// Upload a seed file (PSKC, CSV or a JSON create job) to a running service and follow the
     /// job. The bearer token comes from the OATH_TOKEN environment variable.
     Import(Box<import::ImportArgs>),
+    /// Exit 0 when BASE/health/ready answers 200, else 1 (for container health checks).
+    Healthcheck {
+        /// The service's base URL [default: http://127.0.0.1:<port of server.addr>].
+        #[arg(long = "url", value_name = "BASE")]
+        url: Option<String>,
+    },
 }
 
 /// Runs the command; the error is one line for the operator.
@@ -63,6 +69,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             import::Completion::AllCreated => Ok(()),
             import::Completion::SomeNotCreated => std::process::exit(import::EXIT_SOME_NOT_CREATED),
         };
+    }
+    // A probe given its URL needs no configuration (nor the secrets it would check).
+    if let Command::Healthcheck { url: Some(url) } = &command {
+        return healthcheck::probe(url).await;
     }
     let settings = Settings::load().map_err(|e| e.to_string())?;
     match command {
@@ -93,6 +103,13 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Import(_) => unreachable!("handled above"),
+        Command::Healthcheck { url } => {
+            let base = match url {
+                Some(url) => url,
+                None => healthcheck::local_base_url(&settings.server.addr)?,
+            };
+            healthcheck::probe(&base).await
+        }
     }
 }
 
@@ -106,7 +123,7 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
     let runners = RunnerPool::start(state.db.clone(), state.settings.clone());
     let addr = state.settings.server.addr.clone();
     let app = Application::build(state)?;
-    tracing::info!(%addr, port = app.port(), "listening");
+    tracing::info!(%addr, port = app.port(), admin_port = ?app.admin_port(), "listening");
     // The server returns after SIGTERM/ctrl-c has drained it; then the runners finish their
     // current chunk and hand their jobs back.
     let served = app.run_until_stopped().await;

@@ -44,6 +44,9 @@ pub struct Settings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct ServerSettings {
     pub addr: String,
+    /// When set (and not empty), `/metrics` is served on this address only; `/health/*` on both.
+    #[serde(default)]
+    pub admin_addr: Option<String>,
     pub public_base_url: String,
     pub max_body_bytes: usize,
     #[serde(default)]
@@ -468,6 +471,13 @@ impl Settings {
                 self.server.addr
             ));
         }
+        if let Some(admin) = self.server.admin_addr() {
+            if admin.parse::<SocketAddr>().is_err() {
+                return fail(format!(
+                    "server.admin_addr must be host:port with an IP address, got {admin:?}"
+                ));
+            }
+        }
         let base = &self.server.public_base_url;
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.contains('?') {
             return fail(format!(
@@ -521,6 +531,13 @@ impl Settings {
 
 /// Key id (lower case) -> AES-256 key, wiped when dropped.
 pub type DecodedKeys = HashMap<String, Zeroizing<[u8; 32]>>;
+
+impl ServerSettings {
+    /// The admin listener's address; an empty value (e.g. `OATH__SERVER__ADMIN_ADDR=`) means none.
+    pub fn admin_addr(&self) -> Option<&str> {
+        self.admin_addr.as_deref().filter(|a| !a.trim().is_empty())
+    }
+}
 
 impl CryptoSettings {
     /// The active key id and every configured key, decoded.

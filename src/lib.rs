@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod healthcheck;
 pub mod import;
 pub mod jobs;
 pub mod metrics;

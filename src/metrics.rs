@@ -1,6 +1,7 @@
 //! Prometheus metrics: HTTP requests by route and status, job chunks, items by outcome, runner
 //! claims and lease losses, and the database pool. One process-wide registry, rendered by
-//! `GET /metrics` in the text exposition format.
+//! `GET /metrics` in the text exposition format, followed by the standard `process_*` metrics
+//! (CPU, memory, file descriptors, start time; Linux only) under their usual unprefixed names.
 
 use std::sync::LazyLock;
 
@@ -12,6 +13,8 @@ use sqlx::PgPool;
 
 pub struct Metrics {
     registry: Registry,
+    /// Apart from `registry` so that its names keep no `oath_` prefix, as dashboards expect.
+    process: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub job_chunk_duration: HistogramVec,
@@ -102,8 +105,16 @@ impl Metrics {
         ] {
             registry.register(m).expect("metric registered once");
         }
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        process
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric registered once");
         Self {
             registry,
+            process,
             http_requests,
             http_duration,
             job_chunk_duration,
@@ -127,7 +138,9 @@ impl Metrics {
             .set(i64::from(pool.options().get_max_connections()));
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }

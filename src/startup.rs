@@ -17,6 +17,7 @@ use crate::auth::Authenticator;
 use crate::config::{PskcKeyring, Settings};
 use crate::crypto::SecretCipher;
 use crate::error;
+use crate::routes::Listener;
 use crate::{routes, telemetry};
 
 /// Everything a request handler needs, shared by all workers.
@@ -64,11 +65,39 @@ impl AppState {
 }
 
 /// A lazily connected pool: the process starts and stays up while the database is away.
+/// TLS follows the URL's `sslmode` and `sslrootcert`, as with libpq.
 pub fn pool(settings: &Settings) -> Result<PgPool, String> {
     let options: PgConnectOptions = settings.database.url.parse().map_err(|e| {
         format!("configuration error: database.url is not a valid PostgreSQL URL: {e}")
     })?;
+    check_tls_files(&settings.database.url)?;
     Ok(pool_with(settings, options))
+}
+
+/// The certificate and key files that `database.url` names must be readable now: the pool
+/// connects lazily, so otherwise the mistake would only show as a service that never gets ready.
+fn check_tls_files(url: &str) -> Result<(), String> {
+    // sqlx has parsed the URL already; this second parse only looks at its query.
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return Ok(());
+    };
+    for (key, value) in url.query_pairs() {
+        let file_keys = [
+            "sslrootcert",
+            "ssl-root-cert",
+            "ssl-ca",
+            "sslcert",
+            "ssl-cert",
+            "sslkey",
+            "ssl-key",
+        ];
+        if file_keys.contains(&key.as_ref()) {
+            std::fs::File::open(value.as_ref()).map_err(|e| {
+                format!("configuration error: database.url: {key} {value:?} cannot be read: {e}")
+            })?;
+        }
+    }
+    Ok(())
 }
 
 pub fn pool_with(settings: &Settings, options: PgConnectOptions) -> PgPool {
@@ -96,42 +125,98 @@ const RECENTLY_TESTED: Duration = Duration::from_secs(1);
 pub struct Application {
     port: u16,
     server: Server,
+    /// `server.admin_addr`'s port and server, when one is configured.
+    admin: Option<(u16, Server)>,
 }
 
 impl Application {
-    /// Binds `server.addr` (port 0 picks a free port) and prepares the server; `run` starts it.
+    /// Binds `server.addr` and, when set, `server.admin_addr` (port 0 picks a free port) and
+    /// prepares the servers; `run_until_stopped` runs them.
     pub fn build(state: AppState) -> Result<Self, String> {
-        let addr = state.settings.server.addr.clone();
-        let listener =
-            TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        let workers = match state.settings.server.workers {
+        let settings = &state.settings.server;
+        let (listener, port) = bind("server.addr", &settings.addr)?;
+        let admin_listener = match settings.admin_addr() {
+            Some(addr) => Some(bind("server.admin_addr", addr)?),
+            None => None,
+        };
+        let workers = match settings.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let shutdown = Duration::from_secs(state.settings.server.shutdown_timeout_seconds);
+        let shutdown = Duration::from_secs(settings.shutdown_timeout_seconds);
         let state = web::Data::new(state);
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .wrap(from_fn(telemetry::request_context))
-                .configure(routes::configure)
-                .default_service(web::to(error::not_found))
+        let (server, admin) = match admin_listener {
+            None => (
+                serve(&state, listener, Listener::All, workers, shutdown)?,
+                None,
+            ),
+            Some((admin_listener, admin_port)) => (
+                serve(&state, listener, Listener::Public, workers, shutdown)?,
+                // Probes and scrapes are light: one worker keeps them off the API's threads.
+                Some((
+                    admin_port,
+                    serve(&state, admin_listener, Listener::Admin, 1, shutdown)?,
+                )),
+            ),
+        };
+        Ok(Self {
+            port,
+            server,
+            admin,
         })
-        .workers(workers)
-        .shutdown_timeout(shutdown.as_secs())
-        .listen(listener)
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?
-        .run();
-        Ok(Self { port, server })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Serves until SIGTERM or ctrl-c, then drains in-flight requests.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+    /// The admin listener's port, when `server.admin_addr` is set.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin.as_ref().map(|(port, _)| *port)
     }
+
+    /// Serves until SIGTERM or ctrl-c (both servers receive it), then drains in-flight requests.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        match self.admin {
+            None => self.server.await,
+            Some((_, admin)) => futures_util::future::try_join(self.server, admin)
+                .await
+                .map(|_| ()),
+        }
+    }
+}
+
+/// Binds `addr`; errors name the setting `key`.
+fn bind(key: &str, addr: &str) -> Result<(TcpListener, u16), String> {
+    let listener =
+        TcpListener::bind(addr).map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| format!("{key}: {e}"))?
+        .port();
+    Ok((listener, port))
+}
+
+/// One HTTP server on `listener`, serving the routes of `routes`.
+fn serve(
+    state: &web::Data<AppState>,
+    listener: TcpListener,
+    routes: Listener,
+    workers: usize,
+    shutdown: Duration,
+) -> Result<Server, String> {
+    let state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(telemetry::request_context))
+            .configure(|cfg| routes::configure(cfg, routes))
+            .default_service(web::to(error::not_found))
+    })
+    .workers(workers)
+    .shutdown_timeout(shutdown.as_secs())
+    .listen(listener)
+    .map_err(|e| format!("cannot serve on a bound listener: {e}"))?
+    .run();
+    Ok(server)
 }

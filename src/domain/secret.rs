@@ -15,7 +15,7 @@ impl Secret {
 
     /// Decodes hex of either case. The error message never repeats the input.
     pub fn from_hex(hex_digits: &str) -> Result<Self, &'static str> {
-        if hex_digits.len() % 2 != 0 {
+        if !hex_digits.len().is_multiple_of(2) {
             return Err("secret must have an even number of hex digits");
         }
         let mut bytes = Zeroizing::new(vec![0u8; hex_digits.len() / 2]);

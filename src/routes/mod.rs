@@ -104,9 +104,35 @@ pub const ROUTES: &[Resource] = &[
     ),
 ];
 
-/// Registers every route of [`ROUTES`]. Each resource answers 405 for methods it does not serve.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    for r in ROUTES {
+/// Which routes of [`ROUTES`] one listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// `server.addr` when there is no admin listener: every route.
+    All,
+    /// `server.addr` beside an admin listener: every route but `/metrics`.
+    Public,
+    /// `server.admin_addr`: `/health/*` and `/metrics`, nothing of the API.
+    Admin,
+}
+
+impl Listener {
+    fn serves(self, path: &str) -> bool {
+        let operations = path.starts_with("/health/");
+        match self {
+            Listener::All => true,
+            Listener::Public => path != "/metrics",
+            Listener::Admin => operations || path == "/metrics",
+        }
+    }
+}
+
+/// Registers the routes of [`ROUTES`] that `listener` serves. Each resource answers 405 for
+/// methods it does not serve.
+pub fn configure(cfg: &mut web::ServiceConfig, listener: Listener) {
+    let served = ROUTES
+        .iter()
+        .filter(|r| r.paths.iter().all(|p| listener.serves(p)));
+    for r in served {
         let mut service = web::resource(r.paths.to_vec());
         for (method, handler) in r.methods {
             service = service.route(handler().method(method.clone()));

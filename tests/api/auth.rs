@@ -21,7 +21,7 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn claims(app: &TestApp) -> Value {
+pub(crate) fn claims(app: &TestApp) -> Value {
     json!({
         "iss": app.settings.auth.issuer,
         "aud": app.settings.auth.audience,
@@ -44,7 +44,7 @@ fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
     encode(&header, claims, &key).unwrap()
 }
 
-fn rs256(claims: &Value) -> String {
+pub(crate) fn rs256(claims: &Value) -> String {
     sign(Algorithm::RS256, Some("rsa-1"), claims)
 }
 

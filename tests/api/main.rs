@@ -7,12 +7,17 @@ mod errors;
 mod helpers;
 mod imports;
 mod jobs;
+mod jwks_https;
 mod metrics;
 mod openapi;
+mod operations;
 mod otp;
 mod outage;
 mod secrets;
 mod security;
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
+mod support;
 mod tokens;
 mod typed_rows;
 mod validation;

@@ -211,7 +211,7 @@ fn key_length(what: &str, encrypted: &Element, key: &[u8]) -> Result<usize, Open
 /// anything that does not decrypt to a well-padded value; the caller cannot tell why.
 fn decrypt(key: &[u8], key_len: usize, cipher_value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     use aes::cipher::block_padding::NoPadding;
-    if cipher_value.len() < 32 || cipher_value.len() % 16 != 0 || key.len() != key_len {
+    if cipher_value.len() < 32 || !cipher_value.len().is_multiple_of(16) || key.len() != key_len {
         return None;
     }
     let (iv, body) = cipher_value.split_at(16);
