@@ -376,7 +376,7 @@ async fn vendor_files_plain_encrypted_and_with_a_bad_mac(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn malicious_and_unreadable_files_are_refused_fast(pool: PgPool) {
+async fn malicious_and_unreadable_files_are_refused_before_any_work(pool: PgPool) {
     let app = spawn(pool).await;
     let cases: Vec<(Vec<u8>, Headers, &str)> = vec![
         (
@@ -417,22 +417,26 @@ async fn malicious_and_unreadable_files_are_refused_fast(pool: PgPool) {
         ),
     ];
     for (body, headers, want) in cases {
-        let started = Instant::now();
         let (status, res) = post_file(&app, app.env, PSKC, body, &headers).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "{want}");
         assert_error(status, &res, 400, "INVALID_REQUEST");
         assert!(
             res["message"].as_str().unwrap().contains(want),
             "{want}: {res}"
         );
     }
-    // A larger billion-laughs body is refused at its DOCTYPE, before any of it is expanded.
+    // A larger billion-laughs body is refused at its DOCTYPE (the message names it), before any
+    // of it is expanded.
     let mut bomb = fixture("billion-laughs.pskcxml");
     bomb.extend(std::iter::repeat_n(b' ', 8 << 20));
-    let started = Instant::now();
     let (status, res) = post_file(&app, app.env, PSKC, bomb, &[]).await;
     assert_error(status, &res, 400, "INVALID_REQUEST");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        res["message"]
+            .as_str()
+            .unwrap()
+            .contains("Line 2: a DOCTYPE declaration is not accepted"),
+        "{res}"
+    );
 
     let (status, res) = post_file(&app, app.env, "text/plain", b"x".to_vec(), &[]).await;
     assert_error(status, &res, 415, "UNSUPPORTED_MEDIA_TYPE");
