@@ -2,7 +2,6 @@
 //! rows are INVALID results; files that cannot be read at all are refused.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use oath_service::auth::Scope;
@@ -628,7 +627,7 @@ async fn a_100k_row_csv_imports_through_the_chunked_engine(pool: PgPool) {
 }
 
 #[test]
-fn a_100k_key_pskc_file_parses_in_bounded_time() {
+fn a_100k_key_pskc_file_parses_every_key_package() {
     use oath_service::domain::job::CreateItem;
     use oath_service::import::pskc::{parse, PskcKeys};
 
@@ -646,13 +645,10 @@ fn a_100k_key_pskc_file_parses_in_bounded_time() {
         ));
     }
     body.push_str("</KeyContainer>\n");
-    let started = Instant::now();
+    // How long it takes is bench/'s business; here, that every key package is read.
     let items = parse(body.as_bytes(), &PskcKeys::default(), N).unwrap();
-    let elapsed = started.elapsed();
     assert_eq!(items.len(), N);
     assert!(items.iter().all(|i| matches!(i, CreateItem::Token(_))));
-    // Debug build on a shared 2-core machine; a release build takes a fraction of this.
-    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
     assert!(matches!(
         parse(body.as_bytes(), &PskcKeys::default(), N - 1),
         Err(oath_service::import::ImportError::TooManyRows { .. })
