@@ -138,6 +138,15 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -
     }
 }
 
+/// Sessions open on the server under `application_name`.
+async fn sessions(pool: &PgPool, application_name: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from pg_stat_activity where application_name = $1")
+        .bind(application_name)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn all_done(pool: &PgPool) -> bool {
     let open: i64 =
         sqlx::query_scalar("select count(*) from oath_jobs where status not in ('DONE', 'FAILED')")
@@ -162,21 +171,26 @@ async fn kill_9_mid_job_then_restart_creates_every_token_once(
     let job = submit_to(&app, app.env, &create_job("K", 0..TOTAL)).await;
 
     // Kill the runner process at several points of the job, each time mid-flight.
-    for fraction in [0.2, 0.45, 0.7] {
-        let service = Service::start(&url, 1_000_000);
+    for (n, fraction) in [0.2, 0.45, 0.7].into_iter().enumerate() {
+        // Its connections carry a name, so that the test can see them end.
+        let name = format!("killed-{n}");
+        let service = Service::start(&format!("{url}?application_name={name}"), 1_000_000);
         let target = (TOTAL as f64 * fraction) as i32;
         wait_until("progress", Duration::from_secs(120), async || {
             processed(&app.pool, job).await >= target
         })
         .await;
         service.kill();
-        // A COMMIT already sent when the process died still lands; after that nothing moves
-        // while no runner is alive.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A COMMIT already sent when the process died still lands: wait until the server has
+        // ended every session of the dead process. Then nothing can move while no runner lives.
+        wait_until(
+            "the killed process's sessions to end",
+            Duration::from_secs(120),
+            async || sessions(&app.pool, &name).await == 0,
+        )
+        .await;
         let at_kill = processed(&app.pool, job).await;
         assert!(at_kill < TOTAL as i32, "the job finished before the kill");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(processed(&app.pool, job).await, at_kill);
     }
     let _service = Service::start(&url, 1_000_000);
     wait_until("the job to end", Duration::from_secs(180), async || {

@@ -23,10 +23,14 @@
 #   OATH_PG_DATA            data directory of (d)               (default <repo>/target/pgdata)
 #   OATH_PG_LOG             server log of (d)                   (default <repo>/target/pgdata.log)
 #   OATH_PG_ETC             where Debian cluster configs live   (default /etc/postgresql)
-#   OATH_PG_LIBDIR          where server binaries live          (default /usr/lib/postgresql)
+#   OATH_PG_BINDIR          the server binaries (initdb, pg_ctl) for (d), and for
+#                           tests/postgres_outage.rs     (default /usr/lib/postgresql/<newest>/bin)
 #   OATH_PG_NO_INSTALL=1    never apt-get install anything
-# OATH_PG_ETC / OATH_PG_LIBDIR pointing at an empty directory switch (c) / (d) off, which is
+# OATH_PG_ETC / OATH_PG_BINDIR pointing at an empty directory switch (c) / (d) off, which is
 # how the later branches are exercised on a machine that has a system cluster.
+#
+# Also defines `pg_server_bindir`, which prints the directory of the server binaries (the same
+# rule as (d)) or fails.
 #
 # Works under `set -euo pipefail` (every failure is checked explicitly) and without a TTY
 # (psql runs with -w, so it never prompts for a password).
@@ -248,12 +252,26 @@ SQL
 }
 
 # --- (d) ---------------------------------------------------------------------------------
+# Prints the directory holding initdb and pg_ctl: $OATH_PG_BINDIR when set (and then only it),
+# else the newest /usr/lib/postgresql/<ver>/bin. Fails when there is none.
+pg_server_bindir() {
+    local bin
+    if [ -n "${OATH_PG_BINDIR:-}" ]; then
+        bin="$OATH_PG_BINDIR"
+    else
+        local ver
+        ver="$(_pg_latest /usr/lib/postgresql bin/initdb)"
+        [ -n "$ver" ] || return 1
+        bin="/usr/lib/postgresql/$ver/bin"
+    fi
+    [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] || return 1
+    printf '%s\n' "$bin"
+}
+
 _pg_try_private_cluster() {
-    local libdir="${OATH_PG_LIBDIR:-/usr/lib/postgresql}" ver bin
-    ver="$(_pg_latest "$libdir" bin/initdb)"
-    [ -n "$ver" ] || return 1
-    bin="$libdir/$ver/bin"
-    [ -x "$bin/pg_ctl" ] || return 1
+    local bin ver
+    bin="$(pg_server_bindir)" || return 1
+    ver="$("$bin/pg_ctl" --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+)?' | head -n 1)"
 
     local data="${OATH_PG_DATA:-$_OATH_REPO_ROOT/target/pgdata}"
     local log="${OATH_PG_LOG:-$_OATH_REPO_ROOT/target/pgdata.log}"

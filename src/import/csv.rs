@@ -164,7 +164,9 @@ fn header(record: &::csv::ByteRecord) -> Result<Vec<Column>, ImportError> {
         .map(|(n, _)| *n)
         .collect();
     if !columns.contains(&Column::Secret) && !columns.contains(&Column::SecretBase32) {
-        missing.insert(1, "secret (or secretBase32)");
+        // After serialNumber when that is missing too, as the header lists them.
+        let at = usize::from(!columns.contains(&Column::SerialNumber));
+        missing.insert(at, "secret (or secretBase32)");
     }
     if !missing.is_empty() {
         return Err(ImportError::at_line(
@@ -414,6 +416,14 @@ mod tests {
             (
                 "serialNumber,secret,type\n",
                 "lacks the column(s) otpLength",
+            ),
+            (
+                "serialNumber,type,otpLength\n",
+                "lacks the column(s) secret (or secretBase32)",
+            ),
+            (
+                "type,otpLength\n",
+                "lacks the column(s) serialNumber, secret (or secretBase32)",
             ),
             (
                 "serialNumber,secret,secretBase32,type,otpLength\n",

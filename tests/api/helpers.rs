@@ -75,8 +75,13 @@ pub async fn spawn_app_with(pool: PgPool, configure: impl FnOnce(&mut Settings))
         env: Uuid::new_v4(),
         pool,
         settings,
+        // Only a hang should fail a request: a 100k-row upload on a loaded 2-core machine is not
+        // one.
         client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(300))
+            // The server closes a connection idle for its keep-alive (5 s); a test that spends
+            // longer building its next body must not be handed that closing connection.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .unwrap(),
     }

@@ -2,7 +2,6 @@
 //! rows are INVALID results; files that cannot be read at all are refused.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use oath_service::auth::Scope;
@@ -375,7 +374,7 @@ async fn vendor_files_plain_encrypted_and_with_a_bad_mac(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn malicious_and_unreadable_files_are_refused_fast(pool: PgPool) {
+async fn malicious_and_unreadable_files_are_refused_before_any_work(pool: PgPool) {
     let app = spawn(pool).await;
     let cases: Vec<(Vec<u8>, Headers, &str)> = vec![
         (
@@ -416,22 +415,26 @@ async fn malicious_and_unreadable_files_are_refused_fast(pool: PgPool) {
         ),
     ];
     for (body, headers, want) in cases {
-        let started = Instant::now();
         let (status, res) = post_file(&app, app.env, PSKC, body, &headers).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "{want}");
         assert_error(status, &res, 400, "INVALID_REQUEST");
         assert!(
             res["message"].as_str().unwrap().contains(want),
             "{want}: {res}"
         );
     }
-    // A larger billion-laughs body is refused at its DOCTYPE, before any of it is expanded.
+    // A larger billion-laughs body is refused at its DOCTYPE (the message names it), before any
+    // of it is expanded.
     let mut bomb = fixture("billion-laughs.pskcxml");
     bomb.extend(std::iter::repeat_n(b' ', 8 << 20));
-    let started = Instant::now();
     let (status, res) = post_file(&app, app.env, PSKC, bomb, &[]).await;
     assert_error(status, &res, 400, "INVALID_REQUEST");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        res["message"]
+            .as_str()
+            .unwrap()
+            .contains("Line 2: a DOCTYPE declaration is not accepted"),
+        "{res}"
+    );
 
     let (status, res) = post_file(&app, app.env, "text/plain", b"x".to_vec(), &[]).await;
     assert_error(status, &res, 415, "UNSUPPORTED_MEDIA_TYPE");
@@ -623,7 +626,7 @@ async fn a_100k_row_csv_imports_through_the_chunked_engine(pool: PgPool) {
 }
 
 #[test]
-fn a_100k_key_pskc_file_parses_in_bounded_time() {
+fn a_100k_key_pskc_file_parses_every_key_package() {
     use oath_service::domain::job::CreateItem;
     use oath_service::import::pskc::{parse, PskcKeys};
 
@@ -641,13 +644,10 @@ fn a_100k_key_pskc_file_parses_in_bounded_time() {
         ));
     }
     body.push_str("</KeyContainer>\n");
-    let started = Instant::now();
+    // How long it takes is bench/'s business; here, that every key package is read.
     let items = parse(body.as_bytes(), &PskcKeys::default(), N).unwrap();
-    let elapsed = started.elapsed();
     assert_eq!(items.len(), N);
     assert!(items.iter().all(|i| matches!(i, CreateItem::Token(_))));
-    // Debug build on a shared 2-core machine; a release build takes a fraction of this.
-    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
     assert!(matches!(
         parse(body.as_bytes(), &PskcKeys::default(), N - 1),
         Err(oath_service::import::ImportError::TooManyRows { .. })

@@ -531,6 +531,168 @@ async fn async_false_waits_for_the_job(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn async_false_past_the_wait_answers_202_the_job_finishes_and_a_retry_replays(pool: PgPool) {
+    // No runner works until the test drives one, so the wait always runs out.
+    let app = spawn_app_with(pool, |s| s.jobs.sync_wait_seconds = 1).await;
+    let mut body = create_job((0..5).map(|i| format!("W{i}")));
+    body["async"] = json!(false);
+    let post = || async {
+        app.request(Method::POST, &app.jobs_path())
+            .header(
+                "content-type",
+                oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
+            )
+            .header("idempotency-key", "sync-wait-key")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    };
+    let asked = std::time::Instant::now();
+    let res = post().await;
+    // A lower bound only: the request waited for the job before giving up on it.
+    assert!(asked.elapsed() >= std::time::Duration::from_secs(1));
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let (status, first) = parts(res).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["async"], false);
+    assert!(
+        first["status"] == "PENDING" || first["status"] == "IN_PROGRESS",
+        "{first}"
+    );
+    let id = first["id"].as_str().unwrap();
+    assert!(location.ends_with(id), "{location}");
+
+    // The job goes on without the request.
+    app.drain(&mut app.runner("r1")).await;
+    let done = job(&app, id).await;
+    assert_eq!(done["status"], "DONE", "{done}");
+    assert_eq!(done["result"], json!({"created": 5}));
+
+    // A retry with the same key gets the stored answer, and does nothing again.
+    let res = post().await;
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(res.headers()["location"].to_str().unwrap(), location);
+    let (status, again) = parts(res).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again, first);
+    assert_eq!(app.count("select count(*) from oath_jobs").await, 1);
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 5);
+}
+
+#[sqlx::test]
+async fn a_revoke_job_cannot_reach_another_environment(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    // Environment B's tokens and a job of its own, through B's path and token.
+    let env_b = Uuid::new_v4();
+    let bearer_b = app.token_for(env_b, &oath_service::auth::Scope::ALL);
+    let b_path = |rest: &str| format!("/v1/environments/{env_b}{rest}");
+    let mut b_ids = Vec::new();
+    for i in 0..2 {
+        let res = app
+            .client
+            .post(app.url(&b_path("/oathTokens")))
+            .bearer_auth(&bearer_b)
+            .json(&hotp(format!("B{i}")))
+            .send()
+            .await
+            .unwrap();
+        let (status, token) = parts(res).await;
+        assert_eq!(status, 201, "{token}");
+        b_ids.push(token["id"].as_str().unwrap().to_string());
+    }
+    let res = app
+        .client
+        .post(app.url(&b_path("/oathJobs")))
+        .bearer_auth(&bearer_b)
+        .header(
+            "content-type",
+            oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
+        )
+        .body(create_job(["B9".to_string()]).to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, b_job) = parts(res).await;
+    assert_eq!(status, 202, "{b_job}");
+    let b_job = b_job["id"].as_str().unwrap().to_string();
+
+    // A's revoke job names B's token ids (and one of A's own, which it does revoke).
+    let (_, own) = parts(app.create_token(&hotp("A0".to_string())).await).await;
+    let own = own["id"].as_str().unwrap().to_string();
+    let accepted = submit(
+        &app,
+        &json!({"type": "REVOKE_OATH_TOKENS", "forceUnpair": true,
+                "tokenIds": [b_ids[0], own, b_ids[1]]}),
+    )
+    .await;
+    let a_job = accepted["id"].as_str().unwrap();
+    app.drain(&mut app.runner("r1")).await;
+    let done = job(&app, a_job).await;
+    assert_eq!(done["status"], "DONE", "{done}");
+    assert_eq!(done["result"], json!({"revoked": 1, "notFound": 2}));
+    let (status, results) = parts(
+        app.get_path(&format!("{}/{a_job}/results", app.jobs_path()))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{results}");
+    let rows: Vec<(&str, &str)> = results["_embedded"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["tokenId"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (b_ids[0].as_str(), "NOT_FOUND"),
+            (own.as_str(), "REVOKED"),
+            (b_ids[1].as_str(), "NOT_FOUND")
+        ]
+    );
+    // B's results rows never carry B's serial numbers into A's job.
+    assert!(!results.to_string().contains("\"B0\""), "{results}");
+
+    // B's tokens are untouched.
+    for id in &b_ids {
+        let res = app
+            .client
+            .get(app.url(&b_path(&format!("/oathTokens/{id}"))))
+            .bearer_auth(&bearer_b)
+            .send()
+            .await
+            .unwrap();
+        let (status, token) = parts(res).await;
+        assert_eq!(status, 200, "{token}");
+        assert_eq!(token["status"], "AVAILABLE");
+    }
+
+    // B's job and its results are not found through A's path with A's token.
+    for path in [
+        format!("{}/{b_job}", app.jobs_path()),
+        format!("/v1/environments/{}/jobs/{b_job}", app.env),
+        format!("{}/{b_job}/results", app.jobs_path()),
+    ] {
+        let (status, body) = parts(app.get_path(&path).await).await;
+        assert_error(status, &body, 404, "NOT_FOUND");
+    }
+    let (_, page) = parts(app.get_path(&app.jobs_path()).await).await;
+    let listed: Vec<&str> = page["_embedded"]["oathJobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [a_job]);
+}
+
+#[sqlx::test]
 async fn jobs_list_newest_first_and_are_scoped(pool: PgPool) {
     let app = spawn_app(pool).await;
     let mut ids = Vec::new();
@@ -559,12 +721,41 @@ async fn jobs_list_newest_first_and_are_scoped(pool: PgPool) {
     assert_eq!(page["_embedded"]["oathJobs"][0]["id"], ids[2].as_str());
     assert!(page["_links"].get("next").is_none());
 
-    // Another environment's job is not found; a missing scope is 403 either way.
-    let other = app.token_for(Uuid::new_v4(), &oath_service::auth::Scope::ALL);
+    // Another environment's job is not found through that environment's own path and token.
+    let other_env = Uuid::new_v4();
+    let other = app.token_for(other_env, &oath_service::auth::Scope::ALL);
+    for path in [
+        format!("/v1/environments/{other_env}/oathJobs/{}", ids[0]),
+        format!("/v1/environments/{other_env}/jobs/{}", ids[0]),
+        format!("/v1/environments/{other_env}/oathJobs/{}/results", ids[0]),
+    ] {
+        let res = app
+            .client
+            .get(app.url(&path))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = parts(res).await;
+        assert_error(status, &body, 404, "NOT_FOUND");
+    }
+    let (status, page) = parts(
+        app.client
+            .get(app.url(&format!("/v1/environments/{other_env}/oathJobs")))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["size"], 0, "{page}");
+    // A token for another environment is 403 on this one's path, before any lookup; so is a
+    // missing scope, whether or not the job exists.
     let res = app
         .client
         .get(app.url(&format!("{}/{}", app.jobs_path(), ids[0])))
-        .bearer_auth(other)
+        .bearer_auth(&other)
         .send()
         .await
         .unwrap();

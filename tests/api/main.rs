@@ -5,6 +5,7 @@ mod auth;
 mod corpus;
 mod errors;
 mod helpers;
+mod idempotency;
 mod imports;
 mod jobs;
 mod jwks_https;
