@@ -90,9 +90,10 @@ struct JobResult {
     /// in the job); all of them are in the job's results.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     duplicates: Vec<DuplicateView>,
-    /// Create jobs: all duplicates.
-    #[serde(skip_serializing_if = "is_zero")]
-    duplicates_count: i32,
+    /// Create jobs, only when `duplicates` is cut to its first 1,000: how many there are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    duplicates_count: Option<i32>,
     /// Revoke jobs: tokens revoked.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -162,7 +163,8 @@ impl JobResource {
                         masked_secret: d.masked_secret,
                     })
                     .collect(),
-                duplicates_count: counts.duplicates,
+                duplicates_count: (i64::from(counts.duplicates) > results::EMBEDDED_DUPLICATES)
+                    .then_some(counts.duplicates),
                 revoked: (!is_create).then_some(counts.revoked),
                 not_found: counts.not_found,
                 skipped_paired: counts.skipped_paired,
