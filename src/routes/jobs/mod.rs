@@ -1,0 +1,10 @@
+//! `/v1/environments/{envID}/oathJobs`: submit bulk create/revoke jobs, read them (also under
+//! `/jobs/{id}`, the form the job's self link uses), their per-item results, and the job list.
+
+mod read;
+mod submit;
+mod views;
+
+pub use read::*;
+pub use submit::*;
+pub use views::JobResource;

@@ -1,0 +1,233 @@
+//! Reading jobs: one job, the job list, and a job's results.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::views::*;
+use crate::domain::job::Outcome;
+use crate::error::responses::{AuthenticatedErrors, BadRequest};
+use crate::error::ApiError;
+use crate::routes::extract::{Authorized, JobId, JobsRead};
+use crate::routes::page;
+use crate::routes::tokens::environment_url;
+use crate::routes::{cursor, page_limit};
+use crate::routes::{EnvPath, JobPath};
+use crate::startup::AppState;
+use crate::store::jobs as store;
+use crate::store::results;
+
+const PAGE_DEFAULT: i64 = 100;
+const PAGE_MAX: i64 = 1000;
+
+/// Read a job: status, progress and result counts.
+///
+/// `/jobs/{job_id}` (the form of the job's self link) serves the same resource.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathJobs/{job_id}",
+    tag = "Jobs",
+    operation_id = "getJob",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job.", body = JobResource),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
+pub async fn get(
+    auth: Authorized<JobsRead, JobId>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (env, id) = (auth.env, auth.ids.0);
+    let row = store::get(&state.db, env, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(HttpResponse::Ok().json(render(&state, row).await?))
+}
+
+/// Read a job, by its self link.
+///
+/// The same resource as `/oathJobs/{job_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/jobs/{job_id}",
+    tag = "Jobs",
+    operation_id = "getJobBySelfLink",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job.", body = JobResource),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
+#[allow(dead_code)] // documents the second path of `get`'s resource; never called
+fn get_by_self_link() {}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PageQuery {
+    /// Items per page, 1 to 1000; default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// Opaque: taken from a page's `_links.next`.
+    cursor: Option<String>,
+    /// Only rows with this outcome.
+    #[param(value_type = Option<Outcome>)]
+    outcome: Option<String>,
+}
+
+fn page_query(query_string: &str) -> Result<PageQuery, ApiError> {
+    web::Query::<PageQuery>::from_query(query_string)
+        .map(web::Query::into_inner)
+        .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))
+}
+
+/// A job list's query string, parsed.
+pub struct JobListRequest {
+    pub limit: i64,
+    /// The last id of the previous page (jobs are listed newest first).
+    pub before: Option<Uuid>,
+    cursor: Option<String>,
+}
+
+impl JobListRequest {
+    /// `limit` and `cursor`; other parameters are ignored.
+    pub fn parse(query_string: &str) -> Result<Self, ApiError> {
+        let query = page_query(query_string)?;
+        Ok(Self {
+            limit: page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?,
+            before: query.cursor.as_deref().map(cursor::decode).transpose()?,
+            cursor: query.cursor,
+        })
+    }
+}
+
+/// A job results query string, parsed.
+pub struct ResultsRequest {
+    pub limit: i64,
+    /// The last item index of the previous page.
+    pub after: Option<i32>,
+    pub outcome: Option<Outcome>,
+    cursor: Option<String>,
+}
+
+impl ResultsRequest {
+    /// `limit`, `cursor` and `outcome`; other parameters are ignored.
+    pub fn parse(query_string: &str) -> Result<Self, ApiError> {
+        let query = page_query(query_string)?;
+        let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
+        let after = query
+            .cursor
+            .as_deref()
+            .map(decode_index_cursor)
+            .transpose()?;
+        let outcome = query
+            .outcome
+            .as_deref()
+            .map(|o| {
+                Outcome::parse(o).ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "outcome must be one of CREATED, DUPLICATE, REVOKED, NOT_FOUND, SKIPPED_PAIRED, LIMIT_EXCEEDED, INVALID.".into(),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            limit,
+            after,
+            outcome,
+            cursor: query.cursor,
+        })
+    }
+}
+
+/// List jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathJobs",
+    tag = "Jobs",
+    operation_id = "listJobs",
+    params(
+        EnvPath,
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
+            description = "Jobs per page, 1 to 1000; default 100."),
+        ("cursor" = Option<String>, Query, description = "Opaque: taken from a page's `_links.next`."),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs.", body = JobPage),
+        (status = 400, response = BadRequest),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
+pub async fn list(
+    auth: Authorized<JobsRead>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let env = auth.env;
+    let query = JobListRequest::parse(req.query_string())?;
+    let limit = query.limit;
+    let mut rows = store::list(&state.db, env, query.before, limit + 1).await?;
+    let next = page::cut(&mut rows, limit, |r| cursor::encode(r.id));
+    let jobs = render_all(&state, rows).await?;
+    let collection = format!(
+        "{}/oathJobs",
+        environment_url(state.settings.base_url(), env)
+    );
+    Ok(HttpResponse::Ok().json(JobPage {
+        links: page::links(
+            &collection,
+            &[("limit", limit.to_string())],
+            query.cursor.as_deref(),
+            next,
+        ),
+        size: jobs.len(),
+        embedded: EmbeddedJobs { oath_jobs: jobs },
+    }))
+}
+
+/// The job's per-item outcomes, in item order.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathJobs/{job_id}/results",
+    tag = "Jobs",
+    operation_id = "listJobResults",
+    params(JobPath, PageQuery),
+    responses(
+        (status = 200, description = "A page of results.", body = ResultPage),
+        (status = 400, response = BadRequest),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
+pub async fn results(
+    auth: Authorized<JobsRead, JobId>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (env, id) = (auth.env, auth.ids.0);
+    let query = ResultsRequest::parse(req.query_string())?;
+    let (limit, after, outcome) = (query.limit, query.after, query.outcome);
+    if store::get(&state.db, env, id).await?.is_none() {
+        return Err(ApiError::not_found());
+    }
+    let mut rows = results::page(&state.db, env, id, after, outcome, limit + 1).await?;
+    let next = page::cut(&mut rows, limit, |r| index_cursor(r.idx));
+    let mut params = vec![("limit", limit.to_string())];
+    if let Some(o) = outcome {
+        params.push(("outcome", o.as_str().to_string()));
+    }
+    let collection = format!(
+        "{}/oathJobs/{id}/results",
+        environment_url(state.settings.base_url(), env)
+    );
+    let results: Vec<ResultView> = rows.into_iter().map(ResultView::from).collect();
+    Ok(HttpResponse::Ok().json(ResultPage {
+        links: page::links(&collection, &params, query.cursor.as_deref(), next),
+        size: results.len(),
+        embedded: EmbeddedResults { results },
+    }))
+}
