@@ -404,6 +404,42 @@ async fn a_password_from_stdin_unlocks_a_pbkdf2_file(pool: PgPool) {
     assert!(!run.stderr.contains(password) && !run.stdout.contains(password));
 }
 
+/// A caller's own transport key from stdin (`X-PSKC-Key`): the RFC 6030 figure 6 file imports;
+/// the same file under another key is another request (409 for the same idempotency key, exit 1),
+/// and the key appears in no output.
+#[sqlx::test]
+async fn a_transport_key_from_stdin_decrypts_a_pskc_file(pool: PgPool) {
+    let svc = service(pool).await;
+    let file = Path::new(FIXTURES).join("rfc6030-figure6.pskcxml");
+    let key = "12345678901234567890123456789012";
+    let run = svc
+        .import(
+            &file,
+            &["--key-stdin"],
+            Some(svc.token()),
+            &format!("{key}\n"),
+        )
+        .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let (total, created, _, _, _) = summary(&run);
+    assert_eq!((total, created), (1, 1));
+    assert_eq!(svc.tokens().await, 1);
+    assert!(!run.stderr.contains(key) && !run.stdout.contains(key));
+
+    let wrong = "00112233445566778899aabbccddeeff";
+    let run = svc
+        .import(
+            &file,
+            &["--key-stdin"],
+            Some(svc.token()),
+            &format!("{wrong}\n"),
+        )
+        .await;
+    assert_ne!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(svc.tokens().await, 1);
+    assert!(!run.stderr.contains(wrong) && !run.stdout.contains(wrong));
+}
+
 /// Under a pseudo-terminal stderr shows the bar (rows of total, rate, ETA); stdout, redirected to
 /// a file, still carries the counts alone.
 #[sqlx::test]
