@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// The advisory lock key of the purge ("oathpurg").
-const PURGE_LOCK: i64 = 0x6f61_7468_7075_7267;
+pub const PURGE_LOCK: i64 = 0x6f61_7468_7075_7267;
 
 /// A finished job due for deletion.
 #[derive(Clone, Copy, Debug)]
