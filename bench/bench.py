@@ -16,6 +16,9 @@ Environment (set by bench/run; all optional but DATABASE_URL and OATH_BIN):
   BENCH_CONNECTIONS  wrk connections = pgbench clients (default 16)
   BENCH_THREADS      wrk threads = pgbench threads (default 2)
   BENCH_HTTP_TOKENS  tokens the GET and validate measurements spread over (default 10000)
+  BENCH_FAIR_JOBS    environment A's backlog for the fairness line: jobs (default 3)...
+  BENCH_FAIR_TOKENS  ...of this many tokens each (default 60000)
+  BENCH_FAIR_REPS    environment B's small jobs timed alone, then behind the backlog (default 5)
   BENCH_ONLY         comma-separated measurement names to run (default: all)
 """
 
@@ -45,6 +48,9 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 HTTP_TOKENS = int(os.environ.get("BENCH_HTTP_TOKENS", "10000"))
+FAIR_JOBS = int(os.environ.get("BENCH_FAIR_JOBS", "3"))
+FAIR_TOKENS = int(os.environ.get("BENCH_FAIR_TOKENS", "60000"))
+FAIR_REPS = int(os.environ.get("BENCH_FAIR_REPS", "5"))
 ONLY = [m for m in os.environ.get("BENCH_ONLY", "").split(",") if m]
 SERVER_URL = os.environ["DATABASE_URL"].split("?")[0].rsplit("/", 1)[0]
 DB_NAME = f"oath_bench_{os.getpid()}"
@@ -429,11 +435,59 @@ update bench_tokens set fail_count = fail_count + 1
 
 
 # The table, in order. Each entry: (name for BENCH_ONLY, function(svc, workdir) -> [Line]).
+# --- fairness: a small job of one environment behind another's backlog ----------------------
+
+def small_job_latency(svc, env, token, n):
+    """Seconds from POST to the answer of a 10-token "async": false job."""
+    body = json.dumps({"type": "CREATE_OATH_TOKENS", "async": False, "tokens": [
+        {"serialNumber": f"F{n}x{i}", "secret": SECRET, "type": "HOTP", "otpLength": 6}
+        for i in range(10)]}).encode()
+    started = time.perf_counter()
+    status, job = svc.request("POST", f"/v1/environments/{env}/oathJobs", token, body, CREATE_TYPE)
+    elapsed = time.perf_counter() - started
+    assert status == 200 and job["status"] == "DONE", job
+    return elapsed
+
+
+def fairness(svc, work):
+    """Environment B's 10-token "async": false job, alone and while environment A has
+    FAIR_JOBS jobs of FAIR_TOKENS tokens queued (every runner busy with them)."""
+    b = str(uuid.uuid4())
+    b_token = svc.token(b)
+    alone = [small_job_latency(svc, b, b_token, n) for n in range(FAIR_REPS)]
+    a = str(uuid.uuid4())
+    a_token = svc.token(a)
+    for n in range(FAIR_JOBS):
+        status, job = svc.request("POST", f"/v1/environments/{a}/oathJobs", a_token,
+                                  create_body(token_rows(FAIR_TOKENS, f"A{n}x")), CREATE_TYPE)
+        assert status == 202, job
+    chunks = f"select count(*) from oath_job_chunks where environment_id = '{a}'"
+    busy = f"select count(*) from oath_jobs where environment_id = '{a}' and status = 'IN_PROGRESS'"
+    deadline = time.time() + 60
+    while int(psql(DB_URL, busy)) < min(FAIR_JOBS, 2) and time.time() < deadline:
+        time.sleep(0.01)
+    behind, left = [], []
+    for n in range(FAIR_REPS):
+        behind.append(small_job_latency(svc, b, b_token, FAIR_REPS + n))
+        left.append(int(psql(DB_URL, chunks)))
+    assert left[-1] > 0, "A's backlog ended before the last measurement"
+    total = f"select count(*) from oath_jobs where environment_id = '{a}' and status <> 'DONE'"
+    while int(psql(DB_URL, total)) > 0:
+        time.sleep(0.1)
+    psql(DB_URL, f"delete from oath_tokens where environment_id in ('{a}', '{b}')")
+    t_alone, t_behind = statistics.median(alone), statistics.median(behind)
+    return [Line(f"10-token async:false job of env B behind env A's {FAIR_JOBS} x {FAIR_TOKENS // 1000}k tokens",
+                 "the same job with no backlog", t_alone / t_behind, ">= 0.5",
+                 f"median {t_behind * 1000:.0f} ms behind the backlog vs {t_alone * 1000:.0f} ms alone "
+                 f"({FAIR_REPS} each; A still had {left[-1]} chunks queued after the last)")]
+
+
 MEASUREMENTS = [
     ("jobs", lambda svc, work: jobs(svc)),
     ("get", get_by_id),
     ("create", single_create),
     ("validate", validate),
+    ("fairness", fairness),
 ]
 
 
