@@ -92,15 +92,23 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -
 
 #[sqlx::test]
 async fn a_small_job_of_another_environment_overtakes_a_big_backlog(pool: PgPool) {
-    let app = spawn_app_with(pool, |s| {
+    let mut app = spawn_app_with(pool, |s| {
         s.jobs.chunk_size = 500;
         s.limits.tokens_per_environment = 1_000_000;
     })
     .await;
+    // Only a hang fails a request: 60,000 tokens take a while on a busy machine.
+    app.client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    for n in 0..3 {
-        submit(&app, a, &create_job(&format!("A{n}x"), 60_000)).await;
-    }
+    // Submitted two at a time, as the app has two workers.
+    let bodies: Vec<Value> = (0..3)
+        .map(|n| create_job(&format!("A{n}x"), 60_000))
+        .collect();
+    tokio::join!(submit(&app, a, &bodies[0]), submit(&app, a, &bodies[1]));
+    submit(&app, a, &bodies[2]).await;
     // Both runners busy with A's jobs.
     let (mut r1, mut r2) = (app.runner("r1"), app.runner("r2"));
     for _ in 0..2 {

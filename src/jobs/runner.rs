@@ -1,6 +1,8 @@
 //! The job runner: claims a runnable job, processes it one chunk (one transaction) per step,
-//! yields it between chunks to environments served less recently, and gives it back on shutdown. Every service process runs `jobs.runners` of them; LISTEN/NOTIFY
-//! wakes them, polling is the fallback. Tests drive [`Runner::step`] directly.
+//! yields it between chunks to environments served less recently, and gives it back on
+//! shutdown. Every service process runs `jobs.runners` of them, plus the purge of finished jobs
+//! and the backlog gauges; LISTEN/NOTIFY wakes them, polling is the fallback. Tests drive
+//! [`Runner::step`] directly.
 
 use std::sync::Arc;
 use std::time::Duration;
