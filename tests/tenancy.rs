@@ -5,12 +5,13 @@
 #[allow(dead_code)]
 mod helpers;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oath_service::auth::Scope;
 use oath_service::domain::job::JobType;
 use oath_service::jobs::retention::purge_once;
-use oath_service::jobs::runner::Step;
+use oath_service::jobs::runner::{RunnerPool, Step};
 use oath_service::metrics::METRICS;
 use oath_service::store::retention::PURGE_LOCK;
 use reqwest::Method;
@@ -313,5 +314,49 @@ async fn finished_jobs_are_purged_after_their_retention(pool: PgPool) {
     assert_eq!(
         metric(&app, "oath_job_oldest_pending_age_seconds").await,
         0.0
+    );
+}
+
+#[sqlx::test]
+async fn the_runner_pool_purges_on_its_interval(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| {
+        s.jobs.retention_seconds = 1;
+        s.jobs.purge_interval_seconds = 1;
+    })
+    .await;
+    let runners = RunnerPool::start(app.pool.clone(), Arc::new(app.settings.clone()));
+    let job = submit(&app, app.env, &create_job("W", 3)).await;
+    let path = format!("oathJobs/{job}");
+    wait_until(
+        "the job to be purged",
+        Duration::from_secs(120),
+        async || {
+            let (status, body) = get(&app, app.env, &path).await;
+            assert!(
+                status == 404 || (status == 200 && body["status"] != "FAILED"),
+                "{status} {body}"
+            );
+            status == 404
+        },
+    )
+    .await;
+    runners.stop().await;
+    assert_eq!(
+        scalar(
+            &app.pool,
+            "select count(*) from oath_tokens where environment_id = $1",
+            app.env
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        scalar(
+            &app.pool,
+            "select count(*) from job_results where environment_id = $1",
+            app.env
+        )
+        .await,
+        0
     );
 }
