@@ -18,7 +18,8 @@ Environment (set by bench/run; all optional but DATABASE_URL and OATH_BIN):
   BENCH_HTTP_TOKENS  tokens the GET and validate measurements spread over (default 10000)
   BENCH_FAIR_JOBS    environment A's backlog for the fairness line: jobs (default 3)...
   BENCH_FAIR_TOKENS  ...of this many tokens each (default 60000)
-  BENCH_FAIR_REPS    environment B's small jobs timed alone, then behind the backlog (default 5)
+  BENCH_FAIR_REPS    environment B's small jobs timed alone, then behind the backlog (at most;
+                     default 5)
   BENCH_ONLY         comma-separated measurement names to run (default: all)
 """
 
@@ -451,7 +452,8 @@ def small_job_latency(svc, env, token, n):
 
 def fairness(svc, work):
     """Environment B's 10-token "async": false job, alone and while environment A has
-    FAIR_JOBS jobs of FAIR_TOKENS tokens queued (every runner busy with them)."""
+    FAIR_JOBS jobs of FAIR_TOKENS tokens queued: B's jobs are timed only while A has at least
+    two unfinished jobs, so that both runners of the service are busy with A."""
     b = str(uuid.uuid4())
     b_token = svc.token(b)
     alone = [small_job_latency(svc, b, b_token, n) for n in range(FAIR_REPS)]
@@ -462,24 +464,25 @@ def fairness(svc, work):
                                   create_body(token_rows(FAIR_TOKENS, f"A{n}x")), CREATE_TYPE)
         assert status == 202, job
     chunks = f"select count(*) from oath_job_chunks where environment_id = '{a}'"
-    busy = f"select count(*) from oath_jobs where environment_id = '{a}' and status = 'IN_PROGRESS'"
-    deadline = time.time() + 60
-    while int(psql(DB_URL, busy)) < min(FAIR_JOBS, 2) and time.time() < deadline:
-        time.sleep(0.01)
+    open_jobs = f"select count(*) from oath_jobs where environment_id = '{a}' and status not in ('DONE', 'FAILED')"
     behind, left = [], []
-    for n in range(FAIR_REPS):
-        behind.append(small_job_latency(svc, b, b_token, FAIR_REPS + n))
+    n = FAIR_REPS
+    while len(behind) < FAIR_REPS and int(psql(DB_URL, open_jobs)) >= 2:
+        behind.append(small_job_latency(svc, b, b_token, n))
         left.append(int(psql(DB_URL, chunks)))
-    assert left[-1] > 0, "A's backlog ended before the last measurement"
-    total = f"select count(*) from oath_jobs where environment_id = '{a}' and status <> 'DONE'"
-    while int(psql(DB_URL, total)) > 0:
+        n += 1
+    say("fairness: B alone " + ", ".join(f"{t * 1000:.0f}" for t in alone) + " ms; behind A's backlog "
+        + ", ".join(f"{t * 1000:.0f} ms ({c} chunks left)" for t, c in zip(behind, left)))
+    assert behind, "A's backlog ended before B's first job"
+    while int(psql(DB_URL, open_jobs)) > 0:
         time.sleep(0.1)
     psql(DB_URL, f"delete from oath_tokens where environment_id in ('{a}', '{b}')")
-    t_alone, t_behind = statistics.median(alone), statistics.median(behind)
+    t_alone, worst = statistics.median(alone), max(behind)
     return [Line(f"10-token async:false job of env B behind env A's {FAIR_JOBS} x {FAIR_TOKENS // 1000}k tokens",
-                 "the same job with no backlog", t_alone / t_behind, ">= 0.5",
-                 f"median {t_behind * 1000:.0f} ms behind the backlog vs {t_alone * 1000:.0f} ms alone "
-                 f"({FAIR_REPS} each; A still had {left[-1]} chunks queued after the last)")]
+                 "the same job with no backlog (median)", t_alone / worst, ">= 0.5",
+                 f"worst {worst * 1000:.0f} ms, median {statistics.median(behind) * 1000:.0f} ms of "
+                 f"{len(behind)} behind the backlog (A still had {left[-1]} chunks queued) vs "
+                 f"{t_alone * 1000:.0f} ms alone")]
 
 
 MEASUREMENTS = [
