@@ -103,7 +103,15 @@ impl Runner {
             return Ok(held);
         };
         METRICS.job_claims.inc();
-        tracing::info!(job_id = %job.id, attempt = job.attempt, "job claimed");
+        if job.taken_over {
+            tracing::warn!(job_id = %job.id, attempt = job.attempt, takeovers = job.takeovers,
+                "job taken over from an expired lease");
+        } else if job.attempt == 1 {
+            tracing::info!(job_id = %job.id, "job claimed");
+        } else {
+            // Resumed after another runner yielded it: routine with many environments.
+            tracing::debug!(job_id = %job.id, attempt = job.attempt, "job resumed");
+        }
         if let Some(held) = held {
             tracing::debug!(job_id = %held.id, to = %job.id, "job yielded to another environment");
             if let Err(e) = queue::release(&self.pool, &held).await {

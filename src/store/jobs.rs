@@ -193,6 +193,8 @@ pub struct ClaimedJob {
     pub attempt: i32,
     /// Claims of this job that took it over from a runner whose lease had expired.
     pub takeovers: i32,
+    /// This claim was one of them.
+    pub taken_over: bool,
     pub force_unpair: bool,
 }
 
@@ -234,7 +236,7 @@ pub async fn claim(
                  for update of o skip locked) next
            where j.environment_id = next.environment_id and j.id = next.id
            returning j.environment_id, j.id, j.type as job_type, j.attempt, j.takeovers,
-                     j.force_unpair"#,
+                     j.force_unpair, next.lease_owner is not null as "taken_over!""#,
         owner,
         lease.as_secs_f64(),
         served_after,
@@ -248,6 +250,7 @@ pub async fn claim(
             job_type: decode(&r.job_type, JobType::parse, "job type")?,
             attempt: r.attempt,
             takeovers: r.takeovers,
+            taken_over: r.taken_over,
             force_unpair: r.force_unpair,
         })
     })
