@@ -16,6 +16,10 @@ Environment (set by bench/run; all optional but DATABASE_URL and OATH_BIN):
   BENCH_CONNECTIONS  wrk connections = pgbench clients (default 16)
   BENCH_THREADS      wrk threads = pgbench threads (default 2)
   BENCH_HTTP_TOKENS  tokens the GET and validate measurements spread over (default 10000)
+  BENCH_FAIR_JOBS    environment A's backlog for the fairness line: jobs (default 3)...
+  BENCH_FAIR_TOKENS  ...of this many tokens each (default 60000)
+  BENCH_FAIR_REPS    environment B's small jobs timed alone, then behind the backlog (at most;
+                     default 5)
   BENCH_ONLY         comma-separated measurement names to run (default: all)
 """
 
@@ -45,6 +49,9 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 HTTP_TOKENS = int(os.environ.get("BENCH_HTTP_TOKENS", "10000"))
+FAIR_JOBS = int(os.environ.get("BENCH_FAIR_JOBS", "3"))
+FAIR_TOKENS = int(os.environ.get("BENCH_FAIR_TOKENS", "60000"))
+FAIR_REPS = int(os.environ.get("BENCH_FAIR_REPS", "5"))
 ONLY = [m for m in os.environ.get("BENCH_ONLY", "").split(",") if m]
 SERVER_URL = os.environ["DATABASE_URL"].split("?")[0].rsplit("/", 1)[0]
 DB_NAME = f"oath_bench_{os.getpid()}"
@@ -437,11 +444,61 @@ update bench_tokens set fail_count = fail_count + 1
 
 
 # The table, in order. Each entry: (name for BENCH_ONLY, function(svc, workdir) -> [Line]).
+# --- fairness: a small job of one environment behind another's backlog ----------------------
+
+def small_job_latency(svc, env, token, n):
+    """Seconds from POST to the answer of a 10-token "async": false job."""
+    body = json.dumps({"type": "CREATE_OATH_TOKENS", "async": False, "tokens": [
+        {"serialNumber": f"F{n}x{i}", "secret": SECRET, "type": "HOTP", "otpLength": 6}
+        for i in range(10)]}).encode()
+    started = time.perf_counter()
+    status, job = svc.request("POST", f"/v1/environments/{env}/oathJobs", token, body, CREATE_TYPE)
+    elapsed = time.perf_counter() - started
+    assert status == 200 and job["status"] == "DONE", job
+    return elapsed
+
+
+def fairness(svc, work):
+    """Environment B's 10-token "async": false job, alone and while environment A has
+    FAIR_JOBS jobs of FAIR_TOKENS tokens queued: B's jobs are timed only while A has at least
+    two unfinished jobs, so that both runners of the service are busy with A."""
+    b = str(uuid.uuid4())
+    b_token = svc.token(b)
+    alone = [small_job_latency(svc, b, b_token, n) for n in range(FAIR_REPS)]
+    a = str(uuid.uuid4())
+    a_token = svc.token(a)
+    for n in range(FAIR_JOBS):
+        status, job = svc.request("POST", f"/v1/environments/{a}/oathJobs", a_token,
+                                  create_body(token_rows(FAIR_TOKENS, f"A{n}x")), CREATE_TYPE)
+        assert status == 202, job
+    chunks = f"select count(*) from oath_job_chunks where environment_id = '{a}'"
+    open_jobs = f"select count(*) from oath_jobs where environment_id = '{a}' and status not in ('DONE', 'FAILED')"
+    behind, left = [], []
+    n = FAIR_REPS
+    while len(behind) < FAIR_REPS and int(psql(DB_URL, open_jobs)) >= 2:
+        behind.append(small_job_latency(svc, b, b_token, n))
+        left.append(int(psql(DB_URL, chunks)))
+        n += 1
+    say("fairness: B alone " + ", ".join(f"{t * 1000:.0f}" for t in alone) + " ms; behind A's backlog "
+        + ", ".join(f"{t * 1000:.0f} ms ({c} chunks left)" for t, c in zip(behind, left)))
+    assert behind, "A's backlog ended before B's first job"
+    while int(psql(DB_URL, open_jobs)) > 0:
+        time.sleep(0.1)
+    psql(DB_URL, f"delete from oath_tokens where environment_id in ('{a}', '{b}')")
+    t_alone, worst = statistics.median(alone), max(behind)
+    return [Line(f"10-token async:false job of env B behind env A's {FAIR_JOBS} x {FAIR_TOKENS // 1000}k tokens",
+                 "the same job with no backlog (median)", t_alone / worst, ">= 0.5",
+                 f"worst {worst * 1000:.0f} ms, median {statistics.median(behind) * 1000:.0f} ms of "
+                 f"{len(behind)} behind the backlog (A still had {left[-1]} chunks queued) vs "
+                 f"{t_alone * 1000:.0f} ms alone")]
+
+
 MEASUREMENTS = [
     ("jobs", lambda svc, work: jobs(svc)),
     ("get", get_by_id),
     ("create", single_create),
     ("validate", validate),
+    ("fairness", fairness),
 ]
 
 

@@ -176,7 +176,8 @@ pub struct JobSettings {
     pub lease_seconds: u64,
     /// Fallback polling period when no notification arrives.
     pub poll_interval_ms: u64,
-    /// Claims after which a job that keeps failing is marked FAILED.
+    /// Takeovers (claims of a job whose runner's lease expired: it died or stalled) after which
+    /// the job is marked FAILED. Giving a job back between chunks does not count.
     pub max_attempts: i32,
     /// Largest accepted job body.
     pub max_body_bytes: usize,
@@ -184,6 +185,10 @@ pub struct JobSettings {
     pub max_items: usize,
     /// How long an `"async": false` request waits for its job.
     pub sync_wait_seconds: u64,
+    /// Finished jobs (DONE, FAILED) are deleted with their results this long after completion.
+    pub retention_seconds: u64,
+    /// How often each process looks for finished jobs past their retention.
+    pub purge_interval_seconds: u64,
 }
 
 /// File imports (PSKC, CSV).
@@ -397,6 +402,9 @@ pub enum LogFormat {
 }
 
 /// The shipped defaults, compiled in so that the binary runs from any directory.
+/// Ten years: longer retention is no retention, and the interval stays far from overflow.
+const MAX_RETENTION_SECONDS: u64 = 10 * 366 * 86_400;
+
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 impl Settings {
@@ -508,6 +516,14 @@ impl Settings {
         }
         if jobs.max_items == 0 || jobs.max_items > i32::MAX as usize {
             return fail("jobs.max_items must be from 1 to 2147483647".into());
+        }
+        if !(1..=MAX_RETENTION_SECONDS).contains(&jobs.retention_seconds) {
+            return fail(format!(
+                "jobs.retention_seconds must be from 1 to {MAX_RETENTION_SECONDS}"
+            ));
+        }
+        if !(1..=86_400).contains(&jobs.purge_interval_seconds) {
+            return fail("jobs.purge_interval_seconds must be from 1 to 86400".into());
         }
         if self.limits.tokens_per_environment < 0 {
             return fail("limits.tokens_per_environment must not be negative".into());
@@ -771,6 +787,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("crypto.request_hash_key"));
+    }
+
+    #[test]
+    fn job_retention_defaults_and_ranges() {
+        let s = load_with(VALID).unwrap();
+        assert_eq!(s.jobs.retention_seconds, 2_592_000);
+        assert_eq!(s.jobs.purge_interval_seconds, 300);
+        let s = load_with(&format!(
+            "{VALID}\n[jobs]\nretention_seconds = 1\npurge_interval_seconds = 86400"
+        ))
+        .unwrap();
+        assert_eq!(
+            (s.jobs.retention_seconds, s.jobs.purge_interval_seconds),
+            (1, 86_400)
+        );
+        for (extra, key) in [
+            ("retention_seconds = 0", "jobs.retention_seconds"),
+            ("retention_seconds = 316224001", "jobs.retention_seconds"),
+            ("purge_interval_seconds = 0", "jobs.purge_interval_seconds"),
+            (
+                "purge_interval_seconds = 86401",
+                "jobs.purge_interval_seconds",
+            ),
+        ] {
+            let err = load_with(&format!("{VALID}\n[jobs]\n{extra}")).unwrap_err();
+            assert!(err.to_string().contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Prometheus metrics: HTTP requests by route and status, job chunks, items by outcome, runner
-//! claims and lease losses, and the database pool. One process-wide registry, rendered by
-//! `GET /metrics` in the text exposition format, followed by the standard `process_*` metrics
-//! (CPU, memory, file descriptors, start time; Linux only) under their usual unprefixed names.
+//! claims and lease losses, the job backlog and purge, and the database pool. One process-wide
+//! registry, rendered by `GET /metrics` in the text exposition format, followed by the standard
+//! `process_*` metrics (CPU, memory, file descriptors, start time; Linux only) under their usual
+//! unprefixed names.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use sqlx::PgPool;
 
@@ -21,6 +22,9 @@ pub struct Metrics {
     pub job_items: IntCounterVec,
     pub job_claims: IntCounter,
     pub job_lease_losses: IntCounter,
+    pub jobs_purged: IntCounter,
+    jobs_unfinished: IntGauge,
+    job_oldest_pending_age: Gauge,
     pub otp_validations: IntCounterVec,
     db_connections: IntGaugeVec,
     db_max_connections: IntGauge,
@@ -74,6 +78,23 @@ impl Metrics {
             "Chunks not written because another runner had taken the job over",
         )
         .expect("valid metric");
+        let jobs_purged = IntCounter::new(
+            "jobs_purged_total",
+            "Finished jobs deleted with their results after their retention, by this process",
+        )
+        .expect("valid metric");
+        // The backlog gauges are the database's (every replica reports the same values),
+        // refreshed by a background loop so that rendering never queries.
+        let jobs_unfinished = IntGauge::new(
+            "jobs_unfinished",
+            "Jobs PENDING or IN_PROGRESS, all environments",
+        )
+        .expect("valid metric");
+        let job_oldest_pending_age = Gauge::new(
+            "job_oldest_pending_age_seconds",
+            "Age of the oldest job not yet started (0 when none waits)",
+        )
+        .expect("valid metric");
         let otp_validations = IntCounterVec::new(
             Opts::new(
                 "otp_validations_total",
@@ -99,6 +120,9 @@ impl Metrics {
             Box::new(job_items.clone()),
             Box::new(job_claims.clone()),
             Box::new(job_lease_losses.clone()),
+            Box::new(jobs_purged.clone()),
+            Box::new(jobs_unfinished.clone()),
+            Box::new(job_oldest_pending_age.clone()),
             Box::new(otp_validations.clone()),
             Box::new(db_connections.clone()),
             Box::new(db_max_connections.clone()),
@@ -121,10 +145,21 @@ impl Metrics {
             job_items,
             job_claims,
             job_lease_losses,
+            jobs_purged,
+            jobs_unfinished,
+            job_oldest_pending_age,
             otp_validations,
             db_connections,
             db_max_connections,
         }
+    }
+
+    /// Reads the job backlog gauges from the database (one index scan of the unfinished jobs).
+    pub async fn refresh_backlog(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let (unfinished, oldest) = crate::store::jobs::backlog(pool).await?;
+        self.jobs_unfinished.set(unfinished);
+        self.job_oldest_pending_age.set(oldest);
+        Ok(())
     }
 
     /// The text exposition of every metric, with the pool's gauges read now.

@@ -85,12 +85,21 @@ fn database_url(connect: &PgConnectOptions) -> String {
 }
 
 async fn app_on(connect: &PgConnectOptions, limit: i64) -> TestApp {
+    app_with_chunks(connect, limit, 1000).await
+}
+
+/// The submitting app; `chunk_size` is fixed per job when it is submitted.
+async fn app_with_chunks(connect: &PgConnectOptions, limit: i64, chunk_size: usize) -> TestApp {
     let pool = PgPoolOptions::new()
         .max_connections(5)
         .connect_with(connect.clone())
         .await
         .unwrap();
-    spawn_app_with(pool, |s| s.limits.tokens_per_environment = limit).await
+    spawn_app_with(pool, |s| {
+        s.limits.tokens_per_environment = limit;
+        s.jobs.chunk_size = chunk_size;
+    })
+    .await
 }
 
 fn create_job(prefix: &str, range: std::ops::Range<usize>) -> Value {
@@ -384,6 +393,84 @@ async fn sigterm_hands_the_job_back_for_another_process(
     assert_eq!(
         scalar(&app.pool, "select count(*) from job_results").await,
         TOTAL as i64
+    );
+    app.pool.close().await;
+}
+
+#[sqlx::test]
+async fn two_processes_serve_five_environments_in_turn_and_create_every_item_once(
+    _opts: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let url = database_url(&connect);
+    // Jobs of ten chunks each.
+    let app = app_with_chunks(&connect, 1_000_000, 100).await;
+    let envs: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    // Two jobs per environment, overlapping by a quarter: each environment holds 1,750 distinct
+    // serials and 250 duplicates; the processes yield between chunks, so jobs interleave.
+    let mut jobs = Vec::new();
+    for (lo, hi) in [(0, 1000), (750, 1750)] {
+        for (n, env) in envs.iter().enumerate() {
+            jobs.push(submit_to(&app, *env, &create_job(&format!("E{n}x"), lo..hi)).await);
+        }
+    }
+    let services: Vec<Service> = (0..2).map(|_| Service::start(&url, 1_000_000)).collect();
+    wait_until("every job to end", Duration::from_secs(240), async || {
+        all_done(&app.pool).await
+    })
+    .await;
+    drop(services);
+
+    let pool = &app.pool;
+    assert_eq!(
+        scalar(pool, "select count(*) from oath_jobs where status = 'DONE'").await,
+        10
+    );
+    let results_match: i64 = scalar(
+        pool,
+        "select count(*) from oath_jobs j where total = (select count(*) from job_results r where r.environment_id = j.environment_id and r.job_id = j.id)",
+    )
+    .await;
+    assert_eq!(results_match, 10, "every item has exactly one result row");
+    for env in &envs {
+        let per_env = |sql: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(env)
+                .fetch_one(pool)
+                .await
+                .expect(sql)
+        };
+        assert_eq!(
+            per_env("select count(*) from oath_tokens where environment_id = $1").await,
+            1750
+        );
+        assert_eq!(
+            per_env("select sum(created)::bigint from oath_jobs where environment_id = $1").await,
+            1750
+        );
+        assert_eq!(
+            per_env("select sum(duplicates)::bigint from oath_jobs where environment_id = $1")
+                .await,
+            250
+        );
+        assert_eq!(
+            per_env(
+                "select count(*) from job_results r join oath_tokens t on t.id = r.token_id \
+                 where r.environment_id = $1 and r.outcome = 'CREATED' and t.serial_number = r.serial_number"
+            )
+            .await,
+            1750
+        );
+        assert_eq!(
+            per_env("select token_count from environment_usage where environment_id = $1").await,
+            1750
+        );
+    }
+    // Jobs were given back between chunks and resumed (each claim bumps attempt).
+    assert!(scalar(pool, "select sum(attempt)::bigint from oath_jobs").await > 10);
+    assert_eq!(
+        scalar(pool, "select count(*) from oath_job_chunks").await,
+        0
     );
     app.pool.close().await;
 }

@@ -3,6 +3,7 @@
 
 pub mod create;
 pub mod queue;
+pub mod retention;
 pub mod revoke;
 pub mod runner;
 

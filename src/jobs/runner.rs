@@ -1,6 +1,8 @@
-//! The job runner: claims a runnable job, processes it one chunk (one transaction) per step, and
-//! gives it back on shutdown. Every service process runs `jobs.runners` of them; LISTEN/NOTIFY
-//! wakes them, polling is the fallback. Tests drive [`Runner::step`] directly.
+//! The job runner: claims a runnable job, processes it one chunk (one transaction) per step,
+//! yields it between chunks to environments served less recently, and gives it back on
+//! shutdown. Every service process runs `jobs.runners` of them, plus the purge of finished jobs
+//! and the backlog gauges; LISTEN/NOTIFY wakes them, polling is the fallback. Tests drive
+//! [`Runner::step`] directly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{create, revoke, ChunkError};
+use super::{create, retention, revoke, ChunkError};
 use crate::config::Settings;
 use crate::domain::job::JobType;
 use crate::metrics::METRICS;
@@ -56,18 +58,13 @@ impl Runner {
         Duration::from_secs(self.settings.jobs.lease_seconds)
     }
 
-    /// Claims a job if it holds none, then processes one chunk of it.
+    /// Processes one chunk. The runner holds its job between steps, but yields it after every
+    /// committed chunk to a runnable job of an environment served less recently, so a new
+    /// environment's job starts within about a chunk even while every runner is busy.
     pub async fn step(&mut self) -> Result<Step, sqlx::Error> {
-        let job = match self.current.take() {
+        let job = match self.next_job().await? {
             Some(job) => job,
-            None => match queue::claim(&self.pool, &self.owner, self.lease()).await? {
-                Some(job) => {
-                    METRICS.job_claims.inc();
-                    tracing::info!(job_id = %job.id, attempt = job.attempt, "job claimed");
-                    job
-                }
-                None => return Ok(Step::Idle),
-            },
+            None => return Ok(Step::Idle),
         };
         match self.chunk(&job).await {
             Ok(step) => {
@@ -78,7 +75,7 @@ impl Runner {
             }
             Err(e) => {
                 // Retry at once what another writer or a database outage caused. Anything else
-                // may happen again: leave the job to its lease, so that it is claimed anew and
+                // may happen again: leave the job to its lease, so that it is taken over anew and
                 // counts against jobs.max_attempts instead of failing here forever.
                 let unique = matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation());
                 if unique || is_unavailable(&e) {
@@ -87,6 +84,42 @@ impl Runner {
                 Err(e)
             }
         }
+    }
+
+    /// The job to take the next chunk from: the held one, unless another environment served
+    /// less recently has runnable work; then that job, and the held one is given back.
+    async fn next_job(&mut self) -> Result<Option<ClaimedJob>, sqlx::Error> {
+        let held = self.current.take();
+        let served_after = held.as_ref().map(|job| job.environment_id);
+        let claimed = match queue::claim(&self.pool, &self.owner, self.lease(), served_after).await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                self.current = held;
+                return Err(e);
+            }
+        };
+        let Some(job) = claimed else {
+            return Ok(held);
+        };
+        METRICS.job_claims.inc();
+        if job.taken_over {
+            tracing::warn!(job_id = %job.id, attempt = job.attempt, takeovers = job.takeovers,
+                "job taken over from an expired lease");
+        } else if job.attempt == 1 {
+            tracing::info!(job_id = %job.id, "job claimed");
+        } else {
+            // Resumed after another runner yielded it: routine with many environments.
+            tracing::debug!(job_id = %job.id, attempt = job.attempt, "job resumed");
+        }
+        if let Some(held) = held {
+            tracing::debug!(job_id = %held.id, to = %job.id, "job yielded to another environment");
+            if let Err(e) = queue::release(&self.pool, &held).await {
+                // Its lease runs out instead; the next claim then counts as a takeover.
+                tracing::warn!(job_id = %held.id, error = %e, "could not give the job back");
+            }
+        }
+        Ok(Some(job))
     }
 
     async fn chunk(&self, job: &ClaimedJob) -> Result<Step, sqlx::Error> {
@@ -98,10 +131,11 @@ impl Runner {
             tracing::warn!(job_id = %job.id, attempt = job.attempt, "job lease lost");
             return Ok(Step::LeaseLost { job: job.id });
         };
-        if job.attempt > self.settings.jobs.max_attempts {
+        // Only takeovers count: giving a job back between chunks is no failure.
+        if job.takeovers >= self.settings.jobs.max_attempts {
             let reason = format!(
                 "The job was interrupted {} times and could not finish; submit it again.",
-                job.attempt - 1
+                job.takeovers
             );
             fail(&mut tx, job, &reason).await?;
             tx.commit().await?;
@@ -151,6 +185,7 @@ impl Runner {
             }
         };
         let (processed, done) = queue::advance(&mut tx, job, &counts).await?;
+        queue::mark_served(&mut tx, job.environment_id).await?;
         tx.commit().await?;
         record_chunk(job.job_type, &counts, started.elapsed());
         let total = at.total;
@@ -243,6 +278,12 @@ impl RunnerPool {
             pool.clone(),
             stop.clone(),
         )));
+        tasks.push(tokio::spawn(purge_finished_jobs(
+            pool.clone(),
+            settings.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(watch_backlog(pool.clone(), stop.clone())));
         let process = Uuid::new_v4();
         for n in 0..settings.jobs.runners {
             let runner = Runner::new(pool.clone(), settings.clone(), format!("{process}/{n}"));
@@ -326,6 +367,48 @@ async fn purge_idempotency_keys(pool: PgPool, mut stop: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Deletes finished jobs past `jobs.retention_seconds`, every `jobs.purge_interval_seconds`.
+async fn purge_finished_jobs(
+    pool: PgPool,
+    settings: Arc<Settings>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let retention = Duration::from_secs(settings.jobs.retention_seconds);
+    let interval = Duration::from_secs(settings.jobs.purge_interval_seconds);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        // A pass stopped by shutdown is resumed by the next one: each batch commits alone.
+        tokio::select! {
+            r = retention::purge_once(&pool, retention, retention::RESULT_BATCH) => match r {
+                Ok(n) if n > 0 => tracing::info!(purged = n, "finished jobs past retention purged"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not purge finished jobs"),
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// How often the backlog gauges are read from the database.
+const BACKLOG_REFRESH: Duration = Duration::from_secs(10);
+
+/// Keeps `oath_jobs_unfinished` and `oath_job_oldest_pending_age_seconds` current, so that
+/// rendering /metrics reads no database.
+async fn watch_backlog(pool: PgPool, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = METRICS.refresh_backlog(&pool).await {
+            tracing::debug!(error = %e, "could not read the job backlog");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BACKLOG_REFRESH) => {}
             _ = stop.changed() => return,
         }
     }

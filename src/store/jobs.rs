@@ -191,30 +191,55 @@ pub struct ClaimedJob {
     pub id: Uuid,
     pub job_type: JobType,
     pub attempt: i32,
+    /// Claims of this job that took it over from a runner whose lease had expired.
+    pub takeovers: i32,
+    /// This claim was one of them.
+    pub taken_over: bool,
     pub force_unpair: bool,
 }
 
-/// Takes the oldest runnable job: pending, or running under an expired lease. The claim bumps
-/// `attempt`, which fences out whoever held the job before.
+/// Takes a runnable job (pending, running under an expired lease, or given back between
+/// chunks) of the environment served least recently, oldest job first within it. With
+/// `served_after`, only an environment served strictly less recently than that one's qualifies:
+/// a runner holding a job of that environment yields only to another environment's work.
+///
+/// The claim bumps `attempt`, which fences out whoever held the job before; taking over a lease
+/// that a runner still named as its own (it died or stalled) also bumps `takeovers`.
+///
+/// The candidates are the runnable jobs (the partial index `oath_jobs_runnable_idx` holds only
+/// unfinished ones, which `jobs.max_unfinished_per_environment` bounds per environment), each
+/// joined by primary key to its environment's schedule row; the sort is over that small set.
+/// Ordering by a column of the job would need every job of an environment rewritten whenever
+/// it is served.
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
     lease: Duration,
+    served_after: Option<Uuid>,
 ) -> Result<Option<ClaimedJob>, sqlx::Error> {
     let row = sqlx::query!(
         r#"update oath_jobs j
-           set status = 'IN_PROGRESS', attempt = j.attempt + 1, lease_owner = $1,
-               lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
-           from (select environment_id, id from oath_jobs
-                 where status = 'PENDING'
-                    or (status = 'IN_PROGRESS' and lease_expires_at < now())
-                 order by created_at
+           set status = 'IN_PROGRESS', attempt = j.attempt + 1,
+               takeovers = j.takeovers + case when next.lease_owner is null then 0 else 1 end,
+               lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+               updated_at = now()
+           from (select o.environment_id, o.id, o.lease_owner
+                 from oath_jobs o
+                 left join environment_schedule s on s.environment_id = o.environment_id
+                 where (o.status = 'PENDING'
+                        or (o.status = 'IN_PROGRESS' and o.lease_expires_at < now()))
+                   and ($3::uuid is null or s.last_served_at is null
+                        or s.last_served_at < (select last_served_at from environment_schedule
+                                               where environment_id = $3))
+                 order by s.last_served_at nulls first, o.created_at
                  limit 1
-                 for update skip locked) next
+                 for update of o skip locked) next
            where j.environment_id = next.environment_id and j.id = next.id
-           returning j.environment_id, j.id, j.type as job_type, j.attempt, j.force_unpair"#,
+           returning j.environment_id, j.id, j.type as job_type, j.attempt, j.takeovers,
+                     j.force_unpair, next.lease_owner is not null as "taken_over!""#,
         owner,
         lease.as_secs_f64(),
+        served_after,
     )
     .fetch_optional(pool)
     .await?;
@@ -224,10 +249,28 @@ pub async fn claim(
             id: r.id,
             job_type: decode(&r.job_type, JobType::parse, "job type")?,
             attempt: r.attempt,
+            takeovers: r.takeovers,
+            taken_over: r.taken_over,
             force_unpair: r.force_unpair,
         })
     })
     .transpose()
+}
+
+/// Records, in a chunk's transaction, that the job's environment was served now. Last in the
+/// transaction: runners serving one environment wait on its row only for each other's commit.
+pub async fn mark_served(tx: &mut PgConnection, env: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"insert into environment_schedule (environment_id, last_served_at)
+           values ($1, clock_timestamp())
+           on conflict (environment_id) do update
+           set last_served_at = greatest(environment_schedule.last_served_at,
+                                         excluded.last_served_at)"#,
+        env,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Where a job stands, as its chunk transaction sees it.
@@ -318,8 +361,9 @@ pub async fn fail(
     Ok(updated == 1)
 }
 
-/// Gives a job back (shutdown) so that another runner can resume it at once instead of waiting
-/// for the lease to expire.
+/// Gives a job back (shutdown, or yielding to another environment between chunks) so that any
+/// runner can resume it at once instead of waiting for the lease to expire; its next claim is
+/// not a takeover.
 pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"update oath_jobs set lease_expires_at = now(), lease_owner = null, updated_at = now()
@@ -331,4 +375,18 @@ pub async fn release(pool: &PgPool, job: &ClaimedJob) -> Result<(), sqlx::Error>
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The queue's backlog for the gauges: unfinished jobs, and how long the oldest job not yet
+/// started has waited (0 when none waits). Both read the partial index of unfinished jobs.
+pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"select count(*) as "unfinished!",
+                  coalesce(extract(epoch from now() - min(created_at)
+                                   filter (where status = 'PENDING')), 0)::float8 as "oldest!"
+           from oath_jobs where status in ('PENDING', 'IN_PROGRESS')"#
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.unfinished, row.oldest.max(0.0)))
 }

@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod otp;
 pub mod quota;
 pub mod results;
+pub mod retention;
 pub mod secrets;
 pub mod tokens;
 

@@ -1,0 +1,358 @@
+//! Many environments on one deployment: runners serve environments in turn chunk by chunk, and
+//! finished jobs are purged after their retention. Runners are driven step by step in-process.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oath_service::auth::Scope;
+use oath_service::domain::job::JobType;
+use oath_service::jobs::retention::purge_once;
+use oath_service::jobs::runner::{RunnerPool, Step};
+use oath_service::metrics::METRICS;
+use oath_service::store::retention::PURGE_LOCK;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use helpers::{parts, spawn_app_with, TestApp};
+
+fn create_job(prefix: &str, n: usize) -> Value {
+    let tokens: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"serialNumber": format!("{prefix}{i}"),
+                   "secret": "3132333435363738393031323334353637383930",
+                   "type": "HOTP", "otpLength": 6})
+        })
+        .collect();
+    json!({"type": "CREATE_OATH_TOKENS", "tokens": tokens})
+}
+
+async fn post_job(app: &TestApp, env: Uuid, body: &Value) -> (u16, Value) {
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/environments/{env}/oathJobs")))
+        .bearer_auth(app.token_for(env, &Scope::ALL))
+        .header("content-type", JobType::CREATE_MEDIA_TYPE)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request sent");
+    parts(res).await
+}
+
+async fn submit(app: &TestApp, env: Uuid, body: &Value) -> Uuid {
+    let (status, job) = post_job(app, env, body).await;
+    assert_eq!(status, 202, "{job}");
+    Uuid::parse_str(job["id"].as_str().unwrap()).unwrap()
+}
+
+async fn get(app: &TestApp, env: Uuid, path: &str) -> (u16, Value) {
+    let res = app
+        .client
+        .request(
+            Method::GET,
+            app.url(&format!("/v1/environments/{env}/{path}")),
+        )
+        .bearer_auth(app.token_for(env, &Scope::ALL))
+        .send()
+        .await
+        .expect("request sent");
+    parts(res).await
+}
+
+async fn scalar(pool: &PgPool, sql: &str, env: Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(env)
+        .fetch_one(pool)
+        .await
+        .expect(sql)
+}
+
+/// Input chunks not yet processed, of one environment's jobs.
+async fn chunks_left(pool: &PgPool, env: Uuid) -> i64 {
+    scalar(
+        pool,
+        "select count(*) from oath_job_chunks where environment_id = $1",
+        env,
+    )
+    .await
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test]
+async fn a_small_job_of_another_environment_overtakes_a_big_backlog(pool: PgPool) {
+    let mut app = spawn_app_with(pool, |s| {
+        s.jobs.chunk_size = 500;
+        s.limits.tokens_per_environment = 1_000_000;
+    })
+    .await;
+    // Only a hang fails a request: 60,000 tokens take a while on a busy machine.
+    app.client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    // Submitted two at a time, as the app has two workers.
+    let bodies: Vec<Value> = (0..3)
+        .map(|n| create_job(&format!("A{n}x"), 60_000))
+        .collect();
+    tokio::join!(submit(&app, a, &bodies[0]), submit(&app, a, &bodies[1]));
+    submit(&app, a, &bodies[2]).await;
+    // Both runners busy with A's jobs.
+    let (mut r1, mut r2) = (app.runner("r1"), app.runner("r2"));
+    for _ in 0..2 {
+        assert!(matches!(r1.step().await.unwrap(), Step::Progress { .. }));
+        assert!(matches!(r2.step().await.unwrap(), Step::Progress { .. }));
+    }
+
+    let mut body = create_job("B", 10);
+    body["async"] = json!(false);
+    let waiting = {
+        let app_b = TestApp {
+            address: app.address.clone(),
+            env: b,
+            pool: app.pool.clone(),
+            settings: app.settings.clone(),
+            client: app.client.clone(),
+        };
+        tokio::spawn(async move { post_job(&app_b, b, &body).await })
+    };
+    let pool = &app.pool;
+    let b_jobs = "select count(*) from oath_jobs where environment_id = $1";
+    wait_until(
+        "B's job to be stored",
+        Duration::from_secs(60),
+        async || scalar(pool, b_jobs, b).await == 1,
+    )
+    .await;
+    let before = chunks_left(pool, a).await;
+
+    // The runners go on, a step each per round, until B's job is done (or B's request gave up).
+    let b_done = "select count(*) from oath_jobs where environment_id = $1 and status = 'DONE'";
+    while scalar(pool, b_done, b).await == 0 && !waiting.is_finished() {
+        let (s1, s2) = (r1.step().await.unwrap(), r2.step().await.unwrap());
+        assert!(s1 != Step::Idle || s2 != Step::Idle, "work remains");
+    }
+    let after = chunks_left(pool, a).await;
+    let (status, done) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "DONE");
+    assert_eq!(done["result"], json!({"created": 10}));
+    // B waited for at most a chunk per runner, not behind A's queue.
+    assert!(
+        before - after <= 4,
+        "A's chunks committed while B waited: {}",
+        before - after
+    );
+    assert!(after > 0, "A still has work queued");
+    assert_eq!(
+        scalar(
+            pool,
+            "select count(*) from oath_jobs where environment_id = $1 and status = 'DONE'",
+            a
+        )
+        .await,
+        0
+    );
+}
+
+#[sqlx::test]
+async fn one_runner_alternates_environments_and_yielding_is_no_failure(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| {
+        s.jobs.chunk_size = 10;
+        // Any counted claim past the first would fail the job.
+        s.jobs.max_attempts = 1;
+    })
+    .await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let job_a = submit(&app, a, &create_job("A", 50)).await;
+    let job_b = submit(&app, b, &create_job("B", 30)).await;
+    let mut runner = app.runner("r1");
+    let served: Vec<Uuid> = app
+        .drain(&mut runner)
+        .await
+        .into_iter()
+        .map(|step| match step {
+            Step::Progress { job, .. } => job,
+            Step::Finished { job, failed } => {
+                assert!(!failed, "{job} failed");
+                job
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let (ja, jb) = (job_a, job_b);
+    assert_eq!(served, [ja, jb, ja, jb, ja, jb, ja, ja]);
+    for (env, job, created) in [(a, job_a, 30 + 20), (b, job_b, 30)] {
+        let (status, body) = get(&app, env, &format!("oathJobs/{job}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "DONE", "{body}");
+        assert_eq!(body["result"], json!({"created": created}));
+    }
+    assert_eq!(
+        app.count("select sum(takeovers)::bigint from oath_jobs")
+            .await,
+        0
+    );
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+#[sqlx::test]
+async fn finished_jobs_are_purged_after_their_retention(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 10).await;
+    let env = app.env;
+    let done = submit(&app, env, &create_job("R", 25)).await;
+    app.drain(&mut app.runner("r1")).await;
+    let pending = submit(&app, env, &create_job("P", 5)).await;
+    let results_of = |job: Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from job_results where job_id = $1")
+                .bind(job)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(results_of(done).await, 25);
+
+    // Within its retention: kept.
+    let pool = &app.pool;
+    assert_eq!(
+        purge_once(pool, Duration::from_secs(3600), 10)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(get(&app, env, &format!("oathJobs/{done}")).await.0, 200);
+
+    let retention = Duration::from_secs(1);
+    wait_until(
+        "the job to be past 1 s",
+        Duration::from_secs(60),
+        async || {
+            sqlx::query_scalar::<_, bool>(
+                "select completed_at < now() - interval '1 second' from oath_jobs where id = $1",
+            )
+            .bind(done)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+
+    // Another replica purging: this pass stops at once and deletes nothing.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(PURGE_LOCK)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(purge_once(pool, retention, 10).await.unwrap(), 0);
+    assert_eq!(results_of(done).await, 25);
+    other.commit().await.unwrap();
+
+    // Results in batches of 10 (three statements), then the job.
+    assert_eq!(purge_once(pool, retention, 10).await.unwrap(), 1);
+    assert_eq!(results_of(done).await, 0);
+    let (status, body) = get(&app, env, &format!("oathJobs/{done}")).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get(&app, env, &format!("oathJobs/{done}/results")).await;
+    assert_eq!(status, 404, "{body}");
+    // Unfinished jobs and the tokens created stay.
+    let (status, body) = get(&app, env, &format!("oathJobs/{pending}")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("PENDING")));
+    assert_eq!(
+        scalar(
+            pool,
+            "select count(*) from oath_tokens where environment_id = $1",
+            env
+        )
+        .await,
+        25
+    );
+
+    // The purge is counted; the backlog gauges read the database, without environment labels.
+    assert_eq!(metric(&app, "oath_jobs_purged_total").await, 1.0);
+    METRICS.refresh_backlog(pool).await.unwrap();
+    assert_eq!(metric(&app, "oath_jobs_unfinished").await, 1.0);
+    assert!(metric(&app, "oath_job_oldest_pending_age_seconds").await >= 0.0);
+    app.drain(&mut app.runner("r1")).await;
+    METRICS.refresh_backlog(pool).await.unwrap();
+    assert_eq!(metric(&app, "oath_jobs_unfinished").await, 0.0);
+    assert_eq!(
+        metric(&app, "oath_job_oldest_pending_age_seconds").await,
+        0.0
+    );
+}
+
+#[sqlx::test]
+async fn the_runner_pool_purges_on_its_interval(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| {
+        s.jobs.retention_seconds = 1;
+        s.jobs.purge_interval_seconds = 1;
+    })
+    .await;
+    let runners = RunnerPool::start(app.pool.clone(), Arc::new(app.settings.clone()));
+    let job = submit(&app, app.env, &create_job("W", 3)).await;
+    let path = format!("oathJobs/{job}");
+    wait_until(
+        "the job to be purged",
+        Duration::from_secs(120),
+        async || {
+            let (status, body) = get(&app, app.env, &path).await;
+            assert!(
+                status == 404 || (status == 200 && body["status"] != "FAILED"),
+                "{status} {body}"
+            );
+            status == 404
+        },
+    )
+    .await;
+    runners.stop().await;
+    assert_eq!(
+        scalar(
+            &app.pool,
+            "select count(*) from oath_tokens where environment_id = $1",
+            app.env
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        scalar(
+            &app.pool,
+            "select count(*) from job_results where environment_id = $1",
+            app.env
+        )
+        .await,
+        0
+    );
+}
