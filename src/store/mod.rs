@@ -44,8 +44,11 @@ pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
 /// Errors that mean "the database cannot be reached right now", as opposed to a bug.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
+        // A connection cut mid-handshake (e.g. by a proxy in front of a database that is down)
+        // reads as a protocol error: the server is not there, not a bug here.
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
