@@ -189,6 +189,8 @@ pub struct JobSettings {
     pub retention_seconds: u64,
     /// How often each process looks for finished jobs past their retention.
     pub purge_interval_seconds: u64,
+    /// Jobs an environment may have PENDING or IN_PROGRESS at once; beyond it a submission is 429.
+    pub max_unfinished_per_environment: u32,
 }
 
 /// File imports (PSKC, CSV).
@@ -524,6 +526,9 @@ impl Settings {
         }
         if !(1..=86_400).contains(&jobs.purge_interval_seconds) {
             return fail("jobs.purge_interval_seconds must be from 1 to 86400".into());
+        }
+        if !(1..=100_000).contains(&jobs.max_unfinished_per_environment) {
+            return fail("jobs.max_unfinished_per_environment must be from 1 to 100000".into());
         }
         if self.limits.tokens_per_environment < 0 {
             return fail("limits.tokens_per_environment must not be negative".into());

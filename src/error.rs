@@ -36,6 +36,12 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A limit of the caller's environment is reached: 429 with `Retry-After` (whole seconds).
+    #[error("{message}")]
+    Limited {
+        message: String,
+        retry_after_seconds: u32,
+    },
     /// The database (or another dependency) cannot be reached; the cause is logged only.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -56,12 +62,13 @@ pub enum ErrorCode {
     Conflict,
     RequestTooLarge,
     UnsupportedMediaType,
+    RequestLimited,
     UnexpectedError,
     ServiceUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::InvalidRequest,
         Self::InvalidData,
         Self::AccessFailed,
@@ -70,6 +77,7 @@ impl ErrorCode {
         Self::Conflict,
         Self::RequestTooLarge,
         Self::UnsupportedMediaType,
+        Self::RequestLimited,
         Self::UnexpectedError,
         Self::ServiceUnavailable,
     ];
@@ -84,6 +92,7 @@ impl ErrorCode {
             Self::Conflict => "CONFLICT",
             Self::RequestTooLarge => "REQUEST_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::RequestLimited => "REQUEST_LIMITED",
             Self::UnexpectedError => "UNEXPECTED_ERROR",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
         }
@@ -153,6 +162,12 @@ pub mod responses {
     #[response(headers(("Retry-After" = u32, description = "Seconds to wait before retrying")))]
     pub struct Unavailable<'a>(pub ErrorBody<'a>);
 
+    /// `REQUEST_LIMITED`: a limit of the caller's environment is reached; retry after the given
+    /// number of seconds.
+    #[derive(ToResponse)]
+    #[response(headers(("Retry-After" = u32, description = "Whole seconds to wait before retrying, at least 1")))]
+    pub struct TooManyRequests<'a>(pub ErrorBody<'a>);
+
     /// The errors every authenticated operation may answer, listed once for all of them.
     #[derive(IntoResponses)]
     pub enum AuthenticatedErrors {
@@ -218,6 +233,7 @@ impl ApiError {
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::TooLarge(_) => ErrorCode::RequestTooLarge,
             Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Self::Limited { .. } => ErrorCode::RequestLimited,
             Self::Internal(_) => ErrorCode::UnexpectedError,
         }
     }
@@ -240,7 +256,8 @@ impl ApiError {
             | Self::NotFound(m)
             | Self::Conflict(m)
             | Self::TooLarge(m)
-            | Self::UnsupportedMediaType(m) => m.clone(),
+            | Self::UnsupportedMediaType(m)
+            | Self::Limited { message: m, .. } => m.clone(),
         }
     }
 }
@@ -259,6 +276,7 @@ impl ResponseError for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -291,6 +309,15 @@ impl ResponseError for ApiError {
                 response.insert_header((
                     header::WWW_AUTHENTICATE,
                     "Bearer error=\"insufficient_scope\"",
+                ));
+            }
+            Self::Limited {
+                retry_after_seconds,
+                ..
+            } => {
+                response.insert_header((
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after_seconds).max(1)),
                 ));
             }
             _ if status == StatusCode::SERVICE_UNAVAILABLE => {

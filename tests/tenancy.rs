@@ -363,3 +363,58 @@ async fn the_runner_pool_purges_on_its_interval(pool: PgPool) {
         0
     );
 }
+
+/// `jobs.max_unfinished_per_environment`: ten concurrent submissions of one environment against a
+/// limit of 3 leave exactly 3 jobs, the others 429 with `Retry-After`; another environment is
+/// unaffected; once the jobs finish, the environment may submit again.
+#[sqlx::test]
+async fn unfinished_jobs_per_environment_are_limited_under_concurrency(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.jobs.max_unfinished_per_environment = 3).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let bodies: Vec<Value> = (0..10).map(|i| create_job(&format!("L{i}x"), 2)).collect();
+    let answers =
+        futures_util::future::join_all(bodies.iter().map(|body| post_job(&app, a, body))).await;
+    let accepted = answers.iter().filter(|(status, _)| *status == 202).count();
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(accepted, 3, "{statuses:?}");
+    for (status, body) in answers.iter().filter(|(status, _)| *status != 202) {
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["code"], "REQUEST_LIMITED");
+    }
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/environments/{a}/oathJobs")))
+        .bearer_auth(app.token_for(a, &Scope::ALL))
+        .header("content-type", JobType::CREATE_MEDIA_TYPE)
+        .body(create_job("M", 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let count = |env: Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from oath_jobs where environment_id = $1")
+                .bind(env)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(a).await, 3);
+
+    // Another environment is not held back by a's limit.
+    submit(&app, b, &create_job("B", 1)).await;
+
+    // Finished jobs no longer count.
+    let mut runner = app.runner("r1");
+    while runner.step().await.unwrap() != Step::Idle {}
+    submit(&app, a, &create_job("N", 1)).await;
+    assert_eq!(count(a).await, 4);
+}

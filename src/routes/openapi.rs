@@ -10,8 +10,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::{docs, health, jobs, otp, tokens};
 use crate::error::responses::{
-    BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable, Unexpected,
-    UnsupportedMediaType,
+    BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooManyRequests, Unauthorized,
+    Unavailable, Unexpected, UnsupportedMediaType,
 };
 use crate::error::ErrorBody;
 
@@ -58,6 +58,7 @@ use crate::error::ErrorBody;
             Conflict,
             TooLarge,
             UnsupportedMediaType,
+            TooManyRequests,
             Unexpected,
             Unavailable
         )

@@ -141,6 +141,28 @@ pub async fn insert(
     .into_job()
 }
 
+/// The environment's unfinished (PENDING or IN_PROGRESS) jobs, counted under a transaction-scoped
+/// lock of the environment's submissions, so that concurrent submissions count one after another
+/// and none can pass a limit the count is checked against.
+pub async fn lock_and_count_unfinished(
+    tx: &mut PgConnection,
+    env: Uuid,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query!(
+        "select pg_advisory_xact_lock(hashtextextended($1::text, 7353))",
+        env.to_string()
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query_scalar!(
+        r#"select count(*) as "count!" from oath_jobs
+           where environment_id = $1 and status in ('PENDING', 'IN_PROGRESS')"#,
+        env,
+    )
+    .fetch_one(&mut *tx)
+    .await
+}
+
 /// Wakes the runners of every process when the transaction commits.
 pub async fn notify(tx: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query!("select pg_notify($1, $2)", CHANNEL, id.to_string())

@@ -11,7 +11,7 @@ use super::views::*;
 use crate::domain::job::{
     parse_job, CreateJobRequestDoc, JobRequestError, JobType, NewJob, RevokeJobRequestDoc,
 };
-use crate::error::responses::{AuthenticatedErrors, BodyErrors, Conflict};
+use crate::error::responses::{AuthenticatedErrors, BodyErrors, Conflict, TooManyRequests};
 use crate::error::ApiError;
 use crate::import::{self, pskc::PskcKeys, ImportError, CSV_MEDIA_TYPE, PSKC_MEDIA_TYPE};
 use crate::jobs::queue;
@@ -60,6 +60,7 @@ use crate::store::jobs as store;
         (status = 202, description = "The job is stored and will run.", body = JobResource,
             headers(("Location" = String, description = "The job's URL"))),
         (status = 409, response = Conflict),
+        (status = 429, response = TooManyRequests),
         BodyErrors,
         AuthenticatedErrors,
     ),
@@ -102,6 +103,16 @@ pub async fn submit(
         Ok(write) => write,
         Err(first_response) => return Ok(first_response),
     };
+    // After the idempotency claim, so that a retry of an accepted job still replays.
+    let limit = state.settings.jobs.max_unfinished_per_environment;
+    if store::lock_and_count_unfinished(&mut write.tx, env).await? >= i64::from(limit) {
+        return Err(ApiError::Limited {
+            message: format!(
+                "The environment has {limit} unfinished jobs, its limit; submit this one when one of them has finished."
+            ),
+            retry_after_seconds: LIMITED_RETRY_AFTER_SECONDS,
+        });
+    }
     let chunk_size = state.settings.jobs.chunk_size;
     let row = queue::enqueue(&mut write.tx, env, job_id, &job, chunk_size, &state.cipher).await?;
     crate::audit::target(&req, job_id);
@@ -158,6 +169,10 @@ fn json_job(bytes: &[u8], expected: JobType, state: &AppState) -> Result<NewJob,
         JobRequestError::Invalid { details, total } => ApiError::invalid_data_of(details, total),
     })
 }
+
+/// Seconds a submission over the unfinished-job limit is told to wait: about a chunk's time on a
+/// busy deployment, after which a job of the environment may well have finished.
+const LIMITED_RETRY_AFTER_SECONDS: u32 = 5;
 
 /// The header naming a configured pre-shared PSKC key (`import.pskc_keys.<id>`).
 pub const PSKC_KEY_ID_HEADER: &str = "x-pskc-key-id";
