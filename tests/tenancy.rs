@@ -418,3 +418,45 @@ async fn unfinished_jobs_per_environment_are_limited_under_concurrency(pool: PgP
     submit(&app, a, &create_job("N", 1)).await;
     assert_eq!(count(a).await, 4);
 }
+
+/// `GET /v1/environments/{envID}`, where every `_links.environment` leads: the environment's
+/// tokens and unfinished jobs against their limits, for any read scope of that environment.
+#[sqlx::test]
+async fn the_environment_shows_its_usage_against_its_limits(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.limits.tokens_per_environment = 50).await;
+    let env = Uuid::new_v4();
+    submit(&app, env, &create_job("E", 3)).await;
+    let mut runner = app.runner("r1");
+    while runner.step().await.unwrap() != Step::Idle {}
+    submit(&app, env, &create_job("F", 1)).await;
+    let read = |scopes: Vec<Scope>, as_env: Uuid| {
+        let app = &app;
+        async move {
+            let res = app
+                .client
+                .get(app.url(&format!("/v1/environments/{env}")))
+                .bearer_auth(app.token_for(as_env, &scopes))
+                .send()
+                .await
+                .unwrap();
+            parts(res).await
+        }
+    };
+    for scope in [Scope::TokensRead, Scope::JobsRead] {
+        let (status, body) = read(vec![scope], env).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            json!({
+                "_links": {"self": {"href": format!("https://api.example.test/v1/environments/{env}")}},
+                "id": env.to_string(),
+                "tokens": {"count": 3, "limit": 50},
+                "jobs": {"unfinished": 1, "limit": 20},
+            })
+        );
+    }
+    let (status, _) = read(vec![Scope::OtpValidate, Scope::TokensWrite], env).await;
+    assert_eq!(status, 403);
+    let (status, _) = read(vec![Scope::TokensRead], Uuid::new_v4()).await;
+    assert_eq!(status, 403);
+}

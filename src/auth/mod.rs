@@ -127,10 +127,16 @@ impl Principal {
 
     /// Scope first, then environment; both -> AuthError::Forbidden with a user-facing message.
     pub fn require(&self, env: Uuid, scope: Scope) -> Result<(), AuthError> {
-        if !self.has_scope(scope) {
+        self.require_any(env, &[scope])
+    }
+
+    /// As [`Principal::require`], for an operation that any one of `scopes` allows.
+    pub fn require_any(&self, env: Uuid, scopes: &[Scope]) -> Result<(), AuthError> {
+        if !scopes.iter().any(|s| self.has_scope(*s)) {
+            let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
             return Err(AuthError::Forbidden(format!(
                 "the access token lacks the scope {}",
-                scope.as_str()
+                names.join(" or ")
             )));
         }
         if self.env != env {

@@ -14,9 +14,9 @@ use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-/// A scope an operation demands, as a type: `Authorized<TokensRead>`.
+/// The scopes an operation accepts, any one of them, as a type: `Authorized<TokensRead>`.
 pub trait Demands {
-    const SCOPE: Scope;
+    const SCOPES: &'static [Scope];
 }
 
 macro_rules! scopes {
@@ -24,11 +24,18 @@ macro_rules! scopes {
         #[doc = concat!("The `", stringify!($name), "` scope.")]
         pub struct $name;
         impl Demands for $name {
-            const SCOPE: Scope = Scope::$name;
+            const SCOPES: &'static [Scope] = &[Scope::$name];
         }
     )*};
 }
 scopes!(TokensRead, TokensWrite, JobsRead, JobsWrite, OtpValidate);
+
+/// Any of the read scopes.
+pub struct AnyRead;
+
+impl Demands for AnyRead {
+    const SCOPES: &'static [Scope] = &[Scope::TokensRead, Scope::JobsRead];
+}
 
 /// The ids a path names beside its environment.
 pub trait PathIds: Sized {
@@ -95,11 +102,11 @@ impl<S: Demands, P: PathIds> FromRequest for Authorized<S, P> {
                 Ok(env) => env,
                 // Not a UUID: no such environment, but a caller without the scope gets 403.
                 Err(not_found) => {
-                    principal.require(principal.env, S::SCOPE)?;
+                    principal.require_any(principal.env, S::SCOPES)?;
                     return Err(not_found);
                 }
             };
-            principal.require(env, S::SCOPE)?;
+            principal.require_any(env, S::SCOPES)?;
             Ok(Self {
                 env,
                 ids: P::from_path(&req)?,

@@ -2,6 +2,7 @@
 //! bodies, cursors and links.
 
 pub mod docs;
+pub mod environments;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
@@ -101,6 +102,10 @@ pub const ROUTES: &[Resource] = &[
     resource(
         &["/v1/environments/{env_id}/oathJobs/{job_id}/results"],
         &[(GET, || web::to(jobs::results))],
+    ),
+    resource(
+        &["/v1/environments/{env_id}"],
+        &[(GET, || web::to(environments::get))],
     ),
 ];
 

@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{docs, health, jobs, otp, tokens};
+use super::{docs, environments, health, jobs, otp, tokens};
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooManyRequests, Unauthorized,
     Unavailable, Unexpected, UnsupportedMediaType,
@@ -43,6 +43,7 @@ use crate::error::ErrorBody;
         jobs::get,
         jobs::get_by_self_link,
         jobs::results,
+        environments::get,
         otp::validate,
         otp::resync,
         otp::pair,
@@ -68,6 +69,7 @@ use crate::error::ErrorBody;
         (name = "Tokens", description = "Single tokens: create, read, list, revoke."),
         (name = "Jobs", description = "Bulk create and revoke jobs, and their per-item results."),
         (name = "OTP", description = "Validate OTPs, resynchronise and pair tokens."),
+        (name = "Environments", description = "An environment and what it holds against its limits."),
         (name = "Operations", description = "Health, metrics, this document and its HTML rendering; no authentication."),
     )
 )]

@@ -154,12 +154,20 @@ pub async fn lock_and_count_unfinished(
     )
     .execute(&mut *tx)
     .await?;
+    count_unfinished(&mut *tx, env).await
+}
+
+/// The environment's PENDING or IN_PROGRESS jobs.
+pub async fn count_unfinished(
+    db: impl sqlx::PgExecutor<'_>,
+    env: Uuid,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"select count(*) as "count!" from oath_jobs
            where environment_id = $1 and status in ('PENDING', 'IN_PROGRESS')"#,
         env,
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(db)
     .await
 }
 

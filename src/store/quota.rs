@@ -57,3 +57,14 @@ pub async fn release(tx: &mut PgConnection, env: Uuid, n: i64) -> Result<(), sql
     .await?;
     Ok(())
 }
+
+/// The environment's token count.
+pub async fn tokens(pool: &sqlx::PgPool, env: Uuid) -> Result<i64, sqlx::Error> {
+    Ok(sqlx::query_scalar!(
+        "select token_count from environment_usage where environment_id = $1",
+        env,
+    )
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(0))
+}

@@ -180,11 +180,14 @@ async fn the_document_is_openapi_3_and_lists_exactly_the_served_routes(pool: PgP
             for status in ["401", "403", "404", "500", "503"] {
                 assert!(responses.contains_key(status), "{what}: {status}");
             }
+            // One requirement, or alternatives (any one scope allows the operation).
             let security = op["security"].as_array().expect("security");
-            assert_eq!(security.len(), 1, "{what}");
-            for (scheme, scopes) in security[0].as_object().unwrap() {
-                assert!(schemes.contains_key(scheme), "{what}: scheme {scheme}");
-                assert_eq!(scopes.as_array().unwrap().len(), 1, "{what}: one scope");
+            assert!(!security.is_empty(), "{what}");
+            for requirement in security {
+                for (scheme, scopes) in requirement.as_object().unwrap() {
+                    assert!(schemes.contains_key(scheme), "{what}: scheme {scheme}");
+                    assert_eq!(scopes.as_array().unwrap().len(), 1, "{what}: one scope");
+                }
             }
         } else {
             assert!(op.get("security").is_none(), "{what}: no authentication");
@@ -238,12 +241,21 @@ async fn documented_scopes_are_the_ones_demanded(pool: PgPool) {
         let Some(security) = op["security"].as_array() else {
             continue;
         };
-        let documented = security[0]["bearer"][0].as_str().unwrap();
-        let scope = Scope::ALL
+        // Alternatives (OR): each documented scope alone is enough; every other one is not.
+        let documented: Vec<Scope> = security
+            .iter()
+            .map(|requirement| {
+                let name = requirement["bearer"][0].as_str().unwrap();
+                Scope::ALL
+                    .into_iter()
+                    .find(|s| s.as_str() == name)
+                    .unwrap_or_else(|| panic!("{method} {path}: unknown scope {name}"))
+            })
+            .collect();
+        let others: Vec<Scope> = Scope::ALL
             .into_iter()
-            .find(|s| s.as_str() == documented)
-            .unwrap_or_else(|| panic!("{method} {path}: unknown scope {documented}"));
-        let others: Vec<Scope> = Scope::ALL.into_iter().filter(|s| *s != scope).collect();
+            .filter(|s| !documented.contains(s))
+            .collect();
         let url = app.url(&concrete(&path, app.env));
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let send = |scopes: Vec<Scope>| {
@@ -252,11 +264,14 @@ async fn documented_scopes_are_the_ones_demanded(pool: PgPool) {
                 .bearer_auth(app.token(&scopes))
                 .send()
         };
-        let status = send(vec![scope]).await.unwrap().status().as_u16();
-        assert!(
-            status != 401 && status != 403,
-            "{method} {path} with {documented}: {status}"
-        );
+        for scope in &documented {
+            let status = send(vec![*scope]).await.unwrap().status().as_u16();
+            assert!(
+                status != 401 && status != 403,
+                "{method} {path} with {}: {status}",
+                scope.as_str()
+            );
+        }
         let (status, body) = parts(send(others).await.unwrap()).await;
         assert_error(status, &body, 403, "ACCESS_FAILED");
     }
