@@ -168,6 +168,27 @@ impl TestApp {
         }
     }
 
+    /// POSTs a file (or any body of `media_type`) to `env`'s jobs, as that environment, with
+    /// extra headers.
+    pub async fn post_file(
+        &self,
+        env: Uuid,
+        media_type: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(self.url(&format!("/v1/environments/{env}/oathJobs")))
+            .bearer_auth(self.token_for(env, &Scope::ALL))
+            .header("content-type", media_type)
+            .body(body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        parts(req.send().await.expect("request sent")).await
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.pool)

@@ -49,29 +49,6 @@ async fn spawn(pool: PgPool) -> TestApp {
     .await
 }
 
-/// POSTs a file to `env`'s jobs with extra headers.
-async fn post_file(
-    app: &TestApp,
-    env: Uuid,
-    media_type: &str,
-    body: Vec<u8>,
-    headers: &[(&str, &str)],
-) -> (u16, Value) {
-    let mut req = app
-        .client
-        .request(
-            Method::POST,
-            app.url(&format!("/v1/environments/{env}/oathJobs")),
-        )
-        .bearer_auth(app.token_for(env, &Scope::ALL))
-        .header("content-type", media_type)
-        .body(body);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    parts(req.send().await.expect("request sent")).await
-}
-
 /// Submits a file to a fresh environment, runs the job to its end and returns the environment,
 /// the finished job and its results.
 async fn import(
@@ -81,7 +58,7 @@ async fn import(
     headers: &[(&str, &str)],
 ) -> (Uuid, Value, Vec<Value>) {
     let env = Uuid::new_v4();
-    let (status, accepted) = post_file(app, env, media_type, body, headers).await;
+    let (status, accepted) = app.post_file(env, media_type, body, headers).await;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["type"], "CREATE_OATH_TOKENS");
     assert_eq!(accepted["async"], true);
@@ -415,7 +392,7 @@ async fn malicious_and_unreadable_files_are_refused_before_any_work(pool: PgPool
         ),
     ];
     for (body, headers, want) in cases {
-        let (status, res) = post_file(&app, app.env, PSKC, body, &headers).await;
+        let (status, res) = app.post_file(app.env, PSKC, body, &headers).await;
         assert_error(status, &res, 400, "INVALID_REQUEST");
         assert!(
             res["message"].as_str().unwrap().contains(want),
@@ -426,7 +403,7 @@ async fn malicious_and_unreadable_files_are_refused_before_any_work(pool: PgPool
     // of it is expanded.
     let mut bomb = fixture("billion-laughs.pskcxml");
     bomb.extend(std::iter::repeat_n(b' ', 8 << 20));
-    let (status, res) = post_file(&app, app.env, PSKC, bomb, &[]).await;
+    let (status, res) = app.post_file(app.env, PSKC, bomb, &[]).await;
     assert_error(status, &res, 400, "INVALID_REQUEST");
     assert!(
         res["message"]
@@ -436,7 +413,9 @@ async fn malicious_and_unreadable_files_are_refused_before_any_work(pool: PgPool
         "{res}"
     );
 
-    let (status, res) = post_file(&app, app.env, "text/plain", b"x".to_vec(), &[]).await;
+    let (status, res) = app
+        .post_file(app.env, "text/plain", b"x".to_vec(), &[])
+        .await;
     assert_error(status, &res, 415, "UNSUPPORTED_MEDIA_TYPE");
     for table in ["oath_jobs", "oath_job_chunks", "oath_tokens"] {
         assert_eq!(
@@ -520,7 +499,7 @@ async fn csv_files_without_a_usable_header_are_refused(pool: PgPool) {
         ),
     ];
     for (body, want) in cases {
-        let (status, res) = post_file(&app, app.env, CSV, body.into_bytes(), &[]).await;
+        let (status, res) = app.post_file(app.env, CSV, body.into_bytes(), &[]).await;
         assert_error(status, &res, 400, "INVALID_REQUEST");
         let message = res["message"].as_str().unwrap();
         assert!(message.contains(want), "{want}: {res}");
@@ -533,33 +512,33 @@ async fn csv_files_without_a_usable_header_are_refused(pool: PgPool) {
 async fn imports_honour_idempotency_keys_and_async_false(pool: PgPool) {
     let app = spawn(pool).await;
     let body = fixture("rfc6030-figure6.pskcxml");
-    let (s1, first) = post_file(
-        &app,
-        app.env,
-        PSKC,
-        body.clone(),
-        &[("X-PSKC-Key-Id", "rfc6030"), ("Idempotency-Key", "f6")],
-    )
-    .await;
-    let (s2, again) = post_file(
-        &app,
-        app.env,
-        PSKC,
-        body.clone(),
-        &[("X-PSKC-Key-Id", "rfc6030"), ("Idempotency-Key", "f6")],
-    )
-    .await;
+    let (s1, first) = app
+        .post_file(
+            app.env,
+            PSKC,
+            body.clone(),
+            &[("X-PSKC-Key-Id", "rfc6030"), ("Idempotency-Key", "f6")],
+        )
+        .await;
+    let (s2, again) = app
+        .post_file(
+            app.env,
+            PSKC,
+            body.clone(),
+            &[("X-PSKC-Key-Id", "rfc6030"), ("Idempotency-Key", "f6")],
+        )
+        .await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(first, again);
     // The same file under another key is another request.
-    let (status, res) = post_file(
-        &app,
-        app.env,
-        PSKC,
-        body,
-        &[("X-PSKC-Key-Id", "wrong"), ("Idempotency-Key", "f6")],
-    )
-    .await;
+    let (status, res) = app
+        .post_file(
+            app.env,
+            PSKC,
+            body,
+            &[("X-PSKC-Key-Id", "wrong"), ("Idempotency-Key", "f6")],
+        )
+        .await;
     assert_error(status, &res, 409, "CONFLICT");
     assert_eq!(app.count("select count(*) from oath_jobs").await, 1);
     app.drain(&mut app.runner("r1")).await;

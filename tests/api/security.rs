@@ -25,26 +25,6 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("tests/fixtures/pskc/{name}")).unwrap()
 }
 
-/// POSTs a file to `env`'s jobs, as that environment, with extra headers.
-async fn post_file(
-    app: &TestApp,
-    env: Uuid,
-    media_type: &str,
-    body: Vec<u8>,
-    headers: &[(&str, &str)],
-) -> (u16, Value) {
-    let mut req = app
-        .client
-        .post(app.url(&format!("/v1/environments/{env}/oathJobs")))
-        .bearer_auth(app.token_for(env, &Scope::ALL))
-        .header("content-type", media_type)
-        .body(body);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    parts(req.send().await.expect("request sent")).await
-}
-
 /// Runs the app's queued jobs, then returns `env`'s job `id` and its results.
 async fn finish(app: &TestApp, env: Uuid, id: &str) -> (Value, Vec<Value>) {
     app.drain(&mut app.runner("r1")).await;
@@ -95,23 +75,18 @@ async fn a_key_id_bound_to_another_environment_answers_as_an_unknown_one(pool: P
     let app = spawn_with_bound_key(pool).await;
     let intruder = Uuid::new_v4();
     let file = fixture("rfc6030-figure6.pskcxml");
-    let (status, borrowed) = post_file(
-        &app,
-        intruder,
-        PSKC,
-        file.clone(),
-        &[("X-PSKC-Key-Id", "tenant-a")],
-    )
-    .await;
+    let (status, borrowed) = app
+        .post_file(
+            intruder,
+            PSKC,
+            file.clone(),
+            &[("X-PSKC-Key-Id", "tenant-a")],
+        )
+        .await;
     assert_error(status, &borrowed, 400, "INVALID_REQUEST");
-    let (status, unknown) = post_file(
-        &app,
-        intruder,
-        PSKC,
-        file.clone(),
-        &[("X-PSKC-Key-Id", "nobody")],
-    )
-    .await;
+    let (status, unknown) = app
+        .post_file(intruder, PSKC, file.clone(), &[("X-PSKC-Key-Id", "nobody")])
+        .await;
     assert_error(status, &unknown, 400, "INVALID_REQUEST");
     assert_eq!(
         borrowed["message"], unknown["message"],
@@ -124,8 +99,9 @@ async fn a_key_id_bound_to_another_environment_answers_as_an_unknown_one(pool: P
     assert_eq!(tokens_in(&app, intruder).await, 0);
 
     // The environment the key is bound to imports with it (the id is case-insensitive).
-    let (status, job) =
-        post_file(&app, app.env, PSKC, file, &[("X-PSKC-Key-Id", "TENANT-A")]).await;
+    let (status, job) = app
+        .post_file(app.env, PSKC, file, &[("X-PSKC-Key-Id", "TENANT-A")])
+        .await;
     assert_eq!(status, 202, "{job}");
     let (job, _) = finish(&app, app.env, job["id"].as_str().unwrap()).await;
     assert_eq!(job["result"]["created"], 1, "{job}");
@@ -135,14 +111,9 @@ async fn a_key_id_bound_to_another_environment_answers_as_an_unknown_one(pool: P
 async fn callers_bring_their_own_pskc_key_which_is_never_echoed(pool: PgPool) {
     let app = spawn_app(pool).await;
     let file = fixture("rfc6030-figure6.pskcxml");
-    let (status, job) = post_file(
-        &app,
-        app.env,
-        PSKC,
-        file.clone(),
-        &[("X-PSKC-Key", RFC_PSK)],
-    )
-    .await;
+    let (status, job) = app
+        .post_file(app.env, PSKC, file.clone(), &[("X-PSKC-Key", RFC_PSK)])
+        .await;
     assert_eq!(status, 202, "{job}");
     let (job, results) = finish(&app, app.env, job["id"].as_str().unwrap()).await;
     assert_eq!(job["result"]["created"], 1, "{job}");
@@ -163,7 +134,7 @@ async fn callers_bring_their_own_pskc_key_which_is_never_echoed(pool: PgPool) {
             "either X-PSKC-Key or X-PSKC-Key-Id",
         ),
     ] {
-        let (status, body) = post_file(&app, app.env, PSKC, file.clone(), &headers).await;
+        let (status, body) = app.post_file(app.env, PSKC, file.clone(), &headers).await;
         assert_error(status, &body, 400, "INVALID_REQUEST");
         assert!(body["message"].as_str().unwrap().contains(want), "{body}");
         assert!(!body.to_string().contains(RFC_PSK));
@@ -175,14 +146,14 @@ async fn callers_bring_their_own_pskc_key_which_is_never_echoed(pool: PgPool) {
 #[sqlx::test]
 async fn a_forged_container_with_an_empty_mac_key_imports_nothing(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let (status, job) = post_file(
-        &app,
-        app.env,
-        PSKC,
-        fixture("forged-empty-mac-key.pskcxml"),
-        &[("X-PSKC-Key", RFC_PSK)],
-    )
-    .await;
+    let (status, job) = app
+        .post_file(
+            app.env,
+            PSKC,
+            fixture("forged-empty-mac-key.pskcxml"),
+            &[("X-PSKC-Key", RFC_PSK)],
+        )
+        .await;
     assert_eq!(status, 202, "{job}");
     let (job, results) = finish(&app, app.env, job["id"].as_str().unwrap()).await;
     assert_eq!(job["result"], json!({"created": 0, "failed": 1}), "{job}");
@@ -210,7 +181,9 @@ async fn a_digits_only_pskc_key_from_the_environment_imports_rfc6030_figure6(poo
     let mut app = spawn_app_with(pool, |s| s.import = from_env.import).await;
     app.env = env_a;
     let file = fixture("rfc6030-figure6.pskcxml");
-    let (status, job) = post_file(&app, env_a, PSKC, file, &[("X-PSKC-Key-Id", "rfc")]).await;
+    let (status, job) = app
+        .post_file(env_a, PSKC, file, &[("X-PSKC-Key-Id", "rfc")])
+        .await;
     assert_eq!(status, 202, "{job}");
     let (job, results) = finish(&app, env_a, job["id"].as_str().unwrap()).await;
     assert_eq!(job["result"]["created"], 1, "{job} {results:?}");
@@ -252,7 +225,9 @@ async fn a_shifted_csv_row_gives_back_and_stores_no_secret(pool: PgPool) {
     let csv = format!(
         "serialNumber,secret,type,otpLength\nOK1,{RFC_SECRET_HEX},HOTP,6\n{RFC_SECRET_HEX},HOTP,6\n"
     );
-    let (status, job) = post_file(&app, app.env, "text/csv", csv.into_bytes(), &[]).await;
+    let (status, job) = app
+        .post_file(app.env, "text/csv", csv.into_bytes(), &[])
+        .await;
     assert_eq!(status, 202, "{job}");
     let leaked = |table: &'static str| {
         let pool = app.pool.clone();
@@ -379,14 +354,14 @@ async fn error_details_are_capped_on_every_body(pool: PgPool) {
 #[sqlx::test]
 async fn pbkdf2_iteration_counts_above_the_limit_are_refused(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.import.pbkdf2_max_iterations = 4095).await;
-    let (status, body) = post_file(
-        &app,
-        app.env,
-        PSKC,
-        fixture("vendor-pbkdf2.pskcxml"),
-        &[("X-PSKC-Password", "correct horse battery staple")],
-    )
-    .await;
+    let (status, body) = app
+        .post_file(
+            app.env,
+            PSKC,
+            fixture("vendor-pbkdf2.pskcxml"),
+            &[("X-PSKC-Password", "correct horse battery staple")],
+        )
+        .await;
     assert_error(status, &body, 400, "INVALID_REQUEST");
     assert!(
         body["message"]
@@ -471,8 +446,7 @@ async fn idempotency_bindings_are_keyed_not_plain_hashes(pool: PgPool) {
 async fn imports_beyond_the_concurrency_bound_wait_and_all_complete(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.import.max_concurrent = 1).await;
     let uploads = (0..4).map(|_| {
-        post_file(
-            &app,
+        app.post_file(
             app.env,
             PSKC,
             fixture("vendor-pbkdf2.pskcxml"),
