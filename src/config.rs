@@ -99,6 +99,12 @@ impl fmt::Debug for CryptoSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct LimitSettings {
     pub tokens_per_environment: i64,
+    /// Validate, resync and pairing calls per token and minute (per process); 0 is no limit.
+    pub otp_per_token_per_minute: u32,
+    /// Authenticated requests per environment and second (per process); 0 is no limit.
+    pub requests_per_environment_per_second: u32,
+    /// Keys (tokens, environments) each rate limit remembers at most per process.
+    pub rate_limit_keys: usize,
 }
 
 /// OTP validation windows and the lockout threshold. They apply to every token: the contract's
@@ -530,8 +536,20 @@ impl Settings {
         if !(1..=100_000).contains(&jobs.max_unfinished_per_environment) {
             return fail("jobs.max_unfinished_per_environment must be from 1 to 100000".into());
         }
-        if self.limits.tokens_per_environment < 0 {
+        let limits = &self.limits;
+        if limits.tokens_per_environment < 0 {
             return fail("limits.tokens_per_environment must not be negative".into());
+        }
+        if limits.otp_per_token_per_minute > 1_000_000 {
+            return fail("limits.otp_per_token_per_minute must be from 0 to 1000000".into());
+        }
+        if limits.requests_per_environment_per_second > 1_000_000 {
+            return fail(
+                "limits.requests_per_environment_per_second must be from 0 to 1000000".into(),
+            );
+        }
+        if !(2..=10_000_000).contains(&limits.rate_limit_keys) {
+            return fail("limits.rate_limit_keys must be from 2 to 10000000".into());
         }
         self.otp.check().map_err(ConfigError)?;
         self.import.check()?;
@@ -646,6 +664,8 @@ mod tests {
         assert_eq!(active, "k1");
         assert_eq!(*keys["k1"], [1u8; 32]);
         assert_eq!(s.limits.tokens_per_environment, 100_000);
+        assert_eq!(s.limits.otp_per_token_per_minute, 60);
+        assert_eq!(s.limits.requests_per_environment_per_second, 0);
         assert_eq!(s.otp.hotp_window, 10);
         assert_eq!(s.otp.totp_window, 1);
         assert_eq!(s.otp.max_failures, 10);
@@ -726,6 +746,9 @@ mod tests {
             ("OATH__JOBS__RUNNERS", "0"),
             ("OATH__JOBS__SYNC_WAIT_SECONDS", "5"),
             ("OATH__LIMITS__TOKENS_PER_ENVIRONMENT", "7"),
+            ("OATH__LIMITS__OTP_PER_TOKEN_PER_MINUTE", "5"),
+            ("OATH__LIMITS__REQUESTS_PER_ENVIRONMENT_PER_SECOND", "300"),
+            ("OATH__LIMITS__RATE_LIMIT_KEYS", "5000"),
             ("DATABASE_URL", "postgres://u:1234@db:5432/1234"),
         ])
         .unwrap();
@@ -745,6 +768,15 @@ mod tests {
         assert_eq!(s.database.url, "postgres://u:1234@db:5432/1234");
         assert_eq!((s.jobs.runners, s.jobs.sync_wait_seconds), (0, 5));
         assert_eq!(s.limits.tokens_per_environment, 7);
+        let limits = &s.limits;
+        assert_eq!(
+            (
+                limits.otp_per_token_per_minute,
+                limits.requests_per_environment_per_second,
+                limits.rate_limit_keys
+            ),
+            (5, 300, 5000)
+        );
     }
 
     #[test]

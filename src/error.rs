@@ -162,13 +162,15 @@ pub mod responses {
     #[response(headers(("Retry-After" = u32, description = "Seconds to wait before retrying")))]
     pub struct Unavailable<'a>(pub ErrorBody<'a>);
 
-    /// `REQUEST_LIMITED`: a limit of the caller's environment is reached; retry after the given
-    /// number of seconds.
+    /// `REQUEST_LIMITED`: a limit is reached (the environment's requests or unfinished jobs, a
+    /// token's OTP checks); retry after the given number of seconds.
     #[derive(ToResponse)]
     #[response(headers(("Retry-After" = u32, description = "Whole seconds to wait before retrying, at least 1")))]
     pub struct TooManyRequests<'a>(pub ErrorBody<'a>);
 
-    /// The errors every authenticated operation may answer, listed once for all of them.
+    /// The errors every authenticated operation may answer, listed once for all of them (`429`
+    /// when `limits.requests_per_environment_per_second` is set, and on job submission and OTP
+    /// checks).
     #[derive(IntoResponses)]
     pub enum AuthenticatedErrors {
         #[response(status = 401)]
@@ -177,6 +179,8 @@ pub mod responses {
         Forbidden(#[ref_response] Forbidden<'static>),
         #[response(status = 404)]
         NotFound(#[ref_response] NotFound<'static>),
+        #[response(status = 429)]
+        TooManyRequests(#[ref_response] TooManyRequests<'static>),
         #[response(status = 500)]
         Unexpected(#[ref_response] Unexpected<'static>),
         #[response(status = 503)]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod import;
 pub mod jobs;
+pub mod limits;
 pub mod metrics;
 pub mod otp;
 pub mod routes;

@@ -1,5 +1,6 @@
 //! Prometheus metrics: HTTP requests by route and status, job chunks, items by outcome, runner
-//! claims and lease losses, the job backlog and purge, and the database pool. One process-wide
+//! claims and lease losses, the job backlog and purge, rate-limited requests and the keys the
+//! limits remember, and the database pool. One process-wide
 //! registry, rendered by `GET /metrics` in the text exposition format, followed by the standard
 //! `process_*` metrics (CPU, memory, file descriptors, start time; Linux only) under their usual
 //! unprefixed names.
@@ -11,6 +12,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 use sqlx::PgPool;
+
+use crate::limits::RateLimits;
 
 pub struct Metrics {
     registry: Registry,
@@ -26,6 +29,8 @@ pub struct Metrics {
     jobs_unfinished: IntGauge,
     job_oldest_pending_age: Gauge,
     pub otp_validations: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    rate_limit_keys: IntGaugeVec,
     db_connections: IntGaugeVec,
     db_max_connections: IntGauge,
 }
@@ -103,6 +108,22 @@ impl Metrics {
             &["operation", "outcome"],
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests answered 429 REQUEST_LIMITED, by route",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let rate_limit_keys = IntGaugeVec::new(
+            Opts::new(
+                "rate_limit_keys",
+                "Keys each rate limit remembers (at most limits.rate_limit_keys), by limit",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
         let db_connections = IntGaugeVec::new(
             Opts::new("db_pool_connections", "Database pool connections, by state"),
             &["state"],
@@ -124,6 +145,8 @@ impl Metrics {
             Box::new(jobs_unfinished.clone()),
             Box::new(job_oldest_pending_age.clone()),
             Box::new(otp_validations.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(rate_limit_keys.clone()),
             Box::new(db_connections.clone()),
             Box::new(db_max_connections.clone()),
         ] {
@@ -149,6 +172,8 @@ impl Metrics {
             jobs_unfinished,
             job_oldest_pending_age,
             otp_validations,
+            rate_limited,
+            rate_limit_keys,
             db_connections,
             db_max_connections,
         }
@@ -162,8 +187,14 @@ impl Metrics {
         Ok(())
     }
 
-    /// The text exposition of every metric, with the pool's gauges read now.
-    pub fn render(&self, pool: &PgPool) -> String {
+    /// The text exposition of every metric, with the pool's and the rate limits' gauges read now.
+    pub fn render(&self, pool: &PgPool, limits: &RateLimits) -> String {
+        let (otp_keys, environment_keys) = limits.keys();
+        for (limit, keys) in [("otp", otp_keys), ("environment", environment_keys)] {
+            self.rate_limit_keys
+                .with_label_values(&[limit])
+                .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        }
         let (size, idle) = (pool.size() as i64, pool.num_idle() as i64);
         self.db_connections.with_label_values(&["idle"]).set(idle);
         self.db_connections

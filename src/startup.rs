@@ -17,6 +17,7 @@ use crate::auth::Authenticator;
 use crate::config::{PskcKeyring, Settings};
 use crate::crypto::SecretCipher;
 use crate::error;
+use crate::limits::RateLimits;
 use crate::routes::Listener;
 use crate::{routes, telemetry};
 
@@ -33,6 +34,8 @@ pub struct AppState {
     /// Imports parsed (and PBKDF2 keys derived) at once; the rest wait, so that imports cannot
     /// take every thread from request handling.
     pub import_permits: Semaphore,
+    /// The per-token OTP and per-environment request limits of this process.
+    pub limits: RateLimits,
 }
 
 impl AppState {
@@ -52,6 +55,7 @@ impl AppState {
         }
         let auth = Authenticator::new(&settings.auth).await?;
         let import_permits = Semaphore::new(settings.import.max_concurrent);
+        let limits = RateLimits::new(&settings.limits);
         Ok(Self {
             db,
             settings: Arc::new(settings),
@@ -60,6 +64,7 @@ impl AppState {
             pskc_keys,
             request_hash_key,
             import_permits,
+            limits,
         })
     }
 }

@@ -110,6 +110,12 @@ fn record_metrics<B>(response: &ServiceResponse<B>, seconds: f64) {
         .http_duration
         .with_label_values(&labels)
         .observe(seconds);
+    if status == actix_web::http::StatusCode::TOO_MANY_REQUESTS {
+        METRICS
+            .rate_limited
+            .with_label_values(&[route.as_str()])
+            .inc();
+    }
 }
 
 /// The method as a metrics (and log) label: a standard method, or `OTHER`.

@@ -1,6 +1,7 @@
 //! The extractor every `/v1` handler starts with: [`Authorized`] authenticates the bearer token,
-//! checks the operation's scope and the path's environment, then reads the path's ids, in that
-//! order, so that nothing is looked up (nor a malformed id reported) for a caller who may not look.
+//! checks the operation's scope and the path's environment, counts the request against the
+//! environment's rate limit, then reads the path's ids, in that order, so that nothing is looked
+//! up (nor a malformed id reported) for a caller who may not look.
 
 use std::marker::PhantomData;
 
@@ -107,6 +108,7 @@ impl<S: Demands, P: PathIds> FromRequest for Authorized<S, P> {
                 }
             };
             principal.require_any(env, S::SCOPES)?;
+            state.limits.check_environment(env)?;
             Ok(Self {
                 env,
                 ids: P::from_path(&req)?,

@@ -63,5 +63,5 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(crate::metrics::METRICS.render(&state.db))
+        .body(crate::metrics::METRICS.render(&state.db, &state.limits))
 }

@@ -55,6 +55,7 @@ pub async fn validate(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (env, id) = (auth.env, auth.ids.0);
+    state.limits.check_otp(env, id)?;
     let body = object_body(&req, payload, &state).await?;
     let request = ValidateRequest::parse(&body).map_err(ApiError::invalid_data)?;
     let outcome = verification::validate(&state, env, id, &request.otp)
@@ -89,6 +90,7 @@ pub async fn resync(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (env, id) = (auth.env, auth.ids.0);
+    state.limits.check_otp(env, id)?;
     let body = object_body(&req, payload, &state).await?;
     let request = ResyncRequest::parse(&body).map_err(ApiError::invalid_data)?;
     match verification::resync(&state, env, id, request.otps)
@@ -140,6 +142,7 @@ pub async fn pair(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (env, id) = (auth.env, auth.ids.0);
+    state.limits.check_otp(env, id)?;
     let body = object_body(&req, payload, &state).await?;
     let request = PairingRequest::parse(&body).map_err(ApiError::invalid_data)?;
     match verification::pair(&state, env, id, &request.user_id, &request.otp)

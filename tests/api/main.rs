@@ -9,6 +9,7 @@ mod idempotency;
 mod imports;
 mod jobs;
 mod jwks_https;
+mod limits;
 mod metrics;
 mod openapi;
 mod operations;

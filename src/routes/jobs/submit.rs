@@ -11,7 +11,7 @@ use super::views::*;
 use crate::domain::job::{
     parse_job, CreateJobRequestDoc, JobRequestError, JobType, NewJob, RevokeJobRequestDoc,
 };
-use crate::error::responses::{AuthenticatedErrors, BodyErrors, Conflict, TooManyRequests};
+use crate::error::responses::{AuthenticatedErrors, BodyErrors, Conflict};
 use crate::error::ApiError;
 use crate::import::{self, pskc::PskcKeys, ImportError, CSV_MEDIA_TYPE, PSKC_MEDIA_TYPE};
 use crate::jobs::queue;
@@ -60,7 +60,6 @@ use crate::store::jobs as store;
         (status = 202, description = "The job is stored and will run.", body = JobResource,
             headers(("Location" = String, description = "The job's URL"))),
         (status = 409, response = Conflict),
-        (status = 429, response = TooManyRequests),
         BodyErrors,
         AuthenticatedErrors,
     ),
