@@ -17,8 +17,8 @@ use super::{create, retention, revoke, ChunkError};
 use crate::config::Settings;
 use crate::domain::job::JobType;
 use crate::metrics::METRICS;
-use crate::store::is_unavailable;
 use crate::store::jobs::{self as queue, ChunkCounts, ClaimedJob};
+use crate::store::{commit_without_flush, is_unavailable};
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,9 +152,7 @@ impl Runner {
             // can only lose the latest chunks whole (tokens, results, progress and consumed input
             // together), and they are then processed again. The last chunk, which marks the job
             // DONE, commits synchronously and so makes every earlier one durable too.
-            sqlx::query("set local synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
+            commit_without_flush(&mut tx).await?;
         }
         let outcome = match job.job_type {
             JobType::CreateTokens => {

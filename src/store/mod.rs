@@ -13,12 +13,21 @@ pub mod secrets;
 pub mod tokens;
 
 use sqlx::migrate::Migrator;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// SQLSTATE of a statement on a table that does not exist.
 const UNDEFINED_TABLE: &str = "42P01";
+
+/// The transaction on `tx` commits without waiting for its WAL flush: a database crash may lose
+/// it whole, never in part.
+pub async fn commit_without_flush(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query!("set local synchronous_commit = off")
+        .execute(tx)
+        .await
+        .map(drop)
+}
 
 /// True when every migration this binary knows has been applied successfully; false too on a
 /// database never migrated (no migrations table).
