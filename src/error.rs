@@ -341,7 +341,13 @@ impl ResponseError for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if crate::store::is_unavailable(&e) {
+        Self::from(&e)
+    }
+}
+
+impl From<&sqlx::Error> for ApiError {
+    fn from(e: &sqlx::Error) -> Self {
+        if crate::store::is_unavailable(e) {
             Self::Unavailable(e.to_string())
         } else {
             Self::Internal(e.to_string())

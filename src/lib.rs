@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod create_batch;
 pub mod crypto;
 pub mod domain;
 pub mod error;

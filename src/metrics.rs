@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sqlx::PgPool;
 
@@ -29,6 +29,7 @@ pub struct Metrics {
     jobs_unfinished: IntGauge,
     job_oldest_pending_age: Gauge,
     pub otp_validations: IntCounterVec,
+    pub create_batch_size: Histogram,
     pub rate_limited: IntCounterVec,
     rate_limit_keys: IntGaugeVec,
     db_connections: IntGaugeVec,
@@ -108,6 +109,16 @@ impl Metrics {
             &["operation", "outcome"],
         )
         .expect("valid metric");
+        let create_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "create_batch_size",
+                "Single creates of one environment committed in one transaction",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 500.0,
+            ]),
+        )
+        .expect("valid metric");
         let rate_limited = IntCounterVec::new(
             Opts::new(
                 "rate_limited_total",
@@ -145,6 +156,7 @@ impl Metrics {
             Box::new(jobs_unfinished.clone()),
             Box::new(job_oldest_pending_age.clone()),
             Box::new(otp_validations.clone()),
+            Box::new(create_batch_size.clone()),
             Box::new(rate_limited.clone()),
             Box::new(rate_limit_keys.clone()),
             Box::new(db_connections.clone()),
@@ -172,6 +184,7 @@ impl Metrics {
             jobs_unfinished,
             job_oldest_pending_age,
             otp_validations,
+            create_batch_size,
             rate_limited,
             rate_limit_keys,
             db_connections,

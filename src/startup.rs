@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::Authenticator;
 use crate::config::{PskcKeyring, Settings};
+use crate::create_batch::CreateBatcher;
 use crate::crypto::SecretCipher;
 use crate::error;
 use crate::limits::RateLimits;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub import_permits: Semaphore,
     /// The per-token OTP and per-environment request limits of this process.
     pub limits: RateLimits,
+    /// Single creates, combined per environment into shared transactions.
+    pub creates: Arc<CreateBatcher>,
 }
 
 impl AppState {
@@ -56,6 +59,7 @@ impl AppState {
         let auth = Authenticator::new(&settings.auth).await?;
         let import_permits = Semaphore::new(settings.import.max_concurrent);
         let limits = RateLimits::new(&settings.limits);
+        let creates = CreateBatcher::new(db.clone(), settings.limits.tokens_per_environment);
         Ok(Self {
             db,
             settings: Arc::new(settings),
@@ -65,6 +69,7 @@ impl AppState {
             request_hash_key,
             import_permits,
             limits,
+            creates,
         })
     }
 }

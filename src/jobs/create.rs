@@ -6,9 +6,11 @@
 use std::collections::HashSet;
 
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::ChunkError;
 use crate::domain::job::Outcome;
+use crate::store::chunks::CreateChunk;
 use crate::store::jobs::{ChunkCounts, ClaimedJob};
 use crate::store::{chunks, quota, results, tokens};
 
@@ -24,13 +26,35 @@ pub async fn process_chunk(
         .await?
         .filter(|c| c.len() == len as usize)
         .ok_or(ChunkError::InputMissing)?;
+    let (outcomes, created) = write_tokens(tx, env, &chunk, limit).await?;
+    results::write_create(tx, env, job_id, first_idx, &chunk, &outcomes).await?;
+    chunks::consume(tx, env, job_id, first_idx).await?;
 
+    let count_of = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as i32;
+    Ok(ChunkCounts {
+        processed: len,
+        created,
+        duplicates: count_of(Outcome::Duplicate),
+        failed: count_of(Outcome::LimitExceeded) + chunk.invalid_offsets.len() as i32,
+        ..ChunkCounts::default()
+    })
+}
+
+/// Writes the tokens of `chunk` that are new and within the quota, and counts them against it.
+/// Returns each token's outcome (created, duplicate, past the limit) and how many were created.
+/// Job chunks and combined single creates ([`crate::create_batch`]) alike.
+pub async fn write_tokens(
+    tx: &mut PgConnection,
+    env: Uuid,
+    chunk: &CreateChunk,
+    limit: i64,
+) -> Result<(Vec<Outcome>, i32), sqlx::Error> {
     // Repeats within the chunk are duplicates of their first occurrence.
     let mut seen = HashSet::with_capacity(chunk.tokens());
     let firsts: Vec<usize> = (0..chunk.tokens())
         .filter(|&i| seen.insert(chunk.serial_numbers[i].as_str()))
         .collect();
-    let mut new = tokens::insert_new_from_chunk(tx, env, &chunk, firsts).await?;
+    let mut new = tokens::insert_new_from_chunk(tx, env, chunk, firsts).await?;
 
     // The quota, taken last (after the token locks, as single creates do): items past the
     // limit are taken out again, in item order.
@@ -52,16 +76,5 @@ pub async fn process_chunk(
     if created > 0 {
         quota::take(tx, env, i64::from(created), limit).await?;
     }
-
-    results::write_create(tx, env, job_id, first_idx, &chunk, &outcomes).await?;
-    chunks::consume(tx, env, job_id, first_idx).await?;
-
-    let count_of = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as i32;
-    Ok(ChunkCounts {
-        processed: len,
-        created,
-        duplicates: count_of(Outcome::Duplicate),
-        failed: count_of(Outcome::LimitExceeded) + chunk.invalid_offsets.len() as i32,
-        ..ChunkCounts::default()
-    })
+    Ok((outcomes, created))
 }

@@ -8,7 +8,6 @@ use uuid::Uuid;
 
 use crate::crypto::SecretCipher;
 use crate::domain::job::{CreateItem, NewJob};
-use crate::domain::TokenKind;
 use crate::store::chunks::{self, CreateChunk};
 use crate::store::jobs::{self, Job, NewJobRow};
 
@@ -68,24 +67,7 @@ fn seal(env: Uuid, items: &[CreateItem], cipher: &SecretCipher) -> CreateChunk {
         };
         let id = Uuid::now_v7();
         let sealed = cipher.seal(&token.secret, env, id);
-        let (counter, time_step) = match token.kind {
-            TokenKind::Hotp { counter } => (Some(counter), None),
-            TokenKind::Totp { time_step } => (None, Some(time_step)),
-        };
-        c.offsets.push(offset as i32);
-        c.token_ids.push(id);
-        c.row_numbers.push(token.row_number);
-        c.serial_numbers
-            .push(token.serial_number.as_str().to_string());
-        c.token_types.push(token.kind.token_type());
-        c.otp_lengths.push(i16::from(token.otp_length.get()));
-        c.hash_algorithms.push(token.hash_algorithm);
-        c.counters.push(counter);
-        c.time_steps.push(time_step);
-        c.drifts.push(token.drift);
-        c.secret_ciphertexts.push(sealed.ciphertext);
-        c.secret_key_ids.push(sealed.key_id);
-        c.masked_secrets.push(token.secret.masked());
+        c.push_token(offset as i32, id, token, sealed);
     }
     c
 }

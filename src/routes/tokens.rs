@@ -194,11 +194,14 @@ pub async fn create(
             format!("the environment already holds its limit of {limit} tokens"),
         )]),
         InsertError::Db(e) => e.into(),
+        InsertError::Shared(e) => ApiError::from(&*e),
     };
     let (row, write) = match &idempotency_key {
-        // One statement, committed on its own: one round trip.
+        // Committed with the environment's other creates in flight.
         None => {
-            let row = store::insert(&state.db, env, id, &token, &sealed, limit)
+            let row = state
+                .creates
+                .create(env, id, &token, sealed)
                 .await
                 .map_err(insert_error)?;
             (row, None)

@@ -5,7 +5,8 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{HashAlgorithm, TokenType};
+use crate::crypto::Sealed;
+use crate::domain::{HashAlgorithm, NewToken, TokenKind, TokenType};
 
 /// A create chunk as column arrays: the tokens (index `i` of every token array), each secret
 /// already sealed for its token's id, and the items that are not tokens (unreadable file rows).
@@ -32,6 +33,28 @@ pub struct CreateChunk {
 }
 
 impl CreateChunk {
+    /// Adds `token` at item `offset`, with the id it will have and its secret sealed for it.
+    pub fn push_token(&mut self, offset: i32, id: Uuid, token: &NewToken, sealed: Sealed) {
+        let (counter, time_step) = match token.kind {
+            TokenKind::Hotp { counter } => (Some(counter), None),
+            TokenKind::Totp { time_step } => (None, Some(time_step)),
+        };
+        self.offsets.push(offset);
+        self.token_ids.push(id);
+        self.row_numbers.push(token.row_number);
+        self.serial_numbers
+            .push(token.serial_number.as_str().to_string());
+        self.token_types.push(token.kind.token_type());
+        self.otp_lengths.push(i16::from(token.otp_length.get()));
+        self.hash_algorithms.push(token.hash_algorithm);
+        self.counters.push(counter);
+        self.time_steps.push(time_step);
+        self.drifts.push(token.drift);
+        self.secret_ciphertexts.push(sealed.ciphertext);
+        self.secret_key_ids.push(sealed.key_id);
+        self.masked_secrets.push(token.secret.masked());
+    }
+
     /// Tokens in the chunk (not counting the invalid items).
     pub fn tokens(&self) -> usize {
         self.token_ids.len()

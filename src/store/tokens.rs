@@ -110,6 +110,9 @@ pub enum InsertError {
     LimitExceeded,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// The transaction that was to commit this insert with others failed.
+    #[error("{0}")]
+    Shared(std::sync::Arc<sqlx::Error>),
 }
 
 /// Inserts one token and counts it against the environment's quota, in one statement: on a
@@ -167,6 +170,25 @@ pub async fn insert<'c>(
         _ => InsertError::Db(e),
     })?;
     Ok(row.into_token()?)
+}
+
+/// The tokens of `ids` in the environment, in no particular order.
+pub async fn get_many(
+    tx: &mut PgConnection,
+    env: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<Token>, sqlx::Error> {
+    token_query!(
+        "select ",
+        " from oath_tokens where environment_id = $1 and id = any($2)",
+        env,
+        ids,
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(TokenRecord::into_token)
+    .collect()
 }
 
 pub async fn get(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<Token>, sqlx::Error> {

@@ -284,6 +284,50 @@ async fn quota_holds_under_concurrent_creates(pool: PgPool) {
     assert_eq!(app.create_token(&hotp("QY")).await.status(), 400);
 }
 
+/// Concurrent creates of one environment commit together: each still gets its own answer, a
+/// serial number sent twice is created once (whichever arrives first) and the other is its
+/// duplicate, and the quota counts exactly the tokens created.
+#[sqlx::test]
+async fn concurrent_creates_with_repeated_serials_get_their_own_answers(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.limits.tokens_per_environment = 12).await;
+    assert_eq!(app.create_token(&hotp("D0")).await.status(), 201);
+    // 30 requests for 15 serial numbers (D0 already exists): 14 new ones, room for 11.
+    let requests = (0..30).map(|i| {
+        let app = &app;
+        async move { parts(app.create_token(&hotp(&format!("D{}", i % 15))).await).await }
+    });
+    let results = join_all(requests).await;
+    let mut created = std::collections::HashSet::new();
+    let (mut duplicates, mut limited) = (0, 0);
+    for (status, body) in &results {
+        if *status == 201 {
+            let serial = body["serialNumber"].as_str().unwrap().to_string();
+            assert!(created.insert(serial), "created twice: {body}");
+            continue;
+        }
+        assert_error(*status, body, 400, "INVALID_DATA");
+        match details(body)[0].0.as_str() {
+            "UNIQUENESS_VIOLATION" => duplicates += 1,
+            "LIMIT_EXCEEDED" => limited += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(created.len(), 11);
+    assert!(!created.contains("D0"));
+    // Each of the 15 serials is sent twice: both D0 requests and one of each created pair are
+    // duplicates; the rest found no room.
+    assert_eq!(duplicates + limited, 19, "{results:?}");
+    assert!(duplicates >= 2 + 11, "{results:?}");
+    let (tokens, usage): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from oath_tokens), \
+                (select token_count from environment_usage)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((tokens, usage), (12, 12));
+}
+
 #[sqlx::test]
 async fn create_with_an_idempotency_key_replays_and_conflicts(pool: PgPool) {
     let app = spawn_app(pool).await;

@@ -1,0 +1,174 @@
+//! Single creates (`POST .../oathTokens` without an `Idempotency-Key`), combined per environment:
+//! while one transaction of an environment's creates commits, the creates that arrive meanwhile
+//! wait, and the next transaction writes them all, so that an environment's creates share one
+//! WAL flush instead of queueing one flush each behind its quota row's lock. Each request still
+//! gets its own answer: its token, a duplicate serial number (also of an earlier create in the
+//! same transaction), or the limit, decided exactly as a job chunk decides them
+//! ([`crate::jobs::create::write_tokens`]).
+//!
+//! A transaction runs on a task of its own, never in a request's future, so that a client that
+//! goes away cancels nothing but its own wait. The queue of an environment holds only the creates
+//! of requests in flight; it is removed when it runs empty.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::crypto::Sealed;
+use crate::domain::job::Outcome;
+use crate::domain::NewToken;
+use crate::jobs::create::write_tokens;
+use crate::metrics::METRICS;
+use crate::store::chunks::CreateChunk;
+use crate::store::tokens::{self, InsertError, Token};
+
+/// Creates one transaction writes at most.
+const MAX_BATCH: usize = 500;
+
+/// Attempts of a transaction that met a serial number written meanwhile by another process.
+const ATTEMPTS: usize = 3;
+
+type Reply = oneshot::Sender<Result<Token, InsertError>>;
+
+struct Pending {
+    chunk: CreateChunk,
+    replies: Vec<Reply>,
+}
+
+pub struct CreateBatcher {
+    pool: PgPool,
+    limit: i64,
+    /// Environment -> the creates waiting for its next transactions, at most [`MAX_BATCH`] a
+    /// transaction. An entry exists while a task commits the environment's creates.
+    waiting: Mutex<HashMap<Uuid, VecDeque<Pending>>>,
+}
+
+impl CreateBatcher {
+    pub fn new(pool: PgPool, limit: i64) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            limit,
+            waiting: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Creates `token` with id `id` (its secret sealed for that id) in `env`, in the next
+    /// transaction of the environment.
+    pub async fn create(
+        self: &Arc<Self>,
+        env: Uuid,
+        id: Uuid,
+        token: &NewToken,
+        sealed: Sealed,
+    ) -> Result<Token, InsertError> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut waiting = self.lock();
+            let first = !waiting.contains_key(&env);
+            let queue = waiting.entry(env).or_default();
+            if queue.back().is_none_or(|p| p.replies.len() >= MAX_BATCH) {
+                queue.push_back(Pending {
+                    chunk: CreateChunk::default(),
+                    replies: Vec::new(),
+                });
+            }
+            let pending = queue.back_mut().expect("a batch with room");
+            pending
+                .chunk
+                .push_token(pending.replies.len() as i32, id, token, sealed);
+            pending.replies.push(reply);
+            first
+        };
+        if start {
+            tokio::spawn(Arc::clone(self).commit_until_empty(env));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(InsertError::Db(sqlx::Error::WorkerCrashed)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, VecDeque<Pending>>> {
+        // Every update under the lock is a push or a swap: the map is consistent after a panic.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next batch of `env`'s waiting creates, or none (and no entry) when none wait.
+    fn take(&self, env: Uuid) -> Option<Pending> {
+        let mut waiting = self.lock();
+        let next = waiting.get_mut(&env)?.pop_front();
+        if next.is_none() {
+            waiting.remove(&env);
+        }
+        next
+    }
+
+    async fn commit_until_empty(self: Arc<Self>, env: Uuid) {
+        while let Some(batch) = self.take(env) {
+            METRICS
+                .create_batch_size
+                .observe(batch.replies.len() as f64);
+            let mut outcome = self.commit(env, &batch.chunk).await;
+            for _ in 1..ATTEMPTS {
+                match &outcome {
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        outcome = self.commit(env, &batch.chunk).await;
+                    }
+                    _ => break,
+                }
+            }
+            answer(batch, outcome);
+        }
+    }
+
+    /// One transaction: the tokens that are new and within the quota, and the created rows.
+    async fn commit(
+        &self,
+        env: Uuid,
+        chunk: &CreateChunk,
+    ) -> Result<(Vec<Outcome>, Vec<Token>), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let (outcomes, _) = write_tokens(&mut tx, env, chunk, self.limit).await?;
+        let created: Vec<Uuid> = outcomes
+            .iter()
+            .zip(&chunk.token_ids)
+            .filter(|(o, _)| **o == Outcome::Created)
+            .map(|(_, id)| *id)
+            .collect();
+        let rows = tokens::get_many(&mut tx, env, &created).await?;
+        tx.commit().await?;
+        Ok((outcomes, rows))
+    }
+}
+
+/// Gives each waiting request its answer.
+fn answer(batch: Pending, outcome: Result<(Vec<Outcome>, Vec<Token>), sqlx::Error>) {
+    let (outcomes, rows) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            let e = Arc::new(e);
+            for reply in batch.replies {
+                let _ = reply.send(Err(InsertError::Shared(Arc::clone(&e))));
+            }
+            return;
+        }
+    };
+    let mut rows: HashMap<Uuid, Token> = rows.into_iter().map(|t| (t.id, t)).collect();
+    for ((reply, outcome), id) in batch
+        .replies
+        .into_iter()
+        .zip(outcomes)
+        .zip(&batch.chunk.token_ids)
+    {
+        let answer = match outcome {
+            Outcome::Created => rows
+                .remove(id)
+                .ok_or(InsertError::Db(sqlx::Error::RowNotFound)),
+            Outcome::LimitExceeded => Err(InsertError::LimitExceeded),
+            _ => Err(InsertError::Duplicate),
+        };
+        let _ = reply.send(answer);
+    }
+}
