@@ -10,8 +10,9 @@ use uuid::Uuid;
 use super::extract::{Authorized, TokenId, TokensRead, TokensWrite};
 use super::idempotency::{self, IdempotencyKey};
 use super::page;
-use super::{cursor, page_limit, parse_json, read_body, require_media_type, IdRef, Link};
-use super::{EnvPath, PageLinks, TokenPath};
+use super::{collection_url, cursor, page_limit, parse_json, read_body, require_media_type};
+use super::{EnvPath, TokenPath};
+use super::{IdRef, Link};
 use crate::domain::token::{otp_length_schema, TokenRequestDoc};
 use crate::domain::{
     DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenKind, TokenSource,
@@ -21,9 +22,6 @@ use crate::error::responses::{AuthenticatedErrors, BadRequest, BodyErrors, Confl
 use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store::tokens::{self as store, InsertError, Token};
-
-const PAGE_DEFAULT: i64 = 100;
-const PAGE_MAX: i64 = 1000;
 
 /// The token representation: never the secret.
 #[derive(Serialize, ToSchema)]
@@ -311,7 +309,7 @@ impl ListRequest {
             .into_inner();
         Ok(Self {
             serial: query.filter.as_deref().map(parse_filter).transpose()?,
-            limit: page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?,
+            limit: page_limit(query.limit.as_deref())?,
             after: query.cursor.as_deref().map(cursor::decode).transpose()?,
             filter: query.filter,
             cursor: query.cursor,
@@ -319,20 +317,9 @@ impl ListRequest {
     }
 }
 
-/// A page of tokens, oldest first; `_links.next` when more follow.
-#[derive(Serialize, ToSchema)]
-struct TokenPage {
-    #[serde(rename = "_links")]
-    links: PageLinks,
-    #[serde(rename = "_embedded")]
-    embedded: EmbeddedTokens,
-    size: usize,
-}
-
-#[derive(Serialize, ToSchema)]
-struct EmbeddedTokens {
-    #[serde(rename = "oathTokens")]
-    oath_tokens: Vec<TokenResource>,
+super::page_type! {
+    /// A page of tokens, oldest first; `_links.next` when more follow.
+    TokenPage { EmbeddedTokens "oathTokens": TokenResource }
 }
 
 /// List tokens, or find one by serial number.
@@ -365,23 +352,25 @@ pub async fn list(
         limit + 1,
     )
     .await?;
-    let next = page::cut(&mut rows, limit, |r| cursor::encode(r.id));
     let base = state.settings.base_url();
-    let collection = format!("{}/oathTokens", environment_url(base, env));
     let mut params = Vec::new();
     if let Some(f) = &query.filter {
         params.push(("filter", f.clone()));
     }
     params.push(("limit", limit.to_string()));
+    let links = page::cut_and_link(
+        &mut rows,
+        limit,
+        |r| cursor::encode(r.id),
+        &collection_url(base, env, "oathTokens"),
+        &params,
+        query.cursor.as_deref(),
+    );
     let oath_tokens: Vec<TokenResource> = rows
         .into_iter()
         .map(|r| TokenResource::new(base, r))
         .collect();
-    Ok(HttpResponse::Ok().json(TokenPage {
-        links: page::links(&collection, &params, query.cursor.as_deref(), next),
-        size: oath_tokens.len(),
-        embedded: EmbeddedTokens { oath_tokens },
-    }))
+    Ok(HttpResponse::Ok().json(TokenPage::new(links, oath_tokens)))
 }
 
 /// The one filter the list supports: `serialNumber eq "X"` (operator case-insensitive, SCIM style).

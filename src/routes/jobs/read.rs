@@ -11,15 +11,11 @@ use crate::error::responses::{AuthenticatedErrors, BadRequest};
 use crate::error::ApiError;
 use crate::routes::extract::{Authorized, JobId, JobsRead};
 use crate::routes::page;
-use crate::routes::tokens::environment_url;
-use crate::routes::{cursor, page_limit};
+use crate::routes::{collection_url, cursor, page_limit};
 use crate::routes::{EnvPath, JobPath};
 use crate::startup::AppState;
 use crate::store::jobs as store;
 use crate::store::results;
-
-const PAGE_DEFAULT: i64 = 100;
-const PAGE_MAX: i64 = 1000;
 
 /// Read a job: status, progress and result counts.
 ///
@@ -97,7 +93,7 @@ impl JobListRequest {
     pub fn parse(query_string: &str) -> Result<Self, ApiError> {
         let query = page_query(query_string)?;
         Ok(Self {
-            limit: page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?,
+            limit: page_limit(query.limit.as_deref())?,
             before: query.cursor.as_deref().map(cursor::decode).transpose()?,
             cursor: query.cursor,
         })
@@ -117,7 +113,7 @@ impl ResultsRequest {
     /// `limit`, `cursor` and `outcome`; other parameters are ignored.
     pub fn parse(query_string: &str) -> Result<Self, ApiError> {
         let query = page_query(query_string)?;
-        let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
+        let limit = page_limit(query.limit.as_deref())?;
         let after = query
             .cursor
             .as_deref()
@@ -171,22 +167,16 @@ pub async fn list(
     let query = JobListRequest::parse(req.query_string())?;
     let limit = query.limit;
     let mut rows = store::list(&state.db, env, query.before, limit + 1).await?;
-    let next = page::cut(&mut rows, limit, |r| cursor::encode(r.id));
-    let jobs = render_all(&state, rows).await?;
-    let collection = format!(
-        "{}/oathJobs",
-        environment_url(state.settings.base_url(), env)
+    let links = page::cut_and_link(
+        &mut rows,
+        limit,
+        |r| cursor::encode(r.id),
+        &collection_url(state.settings.base_url(), env, "oathJobs"),
+        &[("limit", limit.to_string())],
+        query.cursor.as_deref(),
     );
-    Ok(HttpResponse::Ok().json(JobPage {
-        links: page::links(
-            &collection,
-            &[("limit", limit.to_string())],
-            query.cursor.as_deref(),
-            next,
-        ),
-        size: jobs.len(),
-        embedded: EmbeddedJobs { oath_jobs: jobs },
-    }))
+    let jobs = render_all(&state, rows).await?;
+    Ok(HttpResponse::Ok().json(JobPage::new(links, jobs)))
 }
 
 /// The job's per-item outcomes, in item order.
@@ -215,19 +205,18 @@ pub async fn results(
         return Err(ApiError::not_found());
     }
     let mut rows = results::page(&state.db, env, id, after, outcome, limit + 1).await?;
-    let next = page::cut(&mut rows, limit, |r| index_cursor(r.idx));
     let mut params = vec![("limit", limit.to_string())];
     if let Some(o) = outcome {
         params.push(("outcome", o.as_str().to_string()));
     }
-    let collection = format!(
-        "{}/oathJobs/{id}/results",
-        environment_url(state.settings.base_url(), env)
+    let links = page::cut_and_link(
+        &mut rows,
+        limit,
+        |r| index_cursor(r.idx),
+        &results_url(state.settings.base_url(), env, id),
+        &params,
+        query.cursor.as_deref(),
     );
     let results: Vec<ResultView> = rows.into_iter().map(ResultView::from).collect();
-    Ok(HttpResponse::Ok().json(ResultPage {
-        links: page::links(&collection, &params, query.cursor.as_deref(), next),
-        size: results.len(),
-        embedded: EmbeddedResults { results },
-    }))
+    Ok(HttpResponse::Ok().json(ResultPage::new(links, results)))
 }
