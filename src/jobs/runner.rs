@@ -17,6 +17,7 @@ use super::{create, retention, revoke, ChunkError};
 use crate::config::Settings;
 use crate::domain::job::JobType;
 use crate::metrics::METRICS;
+use crate::store::chunks::ChunkKey;
 use crate::store::is_unavailable;
 use crate::store::jobs::{self as queue, ChunkCounts, ClaimedJob};
 
@@ -156,12 +157,19 @@ impl Runner {
                 .execute(&mut *tx)
                 .await?;
         }
+        let key = ChunkKey {
+            env: job.environment_id,
+            job_id: job.id,
+            first_idx: at.processed,
+        };
         let outcome = match job.job_type {
             JobType::CreateTokens => {
                 let limit = self.settings.limits.tokens_per_environment;
-                create::process_chunk(&mut tx, job, at.processed, len, limit).await
+                create::process_chunk(&mut tx, key, len, limit).await
             }
-            JobType::RevokeTokens => revoke::process_chunk(&mut tx, job, at.processed, len).await,
+            JobType::RevokeTokens => {
+                revoke::process_chunk(&mut tx, key, len, job.force_unpair).await
+            }
         };
         let counts = match outcome {
             Ok(counts) => counts,
