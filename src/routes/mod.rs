@@ -251,21 +251,56 @@ pub struct IdRef {
 /// Links of pages of a collection (PingOne's shape:
 /// `{"_links": {"self", "next"?}, "_embedded": {...}, "size": n}`).
 pub mod page {
-    use super::{Link, PageLinks};
+    use serde::de::DeserializeOwned;
 
-    /// Cuts rows fetched with `limit + 1` to `limit` and links the page: to itself (at the
-    /// `current` cursor) and, when more follow, to the next one from the last row kept. `params`
-    /// are repeated in both links.
-    pub fn cut_and_link<T>(
-        rows: &mut Vec<T>,
-        limit: i64,
-        cursor_of: impl Fn(&T) -> String,
-        collection: &str,
-        params: &[(&str, String)],
-        current: Option<&str>,
-    ) -> PageLinks {
-        let next = cut(rows, limit, cursor_of);
-        links(collection, params, current, next)
+    use super::{page_limit, ApiError, Link, PageLinks};
+
+    /// A list's query string as `Q`; 400 when it is malformed.
+    pub fn query<Q: DeserializeOwned>(query_string: &str) -> Result<Q, ApiError> {
+        actix_web::web::Query::<Q>::from_query(query_string)
+            .map(actix_web::web::Query::into_inner)
+            .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))
+    }
+
+    /// A list's `limit` and `cursor`: the page size, the last row of the previous page (`L`, as
+    /// the list's cursors name rows), and the cursor as sent, for the page's self link.
+    pub struct Paging<L> {
+        pub limit: i64,
+        pub last: Option<L>,
+        cursor: Option<String>,
+    }
+
+    impl<L> Paging<L> {
+        pub fn parse(
+            limit: Option<&str>,
+            cursor: Option<String>,
+            decode: impl Fn(&str) -> Result<L, ApiError>,
+        ) -> Result<Self, ApiError> {
+            Ok(Self {
+                limit: page_limit(limit)?,
+                last: cursor.as_deref().map(decode).transpose()?,
+                cursor,
+            })
+        }
+
+        /// Rows to fetch: one more than a page, which only tells that more follow.
+        pub fn fetch(&self) -> i64 {
+            self.limit + 1
+        }
+
+        /// Cuts rows fetched with [`Paging::fetch`] to the page and links it: to itself and,
+        /// when more follow, to the next page from the last row kept. `params` are repeated in
+        /// both links.
+        pub fn links<T>(
+            &self,
+            rows: &mut Vec<T>,
+            cursor_of: impl Fn(&T) -> String,
+            collection: &str,
+            params: &[(&str, String)],
+        ) -> PageLinks {
+            let next = cut(rows, self.limit, cursor_of);
+            links(collection, params, self.cursor.as_deref(), next)
+        }
     }
 
     /// Cuts rows fetched with `limit + 1` to `limit`: the extra row only tells that more
@@ -382,7 +417,7 @@ const PAGE_DEFAULT: i64 = 100;
 const PAGE_MAX: i64 = 1000;
 
 /// `limit` query parameter: 1 to 1000, 100 when absent.
-pub fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     match raw {
         None => Ok(PAGE_DEFAULT),
         Some(s) => s

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::extract::{Authorized, TokenId, TokensRead, TokensWrite};
 use super::idempotency::{self, IdempotencyKey};
-use super::page;
-use super::{collection_url, cursor, page_limit, parse_json, read_body, require_media_type};
+use super::page::{self, Paging};
+use super::{collection_url, cursor, parse_json, read_body, require_media_type};
 use super::{EnvPath, TokenPath};
 use super::{IdRef, Link};
 use crate::domain::token::{otp_length_schema, TokenRequestDoc};
@@ -293,26 +293,20 @@ struct ListQuery {
 /// A token list's query string, parsed.
 pub struct ListRequest {
     pub serial: Option<SerialNumber>,
-    pub limit: i64,
-    /// The last id of the previous page.
-    pub after: Option<Uuid>,
+    /// Oldest first: after the last id of the previous page.
+    pub paging: Paging<Uuid>,
     /// As sent, for the page links.
     filter: Option<String>,
-    cursor: Option<String>,
 }
 
 impl ListRequest {
     /// `filter`, `limit` and `cursor`; other parameters are ignored.
     pub fn parse(query_string: &str) -> Result<Self, ApiError> {
-        let query = web::Query::<ListQuery>::from_query(query_string)
-            .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))?
-            .into_inner();
+        let query: ListQuery = page::query(query_string)?;
         Ok(Self {
             serial: query.filter.as_deref().map(parse_filter).transpose()?,
-            limit: page_limit(query.limit.as_deref())?,
-            after: query.cursor.as_deref().map(cursor::decode).transpose()?,
+            paging: Paging::parse(query.limit.as_deref(), query.cursor, cursor::decode)?,
             filter: query.filter,
-            cursor: query.cursor,
         })
     }
 }
@@ -343,28 +337,20 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let env = auth.env;
     let query = ListRequest::parse(req.query_string())?;
-    let limit = query.limit;
-    let mut rows = store::list(
-        &state.db,
-        env,
-        query.serial.as_ref().map(SerialNumber::as_str),
-        query.after,
-        limit + 1,
-    )
-    .await?;
+    let paging = &query.paging;
+    let serial = query.serial.as_ref().map(SerialNumber::as_str);
+    let mut rows = store::list(&state.db, env, serial, paging.last, paging.fetch()).await?;
     let base = state.settings.base_url();
     let mut params = Vec::new();
     if let Some(f) = &query.filter {
         params.push(("filter", f.clone()));
     }
-    params.push(("limit", limit.to_string()));
-    let links = page::cut_and_link(
+    params.push(("limit", paging.limit.to_string()));
+    let links = paging.links(
         &mut rows,
-        limit,
         |r| cursor::encode(r.id),
         &collection_url(base, env, "oathTokens"),
         &params,
-        query.cursor.as_deref(),
     );
     let oath_tokens: Vec<TokenResource> = rows
         .into_iter()
