@@ -17,7 +17,6 @@ use super::{create, retention, revoke, ChunkError};
 use crate::config::Settings;
 use crate::domain::job::JobType;
 use crate::metrics::METRICS;
-use crate::store::chunks::ChunkKey;
 use crate::store::is_unavailable;
 use crate::store::jobs::{self as queue, ChunkCounts, ClaimedJob};
 
@@ -157,11 +156,7 @@ impl Runner {
                 .execute(&mut *tx)
                 .await?;
         }
-        let key = ChunkKey {
-            env: job.environment_id,
-            job_id: job.id,
-            first_idx: at.processed,
-        };
+        let key = job.chunk(at.processed);
         let outcome = match job.job_type {
             JobType::CreateTokens => {
                 let limit = self.settings.limits.tokens_per_environment;
