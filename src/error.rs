@@ -19,10 +19,13 @@ pub const RETRY_AFTER_SECONDS: u32 = 5;
 pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("{message}")]
+    /// Fields fail validation: `details` are the first of `total` problems. Built by
+    /// [`ApiError::invalid_data`] and [`ApiError::invalid_data_of`] only, so that every route's
+    /// message counts its fields alike.
+    #[error("{}", invalid_data_message(*total, details.len()))]
     InvalidData {
-        message: String,
         details: Vec<FieldError>,
+        total: usize,
     },
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -97,6 +100,23 @@ impl ErrorCode {
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
         }
     }
+
+    /// The status of an error of this code; `ACCESS_FAILED` is 403 instead when a valid token
+    /// lacks the scope or environment.
+    fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest | Self::InvalidData => StatusCode::BAD_REQUEST,
+            Self::AccessFailed => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::UnexpectedError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
 }
 
 /// Every error response has this body.
@@ -120,82 +140,74 @@ pub mod responses {
 
     use super::ErrorBody;
 
-    /// `INVALID_REQUEST`: the body is not JSON or the query is malformed; `INVALID_DATA`: fields
-    /// fail validation, one `details[]` entry per problem.
-    #[derive(ToResponse)]
-    pub struct BadRequest<'a>(pub ErrorBody<'a>);
-
-    /// `ACCESS_FAILED`: no bearer token, or one that is malformed, expired, not yet valid, badly
-    /// signed or missing a claim.
-    #[derive(ToResponse)]
-    #[response(headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent")))]
-    pub struct Unauthorized<'a>(pub ErrorBody<'a>);
-
-    /// `ACCESS_FAILED`: the token lacks the operation's scope, or is for another environment.
-    #[derive(ToResponse)]
-    #[response(headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\"`")))]
-    pub struct Forbidden<'a>(pub ErrorBody<'a>);
-
-    /// `NOT_FOUND`: no such resource in the environment, or a path id that is not a UUID.
-    #[derive(ToResponse)]
-    pub struct NotFound<'a>(pub ErrorBody<'a>);
-
-    /// `CONFLICT`.
-    #[derive(ToResponse)]
-    pub struct Conflict<'a>(pub ErrorBody<'a>);
-
-    /// `REQUEST_TOO_LARGE`: the body exceeds the configured limit.
-    #[derive(ToResponse)]
-    pub struct TooLarge<'a>(pub ErrorBody<'a>);
-
-    /// `UNSUPPORTED_MEDIA_TYPE`: the body's `Content-Type` is not one the operation accepts.
-    #[derive(ToResponse)]
-    pub struct UnsupportedMediaType<'a>(pub ErrorBody<'a>);
-
-    /// `UNEXPECTED_ERROR`: a bug; the message never tells internals, the log has the cause.
-    #[derive(ToResponse)]
-    pub struct Unexpected<'a>(pub ErrorBody<'a>);
-
-    /// `SERVICE_UNAVAILABLE`: the database (or the key set) cannot be reached right now; the
-    /// service recovers by itself.
-    #[derive(ToResponse)]
-    #[response(headers(("Retry-After" = u32, description = "Seconds to wait before retrying")))]
-    pub struct Unavailable<'a>(pub ErrorBody<'a>);
-
-    /// `REQUEST_LIMITED`: a limit is reached (the environment's requests or unfinished jobs, a
-    /// token's OTP checks); retry after the given number of seconds.
-    #[derive(ToResponse)]
-    #[response(headers(("Retry-After" = u32, description = "Whole seconds to wait before retrying, at least 1")))]
-    pub struct TooManyRequests<'a>(pub ErrorBody<'a>);
-
-    /// The errors every authenticated operation may answer, listed once for all of them (`429`
-    /// when `limits.requests_per_environment_per_second` is set, and on job submission and OTP
-    /// checks).
-    #[derive(IntoResponses)]
-    pub enum AuthenticatedErrors {
-        #[response(status = 401)]
-        Unauthorized(#[ref_response] Unauthorized<'static>),
-        #[response(status = 403)]
-        Forbidden(#[ref_response] Forbidden<'static>),
-        #[response(status = 404)]
-        NotFound(#[ref_response] NotFound<'static>),
-        #[response(status = 429)]
-        TooManyRequests(#[ref_response] TooManyRequests<'static>),
-        #[response(status = 500)]
-        Unexpected(#[ref_response] Unexpected<'static>),
-        #[response(status = 503)]
-        Unavailable(#[ref_response] Unavailable<'static>),
+    /// One response per error status: the error body under the given documentation and headers.
+    macro_rules! error_responses {
+        ($($(#[$attr:meta])* $name:ident;)*) => {$(
+            #[derive(ToResponse)]
+            $(#[$attr])*
+            pub struct $name<'a>(pub ErrorBody<'a>);
+        )*};
     }
 
-    /// The errors of every operation that takes a JSON body.
-    #[derive(IntoResponses)]
-    pub enum BodyErrors {
-        #[response(status = 400)]
-        BadRequest(#[ref_response] BadRequest<'static>),
-        #[response(status = 413)]
-        TooLarge(#[ref_response] TooLarge<'static>),
-        #[response(status = 415)]
-        UnsupportedMediaType(#[ref_response] UnsupportedMediaType<'static>),
+    error_responses! {
+        /// `INVALID_REQUEST`: the body is not JSON or the query is malformed; `INVALID_DATA`: fields
+        /// fail validation, one `details[]` entry per problem.
+        BadRequest;
+        /// `ACCESS_FAILED`: no bearer token, or one that is malformed, expired, not yet valid, badly
+        /// signed or missing a claim.
+        #[response(headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent")))]
+        Unauthorized;
+        /// `ACCESS_FAILED`: the token lacks the operation's scope, or is for another environment.
+        #[response(headers(("WWW-Authenticate" = String, description = "`Bearer error=\"insufficient_scope\"`")))]
+        Forbidden;
+        /// `NOT_FOUND`: no such resource in the environment, or a path id that is not a UUID.
+        NotFound;
+        /// `CONFLICT`.
+        Conflict;
+        /// `REQUEST_TOO_LARGE`: the body exceeds the configured limit.
+        TooLarge;
+        /// `UNSUPPORTED_MEDIA_TYPE`: the body's `Content-Type` is not one the operation accepts.
+        UnsupportedMediaType;
+        /// `UNEXPECTED_ERROR`: a bug; the message never tells internals, the log has the cause.
+        Unexpected;
+        /// `SERVICE_UNAVAILABLE`: the database (or the key set) cannot be reached right now; the
+        /// service recovers by itself.
+        #[response(headers(("Retry-After" = u32, description = "Seconds to wait before retrying")))]
+        Unavailable;
+        /// `REQUEST_LIMITED`: a limit is reached (the environment's requests or unfinished jobs, a
+        /// token's OTP checks); retry after the given number of seconds.
+        #[response(headers(("Retry-After" = u32, description = "Whole seconds to wait before retrying, at least 1")))]
+        TooManyRequests;
+    }
+
+    /// A set of the responses above, by status, for an operation's `responses(...)`.
+    macro_rules! error_set {
+        ($(#[$attr:meta])* $set:ident { $($status:tt $name:ident),+ $(,)? }) => {
+            $(#[$attr])*
+            #[derive(IntoResponses)]
+            pub enum $set {
+                $(#[response(status = $status)] $name(#[ref_response] $name<'static>),)+
+            }
+        };
+    }
+
+    error_set! {
+        /// The errors every authenticated operation may answer, listed once for all of them (`429`
+        /// when `limits.requests_per_environment_per_second` is set, and on job submission and OTP
+        /// checks).
+        AuthenticatedErrors {
+            401 Unauthorized,
+            403 Forbidden,
+            404 NotFound,
+            429 TooManyRequests,
+            500 Unexpected,
+            503 Unavailable,
+        }
+    }
+
+    error_set! {
+        /// The errors of every operation that takes a JSON body.
+        BodyErrors { 400 BadRequest, 413 TooLarge, 415 UnsupportedMediaType }
     }
 }
 
@@ -209,15 +221,7 @@ impl ApiError {
     /// [`MAX_DETAILS`] are listed, whatever the body held, and the message gives the total.
     pub fn invalid_data_of(mut details: Vec<FieldError>, total: usize) -> Self {
         details.truncate(MAX_DETAILS);
-        let message = match total {
-            1 => "The request has 1 invalid field; see details.".to_string(),
-            n if n > details.len() => format!(
-                "The request has {n} invalid fields; the first {} are listed.",
-                details.len()
-            ),
-            n => format!("The request has {n} invalid fields; see details."),
-        };
-        Self::InvalidData { message, details }
+        Self::InvalidData { details, total }
     }
 
     pub fn not_found() -> Self {
@@ -255,8 +259,8 @@ impl ApiError {
             }
             Self::MethodNotAllowed => "The method is not allowed on this resource.".into(),
             Self::Internal(_) => "An unexpected error occurred.".into(),
+            Self::InvalidData { details, total } => invalid_data_message(*total, details.len()),
             Self::InvalidRequest(m)
-            | Self::InvalidData { message: m, .. }
             | Self::NotFound(m)
             | Self::Conflict(m)
             | Self::TooLarge(m)
@@ -266,22 +270,23 @@ impl ApiError {
     }
 }
 
+/// The message of every 400 INVALID_DATA: how many fields are invalid, and whether `listed` (the
+/// details) are all of them.
+fn invalid_data_message(total: usize, listed: usize) -> String {
+    match total {
+        1 => "The request has 1 invalid field; see details.".to_string(),
+        n if n > listed => {
+            format!("The request has {n} invalid fields; the first {listed} are listed.")
+        }
+        n => format!("The request has {n} invalid fields; see details."),
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) | Self::InvalidData { .. } => StatusCode::BAD_REQUEST,
-            Self::Auth(AuthError::Missing | AuthError::Invalid(_)) => StatusCode::UNAUTHORIZED,
             Self::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
-            Self::Auth(AuthError::KeySetUnavailable(_)) | Self::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => self.code().status(),
         }
     }
 
@@ -382,5 +387,32 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
+    }
+
+    /// Every route builds its 400 INVALID_DATA through `invalid_data`, so one field or many read
+    /// alike wherever they are found.
+    #[test]
+    fn invalid_data_messages_count_the_fields() {
+        let fields = |n: usize| -> Vec<FieldError> {
+            (0..n)
+                .map(|i| FieldError::invalid(format!("f{i}"), "bad"))
+                .collect()
+        };
+        let message = |e: ApiError| (e.public_message(), e.to_string());
+        let one = "The request has 1 invalid field; see details.";
+        assert_eq!(
+            message(ApiError::invalid_data(fields(1))),
+            (one.into(), one.into())
+        );
+        let three = "The request has 3 invalid fields; see details.";
+        assert_eq!(
+            message(ApiError::invalid_data(fields(3))),
+            (three.into(), three.into())
+        );
+        let cut = "The request has 5001 invalid fields; the first 1000 are listed.";
+        assert_eq!(
+            message(ApiError::invalid_data_of(fields(MAX_DETAILS + 10), 5001)),
+            (cut.into(), cut.into())
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 use std::sync::LazyLock;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -41,129 +42,115 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new_custom(Some("oath".into()), None).expect("valid prefix");
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "HTTP requests by method, route and status",
-            ),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric");
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request latency by method, route and status",
-            )
-            .buckets(vec![
+        let r = &registry;
+        const BY_REQUEST: &[&str] = &["method", "route", "status"];
+        let http_requests = counter_vec(
+            r,
+            "http_requests_total",
+            "HTTP requests by method, route and status",
+            BY_REQUEST,
+        );
+        let http_duration = histogram_vec(
+            r,
+            "http_request_duration_seconds",
+            "HTTP request latency by method, route and status",
+            &[
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-            ]),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric");
-        let job_chunk_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "job_chunk_duration_seconds",
-                "Time to process and commit one job chunk",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+            ],
+            BY_REQUEST,
+        );
+        let job_chunk_duration = histogram_vec(
+            r,
+            "job_chunk_duration_seconds",
+            "Time to process and commit one job chunk",
+            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
             &["type"],
-        )
-        .expect("valid metric");
-        let job_items = IntCounterVec::new(
-            Opts::new("job_items_total", "Job items processed, by outcome"),
+        );
+        let job_items = counter_vec(
+            r,
+            "job_items_total",
+            "Job items processed, by outcome",
             &["outcome"],
-        )
-        .expect("valid metric");
-        let job_claims =
-            IntCounter::new("job_claims_total", "Jobs claimed by this process's runners")
-                .expect("valid metric");
-        let job_lease_losses = IntCounter::new(
+        );
+        let job_claims = counter(
+            r,
+            "job_claims_total",
+            "Jobs claimed by this process's runners",
+        );
+        let job_lease_losses = counter(
+            r,
             "job_lease_losses_total",
             "Chunks not written because another runner had taken the job over",
-        )
-        .expect("valid metric");
-        let jobs_purged = IntCounter::new(
+        );
+        let jobs_purged = counter(
+            r,
             "jobs_purged_total",
             "Finished jobs deleted with their results after their retention, by this process",
-        )
-        .expect("valid metric");
+        );
         // The backlog gauges are the database's (every replica reports the same values),
         // refreshed by a background loop so that rendering never queries.
-        let jobs_unfinished = IntGauge::new(
-            "jobs_unfinished",
-            "Jobs PENDING or IN_PROGRESS, all environments",
-        )
-        .expect("valid metric");
-        let job_oldest_pending_age = Gauge::new(
-            "job_oldest_pending_age_seconds",
-            "Age of the oldest job not yet started (0 when none waits)",
-        )
-        .expect("valid metric");
-        let otp_validations = IntCounterVec::new(
-            Opts::new(
-                "otp_validations_total",
-                "OTP checks, by operation and outcome",
+        let jobs_unfinished = register(
+            r,
+            IntGauge::new(
+                "jobs_unfinished",
+                "Jobs PENDING or IN_PROGRESS, all environments",
             ),
+        );
+        let job_oldest_pending_age = register(
+            r,
+            Gauge::new(
+                "job_oldest_pending_age_seconds",
+                "Age of the oldest job not yet started (0 when none waits)",
+            ),
+        );
+        let otp_validations = counter_vec(
+            r,
+            "otp_validations_total",
+            "OTP checks, by operation and outcome",
             &["operation", "outcome"],
-        )
-        .expect("valid metric");
-        let create_batch_size = Histogram::with_opts(
-            HistogramOpts::new(
-                "create_batch_size",
-                "Single creates of one environment committed in one transaction",
-            )
-            .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 500.0,
-            ]),
-        )
-        .expect("valid metric");
-        let rate_limited = IntCounterVec::new(
-            Opts::new(
-                "rate_limited_total",
-                "Requests answered 429 REQUEST_LIMITED, by route",
+        );
+        let create_batch_size = register(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "create_batch_size",
+                    "Single creates of one environment committed in one transaction",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 500.0,
+                ]),
             ),
+        );
+        let rate_limited = counter_vec(
+            r,
+            "rate_limited_total",
+            "Requests answered 429 REQUEST_LIMITED, by route",
             &["route"],
-        )
-        .expect("valid metric");
-        let rate_limit_keys = IntGaugeVec::new(
-            Opts::new(
-                "rate_limit_keys",
-                "Keys each rate limit remembers (at most limits.rate_limit_keys), by limit",
+        );
+        let rate_limit_keys = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "rate_limit_keys",
+                    "Keys each rate limit remembers (at most limits.rate_limit_keys), by limit",
+                ),
+                &["limit"],
             ),
-            &["limit"],
-        )
-        .expect("valid metric");
-        let db_connections = IntGaugeVec::new(
-            Opts::new("db_pool_connections", "Database pool connections, by state"),
-            &["state"],
-        )
-        .expect("valid metric");
-        let db_max_connections = IntGauge::new(
-            "db_pool_max_connections",
-            "Connections the database pool may open",
-        )
-        .expect("valid metric");
-        for m in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_duration.clone()),
-            Box::new(job_chunk_duration.clone()),
-            Box::new(job_items.clone()),
-            Box::new(job_claims.clone()),
-            Box::new(job_lease_losses.clone()),
-            Box::new(jobs_purged.clone()),
-            Box::new(jobs_unfinished.clone()),
-            Box::new(job_oldest_pending_age.clone()),
-            Box::new(otp_validations.clone()),
-            Box::new(create_batch_size.clone()),
-            Box::new(rate_limited.clone()),
-            Box::new(rate_limit_keys.clone()),
-            Box::new(db_connections.clone()),
-            Box::new(db_max_connections.clone()),
-        ] {
-            registry.register(m).expect("metric registered once");
-        }
+        );
+        let db_connections = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new("db_pool_connections", "Database pool connections, by state"),
+                &["state"],
+            ),
+        );
+        let db_max_connections = register(
+            r,
+            IntGauge::new(
+                "db_pool_max_connections",
+                "Connections the database pool may open",
+            ),
+        );
         let process = Registry::new();
         #[cfg(target_os = "linux")]
         process
@@ -222,4 +209,35 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Registers a newly made metric; a name given twice, or an invalid one, is a bug.
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help))
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(registry, HistogramVec::new(opts, labels))
 }

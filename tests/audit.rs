@@ -2,44 +2,20 @@
 //! per mutating request and per OTP check, with its fields, and never a secret or an OTP.
 //! A test binary of its own: it installs the process-wide log subscriber.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use oath_service::config::{LogFormat, LogSettings};
-use oath_service::domain::{HashAlgorithm, OtpLength};
-use oath_service::otp::hotp;
+use oath_service::domain::HashAlgorithm;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tracing_subscriber::fmt::MakeWriter;
 
-use helpers::{spawn_app, TestApp, HS256_SECRET, SEED_SECRET};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use support::app::{
+    rfc_code, seed_token, spawn_app, TestApp, HS256_SECRET, RFC_SECRET_HEX, SEED_SECRET,
+};
+use support::logs::Capture;
 
 const SUBJECT: &str = "operator-7@example.test";
 
@@ -85,15 +61,7 @@ async fn call(builder: RequestBuilder) -> Call {
 
 #[sqlx::test]
 async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
-    let capture = Capture::default();
-    std::env::remove_var("RUST_LOG");
-    oath_service::telemetry::init_with_writer(
-        &LogSettings {
-            level: "trace".into(),
-            format: LogFormat::Json,
-        },
-        capture.clone(),
-    );
+    let capture = Capture::install();
     let app = spawn_app(pool).await;
     let env = app.env.to_string();
     let bearer = token_with_subject(&app, Some(SUBJECT));
@@ -104,7 +72,7 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
     // (request id, action, target id, outcome, actor) of every call that must be audited.
     let mut want: Vec<(String, &str, String, &str, &str)> = Vec::new();
 
-    let created = call(with(Method::POST, &tokens).json(&helpers::seed_token())).await;
+    let created = call(with(Method::POST, &tokens).json(&seed_token())).await;
     assert_eq!(created.status, 201, "{}", created.body);
     let seed_id = created.body["id"].as_str().unwrap().to_string();
     want.push((
@@ -114,7 +82,7 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
         "SUCCESS",
         SUBJECT,
     ));
-    let dup = call(with(Method::POST, &tokens).json(&helpers::seed_token())).await;
+    let dup = call(with(Method::POST, &tokens).json(&seed_token())).await;
     assert_eq!(dup.status, 400);
     want.push((
         dup.request_id,
@@ -125,10 +93,10 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
     ));
 
     // A HOTP token with 8 digits, so that no OTP can appear by chance inside another number.
-    let rfc_secret = "3132333435363738393031323334353637383930";
-    let hotp_token =
+    let rfc_secret = RFC_SECRET_HEX;
+    let eight_digits =
         json!({"serialNumber": "AUD1", "secret": rfc_secret, "type": "HOTP", "otpLength": 8});
-    let created = call(with(Method::POST, &tokens).json(&hotp_token)).await;
+    let created = call(with(Method::POST, &tokens).json(&eight_digits)).await;
     assert_eq!(created.status, 201);
     let id = created.body["id"].as_str().unwrap().to_string();
     want.push((
@@ -138,13 +106,7 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
         "SUCCESS",
         SUBJECT,
     ));
-    let key = hex::decode(rfc_secret).unwrap();
-    let code = |c: u64| {
-        format!(
-            "{:08}",
-            hotp(&key, HashAlgorithm::Sha1, OtpLength::new(8).unwrap(), c)
-        )
-    };
+    let code = |c: u64| rfc_code(HashAlgorithm::Sha1, 8, c);
     let codes: Vec<String> = (0..4).map(code).collect();
     let wrong = "97531864";
     assert!(!codes.iter().any(|c| c == wrong));
@@ -215,7 +177,7 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
 
     // Refused callers are audited too: no token, a token without `sub`, a token for another
     // environment's path.
-    let c = call(app.client.post(&tokens).json(&helpers::seed_token())).await;
+    let c = call(app.client.post(&tokens).json(&seed_token())).await;
     assert_eq!(c.status, 401);
     want.push((
         c.request_id,
@@ -246,7 +208,7 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
         app.client
             .post(&elsewhere)
             .bearer_auth(&bearer)
-            .json(&helpers::seed_token()),
+            .json(&seed_token()),
     )
     .await;
     assert_eq!(c.status, 403);
@@ -267,7 +229,7 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
     ];
     assert!(reads.iter().all(|r| r.status == 200));
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     let events: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

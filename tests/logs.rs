@@ -1,54 +1,19 @@
 //! Captured logs of a full request cycle, at the most verbose level, never contain a secret.
 //! A test binary of its own: it installs the process-wide log subscriber.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use oath_service::config::{LogFormat, LogSettings};
-use oath_service::domain::{HashAlgorithm, OtpLength};
-use oath_service::otp::hotp;
+use oath_service::domain::HashAlgorithm;
 use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
-use tracing_subscriber::fmt::MakeWriter;
 
-use helpers::{parts, seed_token, spawn_app, SEED_SECRET};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use support::app::{parts, rfc_code, seed_token, spawn_app, RFC_SECRET_HEX, SEED_SECRET};
+use support::logs::Capture;
 
 #[sqlx::test]
 async fn no_secret_in_logs_of_a_full_cycle(pool: PgPool) {
-    let capture = Capture::default();
-    std::env::remove_var("RUST_LOG");
-    oath_service::telemetry::init_with_writer(
-        &LogSettings {
-            level: "trace".into(),
-            format: LogFormat::Json,
-        },
-        capture.clone(),
-    );
+    let capture = Capture::install();
     let app = spawn_app(pool).await;
     let tokens = app.tokens_path();
 
@@ -78,18 +43,11 @@ async fn no_secret_in_logs_of_a_full_cycle(pool: PgPool) {
         .status(),
         200
     );
-    assert_eq!(
-        app.request(Method::DELETE, &one)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(app.delete(&one).await.status(), 204);
 
     // The OTP cycle: validate (right and wrong), resync, pairing, unpairing. Eight digits, so that
     // no code can appear by chance inside a number of the log.
-    let rfc_secret = "3132333435363738393031323334353637383930";
+    let rfc_secret = RFC_SECRET_HEX;
     let (status, created) = parts(
         app.create_token(
             &json!({"serialNumber": "H8", "secret": rfc_secret, "type": "HOTP",
@@ -101,13 +59,7 @@ async fn no_secret_in_logs_of_a_full_cycle(pool: PgPool) {
     assert_eq!(status, 201);
     let hotp_id = created["id"].as_str().unwrap().to_string();
     let token = format!("{tokens}/{hotp_id}");
-    let key = hex::decode(rfc_secret).unwrap();
-    let code = |c: u64| {
-        format!(
-            "{:08}",
-            hotp(&key, HashAlgorithm::Sha1, OtpLength::new(8).unwrap(), c)
-        )
-    };
+    let code = |c: u64| rfc_code(HashAlgorithm::Sha1, 8, c);
     let codes: Vec<String> = (0..5).map(code).collect();
     let wrong = "97531864";
     assert!(!codes.contains(&wrong.to_string()));
@@ -129,11 +81,7 @@ async fn no_secret_in_logs_of_a_full_cycle(pool: PgPool) {
             .unwrap();
         assert_eq!(res.status(), want, "{action} {body}");
     }
-    let res = app
-        .request(Method::DELETE, &format!("{token}/pairing"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete(&format!("{token}/pairing")).await;
     assert_eq!(res.status(), 204);
 
     // A PSKC file under the caller's own transport key, and one under a password: neither the
@@ -156,7 +104,7 @@ async fn no_secret_in_logs_of_a_full_cycle(pool: PgPool) {
     }
     app.drain(&mut app.runner("r1")).await;
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(!logs.contains(psk) && !logs.contains(password));
     // Start-up warned that HS256 tokens are accepted.
     assert!(

@@ -11,23 +11,21 @@
 //! scripts/check runs it on its own. Without server binaries it fails: it never skips.
 //! No assertion is timed: each phase waits for what it needs, with a generous deadline.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+mod support;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oath_service::auth::{self, Scope};
+use oath_service::domain::job::JobType;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use helpers::{test_settings, HS256_SECRET, KEY_A};
+use support::app::{create_job, hotp_token, seed_token, test_settings};
+use support::cluster::{require_server_binaries, Cluster};
+use support::service::{service_env, Service};
 
 /// How long PostgreSQL stays down at least.
 const OUTAGE: Duration = Duration::from_secs(6);
@@ -42,237 +40,21 @@ const JOB_CHUNK: usize = 100;
 /// How long any one condition may take to come true on a slow machine.
 const PATIENCE: Duration = Duration::from_secs(180);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The newest PostgreSQL server binaries: `OATH_PG_BINDIR` (as in scripts/lib/postgres.sh),
-/// else /usr/lib/postgresql/<v>/bin.
-fn server_binaries() -> Option<PathBuf> {
-    let usable = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    if let Some(dir) = std::env::var_os("OATH_PG_BINDIR").map(PathBuf::from) {
-        return usable(&dir).then_some(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            usable(&bin).then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-/// Whether the `postgres` user can enter `dir` (and so a folder made in it for that user).
-fn reachable_by_postgres(dir: &Path) -> bool {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--", "test", "-x"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A private cluster, stopped and deleted on drop. The server refuses to run as root, so as
-/// root every server command runs as the `postgres` user.
-struct Cluster {
-    bin: PathBuf,
-    data: PathBuf,
-    log: PathBuf,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl Cluster {
-    fn create(bin: PathBuf) -> Self {
-        let as_postgres = is_root();
-        let name = format!("pg-outage-{}", std::process::id());
-        let mut dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&name);
-        // The postgres user must reach the data directory: not so under /root, for one.
-        if as_postgres && !reachable_by_postgres(dir.parent().unwrap()) {
-            dir = std::env::temp_dir().join(format!("oath-service-{name}"));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let cluster = Self {
-            bin,
-            data: dir.join("data"),
-            log: dir.join("postgres.log"),
-            port: free_port(),
-            as_postgres,
-        };
-        std::fs::create_dir_all(&cluster.data).unwrap();
-        std::fs::File::create(&cluster.log).unwrap();
-        if as_postgres {
-            let chown = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .unwrap();
-            assert!(chown.success(), "chown {dir:?} to postgres");
-        }
-        cluster.run(
-            "initdb",
-            &[
-                "-D",
-                cluster.data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-locale",
-            ],
-        );
-        let conf = format!(
-            "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
-             fsync = off\nmax_connections = 40\n",
-            cluster.port
-        );
-        let conf_path = cluster.data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf_path).unwrap();
-        text.push_str(&conf);
-        std::fs::write(&conf_path, text).unwrap();
-        cluster.start();
-        cluster
-    }
-
-    /// Runs a server binary (as postgres when we are root) and asserts success.
-    fn run(&self, program: &str, args: &[&str]) {
-        let path = self.bin.join(program);
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        let out = cmd
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}\n{}\nserver log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
-    fn start(&self) {
-        let (data, log) = (self.data.to_str().unwrap(), self.log.to_str().unwrap());
-        self.run(
-            "pg_ctl",
-            &["-D", data, "-l", log, "-w", "-t", "60", "start"],
-        );
-    }
-
-    /// `pg_ctl stop -m immediate`: every server process quits at once, as in a crash.
-    fn crash(&self) {
-        let data = self.data.to_str().unwrap();
-        self.run("pg_ctl", &["-D", data, "-w", "-m", "immediate", "stop"]);
-    }
-
-    fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let data = self.data.to_str().unwrap().to_string();
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_ctl"));
-            c
-        } else {
-            Command::new(self.bin.join("pg_ctl"))
-        };
-        let _ = cmd
-            .args(["-D", &data, "-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(self.data.parent().unwrap());
-        }
-    }
-}
-
-/// The service binary, killed on drop.
-struct Service {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Service {
-    fn start(database_url: &str, log: PathBuf) -> Self {
-        let port = free_port();
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_oath-service"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "OATH_CONFIG_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-            )
-            .env("DATABASE_URL", database_url)
-            .env("OATH__SERVER__ADDR", format!("127.0.0.1:{port}"))
-            .env("OATH__SERVER__WORKERS", "2")
-            .env("OATH__SERVER__SHUTDOWN_TIMEOUT_SECONDS", "2")
-            .env("OATH__DATABASE__ACQUIRE_TIMEOUT_SECONDS", "1")
-            .env("OATH__AUTH__ISSUER", test_settings().auth.issuer)
-            .env("OATH__AUTH__HS256_SECRET", HS256_SECRET)
-            .env("OATH__CRYPTO__ACTIVE_KEY_ID", "a")
-            .env("OATH__CRYPTO__KEYS__A", KEY_A)
-            // A runner working through the outage: small chunks, so the job spans the crash.
-            .env("OATH__JOBS__RUNNERS", "1")
-            .env("OATH__JOBS__CHUNK_SIZE", JOB_CHUNK.to_string())
-            .env("OATH__JOBS__POLL_INTERVAL_MS", "200")
-            .env("OATH__LOG__LEVEL", "warn")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("the service binary starts");
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!(
-                "the service exited ({status}); its log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The service binary on `database_url`, with a runner that works through the outage: small
+/// chunks, so that the job spans the crash.
+fn start_service(database_url: &str, log: std::path::PathBuf) -> Service {
+    let mut env = service_env();
+    env.extend([
+        ("DATABASE_URL", database_url.to_string()),
+        ("OATH__SERVER__WORKERS", "2".into()),
+        ("OATH__SERVER__SHUTDOWN_TIMEOUT_SECONDS", "2".into()),
+        ("OATH__DATABASE__ACQUIRE_TIMEOUT_SECONDS", "1".into()),
+        ("OATH__JOBS__RUNNERS", "1".into()),
+        ("OATH__JOBS__CHUNK_SIZE", JOB_CHUNK.to_string()),
+        ("OATH__JOBS__POLL_INTERVAL_MS", "200".into()),
+        ("OATH__LOG__LEVEL", "warn".into()),
+    ]);
+    Service::start(&["serve"], &env, log)
 }
 
 /// Phases of the run, as the clients see them when a request starts and when it ends. Only
@@ -325,9 +107,7 @@ impl Load {
                         n += 1;
                         let started = phase.load(Ordering::SeqCst);
                         let (op, request) = if n % 2 == 1 {
-                            let body = json!({"serialNumber": format!("L{c}x{n}"),
-                                "secret": "3132333435363738393031323334353637383930",
-                                "type": "HOTP", "otpLength": 6});
+                            let body = hotp_token(&format!("L{c}x{n}"));
                             ("create", client.post(&tokens).json(&body))
                         } else {
                             ("read", client.get(&read))
@@ -420,6 +200,16 @@ async fn get(client: &reqwest::Client, url: &str, bearer: &str) -> (u16, bool, V
     (status, retry_after, res.json().await.unwrap_or(Value::Null))
 }
 
+/// Sends `request`, asserts its status, and returns the id in the answer.
+async fn created_id(request: reqwest::RequestBuilder, status: u16) -> String {
+    let res = request.send().await.expect("an HTTP answer");
+    assert_eq!(res.status(), status);
+    res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A fresh connection's answer to `sql` (a single bigint).
 async fn scalar(url: &str, sql: &str) -> i64 {
     let mut conn = PgConnection::connect(url)
@@ -455,14 +245,9 @@ fn bearer_for(env: Uuid) -> String {
 #[ignore = "needs PostgreSQL server binaries; scripts/check runs it"]
 async fn postgres_stopped_under_load_is_503_then_recovers_without_restart() {
     // Never a silent pass: without a server there is nothing to test, and that is a failure.
-    let bin = server_binaries().unwrap_or_else(|| {
-        panic!(
-            "no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql or \
-             OATH_PG_BINDIR; install the postgresql package to run this test"
-        )
-    });
+    let bin = require_server_binaries();
     let started = Instant::now();
-    let cluster = Cluster::create(bin);
+    let cluster = Cluster::create(bin, "pg-outage");
     let mut admin = PgConnection::connect(&cluster.url("postgres"))
         .await
         .expect("the private cluster answers");
@@ -473,70 +258,34 @@ async fn postgres_stopped_under_load_is_503_then_recovers_without_restart() {
     admin.close().await.unwrap();
     let db_url = cluster.url("oath");
 
-    let mut service = Service::start(&db_url, cluster.log.with_file_name("service.log"));
+    let mut service = start_service(&db_url, cluster.log.with_file_name("service.log"));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     let base = service.base.clone();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        service.assert_running();
-        if let Ok(res) = client.get(format!("{base}/health/ready")).send().await {
-            if res.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    service.wait_ready(PATIENCE).await;
 
     let env = Uuid::new_v4();
     let bearer = bearer_for(env);
     let tokens = format!("{base}/v1/environments/{env}/oathTokens");
-    let res = client
+    let request = client
         .post(&tokens)
         .bearer_auth(&bearer)
-        .json(&helpers::seed_token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let existing = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .json(&seed_token());
+    let existing = created_id(request, 201).await;
     let read_url = format!("{tokens}/{existing}");
 
     // A create job in an environment of its own, so that its tokens can be counted alone.
     let job_env = Uuid::new_v4();
     let job_bearer = bearer_for(job_env);
-    let items: Vec<Value> = (0..JOB_ITEMS)
-        .map(|i| {
-            json!({"serialNumber": format!("J{i:06}"),
-                   "secret": "3132333435363738393031323334353637383930",
-                   "type": "HOTP", "otpLength": 6})
-        })
-        .collect();
-    let res = client
+    let items = create_job((0..JOB_ITEMS).map(|i| format!("J{i:06}")));
+    let request = client
         .post(format!("{base}/v1/environments/{job_env}/oathJobs"))
         .bearer_auth(&job_bearer)
-        .header(
-            "content-type",
-            oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
-        )
-        .body(json!({"type": "CREATE_OATH_TOKENS", "tokens": items}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let job_id = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .header("content-type", JobType::CREATE_MEDIA_TYPE)
+        .body(items.to_string());
+    let job_id = created_id(request, 202).await;
     let job_url = format!("{base}/v1/environments/{job_env}/oathJobs/{job_id}");
 
     // Load, and the job under way; then the crash.
@@ -575,7 +324,7 @@ async fn postgres_stopped_under_load_is_503_then_recovers_without_restart() {
     let (status, retry_after, body) = get(&client, &format!("{base}/health/ready"), "").await;
     assert_eq!(status, 503, "{body}");
     assert!(retry_after);
-    let pid = service.child.id();
+    let pid = service.pid();
     load.wait_for_samples(DOWN, &mut service).await;
     tokio::time::sleep(OUTAGE.saturating_sub(down_at.elapsed())).await;
     service.assert_running();
@@ -611,7 +360,7 @@ async fn postgres_stopped_under_load_is_503_then_recovers_without_restart() {
     load.wait_for_samples(RECOVERED, &mut service).await;
     let samples = load.finish().await;
     service.assert_running();
-    assert_eq!(service.child.id(), pid, "the same process throughout");
+    assert_eq!(service.pid(), pid, "the same process throughout");
     let (status, _, _) = get(&client, &format!("{base}/health/ready"), "").await;
     assert_eq!(status, 200);
 

@@ -17,16 +17,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(list) = ListRequest::parse(query) {
-        assert!((1..=1000).contains(&list.limit));
+        assert!((1..=1000).contains(&list.paging.limit));
         if let Some(serial) = list.serial {
             assert!(serial.as_str().bytes().all(|b| b.is_ascii_alphanumeric()));
         }
     }
     if let Ok(jobs) = JobListRequest::parse(query) {
-        assert!((1..=1000).contains(&jobs.limit));
+        assert!((1..=1000).contains(&jobs.paging.limit));
     }
     if let Ok(results) = ResultsRequest::parse(query) {
-        assert!((1..=1000).contains(&results.limit));
+        assert!((1..=1000).contains(&results.paging.limit));
     }
     let _ = cursor::decode(query);
 });

@@ -81,6 +81,13 @@ fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
     sign_with(alg, kid, claims, &key)
 }
 
+/// The usual claims, with `claim` set to `value`.
+fn claims_with(claim: &str, value: Value) -> Value {
+    let mut c = claims();
+    c[claim] = value;
+    c
+}
+
 fn rs256(claims: &Value) -> String {
     sign(Algorithm::RS256, Some("rsa-1"), claims)
 }
@@ -105,6 +112,16 @@ async fn assert_rejected(auth: &Authenticator, token: &str, expected: &str) {
         reason.contains(expected),
         "reason {reason:?} does not mention {expected:?}"
     );
+}
+
+/// A token of the usual claims, signed with `alg` by the set's key for it, is refused.
+async fn assert_signed_rejected(
+    auth: &Authenticator,
+    alg: Algorithm,
+    kid: Option<&str>,
+    expected: &str,
+) {
+    assert_rejected(auth, &sign(alg, kid, &claims()), expected).await;
 }
 
 fn b64(value: &Value) -> String {
@@ -255,8 +272,13 @@ async fn alg_none_rejected_in_any_case() {
 #[tokio::test]
 async fn hs256_rejected_without_secret() {
     let auth = file_auth().await;
-    let token = sign(Algorithm::HS256, None, &claims());
-    assert_rejected(&auth, &token, "hs256_secret is not configured").await;
+    assert_signed_rejected(
+        &auth,
+        Algorithm::HS256,
+        None,
+        "hs256_secret is not configured",
+    )
+    .await;
     // Even when signed with the public key bytes, as in the classic confusion attack.
     let token = sign_with(
         Algorithm::HS256,
@@ -337,11 +359,15 @@ async fn hs256_signed_with_rsa_public_key_rejected() {
 async fn algorithm_not_allowed_by_key_rejected() {
     let auth = file_auth().await;
     // An RS256 header naming the EC key.
-    let token = sign(Algorithm::RS256, Some("ec-1"), &claims());
-    assert_rejected(&auth, &token, "not allowed for key").await;
+    assert_signed_rejected(&auth, Algorithm::RS256, Some("ec-1"), "not allowed for key").await;
     // An ES256 header naming the RSA key.
-    let token = sign(Algorithm::ES256, Some("rsa-1"), &claims());
-    assert_rejected(&auth, &token, "not allowed for key").await;
+    assert_signed_rejected(
+        &auth,
+        Algorithm::ES256,
+        Some("rsa-1"),
+        "not allowed for key",
+    )
+    .await;
     // Algorithms outside RS256/ES256/EdDSA/HS256 are refused outright.
     let token = format!(
         "{}.{}.sig",
@@ -367,10 +393,8 @@ async fn token_without_kid_needs_a_unique_key() {
         .into(),
     );
     let rotated = Authenticator::new(&s).await.unwrap();
-    let token = sign(Algorithm::RS256, None, &claims());
-    assert_rejected(&rotated, &token, "a kid is required").await;
-    let token = sign(Algorithm::EdDSA, None, &claims());
-    assert_rejected(&rotated, &token, "no EdDSA key").await;
+    assert_signed_rejected(&rotated, Algorithm::RS256, None, "a kid is required").await;
+    assert_signed_rejected(&rotated, Algorithm::EdDSA, None, "no EdDSA key").await;
 }
 
 #[tokio::test]
@@ -396,21 +420,20 @@ async fn nbf_in_future_rejected() {
 #[tokio::test]
 async fn wrong_issuer_and_audience_rejected() {
     let auth = file_auth().await;
-    let mut c = claims();
-    c["iss"] = json!("https://evil.example.test");
+    let c = claims_with("iss", json!("https://evil.example.test"));
     assert_rejected(&auth, &rs256(&c), "wrong issuer").await;
-    let mut c = claims();
-    c["aud"] = json!("another-service");
-    assert_rejected(&auth, &rs256(&c), "wrong audience").await;
-    c["aud"] = json!(["another-service", "third"]);
-    assert_rejected(&auth, &rs256(&c), "wrong audience").await;
+    for aud in [
+        json!("another-service"),
+        json!(["another-service", "third"]),
+    ] {
+        assert_rejected(&auth, &rs256(&claims_with("aud", aud)), "wrong audience").await;
+    }
 }
 
 #[tokio::test]
 async fn audience_array_containing_ours_accepted() {
     let auth = file_auth().await;
-    let mut c = claims();
-    c["aud"] = json!(["another-service", AUD]);
+    let c = claims_with("aud", json!(["another-service", AUD]));
     auth.authenticate(Some(&bearer(&rs256(&c)))).await.unwrap();
 }
 
@@ -427,11 +450,9 @@ async fn missing_claims_rejected() {
 #[tokio::test]
 async fn env_must_be_a_uuid() {
     let auth = file_auth().await;
-    let mut c = claims();
-    c["env"] = json!("production");
-    assert_rejected(&auth, &rs256(&c), "not a UUID").await;
-    c["env"] = json!(42);
-    assert_rejected(&auth, &rs256(&c), "not a UUID").await;
+    for env in [json!("production"), json!(42)] {
+        assert_rejected(&auth, &rs256(&claims_with("env", env)), "not a UUID").await;
+    }
 }
 
 #[tokio::test]
@@ -453,8 +474,7 @@ async fn tampered_payload_rejected() {
 #[tokio::test]
 async fn unknown_kid_rejected() {
     let auth = file_auth().await;
-    let token = sign(Algorithm::RS256, Some("rsa-9"), &claims());
-    assert_rejected(&auth, &token, "unknown kid").await;
+    assert_signed_rejected(&auth, Algorithm::RS256, Some("rsa-9"), "unknown kid").await;
 }
 
 #[tokio::test]

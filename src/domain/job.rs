@@ -186,6 +186,25 @@ pub enum CreateItem {
     Invalid(InvalidRow),
 }
 
+#[cfg(test)]
+impl CreateItem {
+    /// The token this item is; panics on an invalid row.
+    pub fn token(&self) -> &NewToken {
+        match self {
+            Self::Token(t) => t,
+            other => panic!("not a token: {other:?}"),
+        }
+    }
+
+    /// The invalid row this item is; panics on a token.
+    pub fn invalid(&self) -> &InvalidRow {
+        match self {
+            Self::Invalid(r) => r,
+            other => panic!("not an invalid row: {other:?}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InvalidRow {
     pub row_number: i64,

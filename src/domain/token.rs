@@ -342,22 +342,19 @@ impl NewToken {
             }
         };
 
-        let counter = parse_hotp(obj.get("hotp"), token_type, &t, &mut errors);
-        let time_step = parse_totp(obj.get("totp"), token_type, &t, &mut errors);
+        let counter = HOTP.parse(obj.get("hotp"), token_type, &t, &mut errors);
+        let time_step = TOTP
+            .parse(obj.get("totp"), token_type, &t, &mut errors)
+            .map(|n| n as i32);
 
-        let row_number = match obj.get("rowNumber") {
-            Some(v) if matches!(source, TokenSource::JobItem(_)) && !v.is_null() => {
-                match v.as_i64().filter(|n| *n >= 1) {
-                    Some(n) => Some(n),
-                    None => {
-                        errors.push(FieldError::invalid(
-                            t("rowNumber"),
-                            "rowNumber must be an integer of at least 1",
-                        ));
-                        None
-                    }
-                }
-            }
+        let row_number = match source {
+            TokenSource::JobItem(_) => optional_integer(
+                obj.get("rowNumber"),
+                || t("rowNumber"),
+                |n| n >= 1,
+                "rowNumber must be an integer of at least 1",
+                &mut errors,
+            ),
             _ => None,
         };
 
@@ -432,100 +429,101 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
     Secret::from_hex(s).map_err(str::to_string)
 }
 
-/// The optional `hotp` object: `{"counter": n}`. Returns the counter when one was given.
-fn parse_hotp(
+/// `hotp` or `totp`: an optional object, allowed on tokens of its type only, whose one
+/// property is an integer.
+struct SubObject {
+    field: &'static str,
+    belongs_to: TokenType,
+    property: &'static str,
+    /// Properties the service sets: refused as read-only rather than unknown.
+    read_only: &'static [&'static str],
+    valid: fn(i64) -> bool,
+    message: &'static str,
+}
+
+/// `{"counter": n}`.
+const HOTP: SubObject = SubObject {
+    field: "hotp",
+    belongs_to: TokenType::Hotp,
+    property: "counter",
+    read_only: &[],
+    // as_i64 is None for negatives below i64::MIN, floats, and u64 beyond i64::MAX.
+    valid: |n| n >= 0,
+    message: "counter must be an integer from 0 to 9223372036854775807",
+};
+
+/// `{"timeStep": s}`.
+const TOTP: SubObject = SubObject {
+    field: "totp",
+    belongs_to: TokenType::Totp,
+    property: "timeStep",
+    read_only: &["drift"],
+    valid: |n| TIME_STEP_RANGE.contains(&n),
+    message: "timeStep must be an integer from 10 to 300 seconds",
+};
+
+impl SubObject {
+    /// The property, when the object and it are given and valid; every problem is recorded.
+    fn parse(
+        &self,
+        value: Option<&Value>,
+        token_type: Option<TokenType>,
+        t: &impl Fn(&str) -> String,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<i64> {
+        let field = self.field;
+        let value = value.filter(|v| !v.is_null())?;
+        if let Some(tt) = token_type.filter(|tt| *tt != self.belongs_to) {
+            errors.push(FieldError::invalid(
+                t(field),
+                format!("{field} is not allowed on a {} token", tt.as_str()),
+            ));
+            return None;
+        }
+        let Some(obj) = value.as_object() else {
+            errors.push(FieldError::invalid(
+                t(field),
+                format!("{field} must be an object"),
+            ));
+            return None;
+        };
+        for key in obj
+            .keys()
+            .filter(|k| *k != self.property)
+            .map(|k| shown_name(k))
+        {
+            let message = if self.read_only.contains(&key.as_str()) {
+                format!("{key} is read-only")
+            } else {
+                format!("unknown property {key}")
+            };
+            errors.push(FieldError::invalid(t(&format!("{field}.{key}")), message));
+        }
+        optional_integer(
+            obj.get(self.property),
+            || t(&format!("{field}.{}", self.property)),
+            self.valid,
+            self.message,
+            errors,
+        )
+    }
+}
+
+/// An optional integer property: absent or null is None; an integer `valid` refuses, or any
+/// other value, is an error at `target` with `message`.
+fn optional_integer(
     value: Option<&Value>,
-    token_type: Option<TokenType>,
-    t: &impl Fn(&str) -> String,
+    target: impl FnOnce() -> String,
+    valid: impl Fn(i64) -> bool,
+    message: &str,
     errors: &mut Vec<FieldError>,
 ) -> Option<i64> {
-    let obj = sub_object(value, "hotp", token_type, TokenType::Hotp, t, errors)?;
-    for key in obj
-        .keys()
-        .filter(|k| *k != "counter")
-        .map(|k| shown_name(k))
-    {
-        errors.push(FieldError::invalid(
-            t(&format!("hotp.{key}")),
-            format!("unknown property {key}"),
-        ));
-    }
-    match obj.get("counter") {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            // as_i64 is None for negatives below i64::MIN, floats, and u64 beyond i64::MAX.
-            let parsed = v.as_i64().filter(|n| *n >= 0);
-            if parsed.is_none() {
-                errors.push(FieldError::invalid(
-                    t("hotp.counter"),
-                    "counter must be an integer from 0 to 9223372036854775807",
-                ));
-            }
-            parsed
-        }
-    }
-}
-
-/// The optional `totp` object: `{"timeStep": s}`. Returns the time step when one was given.
-fn parse_totp(
-    value: Option<&Value>,
-    token_type: Option<TokenType>,
-    t: &impl Fn(&str) -> String,
-    errors: &mut Vec<FieldError>,
-) -> Option<i32> {
-    let obj = sub_object(value, "totp", token_type, TokenType::Totp, t, errors)?;
-    for key in obj
-        .keys()
-        .filter(|k| *k != "timeStep")
-        .map(|k| shown_name(k))
-    {
-        let message = if key == "drift" {
-            "drift is read-only".to_string()
-        } else {
-            format!("unknown property {key}")
-        };
-        errors.push(FieldError::invalid(t(&format!("totp.{key}")), message));
-    }
-    match obj.get("timeStep") {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let parsed = v.as_i64().filter(|n| TIME_STEP_RANGE.contains(n));
-            if parsed.is_none() {
-                errors.push(FieldError::invalid(
-                    t("totp.timeStep"),
-                    "timeStep must be an integer from 10 to 300 seconds",
-                ));
-            }
-            parsed.map(|n| n as i32)
-        }
-    }
-}
-
-/// The `hotp`/`totp` object, when present, an object, and allowed for the token's type.
-fn sub_object<'a>(
-    value: Option<&'a Value>,
-    field: &str,
-    token_type: Option<TokenType>,
-    belongs_to: TokenType,
-    t: &impl Fn(&str) -> String,
-    errors: &mut Vec<FieldError>,
-) -> Option<&'a Map<String, Value>> {
     let value = value.filter(|v| !v.is_null())?;
-    if let Some(tt) = token_type.filter(|tt| *tt != belongs_to) {
-        errors.push(FieldError::invalid(
-            t(field),
-            format!("{field} is not allowed on a {} token", tt.as_str()),
-        ));
-        return None;
+    let parsed = value.as_i64().filter(|n| valid(*n));
+    if parsed.is_none() {
+        errors.push(FieldError::invalid(target(), message));
     }
-    let obj = value.as_object();
-    if obj.is_none() {
-        errors.push(FieldError::invalid(
-            t(field),
-            format!("{field} must be an object"),
-        ));
-    }
-    obj
+    parsed
 }
 
 #[cfg(test)]
@@ -569,6 +567,11 @@ mod tests {
         assert_eq!(token.kind, TokenKind::Totp { time_step: 30 });
     }
 
+    /// The same detail code for each of `targets`.
+    fn each(code: DetailCode, targets: &[&str]) -> Vec<(DetailCode, String)> {
+        targets.iter().map(|t| (code, t.to_string())).collect()
+    }
+
     #[test]
     fn reports_every_problem_with_job_paths() {
         let errs = targets(
@@ -576,27 +579,27 @@ mod tests {
                    "hotp": {"counter": 1}, "extra": true, "rowNumber": 0}),
             TokenSource::JobItem(12),
         );
-        let want: Vec<(DetailCode, String)> = [
-            "tokens[12].extra",
-            "tokens[12].serialNumber",
-            "tokens[12].secret",
-            "tokens[12].otpLength",
-            "tokens[12].hotp",
-            "tokens[12].rowNumber",
-        ]
-        .iter()
-        .map(|t| (DetailCode::InvalidValue, t.to_string()))
-        .collect();
+        let want = each(
+            DetailCode::InvalidValue,
+            &[
+                "tokens[12].extra",
+                "tokens[12].serialNumber",
+                "tokens[12].secret",
+                "tokens[12].otpLength",
+                "tokens[12].hotp",
+                "tokens[12].rowNumber",
+            ],
+        );
         assert_eq!(errs, want);
     }
 
     #[test]
     fn required_fields() {
         let errs = targets(json!({}), TokenSource::Single);
-        let want: Vec<(DetailCode, String)> = ["serialNumber", "secret", "type", "otpLength"]
-            .iter()
-            .map(|t| (DetailCode::RequiredValue, t.to_string()))
-            .collect();
+        let want = each(
+            DetailCode::RequiredValue,
+            &["serialNumber", "secret", "type", "otpLength"],
+        );
         assert_eq!(errs, want);
     }
 

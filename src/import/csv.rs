@@ -308,36 +308,25 @@ mod tests {
         );
         let items = parse(body.as_bytes(), 10).unwrap();
         assert_eq!(items.len(), 2);
-        match &items[0] {
-            CreateItem::Token(t) => {
-                assert_eq!(t.serial_number.as_str(), "A1");
-                assert_eq!(t.kind, crate::domain::TokenKind::Hotp { counter: 5 });
-                assert_eq!(t.row_number, Some(1));
-            }
-            other => panic!("{other:?}"),
-        }
+        let t = items[0].token();
+        assert_eq!(t.serial_number.as_str(), "A1");
+        assert_eq!(t.kind, crate::domain::TokenKind::Hotp { counter: 5 });
+        assert_eq!(t.row_number, Some(1));
         // A quoted quote is part of the serial, which the rules then refuse.
-        match &items[1] {
-            CreateItem::Invalid(r) => {
-                assert_eq!(r.row_number, 2);
-                assert_eq!(r.serial_number.as_deref(), Some("A\"2"));
-                assert!(
-                    r.message.starts_with("line 3: serialNumber must contain"),
-                    "{r:?}"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        let r = items[1].invalid();
+        assert_eq!(r.row_number, 2);
+        assert_eq!(r.serial_number.as_deref(), Some("A\"2"));
+        assert!(
+            r.message.starts_with("line 3: serialNumber must contain"),
+            "{r:?}"
+        );
     }
 
     #[test]
     fn base32_column_and_any_column_order() {
         let body = "type,secretBase32,serialNumber,otpLength\nHOTP,gezd gnbv gy3t qojq gezd gnbv gy3t qojq,B1,6\nHOTP,not*base32,B2,6\n";
         let items = parse(body.as_bytes(), 10).unwrap();
-        match &items[0] {
-            CreateItem::Token(t) => assert_eq!(t.secret.expose(), b"12345678901234567890"),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(items[0].token().secret.expose(), b"12345678901234567890");
         let rows = tokens(&items);
         assert_eq!(
             rows[1],
@@ -386,14 +375,10 @@ mod tests {
             "serialNumber,secret,type,otpLength\n{SECRET},HOTP,6\nS2,{SECRET},HOTP,6,extra\n"
         );
         for item in parse(body.as_bytes(), 10).unwrap() {
-            match item {
-                CreateItem::Invalid(r) => {
-                    assert_eq!(r.serial_number, None, "{r:?}");
-                    assert!(r.message.contains("the row has"), "{r:?}");
-                    assert!(!r.message.contains(SECRET));
-                }
-                other => panic!("{other:?}"),
-            }
+            let r = item.invalid();
+            assert_eq!(r.serial_number, None, "{r:?}");
+            assert!(r.message.contains("the row has"), "{r:?}");
+            assert!(!r.message.contains(SECRET));
         }
     }
 

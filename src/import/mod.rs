@@ -175,22 +175,19 @@ mod tests {
             "hotp" => "Counter".to_string(),
             other => other.to_string(),
         };
-        match fields.into_item(3, "KeyPackage 3", &name_of) {
-            CreateItem::Invalid(row) => {
-                assert_eq!(row.row_number, 3);
-                assert_eq!(row.serial_number.as_deref(), Some("S1"));
-                assert!(
-                    row.message.starts_with("KeyPackage 3: secret must be"),
-                    "{row:?}"
-                );
-                assert!(row.message.contains("ResponseFormat Length must be 6 or 8"));
-                assert!(row
-                    .message
-                    .contains("Counter is not allowed on a TOTP token"));
-                assert!(!row.message.contains("ABAB"));
-            }
-            other => panic!("{other:?}"),
-        }
+        let item = fields.into_item(3, "KeyPackage 3", &name_of);
+        let row = item.invalid();
+        assert_eq!(row.row_number, 3);
+        assert_eq!(row.serial_number.as_deref(), Some("S1"));
+        assert!(
+            row.message.starts_with("KeyPackage 3: secret must be"),
+            "{row:?}"
+        );
+        assert!(row.message.contains("ResponseFormat Length must be 6 or 8"));
+        assert!(row
+            .message
+            .contains("Counter is not allowed on a TOTP token"));
+        assert!(!row.message.contains("ABAB"));
     }
 
     #[test]
@@ -200,13 +197,10 @@ mod tests {
         fields.set_secret(b"12345678901234567890");
         fields.set_str("type", "HOTP");
         fields.set("otpLength", Value::from(6));
-        match fields.into_item(9, "", &|p| p.to_string()) {
-            CreateItem::Token(t) => {
-                assert_eq!(t.row_number, Some(9));
-                assert_eq!(t.secret.expose(), b"12345678901234567890");
-            }
-            other => panic!("{other:?}"),
-        }
+        let item = fields.into_item(9, "", &|p| p.to_string());
+        let t = item.token();
+        assert_eq!(t.row_number, Some(9));
+        assert_eq!(t.secret.expose(), b"12345678901234567890");
     }
 
     #[test]

@@ -390,17 +390,11 @@ mod tests {
     }
 
     fn token(item: &CreateItem) -> &crate::domain::NewToken {
-        match item {
-            CreateItem::Token(t) => t,
-            other => panic!("{other:?}"),
-        }
+        item.token()
     }
 
     fn message(item: &CreateItem) -> &str {
-        match item {
-            CreateItem::Invalid(r) => &r.message,
-            other => panic!("{other:?}"),
-        }
+        &item.invalid().message
     }
 
     fn refused(body: &[u8], keys: &PskcKeys) -> String {
@@ -509,13 +503,9 @@ mod tests {
         let items = parse_ok("vendor-aes256-bad-mac.pskcxml", &pre_shared(&key));
         assert_eq!(token(&items[0]).serial_number.as_str(), "EVM0001");
         assert_eq!(message(&items[1]), UNREADABLE);
-        match &items[1] {
-            CreateItem::Invalid(r) => {
-                assert_eq!(r.row_number, 2);
-                assert_eq!(r.serial_number.as_deref(), Some("EVM0002"));
-            }
-            other => panic!("{other:?}"),
-        }
+        let r = items[1].invalid();
+        assert_eq!(r.row_number, 2);
+        assert_eq!(r.serial_number.as_deref(), Some("EVM0002"));
         assert_eq!(token(&items[2]).serial_number.as_str(), "EVM0003");
     }
 

@@ -10,25 +10,23 @@ use uuid::Uuid;
 
 use super::ChunkError;
 use crate::domain::job::Outcome;
-use crate::store::chunks::CreateChunk;
-use crate::store::jobs::{ChunkCounts, ClaimedJob};
-use crate::store::{chunks, quota, results, tokens};
+use crate::store::chunks::{self, ChunkKey, CreateChunk};
+use crate::store::jobs::ChunkCounts;
+use crate::store::{quota, results, tokens};
 
 pub async fn process_chunk(
     tx: &mut PgConnection,
-    job: &ClaimedJob,
-    first_idx: i32,
+    key: ChunkKey,
     len: i32,
     limit: i64,
 ) -> Result<ChunkCounts, ChunkError> {
-    let (env, job_id) = (job.environment_id, job.id);
-    let chunk = chunks::read_create(tx, env, job_id, first_idx)
+    let env = key.env;
+    let chunk = chunks::read_create(tx, key, len as usize)
         .await?
-        .filter(|c| c.len() == len as usize)
         .ok_or(ChunkError::InputMissing)?;
     let (outcomes, created) = write_tokens(tx, env, &chunk, limit).await?;
-    results::write_create(tx, env, job_id, first_idx, &chunk, &outcomes).await?;
-    chunks::consume(tx, env, job_id, first_idx).await?;
+    results::write_create(tx, key, &chunk, &outcomes).await?;
+    chunks::consume(tx, key).await?;
 
     let count_of = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as i32;
     Ok(ChunkCounts {

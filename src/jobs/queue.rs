@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::crypto::SecretCipher;
 use crate::domain::job::{CreateItem, NewJob};
-use crate::store::chunks::{self, CreateChunk};
+use crate::store::chunks::{self, ChunkKey, CreateChunk};
 use crate::store::jobs::{self, Job, NewJobRow};
 
 /// Stores a validated job and its input. Nothing is written to `oath_tokens` here.
@@ -34,16 +34,21 @@ pub async fn enqueue(
         chunk_size: chunk_size as i32,
     };
     let stored = jobs::insert(tx, env, job_id, row).await?;
+    let key = |n: usize| ChunkKey {
+        env,
+        job_id,
+        first_idx: (n * chunk_size) as i32,
+    };
     match job {
         NewJob::Create { items, .. } => {
             for (n, chunk) in items.chunks(chunk_size).enumerate() {
                 let sealed = seal(env, chunk, cipher);
-                chunks::insert_create(tx, env, job_id, (n * chunk_size) as i32, &sealed).await?;
+                chunks::insert_create(tx, key(n), &sealed).await?;
             }
         }
         NewJob::Revoke { token_ids, .. } => {
             for (n, chunk) in token_ids.chunks(chunk_size).enumerate() {
-                chunks::insert_revoke(tx, env, job_id, (n * chunk_size) as i32, chunk).await?;
+                chunks::insert_revoke(tx, key(n), chunk).await?;
             }
         }
     }

@@ -6,22 +6,21 @@ use sqlx::PgConnection;
 
 use super::ChunkError;
 use crate::domain::job::Outcome;
-use crate::store::jobs::{ChunkCounts, ClaimedJob};
+use crate::store::chunks::{self, ChunkKey};
+use crate::store::jobs::ChunkCounts;
 use crate::store::results::RevokeResult;
-use crate::store::{chunks, results, tokens};
+use crate::store::{results, tokens};
 
 pub async fn process_chunk(
     tx: &mut PgConnection,
-    job: &ClaimedJob,
-    first_idx: i32,
+    key: ChunkKey,
     len: i32,
+    force_unpair: bool,
 ) -> Result<ChunkCounts, ChunkError> {
-    let (env, job_id) = (job.environment_id, job.id);
-    let ids = chunks::read_revoke(tx, env, job_id, first_idx)
+    let ids = chunks::read_revoke(tx, key, len as usize)
         .await?
-        .filter(|ids| ids.len() == len as usize)
         .ok_or(ChunkError::InputMissing)?;
-    let (mut revoked, paired) = tokens::revoke(tx, env, &ids, job.force_unpair).await?;
+    let (mut revoked, paired) = tokens::revoke(tx, key.env, &ids, force_unpair).await?;
 
     let mut counts = ChunkCounts {
         processed: len,
@@ -52,7 +51,7 @@ pub async fn process_chunk(
             }
         })
         .collect();
-    results::write_revoke(tx, env, job_id, first_idx, &rows).await?;
-    chunks::consume(tx, env, job_id, first_idx).await?;
+    results::write_revoke(tx, key, &rows).await?;
+    chunks::consume(tx, key).await?;
     Ok(counts)
 }

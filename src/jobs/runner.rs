@@ -154,12 +154,15 @@ impl Runner {
             // DONE, commits synchronously and so makes every earlier one durable too.
             commit_without_flush(&mut tx).await?;
         }
+        let key = job.chunk(at.processed);
         let outcome = match job.job_type {
             JobType::CreateTokens => {
                 let limit = self.settings.limits.tokens_per_environment;
-                create::process_chunk(&mut tx, job, at.processed, len, limit).await
+                create::process_chunk(&mut tx, key, len, limit).await
             }
-            JobType::RevokeTokens => revoke::process_chunk(&mut tx, job, at.processed, len).await,
+            JobType::RevokeTokens => {
+                revoke::process_chunk(&mut tx, key, len, job.force_unpair).await
+            }
         };
         let counts = match outcome {
             Ok(counts) => counts,

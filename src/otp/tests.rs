@@ -47,6 +47,11 @@ fn totp_token(time_step: u32, drift: i32, last_step: Option<u64>) -> Token {
     }
 }
 
+/// A TOTP check's success: the step it used up, and the token's drift from now on.
+fn totp_at(step: u64, drift: i32) -> Option<Advance> {
+    Some(Advance::Totp { step, drift })
+}
+
 fn code(token: &Token, moving_factor: u64) -> Otp {
     otp(
         hotp(
@@ -117,10 +122,7 @@ fn rfc6238_appendix_b() {
         };
         let submitted = Otp::parse(want).unwrap();
         let windows = Windows { hotp: 0, totp: 0 };
-        assert_eq!(
-            verify(&token, &submitted, time, windows),
-            Some(Advance::Totp { step, drift: 0 })
-        );
+        assert_eq!(verify(&token, &submitted, time, windows), totp_at(step, 0));
     }
 }
 
@@ -166,27 +168,18 @@ fn totp_window_drift_and_replay() {
     let token = totp_token(30, 0, None);
     assert_eq!(
         verify(&token, &code(&token, t + 1), now, WINDOWS),
-        Some(Advance::Totp {
-            step: t + 1,
-            drift: 1
-        })
+        totp_at(t + 1, 1)
     );
     assert_eq!(
         verify(&token, &code(&token, t - 1), now, WINDOWS),
-        Some(Advance::Totp {
-            step: t - 1,
-            drift: -1
-        })
+        totp_at(t - 1, -1)
     );
     assert_eq!(verify(&token, &code(&token, t + 2), now, WINDOWS), None);
     // With a learnt drift of +2 the window is centred on t + 2.
     let drifted = totp_token(30, 2, None);
     assert_eq!(
         verify(&drifted, &code(&drifted, t + 3), now, WINDOWS),
-        Some(Advance::Totp {
-            step: t + 3,
-            drift: 3
-        })
+        totp_at(t + 3, 3)
     );
     assert_eq!(verify(&drifted, &code(&drifted, t), now, WINDOWS), None);
     // The last accepted step, and any before it, are never accepted again.
@@ -195,10 +188,7 @@ fn totp_window_drift_and_replay() {
     assert_eq!(verify(&used, &code(&used, t - 1), now, WINDOWS), None);
     assert_eq!(
         verify(&used, &code(&used, t + 1), now, WINDOWS),
-        Some(Advance::Totp {
-            step: t + 1,
-            drift: 1
-        })
+        totp_at(t + 1, 1)
     );
 }
 
@@ -207,10 +197,7 @@ fn totp_near_the_epoch_has_no_negative_steps() {
     let token = totp_token(30, -5, None);
     assert_eq!(verify(&token, &code(&token, 0), 10, WINDOWS), None);
     let token = totp_token(30, -1, None);
-    assert_eq!(
-        verify(&token, &code(&token, 0), 10, WINDOWS),
-        Some(Advance::Totp { step: 0, drift: 0 })
-    );
+    assert_eq!(verify(&token, &code(&token, 0), 10, WINDOWS), totp_at(0, 0));
 }
 
 const RESYNC: ResyncWindows = ResyncWindows {
@@ -246,18 +233,12 @@ fn totp_resync_within_a_day_either_way() {
     // The token runs 2 hours behind: the second code is the current one, so drift is -240.
     assert_eq!(
         resync(&token, &pair(t - 241), now, RESYNC),
-        Some(Advance::Totp {
-            step: t - 240,
-            drift: -240
-        })
+        totp_at(t - 240, -240)
     );
     // 24 hours ahead is the edge; beyond it, nothing.
     assert_eq!(
         resync(&token, &pair(t + 2879), now, RESYNC),
-        Some(Advance::Totp {
-            step: t + 2880,
-            drift: 2880
-        })
+        totp_at(t + 2880, 2880)
     );
     assert_eq!(resync(&token, &pair(t + 2880), now, RESYNC), None);
     assert_eq!(resync(&token, &pair(t - 2881), now, RESYNC), None);
@@ -265,13 +246,7 @@ fn totp_resync_within_a_day_either_way() {
     let used = totp_token(30, 0, Some(t));
     assert_eq!(resync(&used, &pair(t - 1), now, RESYNC), None);
     assert_eq!(resync(&used, &pair(t), now, RESYNC), None);
-    assert_eq!(
-        resync(&used, &pair(t + 1), now, RESYNC),
-        Some(Advance::Totp {
-            step: t + 2,
-            drift: 2
-        })
-    );
+    assert_eq!(resync(&used, &pair(t + 1), now, RESYNC), totp_at(t + 2, 2));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! Content-Security-Policy lets the browser load nothing from another origin.
 
 use actix_web::http::header;
-use actix_web::HttpResponse;
+use actix_web::{HttpResponse, HttpResponseBuilder};
 
 /// Redoc's standalone bundle, without its one request to another host (version, checksums and
 /// the change: `assets/redoc/README.md`).
@@ -44,11 +44,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
         content_type = "text/html")),
 )]
 pub async fn page() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
+    asset("text/html; charset=utf-8", "no-cache")
         .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(PAGE)
 }
 
@@ -62,9 +59,16 @@ pub async fn page() -> HttpResponse {
         content_type = "text/javascript")),
 )]
 pub async fn script() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/javascript; charset=utf-8")
+    asset("text/javascript; charset=utf-8", "public, max-age=3600").body(REDOC_JS)
+}
+
+/// A file of the API reference: of `content_type`, never sniffed as another, cached as
+/// `cache_control` says.
+fn asset(content_type: &'static str, cache_control: &'static str) -> HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type(content_type)
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
-        .body(REDOC_JS)
+        .insert_header((header::CACHE_CONTROL, cache_control));
+    response
 }

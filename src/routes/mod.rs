@@ -31,82 +31,46 @@ pub struct Resource {
     pub methods: &'static [(Method, Handler)],
 }
 
-const fn resource(
-    paths: &'static [&'static str],
-    methods: &'static [(Method, Handler)],
-) -> Resource {
-    Resource { paths, methods }
-}
-
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
 const DELETE: Method = Method::DELETE;
+
+/// `resource!["/path", "/alias": GET module::handler, POST module::other]`: a [`Resource`] whose
+/// methods are served by those handlers.
+macro_rules! resource {
+    ($($path:literal),+: $($method:ident $handler:path),+) => {
+        Resource {
+            paths: &[$($path),+],
+            methods: &[$(($method, || web::to($handler))),+],
+        }
+    };
+}
 
 /// Every route the service serves: [`configure`] registers exactly these, and the OpenAPI test
 /// checks that `/openapi.json` documents exactly these (method, path) pairs. The router tries
 /// resources in this order and matches each dynamic one with a regex, so the static paths come
 /// first (a string comparison each), then the busiest: validate, then single tokens.
 pub const ROUTES: &[Resource] = &[
-    resource(&["/health/live"], &[(GET, || web::to(health::live))]),
-    resource(&["/health/ready"], &[(GET, || web::to(health::ready))]),
-    resource(&["/metrics"], &[(GET, || web::to(health::metrics))]),
-    resource(&["/openapi.json"], &[(GET, || web::to(openapi::document))]),
-    resource(&["/docs"], &[(GET, || web::to(docs::page))]),
-    resource(
-        &["/docs/redoc.standalone.js"],
-        &[(GET, || web::to(docs::script))],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathTokens/{token_id}/validate"],
-        &[(POST, || web::to(otp::validate))],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathTokens/{token_id}"],
-        &[
-            (GET, || web::to(tokens::get)),
-            (DELETE, || web::to(tokens::delete)),
-        ],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathTokens"],
-        &[
-            (GET, || web::to(tokens::list)),
-            (POST, || web::to(tokens::create)),
-        ],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathTokens/{token_id}/resync"],
-        &[(POST, || web::to(otp::resync))],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathTokens/{token_id}/pairing"],
-        &[
-            (POST, || web::to(otp::pair)),
-            (DELETE, || web::to(otp::unpair)),
-        ],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathJobs"],
-        &[
-            (GET, || web::to(jobs::list)),
-            (POST, || web::to(jobs::submit)),
-        ],
-    ),
-    resource(
-        &[
-            "/v1/environments/{env_id}/oathJobs/{job_id}",
-            "/v1/environments/{env_id}/jobs/{job_id}",
-        ],
-        &[(GET, || web::to(jobs::get))],
-    ),
-    resource(
-        &["/v1/environments/{env_id}/oathJobs/{job_id}/results"],
-        &[(GET, || web::to(jobs::results))],
-    ),
-    resource(
-        &["/v1/environments/{env_id}"],
-        &[(GET, || web::to(environments::get))],
-    ),
+    resource!["/health/live": GET health::live],
+    resource!["/health/ready": GET health::ready],
+    resource!["/metrics": GET health::metrics],
+    resource!["/openapi.json": GET openapi::document],
+    resource!["/docs": GET docs::page],
+    resource!["/docs/redoc.standalone.js": GET docs::script],
+    resource!["/v1/environments/{env_id}/oathTokens/{token_id}/validate": POST otp::validate],
+    resource!["/v1/environments/{env_id}/oathTokens/{token_id}":
+        GET tokens::get, DELETE tokens::delete],
+    resource!["/v1/environments/{env_id}/oathTokens": GET tokens::list, POST tokens::create],
+    resource!["/v1/environments/{env_id}/oathTokens/{token_id}/resync": POST otp::resync],
+    resource!["/v1/environments/{env_id}/oathTokens/{token_id}/pairing":
+        POST otp::pair, DELETE otp::unpair],
+    resource!["/v1/environments/{env_id}/oathJobs": GET jobs::list, POST jobs::submit],
+    resource![
+        "/v1/environments/{env_id}/oathJobs/{job_id}",
+        "/v1/environments/{env_id}/jobs/{job_id}": GET jobs::get
+    ],
+    resource!["/v1/environments/{env_id}/oathJobs/{job_id}/results": GET jobs::results],
+    resource!["/v1/environments/{env_id}": GET environments::get],
 ];
 
 /// Which routes of [`ROUTES`] one listener serves.
@@ -244,6 +208,40 @@ pub struct PageLinks {
     pub next: Option<Link>,
 }
 
+/// `page_type! { /// docs \n Page { Embedded "key": Item } }`: a page of a collection and its
+/// `_embedded` object, whose one property `key` holds the page's items (PingOne's shape:
+/// `{"_links": {"self", "next"?}, "_embedded": {"key": [...]}, "size": n}`).
+macro_rules! page_type {
+    ($(#[$doc:meta])* $vis:vis $page:ident { $embedded:ident $key:tt: $item:ty }) => {
+        $(#[$doc])*
+        #[derive(serde::Serialize, utoipa::ToSchema)]
+        $vis struct $page {
+            #[serde(rename = "_links")]
+            links: $crate::routes::PageLinks,
+            #[serde(rename = "_embedded")]
+            embedded: $embedded,
+            size: usize,
+        }
+
+        #[derive(serde::Serialize, utoipa::ToSchema)]
+        $vis struct $embedded {
+            #[serde(rename = $key)]
+            items: Vec<$item>,
+        }
+
+        impl $page {
+            $vis fn new(links: $crate::routes::PageLinks, items: Vec<$item>) -> Self {
+                Self {
+                    links,
+                    size: items.len(),
+                    embedded: $embedded { items },
+                }
+            }
+        }
+    };
+}
+pub(crate) use page_type;
+
 /// `{"id": "..."}`
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IdRef {
@@ -253,15 +251,61 @@ pub struct IdRef {
 /// Links of pages of a collection (PingOne's shape:
 /// `{"_links": {"self", "next"?}, "_embedded": {...}, "size": n}`).
 pub mod page {
-    use super::{Link, PageLinks};
+    use serde::de::DeserializeOwned;
+
+    use super::{page_limit, ApiError, Link, PageLinks};
+
+    /// A list's query string as `Q`; 400 when it is malformed.
+    pub fn query<Q: DeserializeOwned>(query_string: &str) -> Result<Q, ApiError> {
+        actix_web::web::Query::<Q>::from_query(query_string)
+            .map(actix_web::web::Query::into_inner)
+            .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))
+    }
+
+    /// A list's `limit` and `cursor`: the page size, the last row of the previous page (`L`, as
+    /// the list's cursors name rows), and the cursor as sent, for the page's self link.
+    pub struct Paging<L> {
+        pub limit: i64,
+        pub last: Option<L>,
+        cursor: Option<String>,
+    }
+
+    impl<L> Paging<L> {
+        pub fn parse(
+            limit: Option<&str>,
+            cursor: Option<String>,
+            decode: impl Fn(&str) -> Result<L, ApiError>,
+        ) -> Result<Self, ApiError> {
+            Ok(Self {
+                limit: page_limit(limit)?,
+                last: cursor.as_deref().map(decode).transpose()?,
+                cursor,
+            })
+        }
+
+        /// Rows to fetch: one more than a page, which only tells that more follow.
+        pub fn fetch(&self) -> i64 {
+            self.limit + 1
+        }
+
+        /// Cuts rows fetched with [`Paging::fetch`] to the page and links it: to itself and,
+        /// when more follow, to the next page from the last row kept. `params` are repeated in
+        /// both links.
+        pub fn links<T>(
+            &self,
+            rows: &mut Vec<T>,
+            cursor_of: impl Fn(&T) -> String,
+            collection: &str,
+            params: &[(&str, String)],
+        ) -> PageLinks {
+            let next = cut(rows, self.limit, cursor_of);
+            links(collection, params, self.cursor.as_deref(), next)
+        }
+    }
 
     /// Cuts rows fetched with `limit + 1` to `limit`: the extra row only tells that more
     /// follow, and then the next page's cursor is that of the last row kept.
-    pub fn cut<T>(
-        rows: &mut Vec<T>,
-        limit: i64,
-        cursor_of: impl Fn(&T) -> String,
-    ) -> Option<String> {
+    fn cut<T>(rows: &mut Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Option<String> {
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         if more {
@@ -273,7 +317,7 @@ pub mod page {
 
     /// Links to this page and, when `next` is a cursor, the next one; `params` are repeated in
     /// both, percent-encoded.
-    pub fn links(
+    fn links(
         collection: &str,
         params: &[(&str, String)],
         current: Option<&str>,
@@ -367,16 +411,26 @@ pub mod cursor {
     }
 }
 
-/// `limit` query parameter: 1 to `max`, `default` when absent.
-pub fn page_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+/// Items of a page when the query gives no `limit`.
+const PAGE_DEFAULT: i64 = 100;
+/// The largest `limit` of every list.
+const PAGE_MAX: i64 = 1000;
+
+/// `limit` query parameter: 1 to 1000, 100 when absent.
+fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     match raw {
-        None => Ok(default),
+        None => Ok(PAGE_DEFAULT),
         Some(s) => s
             .parse::<i64>()
             .ok()
-            .filter(|n| (1..=max).contains(n))
+            .filter(|n| (1..=PAGE_MAX).contains(n))
             .ok_or_else(|| {
-                ApiError::InvalidRequest(format!("limit must be an integer from 1 to {max}."))
+                ApiError::InvalidRequest(format!("limit must be an integer from 1 to {PAGE_MAX}."))
             }),
     }
+}
+
+/// The `/v1/environments/{env}/<tail>` collection URL whose pages link to each other.
+pub fn collection_url(base: &str, env: Uuid, tail: &str) -> String {
+    format!("{}/{tail}", tokens::environment_url(base, env))
 }

@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::metrics::METRICS;
 use crate::startup::AppState;
 use crate::store::otp as store;
+use crate::store::tokens::Token;
 use crate::verification::{self, Outcome, Pairing, Resync};
 
 #[derive(Serialize, ToSchema)]
@@ -56,8 +57,7 @@ pub async fn validate(
 ) -> Result<HttpResponse, ApiError> {
     let (env, id) = (auth.env, auth.ids.0);
     state.limits.check_otp(env, id)?;
-    let body = object_body(&req, payload, &state).await?;
-    let request = ValidateRequest::parse(&body).map_err(ApiError::invalid_data)?;
+    let request = parse_body(&req, payload, &state, ValidateRequest::parse).await?;
     let outcome = verification::validate(&state, env, id, &request.otp)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -91,27 +91,19 @@ pub async fn resync(
 ) -> Result<HttpResponse, ApiError> {
     let (env, id) = (auth.env, auth.ids.0);
     state.limits.check_otp(env, id)?;
-    let body = object_body(&req, payload, &state).await?;
-    let request = ResyncRequest::parse(&body).map_err(ApiError::invalid_data)?;
+    let request = parse_body(&req, payload, &state, ResyncRequest::parse).await?;
     match verification::resync(&state, env, id, request.otps)
         .await?
         .ok_or_else(ApiError::not_found)?
     {
-        Resync::Done(token) => {
-            log_check(&req, id, "resync", Outcome::Valid);
-            Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), token)))
-        }
+        Resync::Done(token) => Ok(checked_token(&req, &state, "resync", token)),
         Resync::NoMatch => {
             log_check(&req, id, "resync", Outcome::Invalid);
-            Err(ApiError::InvalidData {
-                message: "The OTPs are not two consecutive codes of this token within the \
-                          resync window; enter two codes in a row as the token shows them."
-                    .into(),
-                details: vec![FieldError::invalid(
-                    "otps",
-                    "otps must be two consecutive codes of this token",
-                )],
-            })
+            Err(invalid_field(
+                "otps",
+                "otps are not two consecutive codes of this token within the resync window; \
+                 enter two codes in a row as the token shows them",
+            ))
         }
     }
 }
@@ -143,16 +135,15 @@ pub async fn pair(
 ) -> Result<HttpResponse, ApiError> {
     let (env, id) = (auth.env, auth.ids.0);
     state.limits.check_otp(env, id)?;
-    let body = object_body(&req, payload, &state).await?;
-    let request = PairingRequest::parse(&body).map_err(ApiError::invalid_data)?;
+    let request = parse_body(&req, payload, &state, PairingRequest::parse).await?;
     match verification::pair(&state, env, id, &request.user_id, &request.otp)
         .await?
         .ok_or_else(ApiError::not_found)?
     {
         Pairing::Paired(token) => {
-            log_check(&req, id, "pairing", Outcome::Valid);
+            let response = checked_token(&req, &state, "pairing", token);
             tracing::info!(token_id = %id, "token paired");
-            Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), token)))
+            Ok(response)
         }
         Pairing::AlreadyPaired => Err(ApiError::Conflict(
             "The token is already paired; unpair it first.".into(),
@@ -165,14 +156,10 @@ pub async fn pair(
         }
         Pairing::Invalid => {
             log_check(&req, id, "pairing", Outcome::Invalid);
-            Err(ApiError::InvalidData {
-                message: "The OTP is not valid for this token; enter the code the token shows now."
-                    .into(),
-                details: vec![FieldError::invalid(
-                    "otp",
-                    "the OTP is not valid for this token",
-                )],
-            })
+            Err(invalid_field(
+                "otp",
+                "the OTP is not valid for this token; enter the code the token shows now",
+            ))
         }
     }
 }
@@ -206,17 +193,38 @@ pub async fn unpair(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn object_body(
+/// The body, a JSON object, read by the operation's parser: 400 for anything else.
+async fn parse_body<T, P>(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<Map<String, Value>, ApiError> {
+    parse: P,
+) -> Result<T, ApiError>
+where
+    P: FnOnce(&Map<String, Value>) -> Result<T, Vec<FieldError>>,
+{
     match json_body(req, payload, state.settings.server.max_body_bytes).await? {
-        Value::Object(map) => Ok(map),
+        Value::Object(map) => parse(&map).map_err(ApiError::invalid_data),
         _ => Err(ApiError::InvalidRequest(
             "The request body must be a JSON object.".into(),
         )),
     }
+}
+
+/// A check that passed and changed `token`: logged as valid, answered with the token.
+fn checked_token(
+    req: &HttpRequest,
+    state: &AppState,
+    operation: &'static str,
+    token: Token,
+) -> HttpResponse {
+    log_check(req, token.id, operation, Outcome::Valid);
+    HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), token))
+}
+
+/// A 400 INVALID_DATA for the one field the check refused.
+fn invalid_field(target: &str, message: &str) -> ApiError {
+    ApiError::invalid_data(vec![FieldError::invalid(target, message)])
 }
 
 /// One OTP check: logged, counted in `oath_otp_validations_total`, and its outcome given to the

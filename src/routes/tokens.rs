@@ -9,9 +9,10 @@ use uuid::Uuid;
 
 use super::extract::{Authorized, TokenId, TokensRead, TokensWrite};
 use super::idempotency::{self, IdempotencyKey};
-use super::page;
-use super::{cursor, page_limit, parse_json, read_body, require_media_type, IdRef, Link};
-use super::{EnvPath, PageLinks, TokenPath};
+use super::page::{self, Paging};
+use super::{collection_url, cursor, parse_json, read_body, require_media_type};
+use super::{EnvPath, TokenPath};
+use super::{IdRef, Link};
 use crate::domain::token::{otp_length_schema, TokenRequestDoc};
 use crate::domain::{
     DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenKind, TokenSource,
@@ -21,9 +22,6 @@ use crate::error::responses::{AuthenticatedErrors, BadRequest, BodyErrors, Confl
 use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store::tokens::{self as store, InsertError, Token};
-
-const PAGE_DEFAULT: i64 = 100;
-const PAGE_MAX: i64 = 1000;
 
 /// The token representation: never the secret.
 #[derive(Serialize, ToSchema)]
@@ -298,44 +296,27 @@ struct ListQuery {
 /// A token list's query string, parsed.
 pub struct ListRequest {
     pub serial: Option<SerialNumber>,
-    pub limit: i64,
-    /// The last id of the previous page.
-    pub after: Option<Uuid>,
+    /// Oldest first: after the last id of the previous page.
+    pub paging: Paging<Uuid>,
     /// As sent, for the page links.
     filter: Option<String>,
-    cursor: Option<String>,
 }
 
 impl ListRequest {
     /// `filter`, `limit` and `cursor`; other parameters are ignored.
     pub fn parse(query_string: &str) -> Result<Self, ApiError> {
-        let query = web::Query::<ListQuery>::from_query(query_string)
-            .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))?
-            .into_inner();
+        let query: ListQuery = page::query(query_string)?;
         Ok(Self {
             serial: query.filter.as_deref().map(parse_filter).transpose()?,
-            limit: page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?,
-            after: query.cursor.as_deref().map(cursor::decode).transpose()?,
+            paging: Paging::parse(query.limit.as_deref(), query.cursor, cursor::decode)?,
             filter: query.filter,
-            cursor: query.cursor,
         })
     }
 }
 
-/// A page of tokens, oldest first; `_links.next` when more follow.
-#[derive(Serialize, ToSchema)]
-struct TokenPage {
-    #[serde(rename = "_links")]
-    links: PageLinks,
-    #[serde(rename = "_embedded")]
-    embedded: EmbeddedTokens,
-    size: usize,
-}
-
-#[derive(Serialize, ToSchema)]
-struct EmbeddedTokens {
-    #[serde(rename = "oathTokens")]
-    oath_tokens: Vec<TokenResource>,
+super::page_type! {
+    /// A page of tokens, oldest first; `_links.next` when more follow.
+    TokenPage { EmbeddedTokens "oathTokens": TokenResource }
 }
 
 /// List tokens, or find one by serial number.
@@ -359,32 +340,26 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let env = auth.env;
     let query = ListRequest::parse(req.query_string())?;
-    let limit = query.limit;
-    let mut rows = store::list(
-        &state.db,
-        env,
-        query.serial.as_ref().map(SerialNumber::as_str),
-        query.after,
-        limit + 1,
-    )
-    .await?;
-    let next = page::cut(&mut rows, limit, |r| cursor::encode(r.id));
+    let paging = &query.paging;
+    let serial = query.serial.as_ref().map(SerialNumber::as_str);
+    let mut rows = store::list(&state.db, env, serial, paging.last, paging.fetch()).await?;
     let base = state.settings.base_url();
-    let collection = format!("{}/oathTokens", environment_url(base, env));
     let mut params = Vec::new();
     if let Some(f) = &query.filter {
         params.push(("filter", f.clone()));
     }
-    params.push(("limit", limit.to_string()));
+    params.push(("limit", paging.limit.to_string()));
+    let links = paging.links(
+        &mut rows,
+        |r| cursor::encode(r.id),
+        &collection_url(base, env, "oathTokens"),
+        &params,
+    );
     let oath_tokens: Vec<TokenResource> = rows
         .into_iter()
         .map(|r| TokenResource::new(base, r))
         .collect();
-    Ok(HttpResponse::Ok().json(TokenPage {
-        links: page::links(&collection, &params, query.cursor.as_deref(), next),
-        size: oath_tokens.len(),
-        embedded: EmbeddedTokens { oath_tokens },
-    }))
+    Ok(HttpResponse::Ok().json(TokenPage::new(links, oath_tokens)))
 }
 
 /// The one filter the list supports: `serialNumber eq "X"` (operator case-insensitive, SCIM style).

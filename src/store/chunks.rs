@@ -99,11 +99,17 @@ impl CreateChunk {
     }
 }
 
+/// Names one chunk of a job: the job, and the index of the chunk's first item in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkKey {
+    pub env: Uuid,
+    pub job_id: Uuid,
+    pub first_idx: i32,
+}
+
 pub async fn insert_create(
     tx: &mut PgConnection,
-    env: Uuid,
-    job_id: Uuid,
-    first_idx: i32,
+    key: ChunkKey,
     c: &CreateChunk,
 ) -> Result<(), sqlx::Error> {
     let token_types: Vec<&str> = c.token_types.iter().map(|t| t.as_str()).collect();
@@ -117,9 +123,9 @@ pub async fn insert_create(
                 invalid_messages, drifts)
            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
                    $16, $17, $18, $19, $20)"#,
-        env,
-        job_id,
-        first_idx,
+        key.env,
+        key.job_id,
+        key.first_idx,
         &c.offsets,
         &c.token_ids,
         &c.row_numbers as &[Option<i64>],
@@ -145,9 +151,7 @@ pub async fn insert_create(
 
 pub async fn insert_revoke(
     tx: &mut PgConnection,
-    env: Uuid,
-    job_id: Uuid,
-    first_idx: i32,
+    key: ChunkKey,
     token_ids: &[Uuid],
 ) -> Result<(), sqlx::Error> {
     let row_numbers = vec![None::<i64>; token_ids.len()];
@@ -156,9 +160,9 @@ pub async fn insert_revoke(
         r#"insert into oath_job_chunks
                (environment_id, job_id, first_idx, offsets, token_ids, row_numbers)
            values ($1, $2, $3, $4, $5, $6)"#,
-        env,
-        job_id,
-        first_idx,
+        key.env,
+        key.job_id,
+        key.first_idx,
         &offsets,
         token_ids,
         &row_numbers as &[Option<i64>],
@@ -168,13 +172,12 @@ pub async fn insert_revoke(
     Ok(())
 }
 
-/// The create chunk at `first_idx`, if it is stored whole: None when it is missing or its arrays
-/// do not line up; an error when it holds a value no token can have.
+/// The create chunk of `len` items at `key`, if it is stored whole: None when it is missing, of
+/// another length or its arrays do not line up; an error when it holds a value no token can have.
 pub async fn read_create(
     tx: &mut PgConnection,
-    env: Uuid,
-    job_id: Uuid,
-    first_idx: i32,
+    key: ChunkKey,
+    len: usize,
 ) -> Result<Option<CreateChunk>, sqlx::Error> {
     let Some(r) = sqlx::query!(
         r#"select offsets, token_ids, row_numbers as "row_numbers: Vec<Option<i64>>",
@@ -187,9 +190,9 @@ pub async fn read_create(
                   invalid_serials as "invalid_serials: Vec<Option<String>>", invalid_messages
            from oath_job_chunks
            where environment_id = $1 and job_id = $2 and first_idx = $3"#,
-        env,
-        job_id,
-        first_idx,
+        key.env,
+        key.job_id,
+        key.first_idx,
     )
     .fetch_optional(&mut *tx)
     .await?
@@ -219,39 +222,34 @@ pub async fn read_create(
         invalid_serials: r.invalid_serials,
         invalid_messages: r.invalid_messages,
     };
-    Ok(chunk.is_consistent().then_some(chunk))
+    Ok((chunk.is_consistent() && chunk.len() == len).then_some(chunk))
 }
 
-/// The token ids of the revoke chunk at `first_idx`.
+/// The token ids of the revoke chunk at `key`, if it is stored and of `len` items.
 pub async fn read_revoke(
     tx: &mut PgConnection,
-    env: Uuid,
-    job_id: Uuid,
-    first_idx: i32,
+    key: ChunkKey,
+    len: usize,
 ) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
-    sqlx::query_scalar!(
+    let ids = sqlx::query_scalar!(
         r#"select token_ids from oath_job_chunks
            where environment_id = $1 and job_id = $2 and first_idx = $3"#,
-        env,
-        job_id,
-        first_idx,
+        key.env,
+        key.job_id,
+        key.first_idx,
     )
     .fetch_optional(&mut *tx)
-    .await
+    .await?;
+    Ok(ids.filter(|ids| ids.len() == len))
 }
 
 /// Deletes a processed chunk's input (and with it the sealed secrets it carried).
-pub async fn consume(
-    tx: &mut PgConnection,
-    env: Uuid,
-    job_id: Uuid,
-    first_idx: i32,
-) -> Result<(), sqlx::Error> {
+pub async fn consume(tx: &mut PgConnection, key: ChunkKey) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "delete from oath_job_chunks where environment_id = $1 and job_id = $2 and first_idx = $3",
-        env,
-        job_id,
-        first_idx,
+        key.env,
+        key.job_id,
+        key.first_idx,
     )
     .execute(&mut *tx)
     .await?;

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::chunks::ChunkKey;
 use super::decode;
 use crate::domain::job::{JobStatus, JobType};
 
@@ -226,6 +227,17 @@ pub struct ClaimedJob {
     /// This claim was one of them.
     pub taken_over: bool,
     pub force_unpair: bool,
+}
+
+impl ClaimedJob {
+    /// The job's chunk whose first item is `first_idx`.
+    pub fn chunk(&self, first_idx: i32) -> ChunkKey {
+        ChunkKey {
+            env: self.environment_id,
+            job_id: self.id,
+            first_idx,
+        }
+    }
 }
 
 /// Takes a runnable job (pending, running under an expired lease, or given back between

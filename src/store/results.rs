@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::chunks::CreateChunk;
+use super::chunks::{ChunkKey, CreateChunk};
 use super::copy::CopyRows;
 use crate::domain::job::Outcome;
 
@@ -32,22 +32,18 @@ pub struct Duplicate {
     pub masked_secret: String,
 }
 
-/// The results of a create chunk: `outcomes[i]` is the outcome of the chunk's token `i` (its
+/// The results of the create chunk at `key`: `outcomes[i]` is the outcome of the chunk's token `i` (its
 /// token id is kept only when it was created), then its invalid items.
 pub async fn write_create(
     tx: &mut PgConnection,
-    env: Uuid,
-    job_id: Uuid,
-    first_idx: i32,
+    key: ChunkKey,
     chunk: &CreateChunk,
     outcomes: &[Outcome],
 ) -> Result<(), sqlx::Error> {
     let mut rows = CopyRows::with_capacity(chunk.len() * 160);
     for (i, outcome) in outcomes.iter().enumerate() {
         let token_id = (*outcome == Outcome::Created).then_some(chunk.token_ids[i]);
-        rows.plain(env)
-            .plain(job_id)
-            .plain(first_idx + chunk.offsets[i])
+        item_row(&mut rows, key, chunk.offsets[i])
             .opt(chunk.row_numbers[i])
             .text(&chunk.serial_numbers[i])
             .opt(token_id)
@@ -57,9 +53,7 @@ pub async fn write_create(
             .end_row();
     }
     for (i, offset) in chunk.invalid_offsets.iter().enumerate() {
-        rows.plain(env)
-            .plain(job_id)
-            .plain(first_idx + offset)
+        item_row(&mut rows, key, *offset)
             .plain(chunk.invalid_row_numbers[i])
             .opt_text(chunk.invalid_serials[i].as_deref())
             .null()
@@ -77,6 +71,14 @@ pub async fn write_create(
     Ok(())
 }
 
+/// Starts the result row of the item at `offset` in the chunk at `key`: its environment, job
+/// and index in the job.
+fn item_row(rows: &mut CopyRows, key: ChunkKey, offset: i32) -> &mut CopyRows {
+    rows.plain(key.env)
+        .plain(key.job_id)
+        .plain(key.first_idx + offset)
+}
+
 /// One revoke item's result: the token id asked for, its serial when it was revoked.
 pub struct RevokeResult {
     pub token_id: Uuid,
@@ -84,19 +86,15 @@ pub struct RevokeResult {
     pub outcome: Outcome,
 }
 
-/// The results of a revoke chunk, item `i` at `first_idx + i`.
+/// The results of the revoke chunk at `key`, item `i` at `first_idx + i`.
 pub async fn write_revoke(
     tx: &mut PgConnection,
-    env: Uuid,
-    job_id: Uuid,
-    first_idx: i32,
+    key: ChunkKey,
     results: &[RevokeResult],
 ) -> Result<(), sqlx::Error> {
     let mut rows = CopyRows::with_capacity(results.len() * 120);
     for (i, r) in results.iter().enumerate() {
-        rows.plain(env)
-            .plain(job_id)
-            .plain(first_idx + i as i32)
+        item_row(&mut rows, key, i as i32)
             .plain(r.token_id)
             .opt_text(r.serial_number.as_deref())
             .text(r.outcome.as_str())

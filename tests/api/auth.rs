@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, parts, seed_token, spawn_app, spawn_app_with, TestApp};
+use crate::support::app::{
+    assert_error, assert_error_mentions, expect_error, parts, seed_token, send, spawn_app,
+    spawn_app_with, TestApp,
+};
 
 const RSA: &str = include_str!("../fixtures/jwt/rsa-private.txt");
 const EC: &str = include_str!("../fixtures/jwt/ec-private.txt");
@@ -221,28 +224,15 @@ async fn hs256_is_refused_when_no_secret_is_configured(pool: PgPool) {
 async fn another_environments_token_is_403(pool: PgPool) {
     let app = spawn_app(pool).await;
     let foreign = app.token_for(Uuid::new_v4(), &Scope::ALL);
-    let res = app
-        .client
-        .get(app.url(&app.tokens_path()))
-        .bearer_auth(&foreign)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = parts(res).await;
-    assert_error(status, &body, 403, "ACCESS_FAILED");
-    let res = app
-        .client
-        .post(app.url(&app.tokens_path()))
-        .bearer_auth(&foreign)
-        .json(&seed_token())
-        .send()
-        .await
-        .unwrap();
+    let res = send(app.request_as(&foreign, Method::GET, &app.tokens_path())).await;
+    expect_error(res, 403, "ACCESS_FAILED").await;
+    let res = send(
+        app.request_as(&foreign, Method::POST, &app.tokens_path())
+            .json(&seed_token()),
+    )
+    .await;
     assert_eq!(res.status(), 403);
-    let count: i64 = sqlx::query_scalar("select count(*) from oath_tokens")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let count = app.count("select count(*) from oath_tokens").await;
     assert_eq!(count, 0);
 }
 
@@ -277,11 +267,7 @@ async fn each_route_requires_its_scope(pool: PgPool) {
             .unwrap();
         let (status, body) = parts(res).await;
         // 403 whether or not the resource exists.
-        assert_error(status, &body, 403, "ACCESS_FAILED");
-        assert!(
-            body["message"].as_str().unwrap().contains(needed.as_str()),
-            "{method} {path}: {body}"
-        );
+        assert_error_mentions(status, &body, 403, "ACCESS_FAILED", needed.as_str());
     }
     // The token survived every refused delete.
     assert_eq!(app.get_path(&one).await.status(), 200);

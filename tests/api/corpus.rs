@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{parts, seed_token, spawn_app};
+use crate::support::app::{parts, seed_token, spawn_app};
 
 const JSON: &str = "application/json";
 const CREATE_JOB: &str = "application/vnd.pingidentity.job.oathtokens.create+json";
@@ -166,7 +166,7 @@ async fn bad_inputs_are_4xx_with_the_error_body(pool: PgPool) {
     }
 
     // Nothing stored was lost or changed.
-    let (status, after) = parts(app.get_path(&kept_path).await).await;
+    let (status, after) = app.get_json(&kept_path).await;
     assert_eq!(status, 200);
     assert_eq!(after, kept);
     assert_eq!(app.count("select count(*) from oath_tokens").await, 1);

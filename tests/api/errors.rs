@@ -6,7 +6,9 @@ use actix_web::{web, App, HttpServer};
 use reqwest::Method;
 use sqlx::PgPool;
 
-use crate::helpers::{assert_error, parts, seed_token, spawn_app, spawn_app_with};
+use crate::support::app::{
+    assert_error, call, expect_error, parts, seed_token, spawn_app, spawn_app_with,
+};
 
 #[sqlx::test]
 async fn unknown_paths_are_404_json(pool: PgPool) {
@@ -18,7 +20,7 @@ async fn unknown_paths_are_404_json(pool: PgPool) {
         "/v1/environments/x/oathTokens/y/z",
         "/nope?x=1",
     ] {
-        let (status, body) = parts(app.get_path(path).await).await;
+        let (status, body) = app.get_json(path).await;
         assert_error(status, &body, 404, "NOT_FOUND");
     }
 }
@@ -35,7 +37,7 @@ async fn wrong_methods_are_405_json(pool: PgPool) {
         (Method::POST, one.as_str()),
         (Method::POST, "/health/live"),
     ] {
-        let (status, body) = parts(app.request(method, path).send().await.unwrap()).await;
+        let (status, body) = call(app.request(method, path)).await;
         assert_error(status, &body, 405, "METHOD_NOT_ALLOWED");
     }
 }
@@ -46,14 +48,11 @@ async fn oversized_bodies_are_413(pool: PgPool) {
     let big = format!("{{\"serialNumber\": \"{}\"}}", "A".repeat(5000));
     // Declared length over the limit.
     let res = app
-        .request(Method::POST, &app.tokens_path())
-        .header("content-type", "application/json")
-        .body(big.clone())
+        .post_body(&app.tokens_path(), "application/json", big.clone())
         .send()
         .await
         .unwrap();
-    let (status, body) = parts(res).await;
-    assert_error(status, &body, 413, "REQUEST_TOO_LARGE");
+    expect_error(res, 413, "REQUEST_TOO_LARGE").await;
     // Chunked, no declared length.
     let stream = futures_util::stream::iter(
         big.into_bytes()
@@ -62,14 +61,15 @@ async fn oversized_bodies_are_413(pool: PgPool) {
             .collect::<Vec<_>>(),
     );
     let res = app
-        .request(Method::POST, &app.tokens_path())
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(stream))
+        .post_body(
+            &app.tokens_path(),
+            "application/json",
+            reqwest::Body::wrap_stream(stream),
+        )
         .send()
         .await
         .unwrap();
-    let (status, body) = parts(res).await;
-    assert_error(status, &body, 413, "REQUEST_TOO_LARGE");
+    expect_error(res, 413, "REQUEST_TOO_LARGE").await;
 }
 
 #[sqlx::test]
@@ -88,14 +88,12 @@ async fn wrong_media_types_are_415(pool: PgPool) {
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
-        let (status, res) = parts(req.send().await.unwrap()).await;
+        let (status, res) = call(req).await;
         assert_error(status, &res, 415, "UNSUPPORTED_MEDIA_TYPE");
     }
     // Parameters and case are accepted.
     let res = app
-        .request(Method::POST, &app.tokens_path())
-        .header("content-type", "Application/JSON; charset=utf-8")
-        .body(body)
+        .post_body(&app.tokens_path(), "Application/JSON; charset=utf-8", body)
         .send()
         .await
         .unwrap();
@@ -116,19 +114,18 @@ async fn bodies_that_are_not_json_are_400_invalid_request(pool: PgPool) {
         deep.as_str(),
     ] {
         let res = app
-            .request(Method::POST, &app.tokens_path())
-            .header("content-type", "application/json")
-            .body(raw.to_string())
+            .post_body(&app.tokens_path(), "application/json", raw.to_string())
             .send()
             .await
             .unwrap();
-        let (status, body) = parts(res).await;
-        assert_error(status, &body, 400, "INVALID_REQUEST");
+        expect_error(res, 400, "INVALID_REQUEST").await;
     }
     let res = app
-        .request(Method::POST, &app.tokens_path())
-        .header("content-type", "application/json")
-        .body(vec![0xff, 0xfe, b'{'])
+        .post_body(
+            &app.tokens_path(),
+            "application/json",
+            vec![0xff, 0xfe, b'{'],
+        )
         .send()
         .await
         .unwrap();
@@ -162,7 +159,7 @@ async fn responses_carry_a_request_id(pool: PgPool) {
 async fn health_endpoints(pool: PgPool) {
     let app = spawn_app(pool).await;
     for path in ["/health/live", "/health/ready"] {
-        let (status, body) = parts(app.client.get(app.url(path)).send().await.unwrap()).await;
+        let (status, body) = parts(app.get_anonymous(path).await).await;
         assert_eq!(status, 200, "{path}: {body}");
         assert_eq!(body["status"], "UP");
     }
@@ -171,22 +168,11 @@ async fn health_endpoints(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn not_ready_before_migrations(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let res = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_anonymous("/health/ready").await;
     assert!(res.headers().contains_key("retry-after"));
-    let (status, body) = parts(res).await;
-    assert_error(status, &body, 503, "SERVICE_UNAVAILABLE");
+    expect_error(res, 503, "SERVICE_UNAVAILABLE").await;
     oath_service::store::MIGRATOR.run(&app.pool).await.unwrap();
-    let res = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_anonymous("/health/ready").await;
     assert_eq!(res.status(), 200);
 }
 
@@ -217,8 +203,7 @@ async fn a_panicking_handler_answers_500_without_internals() {
             .await
             .unwrap();
         assert!(res.headers().contains_key("x-request-id"));
-        let (status, body) = parts(res).await;
-        assert_error(status, &body, 500, "UNEXPECTED_ERROR");
+        let body = expect_error(res, 500, "UNEXPECTED_ERROR").await;
         assert!(!body.to_string().contains("internal detail"));
         assert!(!body.to_string().contains("postgres"));
     }

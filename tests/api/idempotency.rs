@@ -5,31 +5,29 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oath_service::auth::Scope;
 use oath_service::jobs::runner::RunnerPool;
 use reqwest::header::HeaderValue;
-use serde_json::{json, Value};
+use reqwest::Method;
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, parts, spawn_app, spawn_app_with, TestApp};
-
-fn hotp(serial: &str) -> Value {
-    json!({"serialNumber": serial, "secret": "3132333435363738393031323334353637383930",
-           "type": "HOTP", "otpLength": 6})
-}
+use crate::support::app::{
+    assert_error, hotp_token, parts, send, spawn_app, spawn_app_with, TestApp,
+};
 
 /// Creates a token in `env` with an `Idempotency-Key` header of exactly these bytes.
 async fn create_in(app: &TestApp, env: Uuid, key: HeaderValue, body: &Value) -> (u16, Value, bool) {
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/environments/{env}/oathTokens")))
-        .bearer_auth(app.token_for(env, &Scope::ALL))
+    let res = send(
+        app.request_in(
+            env,
+            Method::POST,
+            &format!("/v1/environments/{env}/oathTokens"),
+        )
         .header("idempotency-key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+        .json(body),
+    )
+    .await;
     let replayed = res.headers().get("idempotent-replayed").is_some();
     let (status, body) = parts(res).await;
     (status, body, replayed)
@@ -81,15 +79,11 @@ async fn keys_are_1_to_255_visible_ascii_characters(pool: PgPool) {
         ),
     ];
     for (i, (what, key)) in refused.into_iter().enumerate() {
-        let (status, body, _) = create_in(&app, app.env, key, &hotp(&format!("BAD{i}"))).await;
+        let (status, body, _) =
+            create_in(&app, app.env, key, &hotp_token(&format!("BAD{i}"))).await;
         assert_error(status, &body, 400, "INVALID_REQUEST");
-        assert!(
-            body["message"]
-                .as_str()
-                .unwrap()
-                .contains("Idempotency-Key"),
-            "{what}: {body}"
-        );
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("Idempotency-Key"), "{what}: {body}");
     }
     assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
     assert_eq!(app.count("select count(*) from idempotency_keys").await, 0);
@@ -102,10 +96,10 @@ async fn keys_are_1_to_255_visible_ascii_characters(pool: PgPool) {
         ("OK2", punctuation),
         ("OK3", "x"),
     ] {
-        let (status, first, replayed) = create(&app, key, &hotp(serial)).await;
+        let (status, first, replayed) = create(&app, key, &hotp_token(serial)).await;
         assert_eq!(status, 201, "{key}: {first}");
         assert!(!replayed);
-        let (status, again, replayed) = create(&app, key, &hotp(serial)).await;
+        let (status, again, replayed) = create(&app, key, &hotp_token(serial)).await;
         assert_eq!((status, replayed), (201, true), "{key}: {again}");
         assert_eq!(again, first);
     }
@@ -117,23 +111,17 @@ async fn the_same_key_in_two_environments_does_two_things(pool: PgPool) {
     let app = spawn_app(pool).await;
     let other = Uuid::new_v4();
     let key = || HeaderValue::from_static("shared-key");
-    let (status, in_a, replayed_a) = create_in(&app, app.env, key(), &hotp("SAME")).await;
+    let (status, in_a, replayed_a) = create_in(&app, app.env, key(), &hotp_token("SAME")).await;
     assert_eq!((status, replayed_a), (201, false), "{in_a}");
-    let (status, in_b, replayed_b) = create_in(&app, other, key(), &hotp("SAME")).await;
+    let (status, in_b, replayed_b) = create_in(&app, other, key(), &hotp_token("SAME")).await;
     assert_eq!((status, replayed_b), (201, false), "{in_b}");
     assert_ne!(in_a["id"], in_b["id"]);
     assert_eq!(in_b["environment"]["id"], other.to_string());
     // Within each environment the key stays bound to its own first request.
-    let (status, other_body, _) = create_in(&app, other, key(), &hotp("OTHER")).await;
+    let (status, other_body, _) = create_in(&app, other, key(), &hotp_token("OTHER")).await;
     assert_error(status, &other_body, 409, "CONFLICT");
     for env in [app.env, other] {
-        let tokens: i64 =
-            sqlx::query_scalar("select count(*) from oath_tokens where environment_id = $1")
-                .bind(env)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        assert_eq!(tokens, 1, "{env}");
+        assert_eq!(app.tokens_in(env).await, 1, "{env}");
     }
     assert_eq!(stored_keys(&app, "shared-key").await, 2);
 }
@@ -141,26 +129,26 @@ async fn the_same_key_in_two_environments_does_two_things(pool: PgPool) {
 #[sqlx::test]
 async fn a_key_is_remembered_24_hours_then_forgotten(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let (status, first, _) = create(&app, "day-key", &hotp("D1")).await;
+    let (status, first, _) = create(&app, "day-key", &hotp_token("D1")).await;
     assert_eq!(status, 201, "{first}");
 
     // Just inside 24 hours: the first answer, and a different request is a conflict.
     age_key(&app, "day-key", "23 hours 59 minutes").await;
-    let (status, again, replayed) = create(&app, "day-key", &hotp("D1")).await;
+    let (status, again, replayed) = create(&app, "day-key", &hotp_token("D1")).await;
     assert_eq!((status, replayed), (201, true), "{again}");
     assert_eq!(again, first);
-    let (status, body, _) = create(&app, "day-key", &hotp("D2")).await;
+    let (status, body, _) = create(&app, "day-key", &hotp_token("D2")).await;
     assert_error(status, &body, 409, "CONFLICT");
     assert_eq!(app.count("select count(*) from oath_tokens").await, 1);
 
     // Past 24 hours the key is free again: the request is done anew.
     age_key(&app, "day-key", "24 hours 1 minute").await;
-    let (status, fresh, replayed) = create(&app, "day-key", &hotp("D2")).await;
+    let (status, fresh, replayed) = create(&app, "day-key", &hotp_token("D2")).await;
     assert_eq!((status, replayed), (201, false), "{fresh}");
     assert_eq!(fresh["serialNumber"], "D2");
     assert_eq!(app.count("select count(*) from oath_tokens").await, 2);
     // ... and remembered from then on.
-    let (status, again, replayed) = create(&app, "day-key", &hotp("D2")).await;
+    let (status, again, replayed) = create(&app, "day-key", &hotp_token("D2")).await;
     assert_eq!((status, replayed), (201, true), "{again}");
     assert_eq!(again, fresh);
 }
@@ -170,7 +158,7 @@ async fn expired_keys_are_purged_and_live_ones_kept(pool: PgPool) {
     // An API-only process (no runners) still purges.
     let app = spawn_app_with(pool, |s| s.jobs.runners = 0).await;
     for (key, serial) in [("old-key", "P1"), ("young-key", "P2")] {
-        let (status, body, _) = create(&app, key, &hotp(serial)).await;
+        let (status, body, _) = create(&app, key, &hotp_token(serial)).await;
         assert_eq!(status, 201, "{body}");
     }
     age_key(&app, "old-key", "24 hours 1 second").await;
@@ -186,6 +174,6 @@ async fn expired_keys_are_purged_and_live_ones_kept(pool: PgPool) {
     assert_eq!(stored_keys(&app, "young-key").await, 1);
     assert_eq!(app.count("select count(*) from oath_tokens").await, 2);
     // The young key still answers for its request.
-    let (status, _, replayed) = create(&app, "young-key", &hotp("P2")).await;
+    let (status, _, replayed) = create(&app, "young-key", &hotp_token("P2")).await;
     assert_eq!((status, replayed), (201, true));
 }

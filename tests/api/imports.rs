@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, parts, spawn_app_with, TestApp};
+use crate::support::app::{
+    assert_error, assert_error_mentions, call, expect_error, parts, send, spawn_app_with, TestApp,
+};
 
 const PSKC: &str = "application/pskc+xml";
 const CSV: &str = "text/csv";
@@ -62,21 +64,11 @@ async fn import(
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["type"], "CREATE_OATH_TOKENS");
     assert_eq!(accepted["async"], true);
-    app.drain(&mut app.runner("r1")).await;
+    app.run_jobs().await;
     let id = accepted["id"].as_str().unwrap();
     let get = |path: String| {
         let token = app.token_for(env, &Scope::ALL);
-        async move {
-            parts(
-                app.client
-                    .get(app.url(&path))
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
+        async move { call(app.request_as(&token, Method::GET, &path)).await }
     };
     let (_, job) = get(format!("/v1/environments/{env}/oathJobs/{id}")).await;
     assert_eq!(job["status"], "DONE", "{job}");
@@ -168,16 +160,13 @@ async fn rfc6030_examples_import_with_the_rfcs_secret(pool: PgPool) {
         assert_eq!(secret, RFC_SECRET, "{figure}");
         // The OTP the token shows first: counter 0, eight digits.
         assert_eq!(hotp(&secret, 0, 8), "84755224", "{figure}");
-        let (_, page) = parts(
-            app.client
-                .get(app.url(&format!(
-                    "/v1/environments/{env}/oathTokens?filter=serialNumber%20eq%20%22987654321%22"
-                )))
-                .bearer_auth(app.token_for(env, &Scope::ALL))
-                .send()
-                .await
-                .unwrap(),
-        )
+        let (_, page) = call(app.request_in(
+            env,
+            Method::GET,
+            &format!(
+                "/v1/environments/{env}/oathTokens?filter=serialNumber%20eq%20%22987654321%22"
+            ),
+        ))
         .await;
         let token = &page["_embedded"]["oathTokens"][0];
         assert_eq!(token["type"], "HOTP");
@@ -185,17 +174,18 @@ async fn rfc6030_examples_import_with_the_rfcs_secret(pool: PgPool) {
         assert_eq!(token["hotp"]["counter"], 0);
         // And the service agrees: the code validates once, and not twice.
         let validate = || async {
-            let res = app
-                .client
-                .post(app.url(&format!(
-                    "/v1/environments/{env}/oathTokens/{}/validate",
-                    token["id"].as_str().unwrap()
-                )))
-                .bearer_auth(app.token_for(env, &Scope::ALL))
-                .json(&json!({"otp": "84755224"}))
-                .send()
-                .await
-                .unwrap();
+            let res = send(
+                app.request_in(
+                    env,
+                    Method::POST,
+                    &format!(
+                        "/v1/environments/{env}/oathTokens/{}/validate",
+                        token["id"].as_str().unwrap()
+                    ),
+                )
+                .json(&json!({"otp": "84755224"})),
+            )
+            .await;
             parts(res).await.1["status"].as_str().unwrap().to_string()
         };
         assert_eq!(validate().await, "VALID", "{figure}");
@@ -273,14 +263,11 @@ async fn vendor_files_plain_encrypted_and_with_a_bad_mac(pool: PgPool) {
         assert_eq!(job["result"], json!({"created": 3}), "{file}");
         let secret = stored_secret(&app, env, &format!("{prefix}0001")).await;
         assert_eq!(secret, RFC_SECRET);
-        let (_, page) = parts(
-            app.client
-                .get(app.url(&format!("/v1/environments/{env}/oathTokens")))
-                .bearer_auth(app.token_for(env, &Scope::ALL))
-                .send()
-                .await
-                .unwrap(),
-        )
+        let (_, page) = call(app.request_in(
+            env,
+            Method::GET,
+            &format!("/v1/environments/{env}/oathTokens"),
+        ))
         .await;
         let tokens = page["_embedded"]["oathTokens"].as_array().unwrap();
         assert_eq!(tokens[0]["hotp"], json!({"counter": 5}));
@@ -310,16 +297,11 @@ async fn vendor_files_plain_encrypted_and_with_a_bad_mac(pool: PgPool) {
     let (env, job, results) = import(&app, PSKC, fixture("vendor-plain.pskcxml"), &[]).await;
     assert_eq!(job["result"], json!({"created": 3, "failed": 2}));
     // The file's TimeDrift is taken over.
-    let (_, page) = parts(
-        app.client
-            .get(app.url(&format!(
-                "/v1/environments/{env}/oathTokens?filter=serialNumber%20eq%20%22EV2000003%22"
-            )))
-            .bearer_auth(app.token_for(env, &Scope::ALL))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (_, page) = call(app.request_in(
+        env,
+        Method::GET,
+        &format!("/v1/environments/{env}/oathTokens?filter=serialNumber%20eq%20%22EV2000003%22"),
+    ))
     .await;
     assert_eq!(
         page["_embedded"]["oathTokens"][0]["totp"],
@@ -393,37 +375,27 @@ async fn malicious_and_unreadable_files_are_refused_before_any_work(pool: PgPool
     ];
     for (body, headers, want) in cases {
         let (status, res) = app.post_file(app.env, PSKC, body, &headers).await;
-        assert_error(status, &res, 400, "INVALID_REQUEST");
-        assert!(
-            res["message"].as_str().unwrap().contains(want),
-            "{want}: {res}"
-        );
+        assert_error_mentions(status, &res, 400, "INVALID_REQUEST", want);
     }
     // A larger billion-laughs body is refused at its DOCTYPE (the message names it), before any
     // of it is expanded.
     let mut bomb = fixture("billion-laughs.pskcxml");
     bomb.extend(std::iter::repeat_n(b' ', 8 << 20));
     let (status, res) = app.post_file(app.env, PSKC, bomb, &[]).await;
-    assert_error(status, &res, 400, "INVALID_REQUEST");
-    assert!(
-        res["message"]
-            .as_str()
-            .unwrap()
-            .contains("Line 2: a DOCTYPE declaration is not accepted"),
-        "{res}"
+    assert_error_mentions(
+        status,
+        &res,
+        400,
+        "INVALID_REQUEST",
+        "Line 2: a DOCTYPE declaration is not accepted",
     );
 
     let (status, res) = app
         .post_file(app.env, "text/plain", b"x".to_vec(), &[])
         .await;
     assert_error(status, &res, 415, "UNSUPPORTED_MEDIA_TYPE");
-    for table in ["oath_jobs", "oath_job_chunks", "oath_tokens"] {
-        assert_eq!(
-            app.count(&format!("select count(*) from {table}")).await,
-            0,
-            "{table}"
-        );
-    }
+    app.assert_empty(&["oath_jobs", "oath_job_chunks", "oath_tokens"])
+        .await;
 }
 
 #[sqlx::test]
@@ -512,22 +484,9 @@ async fn csv_files_without_a_usable_header_are_refused(pool: PgPool) {
 async fn imports_honour_idempotency_keys_and_async_false(pool: PgPool) {
     let app = spawn(pool).await;
     let body = fixture("rfc6030-figure6.pskcxml");
-    let (s1, first) = app
-        .post_file(
-            app.env,
-            PSKC,
-            body.clone(),
-            &[("X-PSKC-Key-Id", "rfc6030"), ("Idempotency-Key", "f6")],
-        )
-        .await;
-    let (s2, again) = app
-        .post_file(
-            app.env,
-            PSKC,
-            body.clone(),
-            &[("X-PSKC-Key-Id", "rfc6030"), ("Idempotency-Key", "f6")],
-        )
-        .await;
+    let headers = [("X-PSKC-Key-Id", "rfc6030"), ("Idempotency-Key", "f6")];
+    let (s1, first) = app.post_file(app.env, PSKC, body.clone(), &headers).await;
+    let (s2, again) = app.post_file(app.env, PSKC, body.clone(), &headers).await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(first, again);
     // The same file under another key is another request.
@@ -541,16 +500,15 @@ async fn imports_honour_idempotency_keys_and_async_false(pool: PgPool) {
         .await;
     assert_error(status, &res, 409, "CONFLICT");
     assert_eq!(app.count("select count(*) from oath_jobs").await, 1);
-    app.drain(&mut app.runner("r1")).await;
+    app.run_jobs().await;
 
     let runners = RunnerPool::start(app.pool.clone(), Arc::new(app.settings.clone()));
     let res = app
-        .request(Method::POST, &format!("{}?async=false", app.jobs_path()))
-        .header("content-type", "text/csv; charset=utf-8")
-        .body(format!(
-            "{HEADER}\nS1,{},HOTP,6,,,\n",
-            hex::encode(RFC_SECRET)
-        ))
+        .post_body(
+            &format!("{}?async=false", app.jobs_path()),
+            "text/csv; charset=utf-8",
+            format!("{HEADER}\nS1,{},HOTP,6,,,\n", hex::encode(RFC_SECRET)),
+        )
         .send()
         .await
         .unwrap();
@@ -561,14 +519,15 @@ async fn imports_honour_idempotency_keys_and_async_false(pool: PgPool) {
     assert_eq!(done["status"], "DONE");
     assert_eq!(done["result"], json!({"created": 1}));
     let res = app
-        .request(Method::POST, &format!("{}?async=maybe", app.jobs_path()))
-        .header("content-type", "text/csv")
-        .body(format!("{HEADER}\n"))
+        .post_body(
+            &format!("{}?async=maybe", app.jobs_path()),
+            "text/csv",
+            format!("{HEADER}\n"),
+        )
         .send()
         .await
         .unwrap();
-    let (status, res) = parts(res).await;
-    assert_error(status, &res, 400, "INVALID_REQUEST");
+    expect_error(res, 400, "INVALID_REQUEST").await;
 }
 
 /// `n` HOTP tokens as a CSV file.

@@ -8,7 +8,10 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, details, parts, spawn_app, spawn_app_with, TestApp, BASE_URL};
+use crate::support::app::{
+    assert_error, call, create_job, details, expect_error, hotp_token, numbered, parts, send,
+    spawn_app, spawn_app_with, BASE_URL,
+};
 
 /// The body of seed 000.
 fn seed_000() -> Value {
@@ -32,27 +35,6 @@ fn seed_000() -> Value {
     ]})
 }
 
-fn hotp(serial: String) -> Value {
-    json!({"serialNumber": serial, "secret": "3132333435363738393031323334353637383930",
-           "type": "HOTP", "otpLength": 6})
-}
-
-fn create_job(serials: impl IntoIterator<Item = String>) -> Value {
-    json!({"type": "CREATE_OATH_TOKENS", "tokens": serials.into_iter().map(hotp).collect::<Vec<_>>()})
-}
-
-async fn job(app: &TestApp, id: &str) -> Value {
-    let (status, body) = parts(app.get_path(&format!("{}/{id}", app.jobs_path())).await).await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-async fn submit(app: &TestApp, body: &Value) -> Value {
-    let (status, job) = parts(app.submit_job(body).await).await;
-    assert_eq!(status, 202, "{job}");
-    job
-}
-
 #[sqlx::test]
 async fn seed_000_with_two_existing_serials_ends_done_with_masked_duplicates(pool: PgPool) {
     let app = spawn_app(pool).await;
@@ -66,14 +48,7 @@ async fn seed_000_with_two_existing_serials_ends_done_with_masked_duplicates(poo
     let (status, accepted) = parts(res).await;
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap().to_string();
-    let self_href = format!("{BASE_URL}/v1/environments/{}/jobs/{id}", app.env);
-    assert_eq!(location, self_href);
-    assert_eq!(accepted["_links"]["self"]["href"], self_href);
-    assert_eq!(
-        accepted["_links"]["environment"]["href"],
-        format!("{BASE_URL}/v1/environments/{}", app.env)
-    );
-    assert_eq!(accepted["environment"]["id"], app.env.to_string());
+    app.assert_links(&accepted, &location, &format!("/jobs/{id}"));
     assert_eq!(accepted["type"], "CREATE_OATH_TOKENS");
     assert_eq!(accepted["async"], true);
     assert_eq!(accepted["status"], "PENDING");
@@ -82,13 +57,13 @@ async fn seed_000_with_two_existing_serials_ends_done_with_masked_duplicates(poo
     // Accepted before any token is written.
     assert_eq!(app.count("select count(*) from oath_tokens").await, 2);
 
-    let steps = app.drain(&mut app.runner("r1")).await;
+    let steps = app.run_jobs().await;
     assert!(
         matches!(steps.last(), Some(Step::Finished { failed: false, .. })),
         "{steps:?}"
     );
 
-    let done = job(&app, &id).await;
+    let done = app.job(&id).await;
     assert_eq!(done["status"], "DONE");
     assert_eq!(
         done["result"],
@@ -101,11 +76,9 @@ async fn seed_000_with_two_existing_serials_ends_done_with_masked_duplicates(poo
     assert!(done["completedAt"].is_string());
     assert!(done.get("reason").is_none());
     // The alias path serves the same resource.
-    let (_, alias) = parts(
-        app.get_path(&format!("/v1/environments/{}/jobs/{id}", app.env))
-            .await,
-    )
-    .await;
+    let (_, alias) = app
+        .get_json(&format!("/v1/environments/{}/jobs/{id}", app.env))
+        .await;
     assert_eq!(alias, done);
     assert_eq!(app.count("select count(*) from oath_tokens").await, 8);
     assert_eq!(
@@ -120,18 +93,16 @@ async fn seed_000_with_two_existing_serials_ends_done_with_masked_duplicates(poo
         "{}?filter=serialNumber%20eq%20%222399934700300%22",
         app.tokens_path()
     );
-    let (_, page) = parts(app.get_path(&path).await).await;
+    let (_, page) = app.get_json(&path).await;
     let token = &page["_embedded"]["oathTokens"][0];
     assert_eq!(token["totp"], json!({"timeStep": 60, "drift": 0}));
     assert_eq!(token["hashAlgorithm"], "HmacSHA256");
     assert_eq!(token["otpLength"], 8);
 
     // Per-item results, in item order.
-    let (status, results) = parts(
-        app.get_path(&format!("{}/{id}/results", app.jobs_path()))
-            .await,
-    )
-    .await;
+    let (status, results) = app
+        .get_json(&format!("{}/{id}/results", app.jobs_path()))
+        .await;
     assert_eq!(status, 200, "{results}");
     assert_eq!(results["size"], 8);
     let rows = results["_embedded"]["results"].as_array().unwrap();
@@ -157,35 +128,29 @@ async fn seed_000_with_two_existing_serials_ends_done_with_masked_duplicates(poo
     assert!(rows[0]["tokenId"].is_string());
     assert!(rows[3].get("tokenId").is_none());
     assert_eq!(rows[3]["maskedSecret"], "6E******");
-    let (_, dups) = parts(
-        app.get_path(&format!(
+    let (_, dups) = app
+        .get_json(&format!(
             "{}/{id}/results?outcome=DUPLICATE",
             app.jobs_path()
         ))
-        .await,
-    )
-    .await;
+        .await;
     assert_eq!(dups["size"], 2);
 }
 
 #[sqlx::test]
 async fn seed_002_revoke_round_trips(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let (_, t) = parts(app.create_token(&hotp(format!("R{i}"))).await).await;
-        ids.push(t["id"].as_str().unwrap().to_string());
-    }
+    let ids = app.create_hotp_tokens(numbered("R", 0..3)).await;
     let unknown = Uuid::new_v4().to_string();
     let body = json!({"type": "REVOKE_OATH_TOKENS", "async": true, "forceUnpair": false,
                       "tokenIds": [ids[0], unknown, ids[1], ids[2], ids[0]]});
-    let accepted = submit(&app, &body).await;
+    let accepted = app.submit(&body).await;
     assert_eq!(accepted["type"], "REVOKE_OATH_TOKENS");
     assert_eq!(accepted["status"], "PENDING");
     assert_eq!(accepted["result"], json!({"revoked": 0}));
     let id = accepted["id"].as_str().unwrap();
-    app.drain(&mut app.runner("r1")).await;
-    let done = job(&app, id).await;
+    app.run_jobs().await;
+    let done = app.job(id).await;
     assert_eq!(done["status"], "DONE");
     assert_eq!(done["result"], json!({"revoked": 3, "notFound": 2}));
     assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
@@ -193,11 +158,9 @@ async fn seed_002_revoke_round_trips(pool: PgPool) {
         app.count("select token_count from environment_usage").await,
         0
     );
-    let (_, results) = parts(
-        app.get_path(&format!("{}/{id}/results", app.jobs_path()))
-            .await,
-    )
-    .await;
+    let (_, results) = app
+        .get_json(&format!("{}/{id}/results", app.jobs_path()))
+        .await;
     let outcomes: Vec<&str> = results["_embedded"]["results"]
         .as_array()
         .unwrap()
@@ -220,7 +183,7 @@ async fn revoke_skips_paired_tokens_unless_forced(pool: PgPool) {
     let app = spawn_app(pool).await;
     let mut ids = Vec::new();
     for i in 0..2 {
-        let (_, t) = parts(app.create_token(&hotp(format!("P{i}"))).await).await;
+        let (_, t) = parts(app.create_token(&hotp_token(&format!("P{i}"))).await).await;
         ids.push(Uuid::parse_str(t["id"].as_str().unwrap()).unwrap());
     }
     // Paired through the store, as pairing would.
@@ -231,13 +194,9 @@ async fn revoke_skips_paired_tokens_unless_forced(pool: PgPool) {
         .unwrap();
     let body =
         |force: bool| json!({"type": "REVOKE_OATH_TOKENS", "forceUnpair": force, "tokenIds": ids});
-    let first = submit(&app, &body(false)).await;
-    app.drain(&mut app.runner("r1")).await;
-    let done = job(&app, first["id"].as_str().unwrap()).await;
+    let done = app.submit_and_run(&body(false)).await;
     assert_eq!(done["result"], json!({"revoked": 1, "skippedPaired": 1}));
-    let forced = submit(&app, &body(true)).await;
-    app.drain(&mut app.runner("r1")).await;
-    let done = job(&app, forced["id"].as_str().unwrap()).await;
+    let done = app.submit_and_run(&body(true)).await;
     assert_eq!(done["result"], json!({"revoked": 1, "notFound": 1}));
     assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
 }
@@ -245,7 +204,7 @@ async fn revoke_skips_paired_tokens_unless_forced(pool: PgPool) {
 #[sqlx::test]
 async fn invalid_items_reject_the_whole_job_and_store_nothing(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let mut body = create_job((0..5).map(|i| format!("V{i}")));
+    let mut body = create_job(numbered("V", 0..5));
     body["tokens"][1]["otpLength"] = json!(7);
     body["tokens"][3]["secret"] = json!("zz");
     body["tokens"][4]["hotp"] = json!({"counter": -1});
@@ -272,8 +231,7 @@ async fn invalid_items_reject_the_whole_job_and_store_nothing(pool: PgPool) {
         .send()
         .await
         .unwrap();
-    let (status, res) = parts(res).await;
-    assert_error(status, &res, 400, "INVALID_DATA");
+    let res = expect_error(res, 400, "INVALID_DATA").await;
     assert!(details(&res).iter().any(|(_, t)| t == "type"));
 
     // Plain JSON is not a job media type.
@@ -283,8 +241,7 @@ async fn invalid_items_reject_the_whole_job_and_store_nothing(pool: PgPool) {
         .send()
         .await
         .unwrap();
-    let (status, res) = parts(res).await;
-    assert_error(status, &res, 415, "UNSUPPORTED_MEDIA_TYPE");
+    expect_error(res, 415, "UNSUPPORTED_MEDIA_TYPE").await;
 
     // Empty, and one more than the limit.
     let (status, res) = parts(
@@ -293,7 +250,7 @@ async fn invalid_items_reject_the_whole_job_and_store_nothing(pool: PgPool) {
     )
     .await;
     assert_error(status, &res, 400, "INVALID_DATA");
-    let too_many = create_job((0..100_001).map(|i| format!("M{i}")));
+    let too_many = create_job(numbered("M", 0..100_001));
     let (status, res) = parts(app.submit_job(&too_many).await).await;
     assert_error(status, &res, 400, "INVALID_DATA");
     assert_eq!(
@@ -301,19 +258,14 @@ async fn invalid_items_reject_the_whole_job_and_store_nothing(pool: PgPool) {
         vec![("INVALID_VALUE".to_string(), "tokens".to_string())]
     );
 
-    for table in ["oath_jobs", "oath_job_chunks", "job_results", "oath_tokens"] {
-        assert_eq!(
-            app.count(&format!("select count(*) from {table}")).await,
-            0,
-            "{table}"
-        );
-    }
+    app.assert_empty(&["oath_jobs", "oath_job_chunks", "job_results", "oath_tokens"])
+        .await;
 }
 
 #[sqlx::test]
 async fn many_invalid_items_are_capped_at_1000_details(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let mut body = create_job((0..1500).map(|i| format!("C{i}")));
+    let mut body = create_job(numbered("C", 0..1500));
     for t in body["tokens"].as_array_mut().unwrap() {
         t["otpLength"] = json!(5);
     }
@@ -326,24 +278,20 @@ async fn many_invalid_items_are_capped_at_1000_details(pool: PgPool) {
 #[sqlx::test]
 async fn oversized_job_bodies_are_413(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.jobs.max_body_bytes = 2048).await;
-    let (status, res) = parts(
-        app.submit_job(&create_job((0..100).map(|i| format!("B{i}"))))
-            .await,
-    )
-    .await;
+    let (status, res) = parts(app.submit_job(&create_job(numbered("B", 0..100))).await).await;
     assert_error(status, &res, 413, "REQUEST_TOO_LARGE");
 }
 
 #[sqlx::test]
 async fn a_second_identical_job_creates_nothing(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 7).await;
-    let body = create_job((0..50).map(|i| format!("D{i}")));
-    let first = submit(&app, &body).await;
-    let second = submit(&app, &body).await;
-    let steps = app.drain(&mut app.runner("r1")).await;
+    let body = create_job(numbered("D", 0..50));
+    let first = app.submit(&body).await;
+    let second = app.submit(&body).await;
+    let steps = app.run_jobs().await;
     assert_eq!(steps.len(), 2 * 50usize.div_ceil(7), "{steps:?}");
-    let first = job(&app, first["id"].as_str().unwrap()).await;
-    let second = job(&app, second["id"].as_str().unwrap()).await;
+    let first = app.job(first["id"].as_str().unwrap()).await;
+    let second = app.job(second["id"].as_str().unwrap()).await;
     assert_eq!(first["result"], json!({"created": 50}));
     assert_eq!(second["result"]["created"], 0);
     // Not cut, so no count beside the list (as in the reference API's job).
@@ -356,9 +304,7 @@ async fn a_second_identical_job_creates_nothing(pool: PgPool) {
 async fn repeated_serials_in_one_job_are_duplicates(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 2).await;
     let body = create_job(["A", "B", "A", "C", "C", "A"].map(String::from));
-    let accepted = submit(&app, &body).await;
-    app.drain(&mut app.runner("r1")).await;
-    let done = job(&app, accepted["id"].as_str().unwrap()).await;
+    let done = app.submit_and_run(&body).await;
     assert_eq!(done["result"]["created"], 3);
     assert_eq!(done["result"]["duplicates"].as_array().unwrap().len(), 3);
 }
@@ -370,8 +316,8 @@ async fn concurrent_jobs_never_pass_the_quota(pool: PgPool) {
         s.jobs.chunk_size = 10;
     })
     .await;
-    let a = submit(&app, &create_job((0..100).map(|i| format!("QA{i}")))).await;
-    let b = submit(&app, &create_job((0..100).map(|i| format!("QB{i}")))).await;
+    let a = app.submit(&create_job(numbered("QA", 0..100))).await;
+    let b = app.submit(&create_job(numbered("QB", 0..100))).await;
     // Two runners race over both jobs.
     let (mut r1, mut r2) = (app.runner("r1"), app.runner("r2"));
     let (s1, s2) = tokio::join!(app.drain(&mut r1), app.drain(&mut r2));
@@ -384,7 +330,7 @@ async fn concurrent_jobs_never_pass_the_quota(pool: PgPool) {
     let mut created = 0;
     let mut failed = 0;
     for id in [&a["id"], &b["id"]] {
-        let done = job(&app, id.as_str().unwrap()).await;
+        let done = app.job(id.as_str().unwrap()).await;
         assert_eq!(done["status"], "DONE");
         created += done["result"]["created"].as_i64().unwrap();
         failed += done["result"]["failed"].as_i64().unwrap_or(0);
@@ -400,7 +346,7 @@ async fn concurrent_jobs_never_pass_the_quota(pool: PgPool) {
 #[sqlx::test]
 async fn a_runner_that_lost_its_lease_writes_nothing(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 10).await;
-    let accepted = submit(&app, &create_job((0..30).map(|i| format!("L{i}")))).await;
+    let accepted = app.submit(&create_job(numbered("L", 0..30))).await;
     let id = accepted["id"].as_str().unwrap();
     let mut slow = app.runner("slow");
     assert!(matches!(
@@ -408,10 +354,7 @@ async fn a_runner_that_lost_its_lease_writes_nothing(pool: PgPool) {
         Step::Progress { processed: 10, .. }
     ));
     // Its lease runs out; another runner takes the job over.
-    sqlx::query("update oath_jobs set lease_expires_at = now() - interval '1 second'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.expire_leases().await;
     let mut fast = app.runner("fast");
     assert!(matches!(
         fast.step().await.unwrap(),
@@ -419,21 +362,13 @@ async fn a_runner_that_lost_its_lease_writes_nothing(pool: PgPool) {
     ));
     assert!(matches!(slow.step().await.unwrap(), Step::LeaseLost { .. }));
     app.drain(&mut fast).await;
-    let done = job(&app, id).await;
+    let done = app.job(id).await;
     assert_eq!(done["status"], "DONE");
     assert_eq!(done["result"], json!({"created": 30}));
     assert_eq!(app.count("select count(*) from job_results").await, 30);
     assert_eq!(app.count("select attempt::bigint from oath_jobs").await, 2);
     // Counted in /metrics (at least: the registry is per process).
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_anonymous("/metrics").await.text().await.unwrap();
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -447,13 +382,13 @@ async fn a_runner_that_lost_its_lease_writes_nothing(pool: PgPool) {
 #[sqlx::test]
 async fn a_job_whose_input_is_gone_fails_with_a_reason(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let accepted = submit(&app, &create_job((0..3).map(|i| format!("F{i}")))).await;
+    let accepted = app.submit(&create_job(numbered("F", 0..3))).await;
     sqlx::query("delete from oath_job_chunks where first_idx = 0")
         .execute(&app.pool)
         .await
         .unwrap();
-    app.drain(&mut app.runner("r1")).await;
-    let failed = job(&app, accepted["id"].as_str().unwrap()).await;
+    app.run_jobs().await;
+    let failed = app.job(accepted["id"].as_str().unwrap()).await;
     assert_eq!(failed["status"], "FAILED");
     assert!(failed["reason"]
         .as_str()
@@ -481,7 +416,7 @@ async fn idempotency_key_replays_and_conflicts(pool: PgPool) {
                 .unwrap()
         }
     };
-    let body = create_job((0..3).map(|i| format!("I{i}")));
+    let body = create_job(numbered("I", 0..3));
     // Concurrent retries with one key: one job.
     let responses = join_all((0..5).map(|_| post_job("job-key-1", body.clone()))).await;
     let mut bodies = Vec::new();
@@ -501,7 +436,7 @@ async fn idempotency_key_replays_and_conflicts(pool: PgPool) {
         async move {
             app.request(Method::POST, &app.tokens_path())
                 .header("idempotency-key", key)
-                .json(&hotp("ONE".to_string()))
+                .json(&hotp_token("ONE"))
                 .send()
                 .await
                 .unwrap()
@@ -513,7 +448,7 @@ async fn idempotency_key_replays_and_conflicts(pool: PgPool) {
     assert_eq!(b1, b2);
     assert_eq!(app.count("select count(*) from oath_tokens").await, 1);
     // Without a key the retry is a duplicate.
-    let (status, _) = parts(app.create_token(&hotp("ONE".to_string())).await).await;
+    let (status, _) = parts(app.create_token(&hotp_token("ONE")).await).await;
     assert_eq!(status, 400);
 }
 
@@ -521,7 +456,7 @@ async fn idempotency_key_replays_and_conflicts(pool: PgPool) {
 async fn async_false_waits_for_the_job(pool: PgPool) {
     let app = spawn_app(pool).await;
     let runners = RunnerPool::start(app.pool.clone(), Arc::new(app.settings.clone()));
-    let mut body = create_job((0..20).map(|i| format!("S{i}")));
+    let mut body = create_job(numbered("S", 0..20));
     body["async"] = json!(false);
     let (status, done) = parts(app.submit_job(&body).await).await;
     runners.stop().await;
@@ -535,7 +470,7 @@ async fn async_false_waits_for_the_job(pool: PgPool) {
 async fn async_false_past_the_wait_answers_202_the_job_finishes_and_a_retry_replays(pool: PgPool) {
     // No runner works until the test drives one, so the wait always runs out.
     let app = spawn_app_with(pool, |s| s.jobs.sync_wait_seconds = 1).await;
-    let mut body = create_job((0..5).map(|i| format!("W{i}")));
+    let mut body = create_job(numbered("W", 0..5));
     body["async"] = json!(false);
     let post = || async {
         app.request(Method::POST, &app.jobs_path())
@@ -565,8 +500,8 @@ async fn async_false_past_the_wait_answers_202_the_job_finishes_and_a_retry_repl
     assert!(location.ends_with(id), "{location}");
 
     // The job goes on without the request.
-    app.drain(&mut app.runner("r1")).await;
-    let done = job(&app, id).await;
+    app.run_jobs().await;
+    let done = app.job(id).await;
     assert_eq!(done["status"], "DONE", "{done}");
     assert_eq!(done["result"], json!({"created": 5}));
 
@@ -590,53 +525,43 @@ async fn a_revoke_job_cannot_reach_another_environment(pool: PgPool) {
     let b_path = |rest: &str| format!("/v1/environments/{env_b}{rest}");
     let mut b_ids = Vec::new();
     for i in 0..2 {
-        let res = app
-            .client
-            .post(app.url(&b_path("/oathTokens")))
-            .bearer_auth(&bearer_b)
-            .json(&hotp(format!("B{i}")))
-            .send()
-            .await
-            .unwrap();
+        let res = send(
+            app.request_as(&bearer_b, Method::POST, &b_path("/oathTokens"))
+                .json(&hotp_token(&format!("B{i}"))),
+        )
+        .await;
         let (status, token) = parts(res).await;
         assert_eq!(status, 201, "{token}");
         b_ids.push(token["id"].as_str().unwrap().to_string());
     }
-    let res = app
-        .client
-        .post(app.url(&b_path("/oathJobs")))
-        .bearer_auth(&bearer_b)
-        .header(
-            "content-type",
-            oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
-        )
-        .body(create_job(["B9".to_string()]).to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = send(
+        app.request_as(&bearer_b, Method::POST, &b_path("/oathJobs"))
+            .header(
+                "content-type",
+                oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
+            )
+            .body(create_job(["B9".to_string()]).to_string()),
+    )
+    .await;
     let (status, b_job) = parts(res).await;
     assert_eq!(status, 202, "{b_job}");
     let b_job = b_job["id"].as_str().unwrap().to_string();
 
     // A's revoke job names B's token ids (and one of A's own, which it does revoke).
-    let (_, own) = parts(app.create_token(&hotp("A0".to_string())).await).await;
+    let (_, own) = parts(app.create_token(&hotp_token("A0")).await).await;
     let own = own["id"].as_str().unwrap().to_string();
-    let accepted = submit(
-        &app,
-        &json!({"type": "REVOKE_OATH_TOKENS", "forceUnpair": true,
-                "tokenIds": [b_ids[0], own, b_ids[1]]}),
-    )
-    .await;
+    let accepted = app
+        .submit(&json!({"type": "REVOKE_OATH_TOKENS", "forceUnpair": true,
+                "tokenIds": [b_ids[0], own, b_ids[1]]}))
+        .await;
     let a_job = accepted["id"].as_str().unwrap();
-    app.drain(&mut app.runner("r1")).await;
-    let done = job(&app, a_job).await;
+    app.run_jobs().await;
+    let done = app.job(a_job).await;
     assert_eq!(done["status"], "DONE", "{done}");
     assert_eq!(done["result"], json!({"revoked": 1, "notFound": 2}));
-    let (status, results) = parts(
-        app.get_path(&format!("{}/{a_job}/results", app.jobs_path()))
-            .await,
-    )
-    .await;
+    let (status, results) = app
+        .get_json(&format!("{}/{a_job}/results", app.jobs_path()))
+        .await;
     assert_eq!(status, 200, "{results}");
     let rows: Vec<(&str, &str)> = results["_embedded"]["results"]
         .as_array()
@@ -662,13 +587,12 @@ async fn a_revoke_job_cannot_reach_another_environment(pool: PgPool) {
 
     // B's tokens are untouched.
     for id in &b_ids {
-        let res = app
-            .client
-            .get(app.url(&b_path(&format!("/oathTokens/{id}"))))
-            .bearer_auth(&bearer_b)
-            .send()
-            .await
-            .unwrap();
+        let res = send(app.request_as(
+            &bearer_b,
+            Method::GET,
+            &b_path(&format!("/oathTokens/{id}")),
+        ))
+        .await;
         let (status, token) = parts(res).await;
         assert_eq!(status, 200, "{token}");
         assert_eq!(token["status"], "AVAILABLE");
@@ -680,10 +604,10 @@ async fn a_revoke_job_cannot_reach_another_environment(pool: PgPool) {
         format!("/v1/environments/{}/jobs/{b_job}", app.env),
         format!("{}/{b_job}/results", app.jobs_path()),
     ] {
-        let (status, body) = parts(app.get_path(&path).await).await;
+        let (status, body) = app.get_json(&path).await;
         assert_error(status, &body, 404, "NOT_FOUND");
     }
-    let (_, page) = parts(app.get_path(&app.jobs_path()).await).await;
+    let (_, page) = app.get_json(&app.jobs_path()).await;
     let listed: Vec<&str> = page["_embedded"]["oathJobs"]
         .as_array()
         .unwrap()
@@ -698,11 +622,11 @@ async fn jobs_list_newest_first_and_are_scoped(pool: PgPool) {
     let app = spawn_app(pool).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let accepted = submit(&app, &create_job([format!("J{i}")])).await;
+        let accepted = app.submit(&create_job([format!("J{i}")])).await;
         ids.push(accepted["id"].as_str().unwrap().to_string());
     }
     ids.reverse();
-    let (status, page) = parts(app.get_path(&format!("{}?limit=2", app.jobs_path())).await).await;
+    let (status, page) = app.get_json(&format!("{}?limit=2", app.jobs_path())).await;
     assert_eq!(status, 200, "{page}");
     let first: Vec<&str> = page["_embedded"]["oathJobs"]
         .as_array()
@@ -717,7 +641,7 @@ async fn jobs_list_newest_first_and_are_scoped(pool: PgPool) {
         .strip_prefix(BASE_URL)
         .unwrap()
         .to_string();
-    let (_, page) = parts(app.get_path(&next).await).await;
+    let (_, page) = app.get_json(&next).await;
     assert_eq!(page["size"], 1);
     assert_eq!(page["_embedded"]["oathJobs"][0]["id"], ids[2].as_str());
     assert!(page["_links"].get("next").is_none());
@@ -730,36 +654,25 @@ async fn jobs_list_newest_first_and_are_scoped(pool: PgPool) {
         format!("/v1/environments/{other_env}/jobs/{}", ids[0]),
         format!("/v1/environments/{other_env}/oathJobs/{}/results", ids[0]),
     ] {
-        let res = app
-            .client
-            .get(app.url(&path))
-            .bearer_auth(&other)
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = parts(res).await;
-        assert_error(status, &body, 404, "NOT_FOUND");
+        let res = send(app.request_as(&other, Method::GET, &path)).await;
+        expect_error(res, 404, "NOT_FOUND").await;
     }
-    let (status, page) = parts(
-        app.client
-            .get(app.url(&format!("/v1/environments/{other_env}/oathJobs")))
-            .bearer_auth(&other)
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, page) = call(app.request_as(
+        &other,
+        Method::GET,
+        &format!("/v1/environments/{other_env}/oathJobs"),
+    ))
     .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["size"], 0, "{page}");
     // A token for another environment is 403 on this one's path, before any lookup; so is a
     // missing scope, whether or not the job exists.
-    let res = app
-        .client
-        .get(app.url(&format!("{}/{}", app.jobs_path(), ids[0])))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
+    let res = send(app.request_as(
+        &other,
+        Method::GET,
+        &format!("{}/{}", app.jobs_path(), ids[0]),
+    ))
+    .await;
     assert_eq!(res.status(), 403);
     let read_only = app.token(&[oath_service::auth::Scope::TokensRead]);
     for path in [
@@ -767,56 +680,43 @@ async fn jobs_list_newest_first_and_are_scoped(pool: PgPool) {
         format!("{}/{}", app.jobs_path(), ids[0]),
         format!("{}/{}/results", app.jobs_path(), Uuid::new_v4()),
     ] {
-        let res = app
-            .client
-            .get(app.url(&path))
-            .bearer_auth(&read_only)
-            .send()
-            .await
-            .unwrap();
+        let res = send(app.request_as(&read_only, Method::GET, &path)).await;
         assert_eq!(res.status(), 403, "{path}");
     }
-    let res = app
-        .client
-        .post(app.url(&app.jobs_path()))
-        .bearer_auth(&read_only)
-        .header(
-            "content-type",
-            oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
-        )
-        .body(create_job(["Z".to_string()]).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
-    let (status, body) = parts(
-        app.get_path(&format!("{}/{}", app.jobs_path(), Uuid::new_v4()))
-            .await,
+    let res = send(
+        app.request_as(&read_only, Method::POST, &app.jobs_path())
+            .header(
+                "content-type",
+                oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
+            )
+            .body(create_job(["Z".to_string()]).to_string()),
     )
     .await;
+    assert_eq!(res.status(), 403);
+    let (status, body) = app
+        .get_json(&format!("{}/{}", app.jobs_path(), Uuid::new_v4()))
+        .await;
     assert_error(status, &body, 404, "NOT_FOUND");
-    let (status, body) = parts(
-        app.get_path(&format!(
+    let (status, body) = app
+        .get_json(&format!(
             "{}/{}/results?outcome=NOPE",
             app.jobs_path(),
             ids[0]
         ))
-        .await,
-    )
-    .await;
+        .await;
     assert_error(status, &body, 400, "INVALID_REQUEST");
 }
 
 #[sqlx::test]
 async fn results_page_through_every_item(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 4).await;
-    let accepted = submit(&app, &create_job((0..11).map(|i| format!("G{i}")))).await;
+    let accepted = app.submit(&create_job(numbered("G", 0..11))).await;
     let id = accepted["id"].as_str().unwrap();
-    app.drain(&mut app.runner("r1")).await;
+    app.run_jobs().await;
     let mut next = Some(format!("{}/{id}/results?limit=5", app.jobs_path()));
     let mut indices = Vec::new();
     while let Some(path) = next {
-        let (status, page) = parts(app.get_path(&path).await).await;
+        let (status, page) = app.get_json(&path).await;
         assert_eq!(status, 200, "{page}");
         indices.extend(
             page["_embedded"]["results"]
@@ -837,11 +737,11 @@ async fn a_100k_job_creates_every_token_and_a_second_one_only_duplicates(pool: P
     const N: usize = 100_000;
     let app = spawn_app(pool).await;
     let body = create_job((0..N).map(|i| format!("H{i:06}")));
-    let first = submit(&app, &body).await;
+    let first = app.submit(&body).await;
     let mut runner = app.runner("r1");
     let steps = app.drain(&mut runner).await;
     assert_eq!(steps.len(), N / 1000);
-    let first = job(&app, first["id"].as_str().unwrap()).await;
+    let first = app.job(first["id"].as_str().unwrap()).await;
     assert_eq!(first["status"], "DONE");
     assert_eq!(first["result"], json!({"created": N}));
     assert_eq!(
@@ -849,9 +749,9 @@ async fn a_100k_job_creates_every_token_and_a_second_one_only_duplicates(pool: P
         N as i64
     );
 
-    let second = submit(&app, &body).await;
+    let second = app.submit(&body).await;
     app.drain(&mut runner).await;
-    let second = job(&app, second["id"].as_str().unwrap()).await;
+    let second = app.job(second["id"].as_str().unwrap()).await;
     assert_eq!(second["status"], "DONE");
     assert_eq!(second["result"]["created"], 0);
     assert_eq!(second["result"]["duplicatesCount"], N);
@@ -879,7 +779,7 @@ async fn unreadable_rows_become_invalid_results(pool: PgPool) {
 
     let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 2).await;
     let token = |serial: &str| {
-        CreateItem::Token(NewToken::parse(&hotp(serial.to_string()), TokenSource::Single).unwrap())
+        CreateItem::Token(NewToken::parse(&hotp_token(serial), TokenSource::Single).unwrap())
     };
     let invalid = |row_number: i64, serial: Option<&str>| {
         CreateItem::Invalid(InvalidRow {
@@ -907,18 +807,16 @@ async fn unreadable_rows_become_invalid_results(pool: PgPool) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    app.drain(&mut app.runner("r1")).await;
+    app.run_jobs().await;
 
-    let done = job_json(&app, id).await;
+    let done = app.job(&id.to_string()).await;
     assert_eq!(done["status"], "DONE");
     assert_eq!(done["result"]["created"], 2);
     assert_eq!(done["result"]["duplicates"].as_array().unwrap().len(), 1);
     assert_eq!(done["result"]["failed"], 2);
-    let (_, page) = parts(
-        app.get_path(&format!("{}/{id}/results", app.jobs_path()))
-            .await,
-    )
-    .await;
+    let (_, page) = app
+        .get_json(&format!("{}/{id}/results", app.jobs_path()))
+        .await;
     let rows = page["_embedded"]["results"].as_array().unwrap();
     let outcomes: Vec<&str> = rows
         .iter()
@@ -935,10 +833,6 @@ async fn unreadable_rows_become_invalid_results(pool: PgPool) {
     assert_eq!(rows[2]["index"], 2);
 }
 
-async fn job_json(app: &TestApp, id: Uuid) -> Value {
-    job(app, &id.to_string()).await
-}
-
 #[sqlx::test]
 async fn a_job_claimed_too_often_fails_with_a_reason(pool: PgPool) {
     let app = spawn_app_with(pool, |s| {
@@ -946,7 +840,7 @@ async fn a_job_claimed_too_often_fails_with_a_reason(pool: PgPool) {
         s.jobs.max_attempts = 2;
     })
     .await;
-    let accepted = submit(&app, &create_job((0..10).map(|i| format!("A{i}")))).await;
+    let accepted = app.submit(&create_job(numbered("A", 0..10))).await;
     // Each runner dies after one chunk: its lease runs out and the next one claims the job.
     for n in 0..2 {
         let mut runner = app.runner(&format!("r{n}"));
@@ -954,17 +848,14 @@ async fn a_job_claimed_too_often_fails_with_a_reason(pool: PgPool) {
             runner.step().await.unwrap(),
             Step::Progress { .. }
         ));
-        sqlx::query("update oath_jobs set lease_expires_at = now() - interval '1 second'")
-            .execute(&app.pool)
-            .await
-            .unwrap();
+        app.expire_leases().await;
     }
     let steps = app.drain(&mut app.runner("r3")).await;
     assert!(
         matches!(steps.as_slice(), [Step::Finished { failed: true, .. }]),
         "{steps:?}"
     );
-    let failed = job(&app, accepted["id"].as_str().unwrap()).await;
+    let failed = app.job(accepted["id"].as_str().unwrap()).await;
     assert_eq!(failed["status"], "FAILED");
     assert!(
         failed["reason"]

@@ -6,12 +6,15 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use reqwest::StatusCode;
 use sqlx::PgPool;
 
-use crate::auth::{claims, rs256};
-use crate::helpers::{assert_error, parts, spawn_app_with, HS256_SECRET, KEY_A};
-use crate::support::service::{command, database_url, Service};
+use super::auth::{claims, rs256};
+use crate::support::app::{expect_error, send, spawn_app_with, test_settings, HS256_SECRET};
+use crate::support::service::{
+    assert_start_up_refused, command, crypto_env, database_url, Service,
+};
 use crate::support::tls::{scratch_dir, Ca, HttpsServer};
 
 const JWKS: &str = include_str!("../fixtures/jwt/jwks.json");
@@ -30,13 +33,7 @@ async fn jwks_url_over_https_trusts_jwks_ca_file_and_only_it(pool: PgPool) {
     })
     .await;
     let token = rs256(&claims(&trusting));
-    let res = trusting
-        .client
-        .get(trusting.url(&trusting.tokens_path()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let res = send(trusting.request_as(&token, Method::GET, &trusting.tokens_path())).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(idp.requests(), 1, "the start-up fetch, over HTTPS");
 
@@ -48,15 +45,8 @@ async fn jwks_url_over_https_trusts_jwks_ca_file_and_only_it(pool: PgPool) {
     })
     .await;
     let token = rs256(&claims(&untrusting));
-    let res = untrusting
-        .client
-        .get(untrusting.url(&untrusting.tokens_path()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = parts(res).await;
-    assert_error(status, &body, 503, "SERVICE_UNAVAILABLE");
+    let res = send(untrusting.request_as(&token, Method::GET, &untrusting.tokens_path())).await;
+    expect_error(res, 503, "SERVICE_UNAVAILABLE").await;
     assert_eq!(
         idp.requests(),
         1,
@@ -71,20 +61,16 @@ async fn jwks_settings_from_the_environment(pool: PgPool) {
     let idp = HttpsServer::start(&ca.issue(&["127.0.0.1"]), JWKS);
     let dir = scratch_dir("jwks-env");
     let ca_file = ca.write_pem(&dir, "idp-ca.pem");
-    let env = vec![
+    let mut env = crypto_env();
+    env.extend([
         ("DATABASE_URL", database_url(&pool.connect_options())),
         ("OATH__SERVER__WORKERS", "1".to_string()),
-        (
-            "OATH__AUTH__ISSUER",
-            crate::helpers::test_settings().auth.issuer,
-        ),
+        ("OATH__AUTH__ISSUER", test_settings().auth.issuer),
         ("OATH__AUTH__JWKS_URL", format!("{}/jwks.json", idp.base)),
         ("OATH__AUTH__JWKS_CA_FILE", ca_file.display().to_string()),
-        ("OATH__CRYPTO__ACTIVE_KEY_ID", "a".into()),
-        ("OATH__CRYPTO__KEYS__A", KEY_A.into()),
         ("OATH__JOBS__RUNNERS", "0".into()),
         ("OATH__LOG__LEVEL", "warn".into()),
-    ];
+    ]);
     let mut service = Service::start(&["serve", "--no-migrate"], &env, dir.join("service.log"));
     service.wait_ready(Duration::from_secs(30)).await;
     let app = spawn_app_with(pool, |_| {}).await;
@@ -130,45 +116,38 @@ async fn unusable_jwks_settings_stop_start_up_naming_the_key() {
         ),
     ];
     for (settings, key) in cases {
-        let mut env = vec![
+        let mut env = crypto_env();
+        env.extend([
             // Nothing listens there: the checks must come before any connection.
             (
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:9/oath".to_string(),
             ),
-            ("OATH__CRYPTO__ACTIVE_KEY_ID", "a".into()),
-            ("OATH__CRYPTO__KEYS__A", KEY_A.into()),
             ("OATH__LOG__LEVEL", "error".into()),
-        ];
+        ]);
         env.extend(settings.iter().map(|(k, v)| (*k, v.to_string())));
         let out = command(&env)
             .args(["serve", "--no-migrate"])
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{settings:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{settings:?}: {stderr}");
+        let stderr = assert_start_up_refused(&out, &format!("{settings:?}"));
         assert!(stderr.contains(key), "{settings:?}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }
 
     // Allowed for development: the service starts (and serves HS256 while the URL is away).
-    let mut service = Service::start(
-        &["serve", "--no-migrate"],
-        &[
-            (
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:9/oath".to_string(),
-            ),
-            ("OATH__AUTH__JWKS_URL", http.into()),
-            ("OATH__AUTH__ALLOW_HTTP_JWKS", "true".into()),
-            ("OATH__AUTH__HS256_SECRET", HS256_SECRET.into()),
-            ("OATH__CRYPTO__ACTIVE_KEY_ID", "a".into()),
-            ("OATH__CRYPTO__KEYS__A", KEY_A.into()),
-            ("OATH__LOG__LEVEL", "error".into()),
-        ],
-        dir.join("allowed.log"),
-    );
+    let mut env = crypto_env();
+    env.extend([
+        (
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:9/oath".to_string(),
+        ),
+        ("OATH__AUTH__JWKS_URL", http.into()),
+        ("OATH__AUTH__ALLOW_HTTP_JWKS", "true".into()),
+        ("OATH__AUTH__HS256_SECRET", HS256_SECRET.into()),
+        ("OATH__LOG__LEVEL", "error".into()),
+    ]);
+    let mut service = Service::start(&["serve", "--no-migrate"], &env, dir.join("allowed.log"));
     service
         .wait_for("/health/live", Duration::from_secs(20))
         .await;

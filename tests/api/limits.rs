@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{
+use crate::support::app::{
     assert_error, parts, seed_token, spawn_app_with, TestApp, HS256_SECRET, KEY_A,
 };
 use crate::support::service::{database_url, Service};
@@ -114,15 +114,7 @@ async fn otp_checks_of_one_token_are_limited_without_counting_failures(pool: PgP
     let (status, body) = parts(res).await;
     assert_error(status, &body, 404, "NOT_FOUND");
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let line = metrics
         .lines()
         .find(|l| {
@@ -181,7 +173,7 @@ fn resident_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// The real binary, asked to check OTPs of 12,000 random token ids with room for 2,000 keys:
+/// The real binary, asked to check OTPs of 8,000 random token ids with room for 2,000 keys:
 /// every answer is 404, the limit remembers at most 2,000 keys, and the process's memory stays
 /// put.
 #[sqlx::test]
@@ -224,9 +216,9 @@ async fn the_limits_memory_is_bounded_whatever_ids_arrive(pool: PgPool) {
             .collect::<Vec<u16>>()
     };
     // Warm up: every key slot used once, the server's buffers grown.
-    assert!(send(3_000).await.iter().all(|s| *s == 404));
+    assert!(send(2_500).await.iter().all(|s| *s == 404));
     let before = resident_kib(service.pid());
-    assert!(send(12_000).await.iter().all(|s| *s == 404));
+    assert!(send(8_000).await.iter().all(|s| *s == 404));
     let after = resident_kib(service.pid());
     service.assert_running();
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{parts, spawn_app, TestApp};
+use crate::support::app::{parts, spawn_app, TestApp};
 
 /// Rounds before giving up on a quiet one.
 const ROUNDS: usize = 25;
@@ -25,12 +25,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 async fn scrape(app: &TestApp) -> String {
-    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
+    let res = app.get_anonymous_ok("/metrics", "text/plain").await;
     res.text().await.unwrap()
 }
 
@@ -54,7 +49,7 @@ async fn round(app: &TestApp, n: usize) {
     )
     .await;
     assert_eq!(status, 202, "{job}");
-    app.drain(&mut app.runner("r1")).await;
+    app.run_jobs().await;
     let id: uuid::Uuid = sqlx::query_scalar("select id from oath_tokens where serial_number = $1")
         .bind(format!("M{n}J"))
         .fetch_one(&app.pool)

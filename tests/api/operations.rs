@@ -6,9 +6,11 @@ use std::time::Duration;
 use oath_service::startup::{AppState, Application};
 use sqlx::PgPool;
 
-use crate::helpers::{pool_via, spawn_app_with, test_settings, HS256_SECRET, KEY_A};
+use crate::support::app::{pool_via, spawn_app_with, test_settings, HS256_SECRET};
 use crate::support::cluster::free_port;
-use crate::support::service::{command, database_url, output, Service};
+use crate::support::service::{
+    assert_start_up_refused, command, database_url, output, service_env, Service,
+};
 use crate::support::tls::scratch_dir;
 
 async fn status(client: &reqwest::Client, url: &str) -> u16 {
@@ -80,24 +82,21 @@ async fn admin_addr_serves_metrics_alone_and_health_beside_the_api(pool: PgPool)
 async fn admin_addr_from_the_environment(pool: PgPool) {
     let admin_port = free_port();
     let env = |admin_addr: String| {
-        vec![
+        let mut env = service_env();
+        env.extend([
             ("DATABASE_URL", database_url(&pool.connect_options())),
             ("OATH__SERVER__WORKERS", "1".to_string()),
             ("OATH__SERVER__ADMIN_ADDR", admin_addr),
-            ("OATH__AUTH__HS256_SECRET", HS256_SECRET.into()),
-            ("OATH__CRYPTO__ACTIVE_KEY_ID", "a".into()),
-            ("OATH__CRYPTO__KEYS__A", KEY_A.into()),
             ("OATH__JOBS__RUNNERS", "0".into()),
             ("OATH__LOG__LEVEL", "warn".into()),
-        ]
+        ]);
+        env
     };
     let out = command(&env("metrics:9090".into()))
         .args(["serve", "--no-migrate"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = assert_start_up_refused(&out, "server.admin_addr");
     assert!(stderr.contains("server.admin_addr"), "{stderr}");
 
     let dir = scratch_dir("admin-env");
@@ -145,9 +144,7 @@ async fn healthcheck_exits_0_only_when_ready(pool: PgPool) {
         ("127.0.0.1:8080", "--url"),
     ] {
         let out = healthcheck(base).await;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{base}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{base}: {stderr}");
+        let stderr = assert_start_up_refused(&out, base);
         assert!(stderr.contains(why), "{base}: {stderr}");
     }
 

@@ -12,19 +12,15 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, details, parts, spawn_app, spawn_app_with, TestApp};
+use crate::support::app::{
+    assert_error, call, details, expect_error, parts, rfc_code, send, spawn_app, spawn_app_with,
+    TestApp,
+};
 
 const RFC_SECRET: &str = "3132333435363738393031323334353637383930";
 
-fn code(algorithm: HashAlgorithm, digits: u8, moving_factor: u64) -> String {
-    let key = hex::decode(RFC_SECRET).unwrap();
-    let length = OtpLength::new(u64::from(digits)).unwrap();
-    let value = hotp(&key, algorithm, length, moving_factor);
-    format!("{value:0width$}", width = usize::from(digits))
-}
-
 fn hotp_code(counter: u64) -> String {
-    code(HashAlgorithm::Sha1, 6, counter)
+    rfc_code(HashAlgorithm::Sha1, 6, counter)
 }
 
 /// A six-digit code that is none of the codes of `counters`.
@@ -92,14 +88,7 @@ async fn create(app: &TestApp, body: &Value) -> String {
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
-    parts(
-        app.request(Method::POST, path)
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    call(app.request(Method::POST, path).json(&body)).await
 }
 
 /// The `status` a validation answers.
@@ -110,7 +99,7 @@ async fn validate(app: &TestApp, token: &str, otp: &str) -> String {
 }
 
 async fn read(app: &TestApp, token: &str) -> Value {
-    let (status, body) = parts(app.get_path(token).await).await;
+    let (status, body) = app.get_json(token).await;
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -353,7 +342,7 @@ async fn pairing_consumes_an_otp_and_conflicts_when_paired(pool: PgPool) {
 
     // Unpair, twice: both 204.
     for _ in 0..2 {
-        let res = app.request(Method::DELETE, &pairing).send().await.unwrap();
+        let res = app.delete(&pairing).await;
         assert_eq!(res.status(), 204);
     }
     let after = read(&app, &token).await;
@@ -381,16 +370,12 @@ async fn deleting_a_paired_token_unpairs_and_removes_it(pool: PgPool) {
     )
     .await;
     assert_eq!(status, 200);
-    let res = app.request(Method::DELETE, &token).send().await.unwrap();
+    let res = app.delete(&token).await;
     assert_eq!(res.status(), 204);
     assert_eq!(app.get_path(&token).await.status(), 404);
     let (status, body) = post(&app, &format!("{token}/validate"), json!({"otp": "287082"})).await;
     assert_error(status, &body, 404, "NOT_FOUND");
-    let res = app
-        .request(Method::DELETE, &format!("{token}/pairing"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete(&format!("{token}/pairing")).await;
     assert_eq!(res.status(), 404);
 }
 
@@ -432,7 +417,7 @@ async fn scopes_are_checked_before_any_lookup(pool: PgPool) {
             if !body.is_null() {
                 request = request.json(&body);
             }
-            let (status, body) = parts(request.send().await.unwrap()).await;
+            let (status, body) = call(request).await;
             assert_error(status, &body, 403, "ACCESS_FAILED");
         }
         // No bearer token at all.
@@ -446,14 +431,11 @@ async fn scopes_are_checked_before_any_lookup(pool: PgPool) {
         assert_eq!(res.status(), 401);
     }
     // With the right scopes, the untouched token still takes its first code.
-    let res = app
-        .client
-        .post(app.url(&format!("{token}/validate")))
-        .bearer_auth(&validator)
-        .json(&json!({"otp": hotp_code(0)}))
-        .send()
-        .await
-        .unwrap();
+    let res = send(
+        app.request_as(&validator, Method::POST, &format!("{token}/validate"))
+            .json(&json!({"otp": hotp_code(0)})),
+    )
+    .await;
     assert_eq!(parts(res).await.1["status"], "VALID");
 }
 
@@ -470,16 +452,12 @@ async fn tokens_of_other_environments_are_not_found(pool: PgPool) {
         ("resync", json!({"otps": [hotp_code(0), hotp_code(1)]})),
         ("pairing", json!({"userId": "u", "otp": hotp_code(0)})),
     ] {
-        let res = app
-            .client
-            .post(app.url(&format!("{other_path}/{action}")))
-            .bearer_auth(&bearer)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = parts(res).await;
-        assert_error(status, &body, 404, "NOT_FOUND");
+        let res = send(
+            app.request_as(&bearer, Method::POST, &format!("{other_path}/{action}"))
+                .json(&body),
+        )
+        .await;
+        expect_error(res, 404, "NOT_FOUND").await;
     }
     // A token id that is not a UUID, and one that does not exist.
     let (status, body) = post(
@@ -530,9 +508,7 @@ async fn bodies_are_parsed_strictly(pool: PgPool) {
     let (status, answer) = post(&app, &validate_path, json!(["755224"])).await;
     assert_error(status, &answer, 400, "INVALID_REQUEST");
     let res = app
-        .request(Method::POST, &validate_path)
-        .header("content-type", "text/plain")
-        .body(r#"{"otp": "755224"}"#)
+        .post_body(&validate_path, "text/plain", r#"{"otp": "755224"}"#)
         .send()
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{assert_error, parts, pool_via, seed_token, spawn_app, test_settings};
+use crate::support::app::{expect_error, parts, pool_via, seed_token, spawn_app, test_settings};
 
 /// Forwards connections to Postgres while up; while cut, drops every open connection and refuses
 /// new ones.
@@ -75,36 +75,24 @@ async fn database_outage_is_503_then_recovers(_opts: PgPoolOptions, connect: PgC
         let started = Instant::now();
         let res = app.get_path(&path).await;
         assert_eq!(res.headers()["retry-after"], "5");
-        let (status, body) = parts(res).await;
-        assert_error(status, &body, 503, "SERVICE_UNAVAILABLE");
+        expect_error(res, 503, "SERVICE_UNAVAILABLE").await;
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "503 must come promptly"
         );
     }
     let res = app.create_token(&seed_token()).await;
-    let (status, body) = parts(res).await;
-    assert_error(status, &body, 503, "SERVICE_UNAVAILABLE");
-    let res = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    expect_error(res, 503, "SERVICE_UNAVAILABLE").await;
+    let res = app.get_anonymous("/health/ready").await;
     assert_eq!(res.status(), 503);
     // Liveness does not depend on the database.
-    let res = app
-        .client
-        .get(app.url("/health/live"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_anonymous("/health/live").await;
     assert_eq!(res.status(), 200);
 
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (status, body) = parts(app.get_path(&path).await).await;
+        let (status, body) = app.get_json(&path).await;
         if status == 200 {
             assert_eq!(body["serialNumber"], "2333734700388");
             break;
@@ -113,11 +101,6 @@ async fn database_outage_is_503_then_recovers(_opts: PgPoolOptions, connect: PgC
         assert!(Instant::now() < deadline, "did not recover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let res = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_anonymous("/health/ready").await;
     assert_eq!(res.status(), 200);
 }

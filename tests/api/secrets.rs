@@ -4,7 +4,7 @@ use oath_service::crypto::SecretCipher;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{parts, seed_token, spawn_app, SEED_SECRET};
+use crate::support::app::{parts, seed_token, spawn_app, SEED_SECRET};
 
 #[sqlx::test]
 async fn the_database_holds_no_plaintext_secret(pool: PgPool) {

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use oath_service::auth::Scope;
 use oath_service::config::{PskcKeySetting, Settings};
 use oath_service::import::pskc::UNREADABLE;
 use reqwest::Method;
@@ -14,7 +13,10 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, parts, seed_token, spawn_app, spawn_app_with, TestApp};
+use crate::support::app::{
+    assert_error, assert_error_mentions, parts, seed_token, send, spawn_app, spawn_app_with,
+    TestApp,
+};
 
 const PSKC: &str = "application/pskc+xml";
 /// RFC 6030 figure 6's pre-shared key: digits only, as a key in hex may well be.
@@ -27,15 +29,9 @@ fn fixture(name: &str) -> Vec<u8> {
 
 /// Runs the app's queued jobs, then returns `env`'s job `id` and its results.
 async fn finish(app: &TestApp, env: Uuid, id: &str) -> (Value, Vec<Value>) {
-    app.drain(&mut app.runner("r1")).await;
+    app.run_jobs().await;
     let get = |path: String| async move {
-        let res = app
-            .client
-            .get(app.url(&path))
-            .bearer_auth(app.token_for(env, &Scope::ALL))
-            .send()
-            .await
-            .unwrap();
+        let res = send(app.request_in(env, Method::GET, &path)).await;
         parts(res).await.1
     };
     let job = get(format!("/v1/environments/{env}/oathJobs/{id}")).await;
@@ -135,8 +131,7 @@ async fn callers_bring_their_own_pskc_key_which_is_never_echoed(pool: PgPool) {
         ),
     ] {
         let (status, body) = app.post_file(app.env, PSKC, file.clone(), &headers).await;
-        assert_error(status, &body, 400, "INVALID_REQUEST");
-        assert!(body["message"].as_str().unwrap().contains(want), "{body}");
+        assert_error_mentions(status, &body, 400, "INVALID_REQUEST", want);
         assert!(!body.to_string().contains(RFC_PSK));
     }
 }
@@ -253,16 +248,7 @@ async fn a_shifted_csv_row_gives_back_and_stores_no_secret(pool: PgPool) {
 #[sqlx::test]
 async fn metrics_labels_stay_bounded_whatever_clients_send(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let metrics = || async {
-        app.client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || async { app.get_anonymous("/metrics").await.text().await.unwrap() };
     // A first round puts the series these requests legitimately make in place.
     let flood = |round: usize| {
         let app = &app;
@@ -276,11 +262,8 @@ async fn metrics_labels_stay_bounded_whatever_clients_send(pool: PgPool) {
                     .await
                     .unwrap();
                 let _ = app
-                    .client
-                    .get(app.url(&format!("/v1/nowhere/{round}/{i}?x={i}")))
-                    .send()
-                    .await
-                    .unwrap();
+                    .get_anonymous(&format!("/v1/nowhere/{round}/{i}?x={i}"))
+                    .await;
             }
         }
     };
@@ -362,13 +345,12 @@ async fn pbkdf2_iteration_counts_above_the_limit_are_refused(pool: PgPool) {
             &[("X-PSKC-Password", "correct horse battery staple")],
         )
         .await;
-    assert_error(status, &body, 400, "INVALID_REQUEST");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("import.pbkdf2_max_iterations"),
-        "{body}"
+    assert_error_mentions(
+        status,
+        &body,
+        400,
+        "INVALID_REQUEST",
+        "import.pbkdf2_max_iterations",
     );
 }
 
@@ -455,12 +437,7 @@ async fn imports_beyond_the_concurrency_bound_wait_and_all_complete(pool: PgPool
     });
     let health = async {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        app.client
-            .get(app.url("/health/live"))
-            .send()
-            .await
-            .unwrap()
-            .status()
+        app.get_anonymous("/health/live").await.status()
     };
     let (answers, health) = tokio::join!(futures_util::future::join_all(uploads), health);
     assert_eq!(health, 200);

@@ -6,14 +6,10 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{
-    assert_error, details, parts, seed_token, spawn_app, spawn_app_with, BASE_URL,
+use crate::support::app::{
+    assert_error, call, details, expect_error, hotp_token, numbered, parts, seed_token, send,
+    spawn_app, spawn_app_with, BASE_URL,
 };
-
-fn hotp(serial: &str) -> Value {
-    json!({"serialNumber": serial, "secret": "3132333435363738393031323334353637383930",
-           "type": "HOTP", "otpLength": 6})
-}
 
 #[sqlx::test]
 async fn create_seed_token_has_the_seed_shape(pool: PgPool) {
@@ -25,14 +21,7 @@ async fn create_seed_token_has_the_seed_shape(pool: PgPool) {
 
     let id = body["id"].as_str().unwrap();
     Uuid::try_parse(id).unwrap();
-    let self_href = format!("{BASE_URL}/v1/environments/{}/oathTokens/{id}", app.env);
-    assert_eq!(location, self_href);
-    assert_eq!(body["_links"]["self"]["href"], self_href);
-    assert_eq!(
-        body["_links"]["environment"]["href"],
-        format!("{BASE_URL}/v1/environments/{}", app.env)
-    );
-    assert_eq!(body["environment"]["id"], app.env.to_string());
+    app.assert_links(&body, &location, &format!("/oathTokens/{id}"));
     assert_eq!(body["serialNumber"], "2333734700388");
     assert_eq!(body["type"], "HOTP");
     assert_eq!(body["hotp"], json!({"counter": 456789}));
@@ -58,7 +47,7 @@ async fn create_seed_token_has_the_seed_shape(pool: PgPool) {
     assert_eq!(keys.len(), 11, "unexpected fields: {keys:?}");
 
     // Reading it back gives the same representation.
-    let (status, read) = parts(app.get_path(&format!("{}/{id}", app.tokens_path())).await).await;
+    let (status, read) = app.get_json(&format!("{}/{id}", app.tokens_path())).await;
     assert_eq!(status, 200);
     assert_eq!(read, body);
 }
@@ -102,15 +91,8 @@ async fn duplicate_serial_is_a_uniqueness_violation(pool: PgPool) {
         details(&body),
         vec![("UNIQUENESS_VIOLATION".into(), "serialNumber".into())]
     );
-    let count: i64 = sqlx::query_scalar("select count(*) from oath_tokens")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 1);
-    let usage: i64 = sqlx::query_scalar("select token_count from environment_usage")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 1);
+    let usage = app.count("select token_count from environment_usage").await;
     assert_eq!(usage, 1, "a rejected duplicate must not consume quota");
 }
 
@@ -120,28 +102,27 @@ async fn same_serial_in_another_environment_is_fine_and_invisible(pool: PgPool) 
     let (_, created) = parts(app.create_token(&seed_token()).await).await;
     let other = Uuid::new_v4();
     let token = app.token_for(other, &oath_service::auth::Scope::ALL);
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/environments/{other}/oathTokens")))
-        .bearer_auth(&token)
-        .json(&seed_token())
-        .send()
-        .await
-        .unwrap();
+    let res = send(
+        app.request_as(
+            &token,
+            Method::POST,
+            &format!("/v1/environments/{other}/oathTokens"),
+        )
+        .json(&seed_token()),
+    )
+    .await;
     assert_eq!(res.status(), 201);
     // The first environment's token is not found through the other environment.
-    let res = app
-        .client
-        .get(app.url(&format!(
+    let res = send(app.request_as(
+        &token,
+        Method::GET,
+        &format!(
             "/v1/environments/{other}/oathTokens/{}",
             created["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = parts(res).await;
-    assert_error(status, &body, 404, "NOT_FOUND");
+        ),
+    ))
+    .await;
+    expect_error(res, 404, "NOT_FOUND").await;
 }
 
 #[sqlx::test]
@@ -149,12 +130,12 @@ async fn delete_then_get_is_404(pool: PgPool) {
     let app = spawn_app(pool).await;
     let (_, body) = parts(app.create_token(&seed_token()).await).await;
     let path = format!("{}/{}", app.tokens_path(), body["id"].as_str().unwrap());
-    let res = app.request(Method::DELETE, &path).send().await.unwrap();
+    let res = app.delete(&path).await;
     assert_eq!(res.status(), 204);
     assert!(res.text().await.unwrap().is_empty());
-    let (status, body) = parts(app.get_path(&path).await).await;
+    let (status, body) = app.get_json(&path).await;
     assert_error(status, &body, 404, "NOT_FOUND");
-    let (status, body) = parts(app.request(Method::DELETE, &path).send().await.unwrap()).await;
+    let (status, body) = parts(app.delete(&path).await).await;
     assert_error(status, &body, 404, "NOT_FOUND");
     // The serial can be used again.
     assert_eq!(app.create_token(&seed_token()).await.status(), 201);
@@ -168,7 +149,7 @@ async fn unknown_and_malformed_ids_are_404(pool: PgPool) {
         format!("{}/not-a-uuid", app.tokens_path()),
         "/v1/environments/not-a-uuid/oathTokens".to_string(),
     ] {
-        let (status, body) = parts(app.get_path(&path).await).await;
+        let (status, body) = app.get_json(&path).await;
         assert_error(status, &body, 404, "NOT_FOUND");
     }
 }
@@ -176,16 +157,11 @@ async fn unknown_and_malformed_ids_are_404(pool: PgPool) {
 #[sqlx::test]
 async fn list_filters_by_serial_and_pages_with_next_links(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let mut ids = Vec::new();
-    for i in 0..7 {
-        let (status, body) = parts(app.create_token(&hotp(&format!("SN{i}"))).await).await;
-        assert_eq!(status, 201);
-        ids.push(body["id"].as_str().unwrap().to_string());
-    }
+    let ids = app.create_hotp_tokens(numbered("SN", 0..7)).await;
 
     // Filter.
     let path = format!("{}?filter=serialNumber%20eq%20%22SN3%22", app.tokens_path());
-    let (status, body) = parts(app.get_path(&path).await).await;
+    let (status, body) = app.get_json(&path).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["size"], 1);
     assert_eq!(body["_embedded"]["oathTokens"][0]["serialNumber"], "SN3");
@@ -194,7 +170,7 @@ async fn list_filters_by_serial_and_pages_with_next_links(pool: PgPool) {
         "{}?filter=serialNumber%20eq%20%22NOPE%22",
         app.tokens_path()
     );
-    let (_, body) = parts(app.get_path(&path).await).await;
+    let (_, body) = app.get_json(&path).await;
     assert_eq!(body["size"], 0);
     assert_eq!(body["_embedded"]["oathTokens"], json!([]));
 
@@ -204,7 +180,7 @@ async fn list_filters_by_serial_and_pages_with_next_links(pool: PgPool) {
     let mut pages = 0;
     while let Some(href) = next {
         let path = href.strip_prefix(BASE_URL).unwrap().to_string();
-        let (status, body) = parts(app.get_path(&path).await).await;
+        let (status, body) = app.get_json(&path).await;
         assert_eq!(status, 200, "{body}");
         let items = body["_embedded"]["oathTokens"].as_array().unwrap();
         assert_eq!(body["size"], items.len());
@@ -220,7 +196,7 @@ async fn list_filters_by_serial_and_pages_with_next_links(pool: PgPool) {
     assert_eq!(seen, ids);
 
     // Default page holds all seven.
-    let (_, body) = parts(app.get_path(&app.tokens_path()).await).await;
+    let (_, body) = app.get_json(&app.tokens_path()).await;
     assert_eq!(body["size"], 7);
 }
 
@@ -238,11 +214,9 @@ async fn list_rejects_bad_limits_filters_and_cursors(pool: PgPool) {
         "cursor=garbage",
         "cursor=djE6bm90LWEtdXVpZA",
     ] {
-        let (status, body) = parts(
-            app.get_path(&format!("{}?{query}", app.tokens_path()))
-                .await,
-        )
-        .await;
+        let (status, body) = app
+            .get_json(&format!("{}?{query}", app.tokens_path()))
+            .await;
         assert_error(status, &body, 400, "INVALID_REQUEST");
     }
 }
@@ -252,7 +226,7 @@ async fn quota_holds_under_concurrent_creates(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.limits.tokens_per_environment = 5).await;
     let requests = (0..24).map(|i| {
         let app = &app;
-        async move { parts(app.create_token(&hotp(&format!("Q{i}"))).await).await }
+        async move { parts(app.create_token(&hotp_token(&format!("Q{i}"))).await).await }
     });
     let results = join_all(requests).await;
     let created = results.iter().filter(|(s, _)| *s == 201).count();
@@ -261,27 +235,18 @@ async fn quota_holds_under_concurrent_creates(pool: PgPool) {
         assert_error(*status, body, 400, "INVALID_DATA");
         assert_eq!(details(body)[0].0, "LIMIT_EXCEEDED");
     }
-    let count: i64 = sqlx::query_scalar("select count(*) from oath_tokens")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let count = app.count("select count(*) from oath_tokens").await;
     assert_eq!(count, 5);
 
     // Deleting one frees one place.
-    let (_, page) = parts(
-        app.get_path(&format!("{}?limit=1", app.tokens_path()))
-            .await,
-    )
-    .await;
+    let (_, page) = app
+        .get_json(&format!("{}?limit=1", app.tokens_path()))
+        .await;
     let id = page["_embedded"]["oathTokens"][0]["id"].as_str().unwrap();
-    let res = app
-        .request(Method::DELETE, &format!("{}/{id}", app.tokens_path()))
-        .send()
-        .await
-        .unwrap();
+    let res = app.delete(&format!("{}/{id}", app.tokens_path())).await;
     assert_eq!(res.status(), 204);
-    assert_eq!(app.create_token(&hotp("QX")).await.status(), 201);
-    assert_eq!(app.create_token(&hotp("QY")).await.status(), 400);
+    assert_eq!(app.create_token(&hotp_token("QX")).await.status(), 201);
+    assert_eq!(app.create_token(&hotp_token("QY")).await.status(), 400);
 }
 
 /// Concurrent creates of one environment commit together: each still gets its own answer, a
@@ -290,11 +255,11 @@ async fn quota_holds_under_concurrent_creates(pool: PgPool) {
 #[sqlx::test]
 async fn concurrent_creates_with_repeated_serials_get_their_own_answers(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.limits.tokens_per_environment = 12).await;
-    assert_eq!(app.create_token(&hotp("D0")).await.status(), 201);
+    assert_eq!(app.create_token(&hotp_token("D0")).await.status(), 201);
     // 30 requests for 15 serial numbers (D0 already exists): 14 new ones, room for 11.
     let requests = (0..30).map(|i| {
         let app = &app;
-        async move { parts(app.create_token(&hotp(&format!("D{}", i % 15))).await).await }
+        async move { parts(app.create_token(&hotp_token(&format!("D{}", i % 15))).await).await }
     });
     let results = join_all(requests).await;
     let mut created = std::collections::HashSet::new();
@@ -331,45 +296,37 @@ async fn concurrent_creates_with_repeated_serials_get_their_own_answers(pool: Pg
 #[sqlx::test]
 async fn create_with_an_idempotency_key_replays_and_conflicts(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let send = |body: Value| {
+    let with_key = |body: Value| {
         app.request(Method::POST, &app.tokens_path())
             .header("idempotency-key", "token-1")
             .json(&body)
             .send()
     };
-    let first = send(hotp("I1")).await.unwrap();
+    let first = with_key(hotp_token("I1")).await.unwrap();
     assert!(first.headers().get("idempotent-replayed").is_none());
     let location = first.headers()["location"].clone();
     let (status, created) = parts(first).await;
     assert_eq!(status, 201, "{created}");
 
-    let again = send(hotp("I1")).await.unwrap();
+    let again = with_key(hotp_token("I1")).await.unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.headers()["location"], location);
     let (status, replayed) = parts(again).await;
     assert_eq!((status, &replayed), (201, &created));
 
-    let (status, body) = parts(send(hotp("I2")).await.unwrap()).await;
+    let (status, body) = parts(with_key(hotp_token("I2")).await.unwrap()).await;
     assert_error(status, &body, 409, "CONFLICT");
     // A rejected request is not remembered: the key stays usable after a duplicate.
-    let (status, _) = parts(
+    let (status, _) = call(
         app.request(Method::POST, &app.tokens_path())
             .header("idempotency-key", "token-2")
-            .json(&hotp("I1"))
-            .send()
-            .await
-            .unwrap(),
+            .json(&hotp_token("I1")),
     )
     .await;
     assert_eq!(status, 400);
-    let count: i64 = sqlx::query_scalar("select count(*) from oath_tokens")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 1);
-    let usage: i64 = sqlx::query_scalar("select token_count from environment_usage")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(usage, 1);
+    app.assert_counts(&[
+        ("select count(*) from oath_tokens", 1),
+        ("select token_count from environment_usage", 1),
+    ])
+    .await;
 }

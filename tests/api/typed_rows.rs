@@ -4,7 +4,7 @@
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{parts, seed_token, spawn_app};
+use crate::support::app::{parts, seed_token, spawn_app};
 
 #[sqlx::test]
 async fn a_chunk_with_an_unknown_token_type_fails_its_step_instead_of_guessing(pool: PgPool) {
@@ -37,19 +37,17 @@ async fn jobs_and_results_read_back_as_their_types(pool: PgPool) {
         .await,
     )
     .await;
-    app.drain(&mut app.runner("r1")).await;
+    app.run_jobs().await;
     let id = job["id"].as_str().unwrap();
-    let (_, done) = parts(app.get_path(&format!("{}/{id}", app.jobs_path())).await).await;
+    let (_, done) = app.get_json(&format!("{}/{id}", app.jobs_path())).await;
     assert_eq!(done["type"], "CREATE_OATH_TOKENS");
     assert_eq!(done["status"], "DONE");
-    let (_, page) = parts(
-        app.get_path(&format!(
+    let (_, page) = app
+        .get_json(&format!(
             "{}/{id}/results?outcome=DUPLICATE",
             app.jobs_path()
         ))
-        .await,
-    )
-    .await;
+        .await;
     let results = page["_embedded"]["results"].as_array().unwrap();
     assert_eq!(results.len(), 1);
     assert_eq!(results[0]["outcome"], "DUPLICATE");
@@ -74,9 +72,9 @@ async fn the_job_list_embeds_each_jobs_own_duplicates(pool: PgPool) {
         )
         .await;
         assert_eq!(status, 202);
-        app.drain(&mut app.runner("r1")).await;
+        app.run_jobs().await;
     }
-    let (_, page) = parts(app.get_path(&app.jobs_path()).await).await;
+    let (_, page) = app.get_json(&app.jobs_path()).await;
     let jobs = page["_embedded"]["oathJobs"].as_array().unwrap();
     let serials = |j: &serde_json::Value| -> Vec<String> {
         j["result"]["duplicates"]

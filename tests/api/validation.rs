@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{assert_error, details, parts, spawn_app};
+use crate::support::app::{assert_error, details, parts, spawn_app};
 
 const SECRET: &str = "3132333435363738393031323334353637383930";
 
@@ -187,10 +187,7 @@ async fn each_rule_reports_its_target(pool: PgPool) {
         let (status, res) = parts(app.create_token(&body).await).await;
         assert_eq!(status, 201, "{body} -> {res}");
     }
-    let count: i64 = sqlx::query_scalar("select count(*) from oath_tokens")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let count = app.count("select count(*) from oath_tokens").await;
     assert_eq!(count, 4, "no invalid request stored anything");
 }
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 
+use super::app::{test_settings, HS256_SECRET, KEY_A};
+
 /// The URL of the database of `options` on the server of `DATABASE_URL`, e.g. the database a
 /// `#[sqlx::test]` was given, for a service process.
 pub fn database_url(options: &PgConnectOptions) -> String {
@@ -18,6 +20,41 @@ pub fn database_url(options: &PgConnectOptions) -> String {
         "" => format!("{server}/{db}"),
         query => format!("{server}/{db}?{query}"),
     }
+}
+
+/// `url` with one more query parameter `param` (`name=value`).
+pub fn with_query_param(url: &str, param: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{param}")
+}
+
+/// The secret key of the test settings, as an operator sets it: `crypto.active_key_id` "a",
+/// `crypto.keys.a`.
+pub fn crypto_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("OATH__CRYPTO__ACTIVE_KEY_ID", "a".into()),
+        ("OATH__CRYPTO__KEYS__A", KEY_A.into()),
+    ]
+}
+
+/// What a service process needs besides its database to accept the tests' HS256 tokens and
+/// store secrets: the issuer and HS256 secret of the test settings, and `crypto_env`.
+pub fn service_env() -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("OATH__AUTH__ISSUER", test_settings().auth.issuer),
+        ("OATH__AUTH__HS256_SECRET", HS256_SECRET.into()),
+    ];
+    env.extend(crypto_env());
+    env
+}
+
+/// Asserts that a run of the binary stopped at start-up with exit code 1 and a single line on
+/// stderr; returns that line. `case` names the run in failures.
+pub fn assert_start_up_refused(out: &std::process::Output, case: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{case}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{case}: {stderr}");
+    stderr
 }
 
 /// The binary with an empty environment but `PATH`, the shipped `config/` and `env`.

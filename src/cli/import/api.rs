@@ -258,21 +258,9 @@ impl Client {
     }
 
     pub async fn job(&self, id: Uuid) -> Result<Job, Failure> {
-        let url = self.job_url(id, "")?;
-        let res = self
-            .http
-            .get(url)
-            .timeout(POLL_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| transport("reading the job", &e))?;
-        if !res.status().is_success() {
-            return Err(refused("reading the job", res).await);
-        }
-        let text = res
-            .text()
-            .await
-            .map_err(|e| transport("reading the job", &e))?;
+        let text = self
+            .get_text(self.job_url(id, "")?, "reading the job")
+            .await?;
         Job::parse(&text).map_err(|message| Failure {
             message,
             transient: false,
@@ -311,20 +299,25 @@ impl Client {
         url: Url,
         what: &str,
     ) -> Result<T, String> {
+        let text = self.get_text(url, what).await.map_err(|f| f.message)?;
+        serde_json::from_str(&text).map_err(|e| {
+            format!("{what}: the service answered with JSON this client cannot read: {e}")
+        })
+    }
+
+    /// The body of a successful GET of `url`; `what` names the step in a failure's message.
+    async fn get_text(&self, url: Url, what: &str) -> Result<String, Failure> {
         let res = self
             .http
             .get(url)
             .timeout(POLL_TIMEOUT)
             .send()
             .await
-            .map_err(|e| transport(what, &e).message)?;
+            .map_err(|e| transport(what, &e))?;
         if !res.status().is_success() {
-            return Err(refused(what, res).await.message);
+            return Err(refused(what, res).await);
         }
-        let text = res.text().await.map_err(|e| transport(what, &e).message)?;
-        serde_json::from_str(&text).map_err(|e| {
-            format!("{what}: the service answered with JSON this client cannot read: {e}")
-        })
+        res.text().await.map_err(|e| transport(what, &e))
     }
 
     fn job_url(&self, id: Uuid, tail: &str) -> Result<Url, Failure> {

@@ -10,16 +10,12 @@ use crate::domain::job::Outcome;
 use crate::error::responses::{AuthenticatedErrors, BadRequest};
 use crate::error::ApiError;
 use crate::routes::extract::{Authorized, JobId, JobsRead};
-use crate::routes::page;
-use crate::routes::tokens::environment_url;
-use crate::routes::{cursor, page_limit};
+use crate::routes::page::{self, Paging};
+use crate::routes::{collection_url, cursor};
 use crate::routes::{EnvPath, JobPath};
 use crate::startup::AppState;
 use crate::store::jobs as store;
 use crate::store::results;
-
-const PAGE_DEFAULT: i64 = 100;
-const PAGE_MAX: i64 = 1000;
 
 /// Read a job: status, progress and result counts.
 ///
@@ -78,51 +74,34 @@ struct PageQuery {
     outcome: Option<String>,
 }
 
-fn page_query(query_string: &str) -> Result<PageQuery, ApiError> {
-    web::Query::<PageQuery>::from_query(query_string)
-        .map(web::Query::into_inner)
-        .map_err(|_| ApiError::InvalidRequest("The query string is malformed.".into()))
-}
-
 /// A job list's query string, parsed.
 pub struct JobListRequest {
-    pub limit: i64,
-    /// The last id of the previous page (jobs are listed newest first).
-    pub before: Option<Uuid>,
-    cursor: Option<String>,
+    /// Newest first: before the last id of the previous page.
+    pub paging: Paging<Uuid>,
 }
 
 impl JobListRequest {
     /// `limit` and `cursor`; other parameters are ignored.
     pub fn parse(query_string: &str) -> Result<Self, ApiError> {
-        let query = page_query(query_string)?;
+        let query: PageQuery = page::query(query_string)?;
         Ok(Self {
-            limit: page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?,
-            before: query.cursor.as_deref().map(cursor::decode).transpose()?,
-            cursor: query.cursor,
+            paging: Paging::parse(query.limit.as_deref(), query.cursor, cursor::decode)?,
         })
     }
 }
 
 /// A job results query string, parsed.
 pub struct ResultsRequest {
-    pub limit: i64,
-    /// The last item index of the previous page.
-    pub after: Option<i32>,
+    /// In item order: after the last item index of the previous page.
+    pub paging: Paging<i32>,
     pub outcome: Option<Outcome>,
-    cursor: Option<String>,
 }
 
 impl ResultsRequest {
     /// `limit`, `cursor` and `outcome`; other parameters are ignored.
     pub fn parse(query_string: &str) -> Result<Self, ApiError> {
-        let query = page_query(query_string)?;
-        let limit = page_limit(query.limit.as_deref(), PAGE_DEFAULT, PAGE_MAX)?;
-        let after = query
-            .cursor
-            .as_deref()
-            .map(decode_index_cursor)
-            .transpose()?;
+        let query: PageQuery = page::query(query_string)?;
+        let paging = Paging::parse(query.limit.as_deref(), query.cursor, decode_index_cursor)?;
         let outcome = query
             .outcome
             .as_deref()
@@ -134,12 +113,7 @@ impl ResultsRequest {
                 })
             })
             .transpose()?;
-        Ok(Self {
-            limit,
-            after,
-            outcome,
-            cursor: query.cursor,
-        })
+        Ok(Self { paging, outcome })
     }
 }
 
@@ -168,25 +142,16 @@ pub async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let env = auth.env;
-    let query = JobListRequest::parse(req.query_string())?;
-    let limit = query.limit;
-    let mut rows = store::list(&state.db, env, query.before, limit + 1).await?;
-    let next = page::cut(&mut rows, limit, |r| cursor::encode(r.id));
-    let jobs = render_all(&state, rows).await?;
-    let collection = format!(
-        "{}/oathJobs",
-        environment_url(state.settings.base_url(), env)
+    let paging = JobListRequest::parse(req.query_string())?.paging;
+    let mut rows = store::list(&state.db, env, paging.last, paging.fetch()).await?;
+    let links = paging.links(
+        &mut rows,
+        |r| cursor::encode(r.id),
+        &collection_url(state.settings.base_url(), env, "oathJobs"),
+        &[("limit", paging.limit.to_string())],
     );
-    Ok(HttpResponse::Ok().json(JobPage {
-        links: page::links(
-            &collection,
-            &[("limit", limit.to_string())],
-            query.cursor.as_deref(),
-            next,
-        ),
-        size: jobs.len(),
-        embedded: EmbeddedJobs { oath_jobs: jobs },
-    }))
+    let jobs = render_all(&state, rows).await?;
+    Ok(HttpResponse::Ok().json(JobPage::new(links, jobs)))
 }
 
 /// The job's per-item outcomes, in item order.
@@ -209,25 +174,21 @@ pub async fn results(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (env, id) = (auth.env, auth.ids.0);
-    let query = ResultsRequest::parse(req.query_string())?;
-    let (limit, after, outcome) = (query.limit, query.after, query.outcome);
+    let ResultsRequest { paging, outcome } = ResultsRequest::parse(req.query_string())?;
     if store::get(&state.db, env, id).await?.is_none() {
         return Err(ApiError::not_found());
     }
-    let mut rows = results::page(&state.db, env, id, after, outcome, limit + 1).await?;
-    let next = page::cut(&mut rows, limit, |r| index_cursor(r.idx));
-    let mut params = vec![("limit", limit.to_string())];
+    let mut rows = results::page(&state.db, env, id, paging.last, outcome, paging.fetch()).await?;
+    let mut params = vec![("limit", paging.limit.to_string())];
     if let Some(o) = outcome {
         params.push(("outcome", o.as_str().to_string()));
     }
-    let collection = format!(
-        "{}/oathJobs/{id}/results",
-        environment_url(state.settings.base_url(), env)
+    let links = paging.links(
+        &mut rows,
+        |r| index_cursor(r.idx),
+        &results_url(state.settings.base_url(), env, id),
+        &params,
     );
     let results: Vec<ResultView> = rows.into_iter().map(ResultView::from).collect();
-    Ok(HttpResponse::Ok().json(ResultPage {
-        links: page::links(&collection, &params, query.cursor.as_deref(), next),
-        size: results.len(),
-        embedded: EmbeddedResults { results },
-    }))
+    Ok(HttpResponse::Ok().json(ResultPage::new(links, results)))
 }

@@ -7,8 +7,7 @@ use uuid::Uuid;
 use crate::domain::job::{JobStatus, JobType, Outcome};
 use crate::error::ApiError;
 use crate::routes::tokens::{environment_url, timestamp};
-use crate::routes::PageLinks;
-use crate::routes::{cursor, IdRef, Link};
+use crate::routes::{collection_url, cursor, IdRef, Link};
 use crate::startup::AppState;
 use crate::store::jobs::Job;
 use crate::store::results::{self, Duplicate, JobResult as ItemResult};
@@ -110,6 +109,11 @@ pub(super) fn job_url(base: &str, env: Uuid, id: Uuid) -> String {
     format!("{base}/v1/environments/{env}/jobs/{id}")
 }
 
+/// The job's results: a collection whose pages link to each other.
+pub(super) fn results_url(base: &str, env: Uuid, id: Uuid) -> String {
+    collection_url(base, env, &format!("oathJobs/{id}/results"))
+}
+
 impl JobResource {
     pub(super) fn new(base: &str, row: Job, duplicates: Vec<Duplicate>) -> Self {
         let env = row.environment_id;
@@ -124,7 +128,7 @@ impl JobResource {
                     href: environment_url(base, env),
                 },
                 results: Link {
-                    href: format!("{}/oathJobs/{}/results", environment_url(base, env), row.id),
+                    href: results_url(base, env, row.id),
                 },
             },
             id: row.id,
@@ -146,8 +150,7 @@ impl JobResource {
                         masked_secret: d.masked_secret,
                     })
                     .collect(),
-                duplicates_count: (i64::from(counts.duplicates) > results::EMBEDDED_DUPLICATES)
-                    .then_some(counts.duplicates),
+                duplicates_count: duplicates_count(counts.duplicates),
                 revoked: (!is_create).then_some(counts.revoked),
                 not_found: counts.not_found,
                 skipped_paired: counts.skipped_paired,
@@ -158,6 +161,12 @@ impl JobResource {
             completed_at: row.completed_at.map(timestamp),
         }
     }
+}
+
+/// `duplicatesCount` of a job with `duplicates` in all: only when the embedded list, cut to its
+/// first [`results::EMBEDDED_DUPLICATES`], does not hold them all.
+fn duplicates_count(duplicates: i32) -> Option<i32> {
+    (i64::from(duplicates) > results::EMBEDDED_DUPLICATES).then_some(duplicates)
 }
 
 pub(super) async fn render(state: &AppState, job: Job) -> Result<JobResource, ApiError> {
@@ -197,30 +206,14 @@ pub(super) fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// A page of jobs, newest first; `_links.next` when more follow.
-#[derive(Serialize, ToSchema)]
-pub(super) struct JobPage {
-    #[serde(rename = "_links")]
-    pub(super) links: PageLinks,
-    #[serde(rename = "_embedded")]
-    pub(super) embedded: EmbeddedJobs,
-    pub(super) size: usize,
+crate::routes::page_type! {
+    /// A page of jobs, newest first; `_links.next` when more follow.
+    pub(super) JobPage { EmbeddedJobs "oathJobs": JobResource }
 }
 
-/// A page of a job's results, in item order; `_links.next` when more follow.
-#[derive(Serialize, ToSchema)]
-pub(super) struct ResultPage {
-    #[serde(rename = "_links")]
-    pub(super) links: PageLinks,
-    #[serde(rename = "_embedded")]
-    pub(super) embedded: EmbeddedResults,
-    pub(super) size: usize,
-}
-
-#[derive(Serialize, ToSchema)]
-pub(super) struct EmbeddedJobs {
-    #[serde(rename = "oathJobs")]
-    pub(super) oath_jobs: Vec<JobResource>,
+crate::routes::page_type! {
+    /// A page of a job's results, in item order; `_links.next` when more follow.
+    pub(super) ResultPage { EmbeddedResults "results": ResultView }
 }
 
 /// What happened to one item of a job.
@@ -267,11 +260,6 @@ impl From<ItemResult> for ResultView {
     }
 }
 
-#[derive(Serialize, ToSchema)]
-pub(super) struct EmbeddedResults {
-    pub(super) results: Vec<ResultView>,
-}
-
 /// Result cursors carry the last item index, in the same opaque form as id cursors.
 pub(super) fn index_cursor(idx: i32) -> String {
     cursor::encode(Uuid::from_u128(idx as u128))
@@ -280,4 +268,18 @@ pub(super) fn index_cursor(idx: i32) -> String {
 pub(super) fn decode_index_cursor(c: &str) -> Result<i32, ApiError> {
     i32::try_from(cursor::decode(c)?.as_u128())
         .map_err(|_| ApiError::InvalidRequest("The cursor is not valid.".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_count_only_when_the_list_is_cut() {
+        let embedded = results::EMBEDDED_DUPLICATES as i32;
+        assert_eq!(duplicates_count(0), None);
+        assert_eq!(duplicates_count(1), None);
+        assert_eq!(duplicates_count(embedded), None);
+        assert_eq!(duplicates_count(embedded + 1), Some(embedded + 1));
+    }
 }

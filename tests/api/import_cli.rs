@@ -2,10 +2,6 @@
 //! runners, on a test database): exit codes, stdout and stderr, the report, re-runs, and the
 //! progress bar on a real terminal (`script` gives the process a pseudo-terminal).
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,7 +12,7 @@ use oath_service::jobs::runner::RunnerPool;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use helpers::{spawn_app_with, TestApp};
+use crate::support::app::{create_job, numbered, spawn_app_with, TestApp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_oath-service");
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pskc");
@@ -46,6 +42,13 @@ struct Run {
     code: i32,
     stdout: String,
     stderr: String,
+}
+
+impl Run {
+    /// Whether `text` appears on stdout or stderr.
+    fn mentions(&self, text: &str) -> bool {
+        self.stdout.contains(text) || self.stderr.contains(text)
+    }
 }
 
 impl Service {
@@ -90,6 +93,51 @@ impl Service {
         .unwrap()
     }
 
+    /// `import FILE FLAG` with `secret` on stdin (`--password-stdin`, `--key-stdin`).
+    async fn import_with_stdin(&self, file: &Path, flag: &str, secret: &str) -> Run {
+        self.import(file, &[flag], Some(self.token()), &format!("{secret}\n"))
+            .await
+    }
+
+    /// Asserts that `run` succeeded with `n` rows, all created, and that the environment holds
+    /// `n` tokens.
+    async fn assert_created_all(&self, run: &Run, n: u64) {
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let (total, created, _, _, _) = summary(run);
+        assert_eq!((total, created), (n, n));
+        assert_eq!(self.tokens().await, n as i64);
+    }
+
+    /// `oath-service import FILE --url .. --env .. REST` run by script(1) under a
+    /// pseudo-terminal, after the shell commands `setup`, with this service's token in
+    /// `OATH_TOKEN` and the extra environment `env`.
+    async fn in_terminal(
+        &self,
+        setup: &str,
+        file: &Path,
+        rest: &str,
+        env: &[(&str, &str)],
+    ) -> std::process::Output {
+        let inner = format!(
+            "{setup}exec {BIN} import {} --url {} --env {} {rest}",
+            file.display(),
+            self.app.address,
+            self.app.env
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &inner, "/dev/null"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
+            .env("OATH_TOKEN", self.token())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        tokio::task::spawn_blocking(move || cmd.output().expect("script(1) runs"))
+            .await
+            .unwrap()
+    }
+
     async fn tokens(&self) -> i64 {
         self.app
             .count(&format!(
@@ -107,6 +155,11 @@ impl Service {
             ))
             .await
     }
+}
+
+/// A PSKC file of tests/fixtures/pskc.
+fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
 }
 
 /// A fresh folder for one test's files.
@@ -159,7 +212,7 @@ fn summary(run: &Run) -> (u64, u64, u64, u64, String) {
 #[sqlx::test]
 async fn a_pskc_file_is_imported_and_a_rerun_imports_nothing_twice(pool: PgPool) {
     let svc = service(pool).await;
-    let file = Path::new(FIXTURES).join("rfc6030-figure3.pskcxml");
+    let file = fixture("rfc6030-figure3.pskcxml");
 
     let first = svc.import(&file, &[], Some(svc.token()), "").await;
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
@@ -273,7 +326,7 @@ async fn a_csv_with_invalid_rows_exits_2_and_reports_them(pool: PgPool) {
 #[sqlx::test]
 async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     let svc = service(pool).await;
-    let file = Path::new(FIXTURES).join("vendor-plain.pskcxml");
+    let file = fixture("vendor-plain.pskcxml");
     let one_line_error = |run: &Run, needle: &str| {
         assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
         assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
@@ -320,12 +373,12 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
         &svc.import(&file, &[], None, "").await,
         "OATH_TOKEN is not set",
     );
-    let missing = Path::new(FIXTURES).join("no-such-file.pskcxml");
+    let missing = fixture("no-such-file.pskcxml");
     one_line_error(
         &svc.import(&missing, &[], Some(svc.token()), "").await,
         "cannot read",
     );
-    let txt = Path::new(FIXTURES).join("README.md");
+    let txt = fixture("README.md");
     one_line_error(
         &svc.import(&txt, &[], Some(svc.token()), "").await,
         "cannot tell the type",
@@ -387,21 +440,13 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
 #[sqlx::test]
 async fn a_password_from_stdin_unlocks_a_pbkdf2_file(pool: PgPool) {
     let svc = service(pool).await;
-    let file = Path::new(FIXTURES).join("vendor-pbkdf2.pskcxml");
+    let file = fixture("vendor-pbkdf2.pskcxml");
     let password = "correct horse battery staple";
     let run = svc
-        .import(
-            &file,
-            &["--password-stdin"],
-            Some(svc.token()),
-            &format!("{password}\n"),
-        )
+        .import_with_stdin(&file, "--password-stdin", password)
         .await;
-    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    let (total, created, _, _, _) = summary(&run);
-    assert_eq!((total, created), (3, 3));
-    assert_eq!(svc.tokens().await, 3);
-    assert!(!run.stderr.contains(password) && !run.stdout.contains(password));
+    svc.assert_created_all(&run, 3).await;
+    assert!(!run.mentions(password));
 }
 
 /// A caller's own transport key from stdin (`X-PSKC-Key`): the RFC 6030 figure 6 file imports;
@@ -410,34 +455,17 @@ async fn a_password_from_stdin_unlocks_a_pbkdf2_file(pool: PgPool) {
 #[sqlx::test]
 async fn a_transport_key_from_stdin_decrypts_a_pskc_file(pool: PgPool) {
     let svc = service(pool).await;
-    let file = Path::new(FIXTURES).join("rfc6030-figure6.pskcxml");
+    let file = fixture("rfc6030-figure6.pskcxml");
     let key = "12345678901234567890123456789012";
-    let run = svc
-        .import(
-            &file,
-            &["--key-stdin"],
-            Some(svc.token()),
-            &format!("{key}\n"),
-        )
-        .await;
-    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    let (total, created, _, _, _) = summary(&run);
-    assert_eq!((total, created), (1, 1));
-    assert_eq!(svc.tokens().await, 1);
-    assert!(!run.stderr.contains(key) && !run.stdout.contains(key));
+    let run = svc.import_with_stdin(&file, "--key-stdin", key).await;
+    svc.assert_created_all(&run, 1).await;
+    assert!(!run.mentions(key));
 
     let wrong = "00112233445566778899aabbccddeeff";
-    let run = svc
-        .import(
-            &file,
-            &["--key-stdin"],
-            Some(svc.token()),
-            &format!("{wrong}\n"),
-        )
-        .await;
+    let run = svc.import_with_stdin(&file, "--key-stdin", wrong).await;
     assert_ne!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert_eq!(svc.tokens().await, 1);
-    assert!(!run.stderr.contains(wrong) && !run.stdout.contains(wrong));
+    assert!(!run.mentions(wrong));
 }
 
 /// Under a pseudo-terminal stderr shows the bar (rows of total, rate, ETA); stdout, redirected to
@@ -448,25 +476,15 @@ async fn progress_is_a_bar_on_a_terminal(pool: PgPool) {
     let dir = scratch();
     let file = csv_file(&dir, "bar.csv", &valid_rows("BAR", 2000));
     let out = dir.join("stdout.txt");
-    let inner = format!(
-        "stty cols 120 rows 30; exec {BIN} import {} --url {} --env {} > {}",
-        file.display(),
-        svc.app.address,
-        svc.app.env,
-        out.display()
-    );
-    let mut cmd = Command::new("script");
-    cmd.args(["-qec", &inner, "/dev/null"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TERM", "xterm-256color")
-        .env("OATH_TOKEN", svc.token())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let output = tokio::task::spawn_blocking(move || cmd.output().expect("script(1) runs"))
-        .await
-        .unwrap();
+    let redirect = format!("> {}", out.display());
+    let output = svc
+        .in_terminal(
+            "stty cols 120 rows 30; ",
+            &file,
+            &redirect,
+            &[("TERM", "xterm-256color")],
+        )
+        .await;
     let screen = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -497,10 +515,7 @@ async fn a_json_job_with_no_wait_prints_the_accepted_job(pool: PgPool) {
     let svc = service(pool).await;
     let dir = scratch();
     let file = dir.join("job.json");
-    let tokens: Vec<Value> = (0..3)
-        .map(|i| serde_json::json!({"serialNumber": format!("J{i}"), "secret": RFC_SECRET, "type": "HOTP", "otpLength": 6}))
-        .collect();
-    let body = serde_json::json!({"type": "CREATE_OATH_TOKENS", "tokens": tokens});
+    let body = create_job(numbered("J", 0..3));
     std::fs::write(&file, body.to_string()).unwrap();
     let run = svc
         .import(&file, &["--no-wait", "--json"], Some(svc.token()), "")
@@ -518,24 +533,8 @@ async fn a_json_job_with_no_wait_prints_the_accepted_job(pool: PgPool) {
 #[sqlx::test]
 async fn a_password_is_not_read_from_a_terminal(pool: PgPool) {
     let svc = service(pool).await;
-    let file = Path::new(FIXTURES).join("vendor-pbkdf2.pskcxml");
-    let inner = format!(
-        "exec {BIN} import {} --url {} --env {} --password-stdin",
-        file.display(),
-        svc.app.address,
-        svc.app.env
-    );
-    let mut cmd = Command::new("script");
-    cmd.args(["-qec", &inner, "/dev/null"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("OATH_TOKEN", svc.token())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let output = tokio::task::spawn_blocking(move || cmd.output().expect("script(1) runs"))
-        .await
-        .unwrap();
+    let file = fixture("vendor-pbkdf2.pskcxml");
+    let output = svc.in_terminal("", &file, "--password-stdin", &[]).await;
     let screen = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{screen}");
     assert!(
@@ -588,7 +587,7 @@ async fn a_dropped_answer_is_retried_without_importing_twice(pool: PgPool) {
         .parse()
         .unwrap();
     let proxy = dropping_proxy(upstream);
-    let file = Path::new(FIXTURES).join("rfc6030-figure3.pskcxml");
+    let file = fixture("rfc6030-figure3.pskcxml");
     let mut cmd = Command::new(BIN);
     cmd.arg("import")
         .arg(&file)

@@ -8,22 +8,16 @@
 //! Needs the PostgreSQL server binaries (as tests/postgres_outage.rs finds them) and fails
 //! without them. Takes a few seconds.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[allow(dead_code)]
-mod support;
-
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use helpers::{test_settings, HS256_SECRET, KEY_A};
-use support::cluster::{require_server_binaries, Cluster};
-use support::service::{command, Service};
-use support::tls::{scratch_dir, Ca};
+use crate::support::app::HS256_SECRET;
+use crate::support::cluster::{require_server_binaries, Cluster};
+use crate::support::service::{assert_start_up_refused, command, service_env, Service};
+use crate::support::tls::{scratch_dir, Ca};
 
 /// In every URL, to show that it never reaches an error message (trust auth ignores it).
 const PASSWORD: &str = "pw-7c1e9b";
@@ -145,8 +139,9 @@ async fn database_url_sslmode_and_sslrootcert_are_honoured() {
         .unwrap();
 
     // The service binary, configured as an operator would, refuses the wrong CA...
-    let service_env = |query: &str| {
-        vec![
+    let env_for = |query: &str| {
+        let mut env = service_env();
+        env.extend([
             (
                 "OATH__DATABASE__URL",
                 url(
@@ -157,16 +152,13 @@ async fn database_url_sslmode_and_sslrootcert_are_honoured() {
                 ),
             ),
             ("OATH__SERVER__WORKERS", "1".to_string()),
-            ("OATH__AUTH__ISSUER", test_settings().auth.issuer),
-            ("OATH__AUTH__HS256_SECRET", HS256_SECRET.into()),
-            ("OATH__CRYPTO__ACTIVE_KEY_ID", "a".into()),
-            ("OATH__CRYPTO__KEYS__A", KEY_A.into()),
             ("OATH__JOBS__RUNNERS", "0".into()),
             ("OATH__LOG__LEVEL", "warn".into()),
             ("OATH__LOG__FORMAT", "pretty".into()),
-        ]
+        ]);
+        env
     };
-    let out = command(&service_env(&format!(
+    let out = command(&env_for(&format!(
         "sslmode=verify-full&sslrootcert={other_file}"
     )))
     .arg("migrate")
@@ -180,7 +172,7 @@ async fn database_url_sslmode_and_sslrootcert_are_honoured() {
     // ...and serves over verify-full with the right one: every connection it holds is TLS.
     let mut service = Service::start(
         &["serve"],
-        &service_env(&format!("sslmode=verify-full&sslrootcert={ca_file}")),
+        &env_for(&format!("sslmode=verify-full&sslrootcert={ca_file}")),
         dir.join("service.log"),
     );
     service.wait_ready(Duration::from_secs(30)).await;
@@ -222,9 +214,7 @@ fn unusable_tls_settings_stop_start_up_naming_the_key() {
         .arg("migrate")
         .output()
         .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{query}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{query}: {stderr}");
+        let stderr = assert_start_up_refused(&out, query);
         assert!(stderr.contains("database.url"), "{query}: {stderr}");
         assert!(stderr.contains(why), "{query}: {stderr}");
         assert!(!stderr.contains(PASSWORD), "{query}: {stderr}");

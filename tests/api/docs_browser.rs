@@ -3,17 +3,13 @@
 //! and the rendered page lists every operation of `/openapi.json`. Without a browser this test
 //! fails: scripts/check installs one.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
 
-use helpers::spawn_app;
+use crate::support::app::spawn_app;
 
 /// Longest wait for the browser; it usually takes a few seconds.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
@@ -78,7 +74,7 @@ async fn the_api_reference_renders_every_operation_in_a_browser(pool: PgPool) {
     let app = spawn_app(pool).await;
 
     // No authentication; a policy that lets the page load from this origin only.
-    let page = app.client.get(app.url("/docs")).send().await.unwrap();
+    let page = app.get_anonymous("/docs").await;
     assert_eq!(page.status(), 200);
     let header = |name: &str| {
         page.headers()
@@ -94,24 +90,13 @@ async fn the_api_reference_renders_every_operation_in_a_browser(pool: PgPool) {
     );
     assert!(!csp.contains("http"), "{csp}");
     let script = app
-        .client
-        .get(app.url("/docs/redoc.standalone.js"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(script.status(), 200);
-    assert!(script.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/javascript"));
+        .get_anonymous_ok("/docs/redoc.standalone.js", "text/javascript")
+        .await;
     assert!(script.bytes().await.unwrap().len() > 500_000);
 
     let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
+        .get_anonymous("/openapi.json")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -1,12 +1,8 @@
 //! Many environments on one deployment: runners serve environments in turn chunk by chunk, and
 //! finished jobs are purged after their retention. Runners are driven step by step in-process.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oath_service::auth::Scope;
 use oath_service::domain::job::JobType;
@@ -19,76 +15,18 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use helpers::{parts, spawn_app_with, TestApp};
-
-fn create_job(prefix: &str, n: usize) -> Value {
-    let tokens: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({"serialNumber": format!("{prefix}{i}"),
-                   "secret": "3132333435363738393031323334353637383930",
-                   "type": "HOTP", "otpLength": 6})
-        })
-        .collect();
-    json!({"type": "CREATE_OATH_TOKENS", "tokens": tokens})
-}
-
-async fn post_job(app: &TestApp, env: Uuid, body: &Value) -> (u16, Value) {
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/environments/{env}/oathJobs")))
-        .bearer_auth(app.token_for(env, &Scope::ALL))
-        .header("content-type", JobType::CREATE_MEDIA_TYPE)
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request sent");
-    parts(res).await
-}
-
-async fn submit(app: &TestApp, env: Uuid, body: &Value) -> Uuid {
-    let (status, job) = post_job(app, env, body).await;
-    assert_eq!(status, 202, "{job}");
-    Uuid::parse_str(job["id"].as_str().unwrap()).unwrap()
-}
-
-async fn get(app: &TestApp, env: Uuid, path: &str) -> (u16, Value) {
-    let res = app
-        .client
-        .request(
-            Method::GET,
-            app.url(&format!("/v1/environments/{env}/{path}")),
-        )
-        .bearer_auth(app.token_for(env, &Scope::ALL))
-        .send()
-        .await
-        .expect("request sent");
-    parts(res).await
-}
-
-async fn scalar(pool: &PgPool, sql: &str, env: Uuid) -> i64 {
-    sqlx::query_scalar(sql)
-        .bind(env)
-        .fetch_one(pool)
-        .await
-        .expect(sql)
-}
+use crate::support::app::{
+    call, create_job, environment_path, metric_value, numbered, send, spawn_app_with, wait_until,
+    TestApp,
+};
 
 /// Input chunks not yet processed, of one environment's jobs.
-async fn chunks_left(pool: &PgPool, env: Uuid) -> i64 {
-    scalar(
-        pool,
-        "select count(*) from oath_job_chunks where environment_id = $1",
+async fn chunks_left(app: &TestApp, env: Uuid) -> i64 {
+    app.count_in(
         env,
+        "select count(*) from oath_job_chunks where environment_id = $1",
     )
     .await
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[sqlx::test]
@@ -106,10 +44,10 @@ async fn a_small_job_of_another_environment_overtakes_a_big_backlog(pool: PgPool
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     // Submitted two at a time, as the app has two workers.
     let bodies: Vec<Value> = (0..3)
-        .map(|n| create_job(&format!("A{n}x"), 60_000))
+        .map(|n| create_job(numbered(&format!("A{n}x"), 0..60_000)))
         .collect();
-    tokio::join!(submit(&app, a, &bodies[0]), submit(&app, a, &bodies[1]));
-    submit(&app, a, &bodies[2]).await;
+    tokio::join!(app.submit_in(a, &bodies[0]), app.submit_in(a, &bodies[1]));
+    app.submit_in(a, &bodies[2]).await;
     // Both runners busy with A's jobs.
     let (mut r1, mut r2) = (app.runner("r1"), app.runner("r2"));
     for _ in 0..2 {
@@ -117,7 +55,7 @@ async fn a_small_job_of_another_environment_overtakes_a_big_backlog(pool: PgPool
         assert!(matches!(r2.step().await.unwrap(), Step::Progress { .. }));
     }
 
-    let mut body = create_job("B", 10);
+    let mut body = create_job(numbered("B", 0..10));
     body["async"] = json!(false);
     let waiting = {
         let app_b = TestApp {
@@ -127,25 +65,24 @@ async fn a_small_job_of_another_environment_overtakes_a_big_backlog(pool: PgPool
             settings: app.settings.clone(),
             client: app.client.clone(),
         };
-        tokio::spawn(async move { post_job(&app_b, b, &body).await })
+        tokio::spawn(async move { app_b.post_job_in(b, &body).await })
     };
-    let pool = &app.pool;
     let b_jobs = "select count(*) from oath_jobs where environment_id = $1";
     wait_until(
         "B's job to be stored",
         Duration::from_secs(60),
-        async || scalar(pool, b_jobs, b).await == 1,
+        async || app.count_in(b, b_jobs).await == 1,
     )
     .await;
-    let before = chunks_left(pool, a).await;
+    let before = chunks_left(&app, a).await;
 
     // The runners go on, a step each per round, until B's job is done (or B's request gave up).
     let b_done = "select count(*) from oath_jobs where environment_id = $1 and status = 'DONE'";
-    while scalar(pool, b_done, b).await == 0 && !waiting.is_finished() {
+    while app.count_in(b, b_done).await == 0 && !waiting.is_finished() {
         let (s1, s2) = (r1.step().await.unwrap(), r2.step().await.unwrap());
         assert!(s1 != Step::Idle || s2 != Step::Idle, "work remains");
     }
-    let after = chunks_left(pool, a).await;
+    let after = chunks_left(&app, a).await;
     let (status, done) = waiting.await.unwrap();
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["status"], "DONE");
@@ -158,10 +95,9 @@ async fn a_small_job_of_another_environment_overtakes_a_big_backlog(pool: PgPool
     );
     assert!(after > 0, "A still has work queued");
     assert_eq!(
-        scalar(
-            pool,
-            "select count(*) from oath_jobs where environment_id = $1 and status = 'DONE'",
-            a
+        app.count_in(
+            a,
+            "select count(*) from oath_jobs where environment_id = $1 and status = 'DONE'"
         )
         .await,
         0
@@ -177,8 +113,8 @@ async fn one_runner_alternates_environments_and_yielding_is_no_failure(pool: PgP
     })
     .await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    let job_a = submit(&app, a, &create_job("A", 50)).await;
-    let job_b = submit(&app, b, &create_job("B", 30)).await;
+    let job_a = app.submit_in(a, &create_job(numbered("A", 0..50))).await;
+    let job_b = app.submit_in(b, &create_job(numbered("B", 0..30))).await;
     let mut runner = app.runner("r1");
     let served: Vec<Uuid> = app
         .drain(&mut runner)
@@ -196,7 +132,7 @@ async fn one_runner_alternates_environments_and_yielding_is_no_failure(pool: PgP
     let (ja, jb) = (job_a, job_b);
     assert_eq!(served, [ja, jb, ja, jb, ja, jb, ja, ja]);
     for (env, job, created) in [(a, job_a, 30 + 20), (b, job_b, 30)] {
-        let (status, body) = get(&app, env, &format!("oathJobs/{job}")).await;
+        let (status, body) = app.get_in(env, &format!("/oathJobs/{job}")).await;
         assert_eq!(status, 200);
         assert_eq!(body["status"], "DONE", "{body}");
         assert_eq!(body["result"], json!({"created": created}));
@@ -209,37 +145,18 @@ async fn one_runner_alternates_environments_and_yielding_is_no_failure(pool: PgP
 }
 
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in {text}"))
+    metric_value(&app.metrics().await, name)
 }
 
 #[sqlx::test]
 async fn finished_jobs_are_purged_after_their_retention(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 10).await;
     let env = app.env;
-    let done = submit(&app, env, &create_job("R", 25)).await;
-    app.drain(&mut app.runner("r1")).await;
-    let pending = submit(&app, env, &create_job("P", 5)).await;
-    let results_of = |job: Uuid| {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("select count(*) from job_results where job_id = $1")
-                .bind(job)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
+    let done = app.submit_in(env, &create_job(numbered("R", 0..25))).await;
+    app.run_jobs().await;
+    let pending = app.submit_in(env, &create_job(numbered("P", 0..5))).await;
+    let results_of =
+        |job: Uuid| app.count_in(job, "select count(*) from job_results where job_id = $1");
     assert_eq!(results_of(done).await, 25);
 
     // Within its retention: kept.
@@ -250,7 +167,7 @@ async fn finished_jobs_are_purged_after_their_retention(pool: PgPool) {
             .unwrap(),
         0
     );
-    assert_eq!(get(&app, env, &format!("oathJobs/{done}")).await.0, 200);
+    assert_eq!(app.get_in(env, &format!("/oathJobs/{done}")).await.0, 200);
 
     let retention = Duration::from_secs(1);
     wait_until(
@@ -286,22 +203,14 @@ async fn finished_jobs_are_purged_after_their_retention(pool: PgPool) {
     assert_eq!(purge_once(pool, retention, 10).await.unwrap(), 1);
     let purged_after = metric(&app, "oath_jobs_purged_total").await;
     assert_eq!(results_of(done).await, 0);
-    let (status, body) = get(&app, env, &format!("oathJobs/{done}")).await;
+    let (status, body) = app.get_in(env, &format!("/oathJobs/{done}")).await;
     assert_eq!(status, 404, "{body}");
-    let (status, body) = get(&app, env, &format!("oathJobs/{done}/results")).await;
+    let (status, body) = app.get_in(env, &format!("/oathJobs/{done}/results")).await;
     assert_eq!(status, 404, "{body}");
     // Unfinished jobs and the tokens created stay.
-    let (status, body) = get(&app, env, &format!("oathJobs/{pending}")).await;
+    let (status, body) = app.get_in(env, &format!("/oathJobs/{pending}")).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("PENDING")));
-    assert_eq!(
-        scalar(
-            pool,
-            "select count(*) from oath_tokens where environment_id = $1",
-            env
-        )
-        .await,
-        25
-    );
+    assert_eq!(app.tokens_in(env).await, 25);
 
     // The purge is counted; the backlog gauges read the database, without environment labels.
     assert!(
@@ -311,7 +220,7 @@ async fn finished_jobs_are_purged_after_their_retention(pool: PgPool) {
     METRICS.refresh_backlog(pool).await.unwrap();
     assert_eq!(metric(&app, "oath_jobs_unfinished").await, 1.0);
     assert!(metric(&app, "oath_job_oldest_pending_age_seconds").await >= 0.0);
-    app.drain(&mut app.runner("r1")).await;
+    app.run_jobs().await;
     METRICS.refresh_backlog(pool).await.unwrap();
     assert_eq!(metric(&app, "oath_jobs_unfinished").await, 0.0);
     assert_eq!(
@@ -328,13 +237,15 @@ async fn the_runner_pool_purges_on_its_interval(pool: PgPool) {
     })
     .await;
     let runners = RunnerPool::start(app.pool.clone(), Arc::new(app.settings.clone()));
-    let job = submit(&app, app.env, &create_job("W", 3)).await;
-    let path = format!("oathJobs/{job}");
+    let job = app
+        .submit_in(app.env, &create_job(numbered("W", 0..3)))
+        .await;
+    let path = format!("/oathJobs/{job}");
     wait_until(
         "the job to be purged",
         Duration::from_secs(120),
         async || {
-            let (status, body) = get(&app, app.env, &path).await;
+            let (status, body) = app.get_in(app.env, &path).await;
             assert!(
                 status == 404 || (status == 200 && body["status"] != "FAILED"),
                 "{status} {body}"
@@ -344,20 +255,11 @@ async fn the_runner_pool_purges_on_its_interval(pool: PgPool) {
     )
     .await;
     runners.stop().await;
+    assert_eq!(app.tokens_in(app.env).await, 3);
     assert_eq!(
-        scalar(
-            &app.pool,
-            "select count(*) from oath_tokens where environment_id = $1",
-            app.env
-        )
-        .await,
-        3
-    );
-    assert_eq!(
-        scalar(
-            &app.pool,
-            "select count(*) from job_results where environment_id = $1",
-            app.env
+        app.count_in(
+            app.env,
+            "select count(*) from job_results where environment_id = $1"
         )
         .await,
         0
@@ -371,9 +273,11 @@ async fn the_runner_pool_purges_on_its_interval(pool: PgPool) {
 async fn unfinished_jobs_per_environment_are_limited_under_concurrency(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.jobs.max_unfinished_per_environment = 3).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    let bodies: Vec<Value> = (0..10).map(|i| create_job(&format!("L{i}x"), 2)).collect();
+    let bodies: Vec<Value> = (0..10)
+        .map(|i| create_job(numbered(&format!("L{i}x"), 0..2)))
+        .collect();
     let answers =
-        futures_util::future::join_all(bodies.iter().map(|body| post_job(&app, a, body))).await;
+        futures_util::future::join_all(bodies.iter().map(|body| app.post_job_in(a, body))).await;
     let accepted = answers.iter().filter(|(status, _)| *status == 202).count();
     let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
     assert_eq!(accepted, 3, "{statuses:?}");
@@ -381,15 +285,12 @@ async fn unfinished_jobs_per_environment_are_limited_under_concurrency(pool: PgP
         assert_eq!(*status, 429, "{body}");
         assert_eq!(body["code"], "REQUEST_LIMITED");
     }
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/environments/{a}/oathJobs")))
-        .bearer_auth(app.token_for(a, &Scope::ALL))
-        .header("content-type", JobType::CREATE_MEDIA_TYPE)
-        .body(create_job("M", 1).to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = send(
+        app.request_in(a, Method::POST, &environment_path(a, "/oathJobs"))
+            .header("content-type", JobType::CREATE_MEDIA_TYPE)
+            .body(create_job(numbered("M", 0..1)).to_string()),
+    )
+    .await;
     assert_eq!(res.status(), 429);
     let retry_after: u64 = res.headers()["retry-after"]
         .to_str()
@@ -398,24 +299,20 @@ async fn unfinished_jobs_per_environment_are_limited_under_concurrency(pool: PgP
         .unwrap();
     assert!(retry_after >= 1);
     let count = |env: Uuid| {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("select count(*) from oath_jobs where environment_id = $1")
-                .bind(env)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
+        app.count_in(
+            env,
+            "select count(*) from oath_jobs where environment_id = $1",
+        )
     };
     assert_eq!(count(a).await, 3);
 
     // Another environment is not held back by a's limit.
-    submit(&app, b, &create_job("B", 1)).await;
+    app.submit_in(b, &create_job(numbered("B", 0..1))).await;
 
     // Finished jobs no longer count.
     let mut runner = app.runner("r1");
     while runner.step().await.unwrap() != Step::Idle {}
-    submit(&app, a, &create_job("N", 1)).await;
+    app.submit_in(a, &create_job(numbered("N", 0..1))).await;
     assert_eq!(count(a).await, 4);
 }
 
@@ -425,21 +322,15 @@ async fn unfinished_jobs_per_environment_are_limited_under_concurrency(pool: PgP
 async fn the_environment_shows_its_usage_against_its_limits(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.limits.tokens_per_environment = 50).await;
     let env = Uuid::new_v4();
-    submit(&app, env, &create_job("E", 3)).await;
+    app.submit_in(env, &create_job(numbered("E", 0..3))).await;
     let mut runner = app.runner("r1");
     while runner.step().await.unwrap() != Step::Idle {}
-    submit(&app, env, &create_job("F", 1)).await;
+    app.submit_in(env, &create_job(numbered("F", 0..1))).await;
     let read = |scopes: Vec<Scope>, as_env: Uuid| {
         let app = &app;
         async move {
-            let res = app
-                .client
-                .get(app.url(&format!("/v1/environments/{env}")))
-                .bearer_auth(app.token_for(as_env, &scopes))
-                .send()
-                .await
-                .unwrap();
-            parts(res).await
+            let bearer = app.token_for(as_env, &scopes);
+            call(app.request_as(&bearer, Method::GET, &environment_path(env, ""))).await
         }
     };
     for scope in [Scope::TokensRead, Scope::JobsRead] {

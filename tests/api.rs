@@ -1,0 +1,34 @@
+//! Tests of the service as its clients and operators meet it. Most get a fresh database
+//! (`#[sqlx::test]`) and a real server on a free port, and talk to it over HTTP; others run the
+//! binary itself (`processes`, `import_cli`, `operations`), against a private PostgreSQL cluster
+//! (`postgres_tls`) or in a browser (`docs_browser`). One binary, so that it is linked once; the
+//! tests that install the process-wide log subscriber (tests/logs.rs, tests/audit.rs) and the
+//! outage under load (tests/postgres_outage.rs) are binaries of their own.
+
+mod support;
+
+mod api {
+    mod auth;
+    mod corpus;
+    mod docs_browser;
+    mod errors;
+    mod idempotency;
+    mod import_cli;
+    mod imports;
+    mod jobs;
+    mod jwks_https;
+    mod limits;
+    mod metrics;
+    mod openapi;
+    mod operations;
+    mod otp;
+    mod outage;
+    mod postgres_tls;
+    mod processes;
+    mod secrets;
+    mod security;
+    mod tenancy;
+    mod tokens;
+    mod typed_rows;
+    mod validation;
+}
