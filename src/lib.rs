@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub(crate) mod generations;
 pub mod healthcheck;
 pub mod import;
 pub mod jobs;
