@@ -212,7 +212,7 @@ pub struct Authenticator {
 /// A token that passed the full verification.
 struct Verified {
     principal: Principal,
-    /// Its `exp` as `jsonwebtoken` read it.
+    /// Its `exp` in whole seconds (see [`numeric_date`]).
     exp: Option<u64>,
     /// The JWKS URL's key set took part in choosing its key.
     remote: bool,
