@@ -6,6 +6,11 @@ release binary; prints the table and writes it to bench/REPORT.md with the machi
 The table's lines are the entries of MEASUREMENTS, in order: each is a function that measures and
 returns its lines (a job's lines, a wrk-vs-pgbench pair's line). Add a line by adding a function.
 
+Requests authenticate as in production: RS256 access tokens, signed here with the test key of
+tests/fixtures/jwt (`openssl dgst -sha256 -sign`, kid rsa-1) and verified by the service against
+that directory's JWKS file (auth.jwks_path). One line, `get_hs256`, uses the development HS256
+token of `oath-service dev-token` for comparison.
+
 Environment (set by bench/run; all optional but DATABASE_URL and OATH_BIN):
   DATABASE_URL       server to use; a database `oath_bench_<pid>` of its own is made and dropped
   OATH_BIN           release binary
@@ -20,7 +25,10 @@ Environment (set by bench/run; all optional but DATABASE_URL and OATH_BIN):
   BENCH_FAIR_TOKENS  ...of this many tokens each (default 60000)
   BENCH_FAIR_REPS    environment B's small jobs timed alone, then behind the backlog (at most;
                      default 5)
-  BENCH_ONLY         comma-separated measurement names to run (default: all)
+  BENCH_TOKEN_CACHE  the service's auth.token_cache_size (default: the service's, 10000; 0: off,
+                     every request verifies its token's signature)
+  BENCH_ONLY         comma-separated measurement names to run (default: all): jobs, get,
+                     get_hs256, create, validate, fairness
 """
 
 import json
@@ -37,7 +45,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from base64 import b64encode
+from base64 import b64encode, urlsafe_b64decode, urlsafe_b64encode
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +61,7 @@ FAIR_JOBS = int(os.environ.get("BENCH_FAIR_JOBS", "3"))
 FAIR_TOKENS = int(os.environ.get("BENCH_FAIR_TOKENS", "60000"))
 FAIR_REPS = int(os.environ.get("BENCH_FAIR_REPS", "5"))
 ONLY = [m for m in os.environ.get("BENCH_ONLY", "").split(",") if m]
+TOKEN_CACHE = os.environ.get("BENCH_TOKEN_CACHE")
 SERVER_URL = os.environ["DATABASE_URL"].split("?")[0].rsplit("/", 1)[0]
 DB_NAME = f"oath_bench_{os.getpid()}"
 DB_URL = f"{SERVER_URL}/{DB_NAME}"
@@ -62,6 +71,13 @@ REVOKE_TYPE = "application/vnd.pingidentity.job.oathtokens.revoke+json"
 CSV_TYPE = "text/csv"
 CSV_HEADER = "serialNumber,secret,type,otpLength,hashAlgorithm,counter,timeStep"
 SECRET = "3132333435363738393031323334353637383930"
+# The RS256 key pair the service trusts: a JWKS file and the private key of one of its keys.
+JWKS_FILE = os.path.join(ROOT, "tests", "fixtures", "jwt", "jwks.json")
+RSA_KEY_FILE = os.path.join(ROOT, "tests", "fixtures", "jwt", "rsa-private.txt")
+RSA_KID = "rsa-1"
+ISSUER = "https://idp.bench.test"
+AUDIENCE = "oath-service"
+SCOPES = "oath:tokens:read oath:tokens:write oath:jobs:read oath:jobs:write oath:otp:validate"
 
 
 def say(*args):
@@ -86,6 +102,36 @@ def psql_timed(url, statement):
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def b64url(data):
+    return urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def check_rsa_key():
+    """Fails unless RSA_KEY_FILE is the private half of JWKS_FILE's RS256 key RSA_KID."""
+    keys = [k for k in json.load(open(JWKS_FILE))["keys"] if k.get("kid") == RSA_KID]
+    if len(keys) != 1 or keys[0].get("kty") != "RSA" or keys[0].get("alg", "RS256") != "RS256":
+        sys.exit(f"bench: {JWKS_FILE} has no single RS256 key {RSA_KID!r}")
+    n = keys[0]["n"]
+    modulus = urlsafe_b64decode(n + "=" * (-len(n) % 4)).hex().upper().lstrip("0")
+    out = subprocess.run(["openssl", "rsa", "-noout", "-modulus", "-in", RSA_KEY_FILE],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    if out.split("=", 1)[1].lstrip("0") != modulus:
+        sys.exit(f"bench: {RSA_KEY_FILE} is not the private key of {RSA_KID!r} in {JWKS_FILE}")
+
+
+def rs256_token(env, ttl=7200):
+    """An access token as an identity provider issues it: RS256, kid RSA_KID, every scope."""
+    now = int(time.time())
+    header = {"alg": "RS256", "typ": "JWT", "kid": RSA_KID}
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bench", "env": env, "scope": SCOPES,
+              "iat": now, "exp": now + ttl}
+    signing_input = ".".join(b64url(json.dumps(part, separators=(",", ":")).encode())
+                             for part in (header, claims))
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", RSA_KEY_FILE],
+                               input=signing_input.encode(), check=True, capture_output=True).stdout
+    return f"{signing_input}.{b64url(signature)}"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,6 +150,11 @@ class Service:
                         OATH__SERVER__ADDR=f"127.0.0.1:{self.port}",
                         OATH__SERVER__PUBLIC_BASE_URL=self.base,
                         OATH__DATABASE__MAX_CONNECTIONS=str(CONNECTIONS),
+                        # Production's verification: RS256 against a JWKS file. The HS256
+                        # secret serves the get_hs256 line only.
+                        OATH__AUTH__JWKS_PATH=JWKS_FILE,
+                        OATH__AUTH__ISSUER=ISSUER,
+                        OATH__AUTH__AUDIENCE=AUDIENCE,
                         OATH__AUTH__HS256_SECRET=b64encode(secrets.token_bytes(48)).decode(),
                         OATH__CRYPTO__ACTIVE_KEY_ID="bench",
                         OATH__CRYPTO__KEYS__BENCH=b64encode(secrets.token_bytes(32)).decode(),
@@ -113,6 +164,8 @@ class Service:
                         # Checked on every validate, as in production, but never reached.
                         OATH__LIMITS__OTP_PER_TOKEN_PER_MINUTE="1000000",
                         OATH__LOG__LEVEL="warn")
+        if TOKEN_CACHE is not None:
+            self.env["OATH__AUTH__TOKEN_CACHE_SIZE"] = TOKEN_CACHE
         self.env.pop("RUST_LOG", None)
         subprocess.run([BIN, "migrate"], env=self.env, check=True, capture_output=True)
         self.proc = subprocess.Popen([BIN, "serve", "--no-migrate"], env=self.env,
@@ -128,6 +181,11 @@ class Service:
                 time.sleep(0.1)
 
     def token(self, env):
+        """An RS256 token for `env`, as production's clients present."""
+        return rs256_token(env)
+
+    def dev_token(self, env):
+        """The development HS256 token of `oath-service dev-token`."""
         return subprocess.run([BIN, "dev-token", "--env", env, "--ttl", "7200"], env=self.env,
                               check=True, capture_output=True, text=True).stdout.strip()
 
@@ -163,6 +221,7 @@ class Line:
     value: float  # a ratio, or MB for memory
     goal: str  # ">= 0.6" or "<= 200 MB"
     detail: str
+    latency: tuple = None  # an HTTP line's wrk p50 and p99 in ms (of the median round)
 
     def met(self):
         op, limit = self.goal.split()[:2]
@@ -170,6 +229,13 @@ class Line:
 
     def shown(self):
         return f"{self.value:.0f} MB" if self.goal.endswith("MB") else f"{self.value:.2f}"
+
+    def percentiles(self):
+        return tuple(milliseconds(ms) for ms in self.latency) if self.latency else ("", "")
+
+
+def milliseconds(ms):
+    return f"{ms:.2f} ms" if ms < 100 else f"{ms:,.0f} ms"
 
 
 # --- the 100k jobs against COPY and DELETE ----------------------------------------------------
@@ -259,18 +325,28 @@ def jobs(svc):
 
 # --- HTTP with wrk against pgbench ------------------------------------------------------------
 
+WRK_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def wrk_ms(text):
+    """wrk's latency ("812.00us", "1.23ms", "1.40s", "2.00m") in milliseconds."""
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * WRK_UNITS_MS[unit]
+
+
 def run_wrk(svc, script, label):
-    """Requests/s of wrk with `script`; fails on any non-2xx answer or socket error. An answer is
-    waited for up to 10 s (a checkpoint's I/O can stall one for seconds on this machine)."""
+    """Requests/s of wrk with `script`, and its p50 and p99 latency in ms; fails on any non-2xx
+    answer or socket error. An answer is waited for up to 10 s (a checkpoint's I/O can stall one
+    for seconds on this machine)."""
     out = subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{DURATION}s",
                           "--timeout", "10s", "--latency", "-s", script, svc.base],
                          check=True, capture_output=True, text=True).stdout
     if "Non-2xx" in out or re.search(r"Socket errors:.*(connect [1-9]|read [1-9]|write [1-9]|timeout [1-9])", out):
         sys.exit(f"bench: {label}: some requests failed:\n{out}")
     rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)
-    return rps, f"p50 {p50}, p99 {p99}"
+    p50 = wrk_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = wrk_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    return rps, (p50, p99)
 
 
 def run_pgbench(args, label):
@@ -285,12 +361,13 @@ def run_pgbench(args, label):
 @dataclass
 class Rounds:
     """Medians over the rounds: requests/s, baseline tps, `extra` tps (or None), the ratio of
-    each round (wrk / baseline), the round's wrk latency, service CPU per request."""
+    each round (wrk / baseline), service CPU per request; and the wrk p50 and p99 in ms of the
+    round whose ratio is the median."""
     http: float
     base: float
     extra: float
     ratio: float
-    latency: str
+    latency: tuple
     cpu_us: float
 
 
@@ -317,7 +394,8 @@ def alternate(svc, label, wrk_script, pgbench_args, extra=None):
         lat.append(latency)
         if x is not None:
             more.append(x)
-        say(f"{label} {r + 1}/{ROUNDS}: {rps:,.0f} requests/s ({latency}) vs pgbench {tps:,.0f} tps"
+        say(f"{label} {r + 1}/{ROUNDS}: {rps:,.0f} requests/s (p50 {milliseconds(latency[0])}, "
+            f"p99 {milliseconds(latency[1])}) vs pgbench {tps:,.0f} tps"
             + (f", ceiling {x:,.0f} tps" if x is not None else "") + f"; load {load_average()}")
     ratios = [h / b for h, b in zip(http, base)]
     middle = sorted(range(ROUNDS), key=lambda i: ratios[i])[ROUNDS // 2]
@@ -358,21 +436,35 @@ def shared_tokens(svc, work):
 RANDOM_SEED = 'math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)"), 16) or 0))'
 
 
-def get_by_id(svc, work):
-    env, token, ids = shared_tokens(svc, work)
-    script = write(os.path.join(work, "get.lua"), lua_ids(ids) + f"""
+def get_line(svc, work, token, label, metric):
+    """GETs of random tokens of the shared environment with `token` against pgbench -S."""
+    env, _, ids = shared_tokens(svc, work)
+    script = write(os.path.join(work, f"{label.replace(' ', '_')}.lua"), lua_ids(ids) + f"""
 local prefix = "/v1/environments/{env}/oathTokens/"
 local headers = {{["Authorization"] = "Bearer {token}"}}
 function init(args) {RANDOM_SEED} end
 function request() return wrk.format("GET", prefix .. ids[math.random(#ids)], headers) end
 """)
-    say("pgbench -i -s 1 (100,000 pgbench_accounts rows)")
-    subprocess.run(["pgbench", "-i", "-q", "-s", "1", DB_URL], check=True, capture_output=True)
-    r = alternate(svc, "GET token", script, ["-S"])
-    return [Line(f"GET token by id, {CONNECTIONS} connections (wrk)",
-                 f"pgbench -S (select by primary key), {CONNECTIONS} clients", r.ratio, ">= 0.5",
-                 f"{r.http:,.0f} requests/s vs {r.base:,.0f} tps; {r.latency}; "
-                 f"service CPU {r.cpu_us:.0f} us/request")]
+    if "pgbench" not in HTTP_SETUP:
+        say("pgbench -i -s 1 (100,000 pgbench_accounts rows)")
+        subprocess.run(["pgbench", "-i", "-q", "-s", "1", DB_URL], check=True, capture_output=True)
+        HTTP_SETUP["pgbench"] = True
+    r = alternate(svc, label, script, ["-S"])
+    return [Line(metric, f"pgbench -S (select by primary key), {CONNECTIONS} clients", r.ratio, ">= 0.5",
+                 f"{r.http:,.0f} requests/s vs {r.base:,.0f} tps; service CPU {r.cpu_us:.0f} us/request",
+                 r.latency)]
+
+
+def get_by_id(svc, work):
+    _, token, _ = shared_tokens(svc, work)
+    return get_line(svc, work, token, "GET token",
+                    f"GET token by id, RS256 token, {CONNECTIONS} connections (wrk)")
+
+
+def get_by_id_hs256(svc, work):
+    env, _, _ = shared_tokens(svc, work)
+    return get_line(svc, work, svc.dev_token(env), "GET token HS256",
+                    f"GET token by id, HS256 development token, {CONNECTIONS} connections (wrk)")
 
 
 def single_create(svc, work):
@@ -402,8 +494,8 @@ values ('{env}', gen_random_uuid(), 'P' || nextval('bench_serial'), 'HOTP', 6, '
     r = alternate(svc, "single create", script, ["-f", insert])
     return [Line(f"single create in one environment, {CONNECTIONS} connections (wrk)",
                  f"pgbench single-row INSERT into a copy of oath_tokens, {CONNECTIONS} clients", r.ratio,
-                 ">= 0.5", f"{r.http:,.0f} creates/s vs {r.base:,.0f} tps; {r.latency}; "
-                 f"service CPU {r.cpu_us:.0f} us/request")]
+                 ">= 0.5", f"{r.http:,.0f} creates/s vs {r.base:,.0f} tps; "
+                 f"service CPU {r.cpu_us:.0f} us/request", r.latency)]
 
 
 def validate(svc, work):
@@ -440,9 +532,9 @@ update bench_tokens set fail_count = fail_count + 1
     r = alternate(svc, "validate", script, ["-f", update], ["-f", ceiling])
     return [Line(f"validate (a wrong code), {CONNECTIONS} connections (wrk)",
                  f"pgbench single-row UPDATE, {CONNECTIONS} clients", r.ratio, ">= 0.5",
-                 f"{r.http:,.0f} requests/s vs {r.base:,.0f} tps; {r.latency}; "
+                 f"{r.http:,.0f} requests/s vs {r.base:,.0f} tps; "
                  f"service CPU {r.cpu_us:.0f} us/request; the validation's two statements alone in "
-                 f"pgbench: {r.extra:,.0f} tps ({r.extra / r.base:.2f})")]
+                 f"pgbench: {r.extra:,.0f} tps ({r.extra / r.base:.2f})", r.latency)]
 
 
 # The table, in order. Each entry: (name for BENCH_ONLY, function(svc, workdir) -> [Line]).
@@ -498,6 +590,7 @@ def fairness(svc, work):
 MEASUREMENTS = [
     ("jobs", lambda svc, work: jobs(svc)),
     ("get", get_by_id),
+    ("get_hs256", get_by_id_hs256),
     ("create", single_create),
     ("validate", validate),
     ("fairness", fairness),
@@ -518,6 +611,7 @@ def machine():
 
 
 def main():
+    check_rsa_key()
     psql(ADMIN_URL, f"drop database if exists {DB_NAME} with (force)")
     psql(ADMIN_URL, f"create database {DB_NAME}")
     started, load_before = time.time(), load_average()
@@ -535,10 +629,12 @@ def main():
 
 
 def report(lines, started, load_before):
-    table = ["| metric | baseline (same database, same run) | ratio | goal | met | figures |",
-             "| --- | --- | ---: | --- | --- | --- |"]
+    table = ["| metric | baseline (same database, same run) | ratio | goal | met | p50 | p99 | figures |",
+             "| --- | --- | ---: | --- | --- | ---: | ---: | --- |"]
     for l in lines:
-        table.append(f"| {l.metric} | {l.baseline} | {l.shown()} | {l.goal} | {'yes' if l.met() else 'NO'} | {l.detail} |")
+        p50, p99 = l.percentiles()
+        table.append(f"| {l.metric} | {l.baseline} | {l.shown()} | {l.goal} | {'yes' if l.met() else 'NO'} "
+                     f"| {p50} | {p99} | {l.detail} |")
     text = "\n".join(table)
     print(text)
     met = sum(l.met() for l in lines)
@@ -551,7 +647,10 @@ def report(lines, started, load_before):
                 f"machine slows both sides of a ratio, not always alike). Jobs: median of {REPS} runs of {TOKENS:,} tokens. HTTP lines: "
                 f"{ROUNDS} alternating rounds of {DURATION} s, wrk -t {THREADS} -c {CONNECTIONS} "
                 f"against pgbench -M prepared -j {THREADS} -c {CONNECTIONS}, over {HTTP_TOKENS:,} "
-                f"tokens; the ratio is the median round's, the figures are medians.\n"
+                f"tokens; the ratio is the median round's, the figures are medians, p50 and p99 are wrk's "
+                f"latency percentiles in the median round. Requests carry RS256 tokens verified against "
+                f"a JWKS file (auth.jwks_path), as in production, except the HS256 line; "
+                f"auth.token_cache_size: {TOKEN_CACHE if TOKEN_CACHE is not None else 'default (10000)'}.\n"
                 f"Command: `bench/run`. Goals met: {met} of {len(lines)}; what limits each figure: "
                 f"`bench/README.md`.\n\n{text}\n")
 

@@ -14,6 +14,7 @@ pub mod create_batch;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub(crate) mod generations;
 pub mod healthcheck;
 pub mod import;
 pub mod jobs;

@@ -8,13 +8,10 @@
 //! limited OTP check is never a failed one and never counts toward a lockout.
 //!
 //! Memory stays bounded whatever ids clients send: each limiter remembers at most
-//! `limits.rate_limit_keys` keys, in two generations. New keys go into the current generation;
-//! when it is full, the previous one is forgotten and the current one becomes the previous one. A
-//! key used again moves back into the current generation, so a key in use is kept and only keys
-//! left alone for a whole generation are forgotten (most of them have replenished by then, so
-//! forgetting them changes nothing).
+//! `limits.rate_limit_keys` keys, in two generations ([`crate::generations`]): a key in use is
+//! kept and only keys left alone for a whole generation are forgotten (most of them have
+//! replenished by then, so forgetting them changes nothing).
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::{Mutex, PoisonError};
@@ -29,6 +26,7 @@ use uuid::Uuid;
 
 use crate::config::LimitSettings;
 use crate::error::ApiError;
+use crate::generations::Generations;
 
 /// The limits of one process.
 pub struct RateLimits {
@@ -120,29 +118,19 @@ impl<K: Hash + Eq + Clone, C: Clock> Limiter<K, C> {
     }
 }
 
-/// `max_keys` keys at most, in two generations of half as many each.
+/// `max_keys` keys at most, in two generations (see [`Generations`]).
 struct BoundedStore<K> {
-    generations: Mutex<Generations<K>>,
-    per_generation: usize,
-}
-
-struct Generations<K> {
-    current: HashMap<K, Nanos>,
-    previous: HashMap<K, Nanos>,
+    generations: Mutex<Generations<K, Nanos>>,
 }
 
 impl<K: Hash + Eq + Clone> BoundedStore<K> {
     fn new(max_keys: usize) -> Self {
         Self {
-            generations: Mutex::new(Generations {
-                current: HashMap::new(),
-                previous: HashMap::new(),
-            }),
-            per_generation: (max_keys / 2).max(1),
+            generations: Mutex::new(Generations::new(max_keys)),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Generations<K>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations<K, Nanos>> {
         // The maps are consistent after any panic: every update is one insert or one swap.
         self.generations
             .lock()
@@ -158,37 +146,28 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let mut generations = self.lock();
-        if let Some(state) = generations.current.get_mut(key) {
+        // A known key moves back into the current generation: it is in use again, even when
+        // limited (then its state is unchanged).
+        if let Some(state) = generations.get_mut(key) {
             let (outcome, next) = f(Some(*state))?;
             *state = next;
             return Ok(outcome);
         }
-        let earlier = generations.previous.remove(key);
-        let (outcome, next) = match f(earlier) {
-            Ok(measured) => (Ok(measured.0), measured.1),
-            // Limited: the state is unchanged, and the key is in use again.
-            Err(limited) => (Err(limited), earlier.unwrap_or_default()),
-        };
-        if generations.current.len() >= self.per_generation {
-            let full = std::mem::take(&mut generations.current);
-            generations.previous = full;
-        }
-        generations.current.insert(key.clone(), next);
-        outcome
+        // A new key limited at once keeps the state of a new key: none.
+        let (outcome, next) = f(None)?;
+        generations.insert(key.clone(), next);
+        Ok(outcome)
     }
 }
 
 impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
     /// Forgets the keys whose state is that of a new key.
     fn retain_recent(&self, drop_below: Nanos) {
-        let mut generations = self.lock();
-        generations.current.retain(|_, state| *state > drop_below);
-        generations.previous.retain(|_, state| *state > drop_below);
+        self.lock().retain(|_, state| *state > drop_below);
     }
 
     fn len(&self) -> usize {
-        let generations = self.lock();
-        generations.current.len() + generations.previous.len()
+        self.lock().len()
     }
 
     fn is_empty(&self) -> bool {

@@ -1,6 +1,7 @@
 //! The JWKS URL: fetched over HTTPS (the system's CA store plus `auth.jwks_ca_file`), cached,
 //! refetched for an unknown `kid`, at most once per `jwks_refresh_min_seconds`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ pub(super) struct RemoteJwks {
     pub(super) state: RwLock<RemoteState>,
     /// Held across a fetch so that at most one is in flight.
     pub(super) fetch_lock: tokio::sync::Mutex<()>,
+    /// Incremented whenever a fetch yields other keys than those held (see `keys_epoch`).
+    pub(super) epoch: AtomicU64,
 }
 
 impl RemoteJwks {
@@ -37,6 +40,18 @@ impl RemoteJwks {
         let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
         let fresh = st.fetched_at.is_some_and(|t| t.elapsed() < self.cache_ttl);
         (st.keys.clone(), fresh)
+    }
+
+    /// Whether the held key set is within its lifetime (no refresh due).
+    pub(super) fn fresh(&self) -> bool {
+        let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        st.fetched_at.is_some_and(|t| t.elapsed() < self.cache_ttl)
+    }
+
+    /// Changes whenever the key set changes: the verified-token cache drops its entries then.
+    /// Read before a key is chosen, it is at most as recent as the keys used.
+    pub(super) fn keys_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     pub(super) fn unavailable(&self) -> AuthError {
@@ -91,7 +106,15 @@ impl RemoteJwks {
         match result {
             Ok(keys) => {
                 tracing::debug!(keys = keys.keys.len(), "fetched JWKS from auth.jwks_url");
+                let changed = st
+                    .keys
+                    .as_ref()
+                    .is_none_or(|held| held.fingerprint != keys.fingerprint);
                 st.keys = Some(Arc::new(keys));
+                if changed {
+                    // Under the write lock: whoever reads the new epoch then reads these keys.
+                    self.epoch.fetch_add(1, Ordering::AcqRel);
+                }
                 st.fetched_at = Some(now);
                 st.last_error = None;
             }

@@ -10,6 +10,7 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::loggable;
 
@@ -27,6 +28,9 @@ pub(super) struct VerifyKey {
 #[derive(Default)]
 pub(super) struct KeySet {
     pub(super) keys: Vec<VerifyKey>,
+    /// SHA-256 over the usable JWKs, in order, each as canonical JSON: equal for two documents
+    /// that give the same keys, whatever their layout or their skipped entries.
+    pub(super) fingerprint: [u8; 32],
 }
 
 /// Only the `keys` array is parsed strictly, so one odd JWK cannot make the whole set unusable.
@@ -41,16 +45,28 @@ impl KeySet {
         let raw: RawJwkSet =
             serde_json::from_slice(bytes).map_err(|e| format!("not a JWK Set: {e}"))?;
         let mut keys = Vec::new();
+        let mut fingerprint = Sha256::new();
         for (index, value) in raw.keys.into_iter().enumerate() {
+            // Members in sorted order (serde_json's map without `preserve_order`), so the
+            // layout does not count; were it kept, a reordered document would count as other
+            // keys, which costs re-verifications only.
+            let canonical = value.to_string();
             match verify_key_from_jwk(value) {
-                Ok(key) => keys.push(key),
+                Ok(key) => {
+                    keys.push(key);
+                    fingerprint.update((canonical.len() as u64).to_be_bytes());
+                    fingerprint.update(canonical.as_bytes());
+                }
                 Err(why) => tracing::warn!(source, index, "ignoring JWK: {why}"),
             }
         }
         if keys.is_empty() {
             return Err("no usable signature key (RS256, ES256 or EdDSA)".into());
         }
-        Ok(KeySet { keys })
+        Ok(KeySet {
+            keys,
+            fingerprint: fingerprint.finalize().into(),
+        })
     }
 }
 

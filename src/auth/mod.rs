@@ -23,12 +23,18 @@
 //! A stale set is still used while the URL is unreachable; with nothing cached the error is
 //! [`AuthError::KeySetUnavailable`].
 //!
+//! Tokens that pass are remembered by the SHA-256 of the token, up to `auth.token_cache_size`
+//! of them, until their `exp` (never for the leeway past it) or until the JWKS URL yields other
+//! keys; a token presented again then skips its signature check (see the `cache` module).
+//! Scopes and environment are checked by the caller on the [`Principal`], on every request.
+//!
 //! A missing header is [`AuthError::Missing`]; every other rejected token is [`AuthError::Invalid`]
 //! with a distinct reason meant for logs only: it never contains the token, a secret or key
 //! material, so callers may log it as-is (and must not show it to clients).
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -39,6 +45,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
 use uuid::Uuid;
 
+mod cache;
 mod dev_token;
 mod jwks;
 mod keys;
@@ -46,6 +53,7 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
+use cache::{token_hash, TokenCache};
 pub use dev_token::mint_dev_token;
 pub(crate) use jwks::error_chain;
 use jwks::{jwks_client, read_ca_file, RemoteJwks, RemoteState};
@@ -179,6 +187,9 @@ fn loggable(value: &str) -> String {
 /// Claims this module reads besides the registered ones checked by `jsonwebtoken`.
 #[derive(Deserialize)]
 struct Claims {
+    /// Checked by `jsonwebtoken`; read again for the cache.
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
     #[serde(default)]
     env: Option<serde_json::Value>,
     #[serde(default)]
@@ -194,6 +205,17 @@ pub struct Authenticator {
     hs256: Option<DecodingKey>,
     file_keys: Option<Arc<KeySet>>,
     remote: Option<RemoteJwks>,
+    /// Verified tokens; none when `auth.token_cache_size` is 0.
+    cache: Option<TokenCache>,
+}
+
+/// A token that passed the full verification.
+struct Verified {
+    principal: Principal,
+    /// Its `exp` in whole seconds (see [`numeric_date`]).
+    exp: Option<u64>,
+    /// The JWKS URL's key set took part in choosing its key.
+    remote: bool,
 }
 
 impl fmt::Debug for Authenticator {
@@ -203,6 +225,7 @@ impl fmt::Debug for Authenticator {
             .field("hs256", &self.hs256.is_some())
             .field("file_keys", &self.file_keys.as_ref().map(|k| k.keys.len()))
             .field("jwks_url", &self.remote.is_some())
+            .field("token_cache", &self.cache.as_ref().map(TokenCache::len))
             .finish()
     }
 }
@@ -250,6 +273,7 @@ impl Authenticator {
                     refresh_min: Duration::from_secs(settings.jwks_refresh_min_seconds),
                     state: RwLock::new(RemoteState::default()),
                     fetch_lock: tokio::sync::Mutex::new(()),
+                    epoch: AtomicU64::new(0),
                 };
                 // Best effort: the identity provider may come up after us.
                 if remote.refresh().await.is_err() {
@@ -266,26 +290,80 @@ impl Authenticator {
             DecodingKey::from_secret(secret.as_bytes())
         });
 
+        let cache =
+            (settings.token_cache_size > 0).then(|| TokenCache::new(settings.token_cache_size));
+
         Ok(Authenticator {
             validation,
             hs256,
             file_keys,
             remote,
+            cache,
         })
     }
 
     /// `authorization` is the raw Authorization header value, if any.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let token = bearer_token(authorization)?;
+        let Some(cache) = &self.cache else {
+            return Ok(self.verify(token).await?.principal);
+        };
+        let hash = token_hash(token);
+        let epoch = self.keys_epoch();
+        if let Some(hit) = cache.get(&hash, epoch, jsonwebtoken::get_current_timestamp()) {
+            if !hit.remote || self.remote_keys_current(epoch).await {
+                return Ok(hit.principal);
+            }
+        }
+        // Read before the key is chosen, so that a token verified with keys that are replaced
+        // meanwhile is stored under the older epoch, and dropped.
+        let epoch = self.keys_epoch();
+        let verified = self.verify(token).await?;
+        if let Some(exp) = verified.exp {
+            let now = jsonwebtoken::get_current_timestamp();
+            cache.insert(hash, epoch, now, exp, &verified.principal, verified.remote);
+        }
+        Ok(verified.principal)
+    }
+
+    /// Tokens in the verified-token cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    /// The epoch of the JWKS URL's key set (0 without a URL: the other keys never change).
+    fn keys_epoch(&self) -> u64 {
+        self.remote.as_ref().map_or(0, RemoteJwks::keys_epoch)
+    }
+
+    /// For a cached token whose key the JWKS URL's set helped choose: refreshes that set when
+    /// its lifetime is over, as the full verification would; false if its keys changed since
+    /// `epoch`.
+    async fn remote_keys_current(&self, epoch: u64) -> bool {
+        let Some(remote) = &self.remote else {
+            return true;
+        };
+        if !remote.fresh() {
+            // An error leaves the held keys in use (or none were ever held: no such entry).
+            let _ = remote.current().await;
+        }
+        remote.keys_epoch() == epoch
+    }
+
+    /// The full verification: header, key, signature and claims.
+    async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let (alg, kid) = parse_header(token)?;
 
-        let key = match alg {
+        let (key, remote) = match alg {
             Algorithm::HS256 => match &self.hs256 {
-                Some(key) => VerifyKey {
-                    kid: None,
-                    alg,
-                    key: key.clone(),
-                },
+                Some(key) => (
+                    VerifyKey {
+                        kid: None,
+                        alg,
+                        key: key.clone(),
+                    },
+                    false,
+                ),
                 None => {
                     return Err(invalid(
                         "HS256 token but auth.hs256_secret is not configured",
@@ -302,16 +380,28 @@ impl Authenticator {
         validation.algorithms = vec![key.alg];
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| invalid(describe_jwt_error(e.kind(), &key)))?;
-        principal_from_claims(data.claims)
+        let exp = data.claims.exp.as_ref().and_then(numeric_date);
+        Ok(Verified {
+            principal: principal_from_claims(data.claims)?,
+            exp,
+            remote,
+        })
     }
 
-    async fn resolve_key(&self, kid: Option<&str>, alg: Algorithm) -> Result<VerifyKey, AuthError> {
+    /// The key for a token, and whether the JWKS URL's set took part in choosing it.
+    async fn resolve_key(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<(VerifyKey, bool), AuthError> {
         let mut sets: Vec<Arc<KeySet>> = self.file_keys.iter().cloned().collect();
         let mut selection = select(&sets, kid, alg);
+        let mut consulted = false;
         if let Some(remote) = &self.remote {
             // A kid found in the file needs no network; anything else consults the URL set.
             let settled = kid.is_some() && !matches!(selection, Selection::NotFound);
             if !settled {
+                consulted = true;
                 sets.push(remote.current().await?);
                 selection = select(&sets, kid, alg);
                 if matches!(selection, Selection::NotFound) {
@@ -322,7 +412,7 @@ impl Authenticator {
             }
         }
         match selection {
-            Selection::Use(key) => Ok(key),
+            Selection::Use(key) => Ok((key, consulted)),
             Selection::WrongAlg(kid) => Err(invalid(format!(
                 "algorithm {alg:?} is not allowed for key {:?}",
                 loggable(&kid)
@@ -336,6 +426,17 @@ impl Authenticator {
             ))),
         }
     }
+}
+
+/// A NumericDate claim in whole seconds, a fraction dropped (`jsonwebtoken` rounds it: the
+/// cache never keeps a token past its literal `exp`).
+fn numeric_date(value: &serde_json::Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f.floor() as u64)
+    })
 }
 
 /// Extracts the token from `Bearer <token>` (scheme case-insensitive).

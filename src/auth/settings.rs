@@ -22,6 +22,13 @@ pub(super) fn default_jwks_refresh_min_seconds() -> u64 {
     30
 }
 
+pub(super) fn default_token_cache_size() -> usize {
+    10_000
+}
+
+/// Largest `auth.token_cache_size`: a few hundred bytes a token.
+const MAX_TOKEN_CACHE_SIZE: usize = 10_000_000;
+
 /// The `[auth]` section of the configuration.
 #[derive(Clone, Deserialize)]
 pub struct AuthSettings {
@@ -54,6 +61,9 @@ pub struct AuthSettings {
     /// Minimum interval between two JWKS fetches, whatever triggers them.
     #[serde(default = "default_jwks_refresh_min_seconds")]
     pub jwks_refresh_min_seconds: u64,
+    /// Verified tokens remembered, by the SHA-256 of the token, until their `exp`; 0: none.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
 }
 
 impl fmt::Debug for AuthSettings {
@@ -73,6 +83,7 @@ impl fmt::Debug for AuthSettings {
             .field("leeway_seconds", &self.leeway_seconds)
             .field("jwks_cache_seconds", &self.jwks_cache_seconds)
             .field("jwks_refresh_min_seconds", &self.jwks_refresh_min_seconds)
+            .field("token_cache_size", &self.token_cache_size)
             .finish()
     }
 }
@@ -89,6 +100,11 @@ impl AuthSettings {
         if self.leeway_seconds > MAX_LEEWAY_SECONDS {
             return Err(format!(
                 "auth.leeway_seconds must be at most {MAX_LEEWAY_SECONDS}"
+            ));
+        }
+        if self.token_cache_size == 1 || self.token_cache_size > MAX_TOKEN_CACHE_SIZE {
+            return Err(format!(
+                "auth.token_cache_size must be 0 (off) or from 2 to {MAX_TOKEN_CACHE_SIZE}"
             ));
         }
         if self.jwks_path.is_none() && self.jwks_url.is_none() && self.hs256_secret.is_none() {

@@ -39,6 +39,7 @@ fn settings() -> AuthSettings {
         leeway_seconds: default_leeway_seconds(),
         jwks_cache_seconds: default_jwks_cache_seconds(),
         jwks_refresh_min_seconds: default_jwks_refresh_min_seconds(),
+        token_cache_size: default_token_cache_size(),
     }
 }
 
@@ -796,4 +797,177 @@ async fn jwks_url_unreachable_without_cache() {
         auth.authenticate(Some(&bearer(&rs256(&claims())))).await,
         Err(AuthError::KeySetUnavailable(_))
     ));
+}
+
+// --- the verified-token cache ------------------------------------------------------------------
+
+fn hs256_auth_settings(cache: usize, leeway: u64) -> AuthSettings {
+    AuthSettings {
+        jwks_path: None,
+        hs256_secret: Some(SECRET.into()),
+        token_cache_size: cache,
+        leeway_seconds: leeway,
+        ..settings()
+    }
+}
+
+/// Sleeps until the clock `jsonwebtoken` reads is past `exp`.
+async fn sleep_past(exp: i64) {
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn cached_entry_is_never_used_at_or_past_exp() {
+    let cache = super::cache::TokenCache::new(100);
+    let p = Principal::new(env(), None, ["oath:tokens:read"]);
+    let key = super::cache::token_hash("a");
+    cache.insert(key, 0, 1_000, 1_060, &p, false);
+    let hit = cache.get(&key, 0, 1_059).expect("before exp");
+    assert_eq!(
+        (hit.principal.env, hit.principal.scopes()),
+        (env(), p.scopes())
+    );
+    assert!(cache.get(&key, 0, 1_060).is_none(), "at exp");
+    assert_eq!(cache.len(), 0, "dropped at exp");
+    assert!(cache.get(&key, 0, 1_059).is_none(), "gone for good");
+    // A token verified at or past its exp (the leeway allows it) is not stored.
+    cache.insert(key, 0, 1_060, 1_060, &p, false);
+    cache.insert(key, 0, 1_070, 1_060, &p, false);
+    assert_eq!(cache.len(), 0);
+}
+
+#[tokio::test]
+async fn a_cached_token_expires_at_exp_whatever_the_leeway() {
+    // Two seconds ahead: the first requests must come before exp to be stored.
+    let exp = now() + 2;
+    let mut c = claims();
+    c["exp"] = json!(exp);
+    let token = sign(Algorithm::HS256, None, &c);
+    let lenient = Authenticator::new(&hs256_auth_settings(100, 60))
+        .await
+        .unwrap();
+    let strict = Authenticator::new(&hs256_auth_settings(100, 0))
+        .await
+        .unwrap();
+    for auth in [&lenient, &strict] {
+        auth.authenticate(Some(&bearer(&token))).await.unwrap();
+        assert_eq!(auth.cached_tokens(), 1);
+        auth.authenticate(Some(&bearer(&token))).await.unwrap();
+    }
+    sleep_past(exp).await;
+    // Without leeway the token is refused, though it was cached.
+    assert_rejected(&strict, &token, "expired").await;
+    // The leeway still lets the full verification accept it, but the entry is dropped at exp and
+    // the new result is not stored.
+    lenient.authenticate(Some(&bearer(&token))).await.unwrap();
+    assert_eq!(lenient.cached_tokens(), 0);
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded_and_holds_verified_tokens_only() {
+    let auth = Authenticator::new(&hs256_auth_settings(10, 60))
+        .await
+        .unwrap();
+    for n in 0..100 {
+        let mut c = claims();
+        c["jti"] = json!(n);
+        auth.authenticate(Some(&bearer(&sign(Algorithm::HS256, None, &c))))
+            .await
+            .unwrap();
+        assert!(
+            auth.cached_tokens() <= 10,
+            "{} after {n}",
+            auth.cached_tokens()
+        );
+    }
+    assert!(auth.cached_tokens() >= 5);
+    let cache = super::cache::TokenCache::new(1_000);
+    let p = Principal::new(env(), None, Vec::<String>::new());
+    for n in 0..20_000u32 {
+        cache.insert(
+            super::cache::token_hash(&n.to_string()),
+            0,
+            0,
+            60,
+            &p,
+            false,
+        );
+        assert!(cache.len() <= 1_000);
+    }
+
+    // Refused tokens are not stored; 0 turns the cache off.
+    let auth = Authenticator::new(&hs256_auth_settings(10, 60))
+        .await
+        .unwrap();
+    let mut c = claims();
+    c["env"] = json!("production");
+    assert_rejected(&auth, &sign(Algorithm::HS256, None, &c), "not a UUID").await;
+    let key = EncodingKey::from_secret(b"another-secret-another-secret-0123");
+    let forged = sign_with(Algorithm::HS256, None, &claims(), &key);
+    assert_rejected(&auth, &forged, "bad signature").await;
+    assert_rejected(&auth, &forged, "bad signature").await;
+    assert_eq!(auth.cached_tokens(), 0);
+    let off = Authenticator::new(&hs256_auth_settings(0, 60))
+        .await
+        .unwrap();
+    off.authenticate(Some(&bearer(&sign(Algorithm::HS256, None, &claims()))))
+        .await
+        .unwrap();
+    assert_eq!(off.cached_tokens(), 0);
+    let mut s = hs256_auth_settings(1, 60);
+    assert!(s.check().unwrap_err().contains("auth.token_cache_size"));
+    s.token_cache_size = 10_000_001;
+    assert!(s.check().unwrap_err().contains("auth.token_cache_size"));
+}
+
+#[tokio::test]
+async fn other_keys_from_the_jwks_url_drop_cached_tokens() {
+    let rsa1 = rs256(&claims());
+    let rsa2 = rsa2_token();
+    let unknown = sign(Algorithm::RS256, Some("rsa-9"), &claims());
+    let server = JwksServer::start(JWKS_ROTATED);
+    let auth = Authenticator::new(&url_settings(&server.url, 300, 0))
+        .await
+        .unwrap();
+    let epoch = auth.keys_epoch();
+    for _ in 0..2 {
+        auth.authenticate(Some(&bearer(&rsa1))).await.unwrap();
+        auth.authenticate(Some(&bearer(&rsa2))).await.unwrap();
+    }
+    assert_eq!((auth.cached_tokens(), server.hits()), (2, 1));
+
+    // The same keys again (another layout): nothing changes.
+    let reformatted: Value = serde_json::from_str(JWKS_ROTATED).unwrap();
+    server.serve(&serde_json::to_string_pretty(&reformatted).unwrap());
+    assert_rejected(&auth, &unknown, "unknown kid").await;
+    assert_eq!((server.hits(), auth.keys_epoch()), (2, epoch));
+    auth.authenticate(Some(&bearer(&rsa2))).await.unwrap();
+    assert_eq!(auth.cached_tokens(), 2);
+
+    // rsa-2 withdrawn: the fetch that an unknown kid triggers drops every cached token.
+    server.serve(JWKS);
+    assert_rejected(&auth, &unknown, "unknown kid").await;
+    assert_eq!(server.hits(), 3);
+    assert_rejected(&auth, &rsa2, "unknown kid").await;
+    auth.authenticate(Some(&bearer(&rsa1))).await.unwrap();
+    assert_eq!(auth.cached_tokens(), 1, "rsa-1 verified again, alone");
+}
+
+#[tokio::test]
+async fn a_cached_token_does_not_outlive_its_jwks_url_key_set() {
+    let rsa2 = rsa2_token();
+    let server = JwksServer::start(JWKS_ROTATED);
+    let auth = Authenticator::new(&url_settings(&server.url, 1, 0))
+        .await
+        .unwrap();
+    auth.authenticate(Some(&bearer(&rsa2))).await.unwrap();
+    auth.authenticate(Some(&bearer(&rsa2))).await.unwrap();
+    assert_eq!((auth.cached_tokens(), server.hits()), (1, 1));
+    server.serve(JWKS);
+    // Past the key set's lifetime a cached token refreshes it, as a verification would.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_rejected(&auth, &rsa2, "unknown kid").await;
+    assert!(server.hits() >= 2);
 }

@@ -236,6 +236,45 @@ async fn another_environments_token_is_403(pool: PgPool) {
     assert_eq!(count, 0);
 }
 
+/// Verified tokens are cached (`auth.token_cache_size`), but never past their `exp`, and the
+/// scope and environment of a cached token are still checked on every request.
+#[sqlx::test]
+async fn a_cached_token_is_refused_once_expired(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.auth.leeway_seconds = 0).await;
+    // Two seconds ahead: the first requests must come before exp to be cached.
+    let exp = now() + 2;
+    let token = rs256(&with(claims(&app), json!({"exp": exp})));
+    let bearer = Some(format!("Bearer {token}"));
+    for _ in 0..3 {
+        let (status, body, _) = list_with(&app, bearer.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let elsewhere = format!("/v1/environments/{}/oathTokens", Uuid::new_v4());
+    let res = app
+        .client
+        .get(app.url(&elsewhere))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = parts(res).await;
+    assert_error(status, &body, 403, "ACCESS_FAILED");
+    let res = app
+        .client
+        .get(app.url(&app.jobs_path()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = parts(res).await;
+    assert_error(status, &body, 403, "ACCESS_FAILED");
+
+    while now() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_401(&app, bearer, "expired after being cached").await;
+}
+
 #[sqlx::test]
 async fn each_route_requires_its_scope(pool: PgPool) {
     let app = spawn_app(pool).await;
