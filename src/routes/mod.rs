@@ -46,6 +46,77 @@ macro_rules! resource {
     };
 }
 
+/// `operation! { /// docs \n method "/path" as "operationId" in "Tag", ...; handler }`: the
+/// handler with its `#[utoipa::path]` attribute (summary and description from its doc comment).
+///
+/// An operation of the API takes `params(...)`, optionally `body(...)` (utoipa's
+/// `request_body`), `scopes("oath:...", ...)` (any one of them will do) and `responses(...)`;
+/// the macro adds the errors every authenticated operation may answer, and those of reading a
+/// body when it takes one. An operation without `scopes` is documented as it is written: no
+/// authentication, only its own `responses(...)`.
+macro_rules! operation {
+    (
+        $(#[$($doc:tt)*])*
+        $method:ident $path:literal as $id:literal in $tag:literal,
+        params($($params:tt)*), body($($body:tt)*), scopes($($scope:literal),+),
+        responses($($response:tt)*);
+        $($handler:tt)*
+    ) => {
+        $crate::routes::operation! {
+            $(#[$($doc)*])*
+            @path(
+                $method, path = $path, tag = $tag, operation_id = $id, params($($params)*),
+                request_body($($body)*),
+                responses(
+                    $($response)*,
+                    crate::error::responses::BodyErrors,
+                    crate::error::responses::AuthenticatedErrors,
+                ),
+                security($(("bearer" = [$scope])),+),
+            )
+            $($handler)*
+        }
+    };
+    (
+        $(#[$($doc:tt)*])*
+        $method:ident $path:literal as $id:literal in $tag:literal,
+        params($($params:tt)*), scopes($($scope:literal),+),
+        responses($($response:tt)*);
+        $($handler:tt)*
+    ) => {
+        $crate::routes::operation! {
+            $(#[$($doc)*])*
+            @path(
+                $method, path = $path, tag = $tag, operation_id = $id, params($($params)*),
+                responses($($response)*, crate::error::responses::AuthenticatedErrors),
+                security($(("bearer" = [$scope])),+),
+            )
+            $($handler)*
+        }
+    };
+    (
+        $(#[$($doc:tt)*])*
+        $method:ident $path:literal as $id:literal in $tag:literal,
+        responses($($response:tt)*);
+        $($handler:tt)*
+    ) => {
+        $crate::routes::operation! {
+            $(#[$($doc)*])*
+            @path($method, path = $path, tag = $tag, operation_id = $id, responses($($response)*))
+            $($handler)*
+        }
+    };
+    ($(#[$($doc:tt)*])* @path($($path:tt)*) $($handler:tt)*) => {
+        #[utoipa::path($($path)*)]
+        $(#[$($doc)*])*
+        $($handler)*
+    };
+}
+pub(crate) use operation;
+
+/// What a handler answers: a response, or an error rendered as the API's error body.
+pub type Reply = Result<actix_web::HttpResponse, ApiError>;
+
 /// Every route the service serves: [`configure`] registers exactly these, and the OpenAPI test
 /// checks that `/openapi.json` documents exactly these (method, path) pairs. The router tries
 /// resources in this order and matches each dynamic one with a regex, so the static paths come
