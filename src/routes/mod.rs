@@ -49,12 +49,25 @@ macro_rules! resource {
 /// `operation! { /// docs \n method "/path" as "operationId" in "Tag", ...; handler }`: the
 /// handler with its `#[utoipa::path]` attribute (summary and description from its doc comment).
 ///
-/// An operation of the API takes `params(...)`, optionally `body(...)` (utoipa's
-/// `request_body`), `scopes("oath:...", ...)` (any one of them will do) and `responses(...)`;
-/// the macro adds the errors every authenticated operation may answer, and those of reading a
-/// body when it takes one. An operation without `scopes` is documented as it is written: no
-/// authentication, only its own `responses(...)`.
+/// An operation of the API takes `params(...)`, optionally a body, `json(Type)` for a JSON one
+/// documented as `Type` or `body(...)` as utoipa's `request_body`, then `scopes("oath:...", ...)`
+/// (any one of them will do) and `responses(...)`; the macro adds the errors every authenticated
+/// operation may answer, and those of reading a body when it takes one. An operation without
+/// `scopes` is documented as it is written: no authentication, only its own `responses(...)`.
 macro_rules! operation {
+    (
+        $(#[$($doc:tt)*])*
+        $method:ident $path:literal as $id:literal in $tag:literal,
+        params($($params:tt)*), json($body:ident), $($rest:tt)*
+    ) => {
+        $crate::routes::operation! {
+            $(#[$($doc)*])*
+            $method $path as $id in $tag,
+            params($($params)*),
+            body(content = $body, content_type = "application/json"),
+            $($rest)*
+        }
+    };
     (
         $(#[$($doc:tt)*])*
         $method:ident $path:literal as $id:literal in $tag:literal,
@@ -116,6 +129,17 @@ pub(crate) use operation;
 
 /// What a handler answers: a response, or an error rendered as the API's error body.
 pub type Reply = Result<actix_web::HttpResponse, ApiError>;
+
+/// `store::get(..).await?.or_not_found()?`: what the path names, or 404 when there is none.
+pub trait OrNotFound<T> {
+    fn or_not_found(self) -> Result<T, ApiError>;
+}
+
+impl<T> OrNotFound<T> for Option<T> {
+    fn or_not_found(self) -> Result<T, ApiError> {
+        self.ok_or_else(ApiError::not_found)
+    }
+}
 
 /// Every route the service serves: [`configure`] registers exactly these, and the OpenAPI test
 /// checks that `/openapi.json` documents exactly these (method, path) pairs. The router tries

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::extract::{Authorized, Demands, OtpValidate, TokenId, TokensWrite};
 use super::tokens::TokenResource;
-use super::{json_body, operation, Reply, TokenPath};
+use super::{json_body, operation, OrNotFound, Reply, TokenPath};
 use crate::domain::{
     FieldError, PairingRequest, PairingRequestDoc, ResyncRequest, ResyncRequestDoc,
     ValidateRequest, ValidateRequestDoc,
@@ -63,6 +63,7 @@ impl CheckRequest for PairingRequest {
 /// then the check counted against the token's rate limit, then the body read as `R`, in that
 /// order, so that a refused or limited check reads no body.
 pub struct OtpCheck<R> {
+    state: web::Data<AppState>,
     env: Uuid,
     id: Uuid,
     request: R,
@@ -81,11 +82,17 @@ impl<R: CheckRequest> FromRequest for OtpCheck<R> {
             let (env, id) = (auth.env, auth.ids.0);
             let state = req
                 .app_data::<web::Data<AppState>>()
-                .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+                .ok_or_else(|| ApiError::Internal("application state missing".into()))?
+                .clone();
             state.limits.check_otp(env, id)?;
             let body = body.await.map_err(|e| ApiError::Internal(e.to_string()))?;
-            let request = parse_body(&req, body, state, R::parse).await?;
-            Ok(Self { env, id, request })
+            let request = parse_body(&req, body, &state, R::parse).await?;
+            Ok(Self {
+                state,
+                env,
+                id,
+                request,
+            })
         })
     }
 }
@@ -97,19 +104,13 @@ operation! {
     /// consumed (HOTP: the counter moves past it; TOTP: its time step is never accepted again); after
     /// too many consecutive failures the token is `LOCKED` until a successful resync.
     post "/v1/environments/{env_id}/oathTokens/{token_id}/validate" as "validateOtp" in "OTP",
-    params(TokenPath),
-    body(content = ValidateRequestDoc, content_type = "application/json"),
-    scopes("oath:otp:validate"),
+    params(TokenPath), json(ValidateRequestDoc), scopes("oath:otp:validate"),
     responses((status = 200, description = "The outcome of the check.", body = ValidationResult));
-    pub async fn validate(
-        check: OtpCheck<ValidateRequest>,
-        req: HttpRequest,
-        state: web::Data<AppState>,
-    ) -> Reply {
-        let OtpCheck { env, id, request } = check;
+    pub async fn validate(check: OtpCheck<ValidateRequest>, req: HttpRequest) -> Reply {
+        let OtpCheck { state, env, id, request } = check;
         let outcome = verification::validate(&state, env, id, &request.otp)
             .await?
-            .ok_or_else(ApiError::not_found)?;
+            .or_not_found()?;
         log_check(&req, id, "validate", outcome);
         Ok(HttpResponse::Ok().json(ValidationResult { status: outcome }))
     }
@@ -121,19 +122,13 @@ operation! {
     /// `{"otps": ["first", "second"]}` sets the counter or drift, clears the lock and answers the
     /// token; `400 INVALID_DATA` when the OTPs are not consecutive codes within the resync window.
     post "/v1/environments/{env_id}/oathTokens/{token_id}/resync" as "resyncToken" in "OTP",
-    params(TokenPath),
-    body(content = ResyncRequestDoc, content_type = "application/json"),
-    scopes("oath:tokens:write"),
+    params(TokenPath), json(ResyncRequestDoc), scopes("oath:tokens:write"),
     responses((status = 200, description = "The token, resynchronised.", body = TokenResource));
-    pub async fn resync(
-        check: OtpCheck<ResyncRequest>,
-        req: HttpRequest,
-        state: web::Data<AppState>,
-    ) -> Reply {
-        let OtpCheck { env, id, request } = check;
+    pub async fn resync(check: OtpCheck<ResyncRequest>, req: HttpRequest) -> Reply {
+        let OtpCheck { state, env, id, request } = check;
         match verification::resync(&state, env, id, request.otps)
             .await?
-            .ok_or_else(ApiError::not_found)?
+            .or_not_found()?
         {
             Resync::Done(token) => Ok(checked_token(&req, &state, "resync", token)),
             Resync::NoMatch => {
@@ -154,22 +149,16 @@ operation! {
     /// `{"userId": "...", "otp": "..."}` pairs an `AVAILABLE` token whose OTP validates (consuming
     /// it) and answers the token; `409` when it is already paired or locked.
     post "/v1/environments/{env_id}/oathTokens/{token_id}/pairing" as "pairToken" in "OTP",
-    params(TokenPath),
-    body(content = PairingRequestDoc, content_type = "application/json"),
-    scopes("oath:tokens:write"),
+    params(TokenPath), json(PairingRequestDoc), scopes("oath:tokens:write"),
     responses(
         (status = 200, description = "The token, now `PAIRED`.", body = TokenResource),
         (status = 409, response = Conflict)
     );
-    pub async fn pair(
-        check: OtpCheck<PairingRequest>,
-        req: HttpRequest,
-        state: web::Data<AppState>,
-    ) -> Reply {
-        let OtpCheck { env, id, request } = check;
+    pub async fn pair(check: OtpCheck<PairingRequest>, req: HttpRequest) -> Reply {
+        let OtpCheck { state, env, id, request } = check;
         match verification::pair(&state, env, id, &request.user_id, &request.otp)
             .await?
-            .ok_or_else(ApiError::not_found)?
+            .or_not_found()?
         {
             Pairing::Paired(token) => {
                 let response = checked_token(&req, &state, "pairing", token);
@@ -202,8 +191,7 @@ operation! {
     ///
     /// `204` whether or not the token was paired; `404` when there is no token.
     delete "/v1/environments/{env_id}/oathTokens/{token_id}/pairing" as "unpairToken" in "OTP",
-    params(TokenPath),
-    scopes("oath:tokens:write"),
+    params(TokenPath), scopes("oath:tokens:write"),
     responses((status = 204, description = "The token is not paired (whether or not it was)."));
     pub async fn unpair(
         auth: Authorized<TokensWrite, TokenId>,
@@ -212,7 +200,7 @@ operation! {
         let (env, id) = (auth.env, auth.ids.0);
         let was_paired = store::unpair(&state.db, env, id)
             .await?
-            .ok_or_else(ApiError::not_found)?;
+            .or_not_found()?;
         if was_paired {
             tracing::info!(token_id = %id, "token unpaired");
         }
