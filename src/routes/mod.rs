@@ -49,79 +49,55 @@ macro_rules! resource {
 /// `operation! { /// docs \n method "/path" as "operationId" in "Tag", ...; handler }`: the
 /// handler with its `#[utoipa::path]` attribute (summary and description from its doc comment).
 ///
-/// An operation of the API takes `params(...)`, optionally a body, `json(Type)` for a JSON one
-/// documented as `Type` or `body(...)` as utoipa's `request_body`, then `scopes("oath:...", ...)`
-/// (any one of them will do) and `responses(...)`; the macro adds the errors every authenticated
-/// operation may answer, and those of reading a body when it takes one. An operation without
-/// `scopes` is documented as it is written: no authentication, only its own `responses(...)`.
+/// An operation of the API takes `params(...)`, `json(Type)` when it reads a JSON body documented
+/// as `Type`, `scopes("oath:...", ...)` (any one of them will do) and `responses(...)`; the macro
+/// adds the errors every authenticated operation may answer, and those of reading a body when it
+/// takes one. An operation without `scopes` is documented as it is written: no authentication,
+/// only its own `responses(...)`. The operations with headers or bodies of their own
+/// (`tokens::create`, `jobs::submit`) write their `#[utoipa::path]` out.
 macro_rules! operation {
+    // The head: doc comment, method, path, operation id and tag.
     (
         $(#[$($doc:tt)*])*
-        $method:ident $path:literal as $id:literal in $tag:literal,
-        params($($params:tt)*), json($body:ident), $($rest:tt)*
+        $method:ident $path:literal as $id:literal in $tag:literal, $($rest:tt)*
     ) => {
         $crate::routes::operation! {
-            $(#[$($doc)*])*
-            $method $path as $id in $tag,
-            params($($params)*),
-            body(content = $body, content_type = "application/json"),
+            @[$(#[$($doc)*])*][$method, path = $path, tag = $tag, operation_id = $id][]
             $($rest)*
         }
     };
-    (
-        $(#[$($doc:tt)*])*
-        $method:ident $path:literal as $id:literal in $tag:literal,
-        params($($params:tt)*), body($($body:tt)*), scopes($($scope:literal),+),
-        responses($($response:tt)*);
-        $($handler:tt)*
-    ) => {
+    // A JSON body: documented as `$body`, and the errors of reading it added to the operation's.
+    (@[$($doc:tt)*][$($head:tt)*][] params($($params:tt)*), json($body:ident), $($rest:tt)*) => {
         $crate::routes::operation! {
-            $(#[$($doc)*])*
-            @path(
-                $method, path = $path, tag = $tag, operation_id = $id, params($($params)*),
-                request_body($($body)*),
-                responses(
-                    $($response)*,
-                    crate::error::responses::BodyErrors,
-                    crate::error::responses::AuthenticatedErrors,
-                ),
-                security($(("bearer" = [$scope])),+),
-            )
-            $($handler)*
+            @[$($doc)*]
+            [$($head)*, request_body(content = $body, content_type = "application/json")]
+            [crate::error::responses::BodyErrors,]
+            params($($params)*), $($rest)*
         }
     };
+    // An operation of the API.
     (
-        $(#[$($doc:tt)*])*
-        $method:ident $path:literal as $id:literal in $tag:literal,
-        params($($params:tt)*), scopes($($scope:literal),+),
-        responses($($response:tt)*);
+        @[$($doc:tt)*][$($head:tt)*][$($errors:tt)*]
+        params($($params:tt)*), scopes($($scope:literal),+), responses($($response:tt)*);
         $($handler:tt)*
     ) => {
-        $crate::routes::operation! {
-            $(#[$($doc)*])*
-            @path(
-                $method, path = $path, tag = $tag, operation_id = $id, params($($params)*),
-                responses($($response)*, crate::error::responses::AuthenticatedErrors),
-                security($(("bearer" = [$scope])),+),
-            )
-            $($handler)*
-        }
+        #[utoipa::path(
+            $($head)*,
+            params($($params)*),
+            responses(
+                $($response)*,
+                $($errors)*
+                crate::error::responses::AuthenticatedErrors,
+            ),
+            security($(("bearer" = [$scope])),+),
+        )]
+        $($doc)*
+        $($handler)*
     };
-    (
-        $(#[$($doc:tt)*])*
-        $method:ident $path:literal as $id:literal in $tag:literal,
-        responses($($response:tt)*);
-        $($handler:tt)*
-    ) => {
-        $crate::routes::operation! {
-            $(#[$($doc)*])*
-            @path($method, path = $path, tag = $tag, operation_id = $id, responses($($response)*))
-            $($handler)*
-        }
-    };
-    ($(#[$($doc:tt)*])* @path($($path:tt)*) $($handler:tt)*) => {
-        #[utoipa::path($($path)*)]
-        $(#[$($doc)*])*
+    // No authentication.
+    (@[$($doc:tt)*][$($head:tt)*][] responses($($response:tt)*); $($handler:tt)*) => {
+        #[utoipa::path($($head)*, responses($($response)*))]
+        $($doc)*
         $($handler)*
     };
 }
