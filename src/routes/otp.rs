@@ -38,26 +38,22 @@ pub trait CheckRequest: Sized + 'static {
     fn parse(body: &Map<String, Value>) -> Result<Self, Vec<FieldError>>;
 }
 
-impl CheckRequest for ValidateRequest {
-    type Scope = OtpValidate;
-    fn parse(body: &Map<String, Value>) -> Result<Self, Vec<FieldError>> {
-        ValidateRequest::parse(body)
-    }
+/// `Request: Scope`: each check's request parses as its domain type says.
+macro_rules! check_requests {
+    ($($request:ident: $scope:ident),*) => {$(
+        impl CheckRequest for $request {
+            type Scope = $scope;
+            fn parse(body: &Map<String, Value>) -> Result<Self, Vec<FieldError>> {
+                $request::parse(body)
+            }
+        }
+    )*};
 }
-
-impl CheckRequest for ResyncRequest {
-    type Scope = TokensWrite;
-    fn parse(body: &Map<String, Value>) -> Result<Self, Vec<FieldError>> {
-        ResyncRequest::parse(body)
-    }
-}
-
-impl CheckRequest for PairingRequest {
-    type Scope = TokensWrite;
-    fn parse(body: &Map<String, Value>) -> Result<Self, Vec<FieldError>> {
-        PairingRequest::parse(body)
-    }
-}
+check_requests!(
+    ValidateRequest: OtpValidate,
+    ResyncRequest: TokensWrite,
+    PairingRequest: TokensWrite
+);
 
 /// An OTP check of the path's token: the caller authorized as `R::Scope` (see [`Authorized`]),
 /// then the check counted against the token's rate limit, then the body read as `R`, in that
