@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::{operation, Reply};
 use crate::error::responses::{Unavailable, Unexpected};
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -19,49 +20,40 @@ pub struct Health {
 
 const UP: Health = Health { status: "UP" };
 
-/// Liveness: the process answers. Never looks at the database.
-#[utoipa::path(
-    get,
-    path = "/health/live",
-    tag = "Operations",
-    operation_id = "live",
-    responses((status = 200, description = "The process is up.", body = Health)),
-)]
-pub async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(UP)
+operation! {
+    /// Liveness: the process answers. Never looks at the database.
+    get "/health/live" as "live" in "Operations",
+    responses((status = 200, description = "The process is up.", body = Health));
+    pub async fn live() -> HttpResponse {
+        HttpResponse::Ok().json(UP)
+    }
 }
 
-/// Readiness: the database answers and every migration this binary knows is applied.
-#[utoipa::path(
-    get,
-    path = "/health/ready",
-    tag = "Operations",
-    operation_id = "ready",
+operation! {
+    /// Readiness: the database answers and every migration this binary knows is applied.
+    get "/health/ready" as "ready" in "Operations",
     responses(
         (status = 200, description = "Ready to serve.", body = Health),
         (status = 500, response = Unexpected),
         (status = 503, response = Unavailable),
-    ),
-)]
-pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match store::migrations_applied(&state.db).await {
-        Ok(true) => Ok(HttpResponse::Ok().json(UP)),
-        Ok(false) => Err(ApiError::Unavailable("migrations are not applied".into())),
-        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    );
+    pub async fn ready(state: web::Data<AppState>) -> Reply {
+        match store::migrations_applied(&state.db).await {
+            Ok(true) => Ok(HttpResponse::Ok().json(UP)),
+            Ok(false) => Err(ApiError::Unavailable("migrations are not applied".into())),
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        }
     }
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "Operations",
-    operation_id = "metrics",
+operation! {
+    /// Prometheus metrics in the text exposition format.
+    get "/metrics" as "metrics" in "Operations",
     responses((status = 200, description = "Every metric of this process.", body = String,
-        content_type = "text/plain; version=0.0.4")),
-)]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(crate::metrics::METRICS.render(&state.db, &state.limits))
+        content_type = "text/plain; version=0.0.4"));
+    pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(crate::metrics::METRICS.render(&state.db, &state.limits))
+    }
 }

@@ -46,6 +46,77 @@ macro_rules! resource {
     };
 }
 
+/// `operation! { /// docs \n method "/path" as "operationId" in "Tag", ...; handler }`: the
+/// handler with its `#[utoipa::path]` attribute (summary and description from its doc comment).
+///
+/// An operation of the API takes `params(...)`, `json(Type)` when it reads a JSON body documented
+/// as `Type`, `scopes("oath:...", ...)` (any one of them will do) and `responses(...)`; the macro
+/// adds the errors every authenticated operation may answer, and those of reading a body when it
+/// takes one. An operation without `scopes` is documented as it is written: no authentication,
+/// only its own `responses(...)`. The operations with headers or bodies of their own
+/// (`tokens::create`, `jobs::submit`) write their `#[utoipa::path]` out.
+macro_rules! operation {
+    // The head: doc comment, method, path, operation id and tag.
+    (
+        $(#[$($doc:tt)*])*
+        $method:ident $path:literal as $id:literal in $tag:literal, $($rest:tt)*
+    ) => {
+        $crate::routes::operation! {
+            @[$(#[$($doc)*])*][$method, path = $path, tag = $tag, operation_id = $id][]
+            $($rest)*
+        }
+    };
+    // A JSON body: documented as `$body`, and the errors of reading it added to the operation's.
+    (@[$($doc:tt)*][$($head:tt)*][] params($($params:tt)*), json($body:ident), $($rest:tt)*) => {
+        $crate::routes::operation! {
+            @[$($doc)*]
+            [$($head)*, request_body(content = $body, content_type = "application/json")]
+            [crate::error::responses::BodyErrors,]
+            params($($params)*), $($rest)*
+        }
+    };
+    // An operation of the API.
+    (
+        @[$($doc:tt)*][$($head:tt)*][$($errors:tt)*]
+        params($($params:tt)*), scopes($($scope:literal),+), responses($($response:tt)*);
+        $($handler:tt)*
+    ) => {
+        #[utoipa::path(
+            $($head)*,
+            params($($params)*),
+            responses(
+                $($response)*,
+                $($errors)*
+                crate::error::responses::AuthenticatedErrors,
+            ),
+            security($(("bearer" = [$scope])),+),
+        )]
+        $($doc)*
+        $($handler)*
+    };
+    // No authentication.
+    (@[$($doc:tt)*][$($head:tt)*][] responses($($response:tt)*); $($handler:tt)*) => {
+        #[utoipa::path($($head)*, responses($($response)*))]
+        $($doc)*
+        $($handler)*
+    };
+}
+pub(crate) use operation;
+
+/// What a handler answers: a response, or an error rendered as the API's error body.
+pub type Reply = Result<actix_web::HttpResponse, ApiError>;
+
+/// `store::get(..).await?.or_not_found()?`: what the path names, or 404 when there is none.
+pub trait OrNotFound<T> {
+    fn or_not_found(self) -> Result<T, ApiError>;
+}
+
+impl<T> OrNotFound<T> for Option<T> {
+    fn or_not_found(self) -> Result<T, ApiError> {
+        self.ok_or_else(ApiError::not_found)
+    }
+}
+
 /// Every route the service serves: [`configure`] registers exactly these, and the OpenAPI test
 /// checks that `/openapi.json` documents exactly these (method, path) pairs. The router tries
 /// resources in this order and matches each dynamic one with a regex, so the static paths come

@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{docs, environments, health, jobs, otp, tokens};
+use super::{docs, environments, health, jobs, operation, otp, tokens};
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooManyRequests, Unauthorized,
     Unavailable, Unexpected, UnsupportedMediaType,
@@ -106,16 +106,13 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .expect("the OpenAPI document serializes")
 });
 
-/// This document.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "Operations",
-    operation_id = "openapi",
-    responses((status = 200, description = "The OpenAPI 3.1 document.", body = serde_json::Value)),
-)]
-pub async fn document() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(DOCUMENT.as_str())
+operation! {
+    /// This document.
+    get "/openapi.json" as "openapi" in "Operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", body = serde_json::Value));
+    pub async fn document() -> HttpResponse {
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(DOCUMENT.as_str())
+    }
 }

@@ -4,20 +4,22 @@
 //! Every OTP check is logged as one event (`otp checked`: token id, operation, outcome), never
 //! with the OTP or the secret.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::{Authorized, OtpValidate, TokenId, TokensWrite};
+use super::extract::{Authorized, Demands, OtpValidate, TokenId, TokensWrite};
 use super::tokens::TokenResource;
-use super::{json_body, TokenPath};
+use super::{json_body, operation, OrNotFound, Reply, TokenPath};
 use crate::domain::{
     FieldError, PairingRequest, PairingRequestDoc, ResyncRequest, ResyncRequestDoc,
     ValidateRequest, ValidateRequestDoc,
 };
-use crate::error::responses::{AuthenticatedErrors, BodyErrors, Conflict};
+use crate::error::responses::Conflict;
 use crate::error::ApiError;
 use crate::metrics::METRICS;
 use crate::startup::AppState;
@@ -30,167 +32,176 @@ struct ValidationResult {
     status: Outcome,
 }
 
-/// Check an OTP.
-///
-/// `{"otp": "..."}` answers `{"status": "VALID" | "INVALID" | "LOCKED"}`. A valid code is
-/// consumed (HOTP: the counter moves past it; TOTP: its time step is never accepted again); after
-/// too many consecutive failures the token is `LOCKED` until a successful resync.
-#[utoipa::path(
-    post,
-    path = "/v1/environments/{env_id}/oathTokens/{token_id}/validate",
-    tag = "OTP",
-    operation_id = "validateOtp",
-    params(TokenPath),
-    request_body(content = ValidateRequestDoc, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The outcome of the check.", body = ValidationResult),
-        BodyErrors,
-        AuthenticatedErrors,
-    ),
-    security(("bearer" = ["oath:otp:validate"])),
-)]
-pub async fn validate(
-    auth: Authorized<OtpValidate, TokenId>,
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let (env, id) = (auth.env, auth.ids.0);
-    state.limits.check_otp(env, id)?;
-    let request = parse_body(&req, payload, &state, ValidateRequest::parse).await?;
-    let outcome = verification::validate(&state, env, id, &request.otp)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    log_check(&req, id, "validate", outcome);
-    Ok(HttpResponse::Ok().json(ValidationResult { status: outcome }))
+/// The request of an OTP check, and the scope the check demands.
+pub trait CheckRequest: Sized + 'static {
+    type Scope: Demands;
+    fn parse(body: &Map<String, Value>) -> Result<Self, Vec<FieldError>>;
 }
 
-/// Resynchronise a token with two consecutive OTPs.
-///
-/// `{"otps": ["first", "second"]}` sets the counter or drift, clears the lock and answers the
-/// token; `400 INVALID_DATA` when the OTPs are not consecutive codes within the resync window.
-#[utoipa::path(
-    post,
-    path = "/v1/environments/{env_id}/oathTokens/{token_id}/resync",
-    tag = "OTP",
-    operation_id = "resyncToken",
-    params(TokenPath),
-    request_body(content = ResyncRequestDoc, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The token, resynchronised.", body = TokenResource),
-        BodyErrors,
-        AuthenticatedErrors,
-    ),
-    security(("bearer" = ["oath:tokens:write"])),
-)]
-pub async fn resync(
-    auth: Authorized<TokensWrite, TokenId>,
-    req: HttpRequest,
-    payload: web::Payload,
+/// `Request: Scope`: each check's request parses as its domain type says.
+macro_rules! check_requests {
+    ($($request:ident: $scope:ident),*) => {$(
+        impl CheckRequest for $request {
+            type Scope = $scope;
+            fn parse(body: &Map<String, Value>) -> Result<Self, Vec<FieldError>> {
+                $request::parse(body)
+            }
+        }
+    )*};
+}
+check_requests!(
+    ValidateRequest: OtpValidate,
+    ResyncRequest: TokensWrite,
+    PairingRequest: TokensWrite
+);
+
+/// An OTP check of the path's token: the caller authorized as `R::Scope` (see [`Authorized`]),
+/// then the check counted against the token's rate limit, then the body read as `R`, in that
+/// order, so that a refused or limited check reads no body.
+pub struct OtpCheck<R> {
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let (env, id) = (auth.env, auth.ids.0);
-    state.limits.check_otp(env, id)?;
-    let request = parse_body(&req, payload, &state, ResyncRequest::parse).await?;
-    match verification::resync(&state, env, id, request.otps)
-        .await?
-        .ok_or_else(ApiError::not_found)?
-    {
-        Resync::Done(token) => Ok(checked_token(&req, &state, "resync", token)),
-        Resync::NoMatch => {
-            log_check(&req, id, "resync", Outcome::Invalid);
-            Err(invalid_field(
-                "otps",
-                "otps are not two consecutive codes of this token within the resync window; \
-                 enter two codes in a row as the token shows them",
-            ))
+    env: Uuid,
+    id: Uuid,
+    request: R,
+}
+
+impl<R: CheckRequest> FromRequest for OtpCheck<R> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let auth = Authorized::<R::Scope, TokenId>::from_request(req, payload);
+        let body = web::Payload::from_request(req, payload);
+        let req = req.clone();
+        Box::pin(async move {
+            let auth = auth.await?;
+            let (env, id) = (auth.env, auth.ids.0);
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::Internal("application state missing".into()))?
+                .clone();
+            state.limits.check_otp(env, id)?;
+            let body = body.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+            let request = parse_body(&req, body, &state, R::parse).await?;
+            Ok(Self {
+                state,
+                env,
+                id,
+                request,
+            })
+        })
+    }
+}
+
+operation! {
+    /// Check an OTP.
+    ///
+    /// `{"otp": "..."}` answers `{"status": "VALID" | "INVALID" | "LOCKED"}`. A valid code is
+    /// consumed (HOTP: the counter moves past it; TOTP: its time step is never accepted again); after
+    /// too many consecutive failures the token is `LOCKED` until a successful resync.
+    post "/v1/environments/{env_id}/oathTokens/{token_id}/validate" as "validateOtp" in "OTP",
+    params(TokenPath), json(ValidateRequestDoc), scopes("oath:otp:validate"),
+    responses((status = 200, description = "The outcome of the check.", body = ValidationResult));
+    pub async fn validate(check: OtpCheck<ValidateRequest>, req: HttpRequest) -> Reply {
+        let OtpCheck { state, env, id, request } = check;
+        let outcome = verification::validate(&state, env, id, &request.otp)
+            .await?
+            .or_not_found()?;
+        log_check(&req, id, "validate", outcome);
+        Ok(HttpResponse::Ok().json(ValidationResult { status: outcome }))
+    }
+}
+
+operation! {
+    /// Resynchronise a token with two consecutive OTPs.
+    ///
+    /// `{"otps": ["first", "second"]}` sets the counter or drift, clears the lock and answers the
+    /// token; `400 INVALID_DATA` when the OTPs are not consecutive codes within the resync window.
+    post "/v1/environments/{env_id}/oathTokens/{token_id}/resync" as "resyncToken" in "OTP",
+    params(TokenPath), json(ResyncRequestDoc), scopes("oath:tokens:write"),
+    responses((status = 200, description = "The token, resynchronised.", body = TokenResource));
+    pub async fn resync(check: OtpCheck<ResyncRequest>, req: HttpRequest) -> Reply {
+        let OtpCheck { state, env, id, request } = check;
+        match verification::resync(&state, env, id, request.otps)
+            .await?
+            .or_not_found()?
+        {
+            Resync::Done(token) => Ok(checked_token(&req, &state, "resync", token)),
+            Resync::NoMatch => {
+                log_check(&req, id, "resync", Outcome::Invalid);
+                Err(invalid_field(
+                    "otps",
+                    "otps are not two consecutive codes of this token within the resync window; \
+                     enter two codes in a row as the token shows them",
+                ))
+            }
         }
     }
 }
 
-/// Pair a token with a user.
-///
-/// `{"userId": "...", "otp": "..."}` pairs an `AVAILABLE` token whose OTP validates (consuming
-/// it) and answers the token; `409` when it is already paired or locked.
-#[utoipa::path(
-    post,
-    path = "/v1/environments/{env_id}/oathTokens/{token_id}/pairing",
-    tag = "OTP",
-    operation_id = "pairToken",
-    params(TokenPath),
-    request_body(content = PairingRequestDoc, content_type = "application/json"),
+operation! {
+    /// Pair a token with a user.
+    ///
+    /// `{"userId": "...", "otp": "..."}` pairs an `AVAILABLE` token whose OTP validates (consuming
+    /// it) and answers the token; `409` when it is already paired or locked.
+    post "/v1/environments/{env_id}/oathTokens/{token_id}/pairing" as "pairToken" in "OTP",
+    params(TokenPath), json(PairingRequestDoc), scopes("oath:tokens:write"),
     responses(
         (status = 200, description = "The token, now `PAIRED`.", body = TokenResource),
-        (status = 409, response = Conflict),
-        BodyErrors,
-        AuthenticatedErrors,
-    ),
-    security(("bearer" = ["oath:tokens:write"])),
-)]
-pub async fn pair(
-    auth: Authorized<TokensWrite, TokenId>,
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let (env, id) = (auth.env, auth.ids.0);
-    state.limits.check_otp(env, id)?;
-    let request = parse_body(&req, payload, &state, PairingRequest::parse).await?;
-    match verification::pair(&state, env, id, &request.user_id, &request.otp)
-        .await?
-        .ok_or_else(ApiError::not_found)?
-    {
-        Pairing::Paired(token) => {
-            let response = checked_token(&req, &state, "pairing", token);
-            tracing::info!(token_id = %id, "token paired");
-            Ok(response)
-        }
-        Pairing::AlreadyPaired => Err(ApiError::Conflict(
-            "The token is already paired; unpair it first.".into(),
-        )),
-        Pairing::Locked => {
-            log_check(&req, id, "pairing", Outcome::Locked);
-            Err(ApiError::Conflict(
-                "The token is locked after too many failed validations; resync it first.".into(),
-            ))
-        }
-        Pairing::Invalid => {
-            log_check(&req, id, "pairing", Outcome::Invalid);
-            Err(invalid_field(
-                "otp",
-                "the OTP is not valid for this token; enter the code the token shows now",
-            ))
+        (status = 409, response = Conflict)
+    );
+    pub async fn pair(check: OtpCheck<PairingRequest>, req: HttpRequest) -> Reply {
+        let OtpCheck { state, env, id, request } = check;
+        match verification::pair(&state, env, id, &request.user_id, &request.otp)
+            .await?
+            .or_not_found()?
+        {
+            Pairing::Paired(token) => {
+                let response = checked_token(&req, &state, "pairing", token);
+                tracing::info!(token_id = %id, "token paired");
+                Ok(response)
+            }
+            Pairing::AlreadyPaired => Err(ApiError::Conflict(
+                "The token is already paired; unpair it first.".into(),
+            )),
+            Pairing::Locked => {
+                log_check(&req, id, "pairing", Outcome::Locked);
+                Err(ApiError::Conflict(
+                    "The token is locked after too many failed validations; resync it first."
+                        .into(),
+                ))
+            }
+            Pairing::Invalid => {
+                log_check(&req, id, "pairing", Outcome::Invalid);
+                Err(invalid_field(
+                    "otp",
+                    "the OTP is not valid for this token; enter the code the token shows now",
+                ))
+            }
         }
     }
 }
 
-/// Unpair a token.
-///
-/// `204` whether or not the token was paired; `404` when there is no token.
-#[utoipa::path(
-    delete,
-    path = "/v1/environments/{env_id}/oathTokens/{token_id}/pairing",
-    tag = "OTP",
-    operation_id = "unpairToken",
-    params(TokenPath),
-    responses(
-        (status = 204, description = "The token is not paired (whether or not it was)."),
-        AuthenticatedErrors,
-    ),
-    security(("bearer" = ["oath:tokens:write"])),
-)]
-pub async fn unpair(
-    auth: Authorized<TokensWrite, TokenId>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let (env, id) = (auth.env, auth.ids.0);
-    let was_paired = store::unpair(&state.db, env, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    if was_paired {
-        tracing::info!(token_id = %id, "token unpaired");
+operation! {
+    /// Unpair a token.
+    ///
+    /// `204` whether or not the token was paired; `404` when there is no token.
+    delete "/v1/environments/{env_id}/oathTokens/{token_id}/pairing" as "unpairToken" in "OTP",
+    params(TokenPath), scopes("oath:tokens:write"),
+    responses((status = 204, description = "The token is not paired (whether or not it was)."));
+    pub async fn unpair(
+        auth: Authorized<TokensWrite, TokenId>,
+        state: web::Data<AppState>,
+    ) -> Reply {
+        let (env, id) = (auth.env, auth.ids.0);
+        let was_paired = store::unpair(&state.db, env, id)
+            .await?
+            .or_not_found()?;
+        if was_paired {
+            tracing::info!(token_id = %id, "token unpaired");
+        }
+        Ok(HttpResponse::NoContent().finish())
     }
-    Ok(HttpResponse::NoContent().finish())
 }
 
 /// The body, a JSON object, read by the operation's parser: 400 for anything else.

@@ -11,6 +11,7 @@ use super::extract::{Authorized, TokenId, TokensRead, TokensWrite};
 use super::idempotency::{self, IdempotencyKey};
 use super::page::{self, Paging};
 use super::{collection_url, cursor, parse_json, read_body, require_media_type};
+use super::{operation, OrNotFound, Reply};
 use super::{EnvPath, TokenPath};
 use super::{IdRef, Link};
 use crate::domain::token::{otp_length_schema, TokenRequestDoc};
@@ -231,53 +232,34 @@ pub async fn create(
         .body(body))
 }
 
-/// Read one token.
-#[utoipa::path(
-    get,
-    path = "/v1/environments/{env_id}/oathTokens/{token_id}",
-    tag = "Tokens",
-    operation_id = "getToken",
-    params(TokenPath),
-    responses(
-        (status = 200, description = "The token.", body = TokenResource),
-        AuthenticatedErrors,
-    ),
-    security(("bearer" = ["oath:tokens:read"])),
-)]
-pub async fn get(
-    auth: Authorized<TokensRead, TokenId>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let (env, id) = (auth.env, auth.ids.0);
-    let row = store::get(&state.db, env, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
+operation! {
+    /// Read one token.
+    get "/v1/environments/{env_id}/oathTokens/{token_id}" as "getToken" in "Tokens",
+    params(TokenPath), scopes("oath:tokens:read"),
+    responses((status = 200, description = "The token.", body = TokenResource));
+    pub async fn get(auth: Authorized<TokensRead, TokenId>, state: web::Data<AppState>) -> Reply {
+        let (env, id) = (auth.env, auth.ids.0);
+        let row = store::get(&state.db, env, id).await?.or_not_found()?;
+        Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
+    }
 }
 
-/// Revoke (delete) one token, unpairing it if it is paired.
-#[utoipa::path(
-    delete,
-    path = "/v1/environments/{env_id}/oathTokens/{token_id}",
-    tag = "Tokens",
-    operation_id = "deleteToken",
-    params(TokenPath),
-    responses(
-        (status = 204, description = "The token is gone."),
-        AuthenticatedErrors,
-    ),
-    security(("bearer" = ["oath:tokens:write"])),
-)]
-pub async fn delete(
-    auth: Authorized<TokensWrite, TokenId>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let (env, id) = (auth.env, auth.ids.0);
-    if !store::delete(&state.db, env, id).await? {
-        return Err(ApiError::not_found());
+operation! {
+    /// Revoke (delete) one token, unpairing it if it is paired.
+    delete "/v1/environments/{env_id}/oathTokens/{token_id}" as "deleteToken" in "Tokens",
+    params(TokenPath), scopes("oath:tokens:write"),
+    responses((status = 204, description = "The token is gone."));
+    pub async fn delete(
+        auth: Authorized<TokensWrite, TokenId>,
+        state: web::Data<AppState>,
+    ) -> Reply {
+        let (env, id) = (auth.env, auth.ids.0);
+        if !store::delete(&state.db, env, id).await? {
+            return Err(ApiError::not_found());
+        }
+        tracing::info!(token_id = %id, "token deleted");
+        Ok(HttpResponse::NoContent().finish())
     }
-    tracing::info!(token_id = %id, "token deleted");
-    Ok(HttpResponse::NoContent().finish())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -319,47 +301,42 @@ super::page_type! {
     TokenPage { EmbeddedTokens "oathTokens": TokenResource }
 }
 
-/// List tokens, or find one by serial number.
-#[utoipa::path(
-    get,
-    path = "/v1/environments/{env_id}/oathTokens",
-    tag = "Tokens",
-    operation_id = "listTokens",
-    params(EnvPath, ListQuery),
+operation! {
+    /// List tokens, or find one by serial number.
+    get "/v1/environments/{env_id}/oathTokens" as "listTokens" in "Tokens",
+    params(EnvPath, ListQuery), scopes("oath:tokens:read"),
     responses(
         (status = 200, description = "A page of tokens.", body = TokenPage),
-        (status = 400, response = BadRequest),
-        AuthenticatedErrors,
-    ),
-    security(("bearer" = ["oath:tokens:read"])),
-)]
-pub async fn list(
-    auth: Authorized<TokensRead>,
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let env = auth.env;
-    let query = ListRequest::parse(req.query_string())?;
-    let paging = &query.paging;
-    let serial = query.serial.as_ref().map(SerialNumber::as_str);
-    let mut rows = store::list(&state.db, env, serial, paging.last, paging.fetch()).await?;
-    let base = state.settings.base_url();
-    let mut params = Vec::new();
-    if let Some(f) = &query.filter {
-        params.push(("filter", f.clone()));
-    }
-    params.push(("limit", paging.limit.to_string()));
-    let links = paging.links(
-        &mut rows,
-        |r| cursor::encode(r.id),
-        &collection_url(base, env, "oathTokens"),
-        &params,
+        (status = 400, response = BadRequest)
     );
-    let oath_tokens: Vec<TokenResource> = rows
-        .into_iter()
-        .map(|r| TokenResource::new(base, r))
-        .collect();
-    Ok(HttpResponse::Ok().json(TokenPage::new(links, oath_tokens)))
+    pub async fn list(
+        auth: Authorized<TokensRead>,
+        req: HttpRequest,
+        state: web::Data<AppState>,
+    ) -> Reply {
+        let env = auth.env;
+        let query = ListRequest::parse(req.query_string())?;
+        let paging = &query.paging;
+        let serial = query.serial.as_ref().map(SerialNumber::as_str);
+        let mut rows = store::list(&state.db, env, serial, paging.last, paging.fetch()).await?;
+        let base = state.settings.base_url();
+        let mut params = Vec::new();
+        if let Some(f) = &query.filter {
+            params.push(("filter", f.clone()));
+        }
+        params.push(("limit", paging.limit.to_string()));
+        let links = paging.links(
+            &mut rows,
+            |r| cursor::encode(r.id),
+            &collection_url(base, env, "oathTokens"),
+            &params,
+        );
+        let oath_tokens: Vec<TokenResource> = rows
+            .into_iter()
+            .map(|r| TokenResource::new(base, r))
+            .collect();
+        Ok(HttpResponse::Ok().json(TokenPage::new(links, oath_tokens)))
+    }
 }
 
 /// The one filter the list supports: `serialNumber eq "X"` (operator case-insensitive, SCIM style).
