@@ -240,8 +240,15 @@ def milliseconds(ms):
 
 # --- the 100k jobs against COPY and DELETE ----------------------------------------------------
 
-def run_job(svc, env, token, body, content_type):
-    """Seconds from POST to DONE, and to the 202."""
+def wal_lsn():
+    """The server's current WAL position, in bytes."""
+    return int(psql(DB_URL, "select pg_current_wal_lsn() - '0/0'"))
+
+
+def run_job(svc, env, token, body, content_type, wal=None):
+    """Seconds from POST to DONE, and to the 202; appends the WAL bytes the server wrote meanwhile
+    (the job's and anything else on the server) to `wal` when given."""
+    lsn = wal_lsn() if wal is not None else 0
     started = time.perf_counter()
     status, job = svc.request("POST", f"/v1/environments/{env}/oathJobs", token, body, content_type)
     assert status == 202, job
@@ -252,6 +259,8 @@ def run_job(svc, env, token, body, content_type):
         _, job = svc.request("GET", path, token)
     elapsed = time.perf_counter() - started
     assert job["status"] == "DONE", job
+    if wal is not None:
+        wal.append(wal_lsn() - lsn)
     return elapsed, accepted
 
 
@@ -264,60 +273,74 @@ def create_body(rows):
         {"serialNumber": s, "secret": sec, "type": "HOTP", "otpLength": 6} for s, sec in rows]}).encode()
 
 
-def copy_baseline(env, rows):
-    """Raw COPY of the same tokens (same columns and indexes, ciphertext-sized secrets)."""
+def copy_baseline(env, rows, wal):
+    """Raw COPY of the same tokens (same columns and indexes, ciphertext-sized secrets); appends
+    its WAL bytes to `wal`."""
     with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as f:
         for serial, _ in rows:
             f.write(f"{env}\t{uuid.uuid4()}\t{serial}\tHOTP\t6\tHmacSHA1\t0\t\\\\x{secrets.token_hex(48)}\tbench\n")
         path = f.name
     psql(DB_URL, "drop table if exists bench_copy; create table bench_copy (like oath_tokens including all)")
+    lsn = wal_lsn()
     elapsed = psql_timed(DB_URL, f"\\copy bench_copy (environment_id, id, serial_number, type, otp_length, "
                                  f"hash_algorithm, counter, secret_ciphertext, secret_key_id) from '{path}'")
+    wal.append(wal_lsn() - lsn)
     os.unlink(path)
     return elapsed
 
 
-def delete_baseline():
-    """Raw DELETE of the same number of rows by id, from the COPY baseline's table."""
+def delete_baseline(wal):
+    """Raw DELETE of the same number of rows by id, from the COPY baseline's table; appends its WAL
+    bytes to `wal`."""
     psql(DB_URL, "drop table if exists bench_ids; create table bench_ids as select id from bench_copy")
-    return psql_timed(DB_URL, "delete from bench_copy where id in (select id from bench_ids);")
+    lsn = wal_lsn()
+    elapsed = psql_timed(DB_URL, "delete from bench_copy where id in (select id from bench_ids);")
+    wal.append(wal_lsn() - lsn)
+    return elapsed
 
 
 def jobs(svc):
     figures = {"create": [], "copy": [], "revoke": [], "delete": [], "csv": []}
+    # WAL bytes written during each, per item.
+    wal = {k: [] for k in figures}
     for rep in range(REPS):
         env = str(uuid.uuid4())
         token = svc.token(env)
         rows = token_rows(TOKENS, f"B{rep}x")
-        t_job, t_accept = run_job(svc, env, token, create_body(rows), CREATE_TYPE)
-        t_copy = copy_baseline(env, rows)
+        t_job, t_accept = run_job(svc, env, token, create_body(rows), CREATE_TYPE, wal["create"])
+        t_copy = copy_baseline(env, rows, wal["copy"])
         ids = psql(DB_URL, f"select id from oath_tokens where environment_id = '{env}'").split()
         revoke = json.dumps({"type": "REVOKE_OATH_TOKENS", "tokenIds": ids}).encode()
-        t_revoke, t_revoke_accept = run_job(svc, env, token, revoke, REVOKE_TYPE)
-        t_delete = delete_baseline()
+        t_revoke, t_revoke_accept = run_job(svc, env, token, revoke, REVOKE_TYPE, wal["revoke"])
+        t_delete = delete_baseline(wal["delete"])
         # The same kind of rows as a CSV file, into an environment of its own.
         csv_env = str(uuid.uuid4())
         csv_rows = token_rows(TOKENS, f"C{rep}x")
         csv_body = "\n".join([CSV_HEADER] + [f"{s},{sec},HOTP,6,,," for s, sec in csv_rows]).encode()
-        t_csv, t_csv_accept = run_job(svc, csv_env, svc.token(csv_env), csv_body, CSV_TYPE)
+        t_csv, t_csv_accept = run_job(svc, csv_env, svc.token(csv_env), csv_body, CSV_TYPE, wal["csv"])
         psql(DB_URL, f"delete from oath_tokens where environment_id = '{csv_env}'")
         for k, v in (("create", t_job), ("copy", t_copy), ("revoke", t_revoke), ("delete", t_delete),
                      ("csv", t_csv)):
             figures[k].append(v)
         say(f"jobs {rep + 1}/{REPS}: create job {t_job:.2f}s (202 after {t_accept:.2f}s), "
             f"COPY {t_copy:.2f}s, revoke job {t_revoke:.2f}s (202 after {t_revoke_accept:.2f}s), "
-            f"DELETE {t_delete:.2f}s, CSV import {t_csv:.2f}s (202 after {t_csv_accept:.2f}s)")
+            f"DELETE {t_delete:.2f}s, CSV import {t_csv:.2f}s (202 after {t_csv_accept:.2f}s); WAL per item: "
+            + ", ".join(f"{k} {v[-1] / TOKENS:,.0f} B" for k, v in wal.items()))
     rss = svc.peak_rss_mb()
     med = {k: statistics.median(v) for k, v in figures.items()}
+    per_item = {k: statistics.median(v) / TOKENS for k, v in wal.items()}
     k = f"{TOKENS // 1000}k"
     return [
         Line(f"{k}-token create job, POST to DONE", "raw COPY of the same rows", med["copy"] / med["create"],
-             ">= 0.6", f"{TOKENS / med['create']:,.0f} tokens/s vs {TOKENS / med['copy']:,.0f} rows/s"),
+             ">= 0.6", f"{TOKENS / med['create']:,.0f} tokens/s vs {TOKENS / med['copy']:,.0f} rows/s; "
+             f"WAL {per_item['create']:,.0f} vs {per_item['copy']:,.0f} bytes/item"),
         Line(f"{k}-id revoke job, POST to DONE", "raw DELETE of the same ids", med["delete"] / med["revoke"],
-             ">= 0.5", f"{TOKENS / med['revoke']:,.0f} ids/s vs {TOKENS / med['delete']:,.0f} rows/s"),
+             ">= 0.5", f"{TOKENS / med['revoke']:,.0f} ids/s vs {TOKENS / med['delete']:,.0f} rows/s; "
+             f"WAL {per_item['revoke']:,.0f} vs {per_item['delete']:,.0f} bytes/item"),
         Line(f"{k}-row CSV import, POST to DONE", "JSON create job of the same rows",
              med["create"] / med["csv"], ">= 0.8",
-             f"{TOKENS / med['csv']:,.0f} rows/s vs {TOKENS / med['create']:,.0f} tokens/s"),
+             f"{TOKENS / med['csv']:,.0f} rows/s vs {TOKENS / med['create']:,.0f} tokens/s; "
+             f"WAL {per_item['csv']:,.0f} vs {per_item['create']:,.0f} bytes/item"),
         Line(f"peak RSS of the service during the {k} jobs", "", rss, "<= 200 MB",
              f"VmHWM after {REPS} create and {REPS} revoke jobs"),
     ]

@@ -91,7 +91,7 @@ impl JobStatus {
     }
 }
 
-/// What happened to one item of a job (a `job_results` row).
+/// What happened to one item of a job (stored in its chunk's `job_result_chunks` row).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[schema(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -1,7 +1,7 @@
 //! Retention: finished jobs (DONE, FAILED) whose completion is older than
-//! `jobs.retention_seconds` are deleted with their results, results first, a few thousand rows
-//! per statement, each statement its own short transaction; afterwards the job is 404. One
-//! replica purges at a time (see [`crate::store::retention`]).
+//! `jobs.retention_seconds` are deleted with their results, results first, the result chunks of a
+//! few thousand items per statement, each statement its own short transaction; afterwards the job
+//! is 404. One replica purges at a time (see [`crate::store::retention`]).
 
 use std::time::Duration;
 
@@ -10,12 +10,14 @@ use sqlx::PgPool;
 use crate::metrics::METRICS;
 use crate::store::retention;
 
-/// Result rows deleted per statement.
+/// Items whose results are deleted per statement: the result chunks starting in a range of this
+/// many items (five chunks of the default 1,000 items).
 pub const RESULT_BATCH: i32 = 5_000;
 /// Jobs looked up per query.
 const JOB_BATCH: i64 = 100;
 
-/// One purge pass: every job past `retention`, deleting at most `batch` results per statement.
+/// One purge pass: every job past `retention`, deleting the results of `batch` items per
+/// statement (the chunks that start among them).
 /// Returns the jobs deleted; stops early, without error, when another replica is purging.
 pub async fn purge_once(
     pool: &PgPool,

@@ -56,8 +56,8 @@ pub async fn expired(
     Ok(Some(jobs))
 }
 
-/// Deletes a finished job's result rows with `idx` in `[from, from + count)`: one short
-/// statement on the primary key's range. None when another replica holds the purge lock.
+/// Deletes a finished job's result chunks that start at an item in `[from, from + count)`: one
+/// short statement on the primary key's range. None when another replica holds the purge lock.
 pub async fn delete_results(
     pool: &PgPool,
     job: &Expired,
@@ -69,8 +69,9 @@ pub async fn delete_results(
         return Ok(None);
     }
     let deleted = sqlx::query!(
-        r#"delete from job_results
-           where environment_id = $1 and job_id = $2 and idx >= $3 and idx < $3 + $4"#,
+        r#"delete from job_result_chunks
+           where environment_id = $1 and job_id = $2
+             and first_idx >= $3 and first_idx < $3::bigint + $4::int"#,
         job.environment_id,
         job.id,
         from,
