@@ -3,14 +3,15 @@
 //! wait, and the next transaction writes them all, so that an environment's creates share one
 //! WAL flush instead of queueing one flush each behind its quota row's lock. Each request still
 //! gets its own answer: its token, a duplicate serial number (also of an earlier create in the
-//! same transaction), or the limit, decided exactly as a job chunk decides them
-//! ([`crate::jobs::create::write_tokens`]).
+//! same transaction), or the limit. While the quota has room for all of them, one statement
+//! writes them ([`tokens::insert_new_counted`]); near the limit they are decided exactly as a job
+//! chunk decides them ([`crate::jobs::create::write_tokens`]), in the order they arrived.
 //!
 //! A transaction runs on a task of its own, never in a request's future, so that a client that
 //! goes away cancels nothing but its own wait. The queue of an environment holds only the creates
 //! of requests in flight; it is removed when it runs empty.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::PgPool;
@@ -20,9 +21,10 @@ use uuid::Uuid;
 use crate::crypto::Sealed;
 use crate::domain::job::Outcome;
 use crate::domain::NewToken;
-use crate::jobs::create::write_tokens;
+use crate::jobs::create::{first_occurrences, write_tokens};
 use crate::metrics::METRICS;
 use crate::store::chunks::CreateChunk;
+use crate::store::quota;
 use crate::store::tokens::{self, InsertError, Token};
 
 /// Creates one transaction writes at most.
@@ -123,8 +125,45 @@ impl CreateBatcher {
         }
     }
 
-    /// One transaction: the tokens that are new and within the quota, and the created rows.
+    /// One statement writes the tokens that are new and counts them in the quota, when they all
+    /// fit in it. Near the limit, that statement fails and changes nothing; then one transaction
+    /// takes the tokens in order while there is room, as a job chunk does.
     async fn commit(
+        &self,
+        env: Uuid,
+        chunk: &CreateChunk,
+    ) -> Result<(Vec<Outcome>, Vec<Token>), sqlx::Error> {
+        match tokens::insert_new_counted(
+            &self.pool,
+            env,
+            chunk,
+            &first_occurrences(chunk),
+            self.limit,
+        )
+        .await
+        {
+            Ok(rows) => {
+                let created: HashSet<Uuid> = rows.iter().map(|t| t.id).collect();
+                let outcomes = chunk
+                    .token_ids
+                    .iter()
+                    .map(|id| {
+                        if created.contains(id) {
+                            Outcome::Created
+                        } else {
+                            Outcome::Duplicate
+                        }
+                    })
+                    .collect();
+                Ok((outcomes, rows))
+            }
+            Err(e) if quota::is_exceeded(&e) => self.commit_in_order(env, chunk).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One transaction: the tokens that are new and within the quota, and the created rows.
+    async fn commit_in_order(
         &self,
         env: Uuid,
         chunk: &CreateChunk,

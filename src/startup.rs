@@ -20,6 +20,7 @@ use crate::crypto::SecretCipher;
 use crate::error;
 use crate::limits::RateLimits;
 use crate::routes::Listener;
+use crate::verification::SeenTokens;
 use crate::{routes, telemetry};
 
 /// Everything a request handler needs, shared by all workers.
@@ -39,6 +40,8 @@ pub struct AppState {
     pub limits: RateLimits,
     /// Single creates, combined per environment into shared transactions.
     pub creates: Arc<CreateBatcher>,
+    /// The tokens validated here, as last seen: a validation of one of them is one statement.
+    pub seen_tokens: SeenTokens,
 }
 
 impl AppState {
@@ -70,6 +73,7 @@ impl AppState {
             import_permits,
             limits,
             creates,
+            seen_tokens: SeenTokens::new(),
         })
     }
 }

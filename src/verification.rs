@@ -2,6 +2,7 @@
 //! the store, opens its secret (the one place a stored secret is opened to check a code), runs
 //! the engine ([`crate::otp`]) and writes the outcome back; the routes turn the result into HTTP.
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -9,9 +10,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::OtpSettings;
-use crate::domain::{Otp, TokenStatus, UserId};
+use crate::crypto::Sealed;
+use crate::domain::{HashAlgorithm, Otp, OtpLength, TokenStatus, UserId};
 use crate::error::ApiError;
-use crate::otp::{self, ResyncWindows, Windows};
+use crate::generations::Generations;
+use crate::otp::{self, Advance, MovingFactor, ResyncWindows, Windows};
 use crate::startup::AppState;
 use crate::store::otp::{self as store, OtpState};
 use crate::store::tokens::Token;
@@ -38,6 +41,12 @@ impl Outcome {
 }
 
 /// Checks `otp` and consumes it when valid. `None`: no such token.
+///
+/// A token this process has checked before is checked against what it saw then (its parameters
+/// and sealed secret, which never change, and its moving factor), with one statement that writes
+/// the outcome only if the row still has that factor and is not locked. Otherwise (the first
+/// check here, a factor moved by another process or request, a locked or deleted token), the
+/// row is read and the check made against it.
 pub async fn validate(
     state: &AppState,
     env: Uuid,
@@ -45,31 +54,150 @@ pub async fn validate(
     otp: &Otp,
 ) -> Result<Option<Outcome>, ApiError> {
     let settings = &state.settings.otp;
+    let now = unix_now();
     // One connection for the read and the write: every checkout costs a round trip (sqlx tests
     // each connection as it returns to the pool).
     let mut db = state.db.acquire().await?;
+    if let Some(seen) = state.seen_tokens.get(env, id) {
+        let engine = engine_token(state, env, id, &seen.parameters, seen.factor)?;
+        let written = match otp::verify(&engine, otp, now, windows(settings)) {
+            Some(advance) => store::accept(
+                &mut *db,
+                env,
+                id,
+                advance,
+                settings.max_failures,
+                Some(&seen.factor),
+            )
+            .await?
+            .then(|| (Outcome::Valid, advanced(seen.factor, advance))),
+            None => {
+                store::record_failure(&mut *db, env, id, settings.max_failures, Some(&seen.factor))
+                    .await?
+                    .map(|_| (Outcome::Invalid, seen.factor))
+            }
+        };
+        if let Some((outcome, factor)) = written {
+            state.seen_tokens.put(env, id, seen.parameters, factor);
+            return Ok(Some(outcome));
+        }
+    }
     let Some(token) = store::get(&mut *db, env, id).await? else {
+        state.seen_tokens.forget(env, id);
         return Ok(None);
     };
     if is_locked(&token, settings) {
         return Ok(Some(Outcome::Locked));
     }
-    let engine = engine_token(state, env, id, token)?;
-    let accepted = match otp::verify(&engine, otp, unix_now(), windows(settings)) {
+    let parameters = Arc::new(Parameters::of(
+        token.otp_length,
+        token.hash_algorithm,
+        token.secret,
+    ));
+    let engine = engine_token(state, env, id, &parameters, token.factor)?;
+    let accepted = match otp::verify(&engine, otp, now, windows(settings)) {
         // The check-and-advance: false when a concurrent request consumed the code first.
-        Some(advance) => store::accept(&mut *db, env, id, advance, settings.max_failures).await?,
-        None => false,
+        Some(advance) => store::accept(&mut *db, env, id, advance, settings.max_failures, None)
+            .await?
+            .then_some(advance),
+        None => None,
     };
-    if accepted {
+    if let Some(advance) = accepted {
+        state
+            .seen_tokens
+            .put(env, id, parameters, advanced(token.factor, advance));
         return Ok(Some(Outcome::Valid));
     }
     Ok(Some(
-        match store::record_failure(&mut *db, env, id, settings.max_failures).await? {
-            Some(_) => Outcome::Invalid,
+        match store::record_failure(&mut *db, env, id, settings.max_failures, None).await? {
+            Some(_) => {
+                state.seen_tokens.put(env, id, parameters, token.factor);
+                Outcome::Invalid
+            }
             // Locked by concurrent failures since the row was read.
             None => Outcome::Locked,
         },
     ))
+}
+
+/// What never changes about a token: its OTP parameters and its sealed secret.
+pub struct Parameters {
+    otp_length: OtpLength,
+    hash_algorithm: HashAlgorithm,
+    secret: Sealed,
+}
+
+impl Parameters {
+    fn of(otp_length: OtpLength, hash_algorithm: HashAlgorithm, secret: Sealed) -> Self {
+        Self {
+            otp_length,
+            hash_algorithm,
+            secret,
+        }
+    }
+}
+
+/// A token as validate last saw it.
+#[derive(Clone)]
+struct Seen {
+    parameters: Arc<Parameters>,
+    factor: MovingFactor,
+}
+
+/// The tokens this process has validated, with the factor it last saw each have: at most
+/// [`SeenTokens::MAX`] in two generations ([`Generations`]), so that memory stays bounded
+/// whatever ids are validated. Keyed by environment and id, as every statement is.
+pub struct SeenTokens {
+    entries: Mutex<Generations<(Uuid, Uuid), Seen>>,
+}
+
+impl SeenTokens {
+    /// About 200 bytes each: at most 10 MB.
+    const MAX: usize = 50_000;
+
+    pub fn new() -> Self {
+        Self {
+            entries: Mutex::new(Generations::new(Self::MAX)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Generations<(Uuid, Uuid), Seen>> {
+        // Every update under the lock is one map operation: consistent after a panic.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, env: Uuid, id: Uuid) -> Option<Seen> {
+        self.lock().get_mut(&(env, id)).cloned()
+    }
+
+    fn put(&self, env: Uuid, id: Uuid, parameters: Arc<Parameters>, factor: MovingFactor) {
+        self.lock().insert((env, id), Seen { parameters, factor });
+    }
+
+    fn forget(&self, env: Uuid, id: Uuid) {
+        self.lock().remove(&(env, id));
+    }
+}
+
+impl Default for SeenTokens {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The factor a token has once `advance` is applied to `factor`.
+fn advanced(factor: MovingFactor, advance: Advance) -> MovingFactor {
+    match (factor, advance) {
+        (MovingFactor::Totp { time_step, .. }, Advance::Totp { step, drift }) => {
+            MovingFactor::Totp {
+                time_step,
+                drift,
+                last_step: Some(step),
+            }
+        }
+        (_, Advance::Hotp { last }) => MovingFactor::Hotp { counter: last + 1 },
+        (hotp, Advance::Totp { .. }) => hotp,
+    }
 }
 
 /// What a resync did.
@@ -96,7 +224,7 @@ pub async fn resync(
     let Some(token) = store::get_for_update(&mut tx, env, id).await? else {
         return Ok(None);
     };
-    let engine = engine_token(state, env, id, token)?;
+    let engine = engine_token_read(state, env, id, token)?;
     let now = unix_now();
     // Up to a few thousand HMACs: off the async worker.
     let found = tokio::task::spawn_blocking(move || otp::resync(&engine, &otps, now, windows))
@@ -140,9 +268,9 @@ pub async fn pair(
     if is_locked(&token, settings) {
         return Ok(Some(Pairing::Locked));
     }
-    let engine = engine_token(state, env, id, token)?;
+    let engine = engine_token_read(state, env, id, token)?;
     let Some(advance) = otp::verify(&engine, otp, unix_now(), windows(settings)) else {
-        store::record_failure(&mut *tx, env, id, settings.max_failures).await?;
+        store::record_failure(&mut *tx, env, id, settings.max_failures, None).await?;
         tx.commit().await?;
         return Ok(Some(Pairing::Invalid));
     };
@@ -162,23 +290,37 @@ fn windows(settings: &OtpSettings) -> Windows {
     }
 }
 
-/// The engine's view of a stored token: its secret opened.
+/// The engine's view of a stored token with moving factor `factor`: its secret opened.
 fn engine_token(
+    state: &AppState,
+    env: Uuid,
+    id: Uuid,
+    parameters: &Parameters,
+    factor: MovingFactor,
+) -> Result<otp::Token, ApiError> {
+    let secret = &parameters.secret;
+    let key = state
+        .cipher
+        .open(&secret.key_id, &secret.ciphertext, env, id)
+        .map_err(|e| ApiError::Internal(format!("token {id}: {e}")))?;
+    Ok(otp::Token {
+        key,
+        algorithm: parameters.hash_algorithm,
+        length: parameters.otp_length,
+        factor,
+    })
+}
+
+/// The engine's view of a token just read.
+fn engine_token_read(
     state: &AppState,
     env: Uuid,
     id: Uuid,
     token: OtpState,
 ) -> Result<otp::Token, ApiError> {
-    let key = state
-        .cipher
-        .open(&token.secret.key_id, &token.secret.ciphertext, env, id)
-        .map_err(|e| ApiError::Internal(format!("token {id}: {e}")))?;
-    Ok(otp::Token {
-        key,
-        algorithm: token.hash_algorithm,
-        length: token.otp_length,
-        factor: token.factor,
-    })
+    let factor = token.factor;
+    let parameters = Parameters::of(token.otp_length, token.hash_algorithm, token.secret);
+    engine_token(state, env, id, &parameters, factor)
 }
 
 fn unix_now() -> u64 {

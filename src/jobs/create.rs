@@ -47,12 +47,7 @@ pub async fn write_tokens(
     chunk: &CreateChunk,
     limit: i64,
 ) -> Result<(Vec<Outcome>, i32), sqlx::Error> {
-    // Repeats within the chunk are duplicates of their first occurrence.
-    let mut seen = HashSet::with_capacity(chunk.tokens());
-    let firsts: Vec<usize> = (0..chunk.tokens())
-        .filter(|&i| seen.insert(chunk.serial_numbers[i].as_str()))
-        .collect();
-    let mut new = tokens::insert_new_from_chunk(tx, env, chunk, firsts).await?;
+    let mut new = tokens::insert_new_from_chunk(tx, env, chunk, first_occurrences(chunk)).await?;
 
     // The quota, taken last (after the token locks, as single creates do): items past the
     // limit are taken out again, in item order.
@@ -75,4 +70,13 @@ pub async fn write_tokens(
         quota::take(tx, env, i64::from(created), limit).await?;
     }
     Ok((outcomes, created))
+}
+
+/// The positions of the chunk's tokens whose serial number no earlier token of the chunk has:
+/// a repeat is a duplicate of its first occurrence.
+pub fn first_occurrences(chunk: &CreateChunk) -> Vec<usize> {
+    let mut seen = HashSet::with_capacity(chunk.tokens());
+    (0..chunk.tokens())
+        .filter(|&i| seen.insert(chunk.serial_numbers[i].as_str()))
+        .collect()
 }

@@ -4,8 +4,10 @@
 //! Validation reads the row without a lock and then applies its result with one conditional
 //! `UPDATE` ([`accept`]), which Postgres re-evaluates on the latest row version when concurrent
 //! updates queue on the row lock: of several validations of one code, exactly one finds the
-//! condition still true. Resync and pairing, which are rare, lock the row for a short transaction
-//! ([`get_for_update`], then [`apply`]).
+//! condition still true. A validation may skip the read when it knows the moving factor the row
+//! had (`seen`): its `UPDATE` then also requires the row to have that factor still, so that it
+//! writes only what a read would have decided. Resync and pairing, which are rare, lock the row
+//! for a short transaction ([`get_for_update`], then [`apply`]).
 
 use sqlx::{PgExecutor, Postgres, Transaction};
 use uuid::Uuid;
@@ -122,27 +124,32 @@ pub async fn get_for_update(
 }
 
 /// Applies a successful check unless, since the row was read, the codes were consumed (the
-/// counter moved past them, or a step at or after them was accepted) or the token was locked.
-/// Clears the failure count. False when the condition no longer held.
+/// counter moved past them, or a step at or after them was accepted) or the token was locked,
+/// or, when the check was made against a factor `seen` earlier instead of a read, the row no
+/// longer has that factor. Clears the failure count. False when the condition no longer held.
 pub async fn accept(
     db: impl PgExecutor<'_>,
     env: Uuid,
     id: Uuid,
     advance: Advance,
     max_failures: u32,
+    seen: Option<&MovingFactor>,
 ) -> Result<bool, sqlx::Error> {
     let max_failures = i64::from(max_failures);
+    let seen = SeenFactor::of(seen);
     let updated = match advance {
         Advance::Hotp { last } => {
             sqlx::query!(
                 r#"update oath_tokens
                    set counter = $3 + 1, fail_count = 0, updated_at = now()
                    where environment_id = $1 and id = $2
-                     and counter <= $3 and fail_count < $4::bigint"#,
+                     and counter <= $3 and fail_count < $4::bigint
+                     and ($5::bigint is null or counter = $5)"#,
                 env,
                 id,
                 counter_value(last),
                 max_failures,
+                seen.counter,
             )
             .execute(db)
             .await?
@@ -153,12 +160,16 @@ pub async fn accept(
                    set last_time_step = $3, drift = $4, fail_count = 0, updated_at = now()
                    where environment_id = $1 and id = $2 and time_step is not null
                      and (last_time_step is null or last_time_step < $3)
-                     and fail_count < $5::bigint"#,
+                     and fail_count < $5::bigint
+                     and ($6::int4 is null
+                          or (drift = $6 and last_time_step is not distinct from $7::bigint))"#,
                 env,
                 id,
                 counter_value(step),
                 drift,
                 max_failures,
+                seen.drift,
+                seen.last_step,
             )
             .execute(db)
             .await?
@@ -168,23 +179,60 @@ pub async fn accept(
 }
 
 /// Counts one failed check, up to `max_failures`. Returns the new count, or `None` when the token
-/// was already locked (or is gone).
+/// was already locked (or is gone), or no longer has the factor `seen` the check was made
+/// against.
 pub async fn record_failure(
     db: impl PgExecutor<'_>,
     env: Uuid,
     id: Uuid,
     max_failures: u32,
+    seen: Option<&MovingFactor>,
 ) -> Result<Option<i32>, sqlx::Error> {
+    let seen = SeenFactor::of(seen);
     sqlx::query_scalar!(
         r#"update oath_tokens set fail_count = fail_count + 1
            where environment_id = $1 and id = $2 and fail_count < $3::bigint
+             and ($4::bigint is null or counter = $4)
+             and ($5::int4 is null
+                  or (drift = $5 and last_time_step is not distinct from $6::bigint))
            returning fail_count"#,
         env,
         id,
         i64::from(max_failures),
+        seen.counter,
+        seen.drift,
+        seen.last_step,
     )
     .fetch_optional(db)
     .await
+}
+
+/// A factor seen earlier as the statements above compare it: the counter of a HOTP token, the
+/// drift and last step of a TOTP token; all null when none was seen.
+#[derive(Default)]
+struct SeenFactor {
+    counter: Option<i64>,
+    drift: Option<i32>,
+    last_step: Option<i64>,
+}
+
+impl SeenFactor {
+    fn of(seen: Option<&MovingFactor>) -> Self {
+        match seen {
+            None => Self::default(),
+            Some(MovingFactor::Hotp { counter }) => Self {
+                counter: Some(counter_value(*counter)),
+                ..Self::default()
+            },
+            Some(MovingFactor::Totp {
+                drift, last_step, ..
+            }) => Self {
+                drift: Some(*drift),
+                last_step: last_step.map(counter_value),
+                ..Self::default()
+            },
+        }
+    }
 }
 
 /// Stores a new moving factor on a row locked by [`get_for_update`], clears the failure count

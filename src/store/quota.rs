@@ -1,8 +1,9 @@
 //! The token quota of an environment (`environment_usage`), decided here and nowhere else: the
 //! count of tokens, and the named constraint `environment_usage_within_limit` that keeps it within
-//! the limit in force when tokens are added. Single creates add one token in the statement that
-//! inserts it ([`crate::store::tokens::insert`]); job chunks ask for [`room`] and [`take`] what
-//! they created; deletes and revokes [`release`].
+//! the limit in force when tokens are added. Single creates add their tokens in the statement that
+//! inserts them ([`crate::store::tokens::insert`], [`crate::store::tokens::insert_new_counted`]);
+//! job chunks, and combined creates near the limit, ask for [`room`] and [`take`] what they
+//! created; deletes and revokes [`release`].
 
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -172,6 +172,64 @@ pub async fn insert<'c>(
     Ok(row.into_token()?)
 }
 
+/// Inserts the tokens of `chunk` at `positions` (first occurrences of their serials) that are
+/// new, and counts them in the quota, in one statement and its own transaction: the tokens first
+/// (in serial order, as [`insert_new_from_chunk`] takes them), then the quota row, the order every
+/// write takes them in. Returns the rows written; a serial that exists already is skipped. Fails
+/// on the quota's constraint when the new tokens do not all fit: then nothing is written.
+pub async fn insert_new_counted(
+    pool: &PgPool,
+    env: Uuid,
+    chunk: &CreateChunk,
+    positions: &[usize],
+    limit: i64,
+) -> Result<Vec<Token>, sqlx::Error> {
+    token_query!(
+        r#"with token as (
+               insert into oath_tokens
+                   (environment_id, id, serial_number, type, otp_length, hash_algorithm,
+                    counter, time_step, drift, secret_ciphertext, secret_key_id)
+               select $1, t.* from unnest($2::uuid[], $3::text[], $4::text[], $5::int2[],
+                   $6::text[], $7::int8[], $8::int4[], $9::int4[], $10::bytea[], $11::text[])
+                   as t(id, serial_number, type, otp_length, hash_algorithm, counter, time_step,
+                        drift, secret_ciphertext, secret_key_id)
+               order by t.serial_number
+               on conflict (environment_id, serial_number) do nothing
+               returning *
+           ), usage as (
+               insert into environment_usage as u (environment_id, token_count, token_limit)
+               select $1, count(*), $12::bigint from token having count(*) > 0
+               on conflict (environment_id) do update
+                   set token_count = u.token_count + excluded.token_count,
+                       token_limit = excluded.token_limit
+           )
+           select "#,
+        " from token",
+        env,
+        &pick(positions, |i| chunk.token_ids[i]),
+        &pick(positions, |i| chunk.serial_numbers[i].as_str()) as &[&str],
+        &pick(positions, |i| chunk.token_types[i].as_str()) as &[&str],
+        &pick(positions, |i| chunk.otp_lengths[i]),
+        &pick(positions, |i| chunk.hash_algorithms[i].as_str()) as &[&str],
+        &pick(positions, |i| chunk.counters[i]) as &[Option<i64>],
+        &pick(positions, |i| chunk.time_steps[i]) as &[Option<i32>],
+        &pick(positions, |i| chunk.drifts[i]),
+        &pick(positions, |i| chunk.secret_ciphertexts[i].as_slice()) as &[&[u8]],
+        &pick(positions, |i| chunk.secret_key_ids[i].as_str()) as &[&str],
+        limit,
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(TokenRecord::into_token)
+    .collect()
+}
+
+/// The values `f` gives for `positions`, in their order: a column of some of a chunk's tokens.
+fn pick<T>(positions: &[usize], f: impl Fn(usize) -> T) -> Vec<T> {
+    positions.iter().map(|&i| f(i)).collect()
+}
+
 /// The tokens of `ids` in the environment, in no particular order.
 pub async fn get_many(
     tx: &mut PgConnection,

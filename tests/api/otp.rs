@@ -198,6 +198,40 @@ async fn concurrent_validations_of_one_code_accept_exactly_one(pool: PgPool) {
     assert_eq!(read(&app, &hotp).await["hotp"]["counter"], 1);
 }
 
+/// Two replicas on one database: a replica checks a token against the moving factor it last
+/// saw only while the row still has it. Here the other replica has moved the factor on, so that
+/// a code the token's real window accepts is outside the window of what the first replica saw.
+#[sqlx::test]
+async fn a_replica_checks_codes_against_the_factor_another_replica_moved(pool: PgPool) {
+    let narrow = |s: &mut oath_service::config::Settings| s.otp.hotp_window = 2;
+    let a = spawn_app_with(pool.clone(), narrow).await;
+    let mut b = spawn_app_with(pool, narrow).await;
+    b.env = a.env;
+
+    let hotp = create(&a, &hotp_token("H1", 0)).await;
+    assert_eq!(validate(&a, &hotp, &hotp_code(0)).await, "VALID");
+    for counter in 1..=3 {
+        assert_eq!(validate(&b, &hotp, &hotp_code(counter)).await, "VALID");
+    }
+    // A saw counter 1 (window 1 ..= 3); the token expects 4 (window 4 ..= 6).
+    assert_eq!(validate(&a, &hotp, &hotp_code(5)).await, "VALID");
+    assert_eq!(read(&a, &hotp).await["hotp"]["counter"], 6);
+    assert_eq!(validate(&a, &hotp, &hotp_code(1)).await, "INVALID");
+    // B saw counter 4, where code 6 is in the window too: its check is made again on a read.
+    assert_eq!(validate(&b, &hotp, &hotp_code(6)).await, "VALID");
+    assert_eq!(read(&b, &hotp).await["hotp"]["counter"], 7);
+
+    let totp = create(&a, &totp_token("T1", "HmacSHA1", 300)).await;
+    let t = steady_step(300, 15).await;
+    let sha1 = |step| totp_code(HashAlgorithm::Sha1, step);
+    assert_eq!(validate(&a, &totp, &sha1(t)).await, "VALID");
+    assert_eq!(validate(&b, &totp, &sha1(t + 1)).await, "VALID");
+    // A saw drift 0 (window t - 1 ..= t + 1); the token's drift is 1 (window t ..= t + 2).
+    assert_eq!(validate(&a, &totp, &sha1(t + 2)).await, "VALID");
+    assert_eq!(read(&a, &totp).await["totp"]["drift"], 2);
+    assert_eq!(validate(&a, &totp, &sha1(t + 1)).await, "INVALID");
+}
+
 #[sqlx::test]
 async fn ten_wrong_codes_lock_until_a_resync(pool: PgPool) {
     let app = spawn_app(pool).await;
