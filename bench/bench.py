@@ -163,6 +163,17 @@ def postmaster_pid():
     return int(fields[1]) if fields else None
 
 
+def server_children(postmaster):
+    """The /proc/<pid>/stat fields of the server's child processes."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = proc_stat(entry)
+            if fields and fields[1] == str(postmaster):
+                children.append(fields)
+    return children
+
+
 def database_cpu(postmaster):
     """Seconds of CPU the server has used: its main process, the children it has reaped (the
     backends of connections that ended) and the children still running."""
@@ -170,11 +181,7 @@ def database_cpu(postmaster):
         return float("nan")
     main = proc_stat(postmaster)
     ticks = sum(int(x) for x in main[11:15])  # utime, stime, cutime, cstime
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = proc_stat(entry)
-            if fields and fields[1] == str(postmaster):
-                ticks += int(fields[11]) + int(fields[12])
+    ticks += sum(int(f[11]) + int(f[12]) for f in server_children(postmaster))
     return ticks / TICK
 
 
@@ -220,10 +227,18 @@ class _Measured:
         self.meter = meter
 
     def __enter__(self):
+        postmaster = self.meter.postmaster
+        self.backends = len(server_children(postmaster)) if postmaster else 0
         self.before = self.meter.snapshot()
         return self
 
     def __exit__(self, *exc):
+        # The backends of a load generator's connections end after it does: their CPU counts
+        # once the server has reaped them (at most 2 s).
+        postmaster = self.meter.postmaster
+        deadline = time.time() + 2
+        while postmaster and len(server_children(postmaster)) > self.backends and time.time() < deadline:
+            time.sleep(0.05)
         self.after = self.meter.snapshot()
 
     def per(self, operations, service=True):

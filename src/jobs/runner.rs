@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::domain::job::JobType;
 use crate::metrics::METRICS;
 use crate::store::jobs::{self as queue, ChunkCounts, ClaimedJob};
-use crate::store::{commit_without_flush, is_unavailable};
+use crate::store::{chunk_transaction, is_unavailable};
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,13 +147,11 @@ impl Runner {
         }
         // Chunks are as the job was stored; `processed` is always at a chunk boundary.
         let len = at.chunk_size.min(at.total - at.processed);
-        if at.processed + len < at.total {
-            // Not waiting for the WAL flush of every intermediate chunk is safe: a database crash
-            // can only lose the latest chunks whole (tokens, results, progress and consumed input
-            // together), and they are then processed again. The last chunk, which marks the job
-            // DONE, commits synchronously and so makes every earlier one durable too.
-            commit_without_flush(&mut tx).await?;
-        }
+        // Not waiting for the WAL flush of every intermediate chunk is safe: a database crash
+        // can only lose the latest chunks whole (tokens, results, progress and consumed input
+        // together), and they are then processed again. The last chunk, which marks the job
+        // DONE, commits synchronously and so makes every earlier one durable too.
+        chunk_transaction(&mut tx, at.processed + len >= at.total).await?;
         let key = job.chunk(at.processed);
         let outcome = match job.job_type {
             JobType::CreateTokens => {

@@ -20,13 +20,23 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// SQLSTATE of a statement on a table that does not exist.
 const UNDEFINED_TABLE: &str = "42P01";
 
-/// The transaction on `tx` commits without waiting for its WAL flush: a database crash may lose
-/// it whole, never in part.
-pub async fn commit_without_flush(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query!("set local synchronous_commit = off")
-        .execute(tx)
-        .await
-        .map(drop)
+/// Settings of a job chunk's transaction on `tx`, in one round trip:
+/// - generic plans: a chunk's statements take arrays of up to `jobs.chunk_size` ids or serials,
+///   and for such an array the planner's own choice is a hash join over a sequential scan of all
+///   the environment's tokens (cheaper, by its costs, than as many index probes), so that every
+///   chunk would read the whole environment. The generic plan probes the index once per item.
+/// - unless `flush`, the transaction commits without waiting for its WAL flush: a database crash
+///   may lose it whole, never in part.
+pub async fn chunk_transaction(tx: &mut PgConnection, flush: bool) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"select set_config('plan_cache_mode', 'force_generic_plan', true) as "plans!",
+                  case when $1 then null
+                       else set_config('synchronous_commit', 'off', true) end as commit"#,
+        flush,
+    )
+    .fetch_one(tx)
+    .await
+    .map(drop)
 }
 
 /// True when every migration this binary knows has been applied successfully; false too on a

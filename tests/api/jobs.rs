@@ -2,6 +2,7 @@
 
 use futures_util::future::join_all;
 use oath_service::jobs::runner::{RunnerPool, Step};
+use oath_service::store::{chunk_transaction, tokens};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -934,4 +935,45 @@ async fn a_job_claimed_too_often_fails_with_a_reason(pool: PgPool) {
     // What was committed stays; the rest of the input is gone.
     assert_eq!(app.count("select count(*) from oath_tokens").await, 4);
     assert_eq!(app.count("select count(*) from oath_job_chunks").await, 0);
+}
+
+/// A chunk's statements take arrays of 1,000 ids; for such an array the planner's own choice is
+/// a hash join over a scan of every token of the environment, so that each chunk would read the
+/// whole environment. The chunk's transaction has them probe the index once per id.
+#[sqlx::test]
+async fn a_revoke_chunk_probes_the_index_instead_of_scanning_the_environment(pool: PgPool) {
+    let env = Uuid::new_v4();
+    sqlx::query(
+        "insert into oath_tokens (environment_id, id, serial_number, type, otp_length,
+                                  hash_algorithm, counter, secret_ciphertext, secret_key_id)
+         select $1, gen_random_uuid(), 'S' || g, 'HOTP', 6, 'HmacSHA1', 0,
+                decode(repeat('00', 60), 'hex'), 'a'
+         from generate_series(1, 20000) g",
+    )
+    .bind(env)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("analyze oath_tokens")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar("select id from oath_tokens order by serial_number limit 1000")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    chunk_transaction(&mut tx, false).await.unwrap();
+    let (revoked, paired) = tokens::revoke(&mut tx, env, &ids, false).await.unwrap();
+    assert_eq!((revoked.len(), paired.len()), (1000, 0));
+    let (seq_scans, index_scans): (i64, i64) = sqlx::query_as(
+        "select seq_scan, idx_scan from pg_stat_xact_user_tables where relname = 'oath_tokens'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(seq_scans, 0, "index scans: {index_scans}");
+    tx.commit().await.unwrap();
 }
