@@ -219,10 +219,13 @@ pub async fn insert_new_counted(
         limit,
     )
     .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(TokenRecord::into_token)
-    .collect()
+    .await
+    .and_then(into_tokens)
+}
+
+/// Token rows as tokens: an error if any row holds a value no token can have.
+fn into_tokens(records: Vec<TokenRecord>) -> Result<Vec<Token>, sqlx::Error> {
+    records.into_iter().map(TokenRecord::into_token).collect()
 }
 
 /// The values `f` gives for `positions`, in their order: a column of some of a chunk's tokens.
@@ -243,10 +246,8 @@ pub async fn get_many(
         ids,
     )
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(TokenRecord::into_token)
-    .collect()
+    .await
+    .and_then(into_tokens)
 }
 
 pub async fn get(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<Token>, sqlx::Error> {
@@ -281,10 +282,8 @@ pub async fn list(
         limit,
     )
     .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(TokenRecord::into_token)
-    .collect()
+    .await
+    .and_then(into_tokens)
 }
 
 /// Deletes a token (paired or not) and releases its quota. False when there was none.
