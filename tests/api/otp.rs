@@ -198,6 +198,24 @@ async fn concurrent_validations_of_one_code_accept_exactly_one(pool: PgPool) {
     assert_eq!(read(&app, &hotp).await["hotp"]["counter"], 1);
 }
 
+/// The same with the token known to the process beforehand (each check is then one conditional
+/// statement made against the factor seen earlier): still exactly one is accepted.
+#[sqlx::test]
+async fn concurrent_validations_of_a_token_checked_before_accept_exactly_one(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let hotp = create(&app, &hotp_token("H1", 0)).await;
+    assert_eq!(validate(&app, &hotp, &hotp_code(0)).await, "VALID");
+
+    let code = hotp_code(1);
+    // Eight: the seven replays count as failures, short of the lockout (ten).
+    let answers = join_all((0..8).map(|_| validate(&app, &hotp, &code))).await;
+    let valid = answers.iter().filter(|a| *a == "VALID").count();
+    assert_eq!(valid, 1, "{answers:?}");
+    assert_eq!(read(&app, &hotp).await["hotp"]["counter"], 2);
+    // The counter moved on in the database: the next code is valid.
+    assert_eq!(validate(&app, &hotp, &hotp_code(2)).await, "VALID");
+}
+
 /// Two replicas on one database: a replica checks a token against the moving factor it last
 /// saw only while the row still has it. Here the other replica has moved the factor on, so that
 /// a code the token's real window accepts is outside the window of what the first replica saw.
