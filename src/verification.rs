@@ -54,10 +54,10 @@ pub async fn validate(
     otp: &Otp,
 ) -> Result<Option<Outcome>, ApiError> {
     let settings = &state.settings.otp;
-    let now = unix_now();
     // One connection for the read and the write: every checkout costs a round trip (sqlx tests
     // each connection as it returns to the pool).
     let mut db = state.db.acquire().await?;
+    let now = unix_now();
     if let Some(seen) = state.seen_tokens.get(env, id) {
         let engine = engine_token(state, env, id, &seen.parameters, seen.factor)?;
         let written = match otp::verify(&engine, otp, now, windows(settings)) {
@@ -87,6 +87,8 @@ pub async fn validate(
         return Ok(None);
     };
     if is_locked(&token, settings) {
+        // Checked on a read until a resync unlocks it.
+        state.seen_tokens.forget(env, id);
         return Ok(Some(Outcome::Locked));
     }
     let parameters = Arc::new(Parameters::of(
@@ -121,7 +123,7 @@ pub async fn validate(
 }
 
 /// What never changes about a token: its OTP parameters and its sealed secret.
-pub struct Parameters {
+struct Parameters {
     otp_length: OtpLength,
     hash_algorithm: HashAlgorithm,
     secret: Sealed,
