@@ -23,6 +23,7 @@ RUN mkdir src \
 # Then the crate itself. touch: the copied files may be older than the dummy build above,
 # and cargo decides freshness by modification time.
 COPY src ./src
+COPY build.rs ./
 # Redoc for GET /docs, compiled into the binary.
 COPY assets ./assets
 COPY migrations ./migrations

@@ -178,6 +178,9 @@ pub struct JobSettings {
     pub runners: usize,
     /// Items per chunk: one transaction each.
     pub chunk_size: usize,
+    /// Chunks of one create job a runner writes at once, each on a connection of its own; they
+    /// commit one after another, in item order.
+    pub parallel_chunks: usize,
     /// How long a claim lasts without progress before another runner may take the job over.
     pub lease_seconds: u64,
     /// Fallback polling period when no notification arrives.
@@ -409,10 +412,13 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// The shipped defaults, compiled in so that the binary runs from any directory.
 /// Ten years: longer retention is no retention, and the interval stays far from overflow.
 const MAX_RETENTION_SECONDS: u64 = 10 * 366 * 86_400;
 
+/// The most chunks of one job written at once.
+const MAX_PARALLEL_CHUNKS: usize = 8;
+
+/// The shipped defaults, compiled in so that the binary runs from any directory.
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 impl Settings {
@@ -512,6 +518,11 @@ impl Settings {
         let jobs = &self.jobs;
         if jobs.chunk_size == 0 || jobs.chunk_size > 10_000 {
             return fail("jobs.chunk_size must be from 1 to 10000".into());
+        }
+        if !(1..=MAX_PARALLEL_CHUNKS).contains(&jobs.parallel_chunks) {
+            return fail(format!(
+                "jobs.parallel_chunks must be from 1 to {MAX_PARALLEL_CHUNKS}"
+            ));
         }
         if jobs.lease_seconds < 2 {
             return fail("jobs.lease_seconds must be at least 2".into());
@@ -850,6 +861,27 @@ mod tests {
         ] {
             let err = load_with(&format!("{VALID}\n[jobs]\n{extra}")).unwrap_err();
             assert!(err.to_string().contains(key), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn parallel_chunks_from_a_file_or_the_environment() {
+        assert_eq!(load_with(VALID).unwrap().jobs.parallel_chunks, 2);
+        let s = load_with(&format!("{VALID}\n[jobs]\nparallel_chunks = 1")).unwrap();
+        assert_eq!(s.jobs.parallel_chunks, 1);
+        let secret = (
+            "OATH__AUTH__HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let s = load_env(&[secret, ("OATH__JOBS__PARALLEL_CHUNKS", "8")]).unwrap();
+        assert_eq!(s.jobs.parallel_chunks, 8);
+        for value in ["0", "9"] {
+            let err = load_env(&[secret, ("OATH__JOBS__PARALLEL_CHUNKS", value)]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("jobs.parallel_chunks must be from 1 to 8"),
+                "{value}: {err}"
+            );
         }
     }
 

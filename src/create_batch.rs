@@ -24,8 +24,8 @@ use crate::domain::NewToken;
 use crate::jobs::create::{first_occurrences, write_tokens};
 use crate::metrics::METRICS;
 use crate::store::chunks::CreateChunk;
-use crate::store::quota;
 use crate::store::tokens::{self, InsertError, Token};
+use crate::store::{is_conflict, quota};
 
 /// Creates one transaction writes at most.
 const MAX_BATCH: usize = 500;
@@ -113,11 +113,11 @@ impl CreateBatcher {
                 .create_batch_size
                 .observe(batch.replies.len() as f64);
             let mut outcome = self.commit(env, &batch.chunk).await;
+            // A serial written meanwhile by another writer, or a deadlock with job chunks
+            // written at once: the next attempt sees what they committed.
             for _ in 1..ATTEMPTS {
                 match &outcome {
-                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                        outcome = self.commit(env, &batch.chunk).await;
-                    }
+                    Err(e) if is_conflict(e) => outcome = self.commit(env, &batch.chunk).await,
                     _ => break,
                 }
             }

@@ -1,7 +1,9 @@
-//! Submitting a job: the job row and its input, cut into chunks of `chunk_size` items with each
-//! create item's secret sealed for the token id it will have, in the submitting transaction;
-//! runners are notified when it commits. Claiming, fencing and progress are in
-//! [`crate::store::jobs`], driven by the runner.
+//! Submitting a job: the job row and its input, cut into chunks of `chunk_size` items (each
+//! create item's secret sealed for the token id it will have, repeated serials marked), in the
+//! submitting transaction; runners are notified when it commits. Claiming, fencing and progress
+//! are in [`crate::store::jobs`], driven by the runner.
+
+use std::collections::HashSet;
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -41,8 +43,9 @@ pub async fn enqueue(
     };
     match job {
         NewJob::Create { items, .. } => {
+            let mut serials = HashSet::with_capacity(items.len());
             for (n, chunk) in items.chunks(chunk_size).enumerate() {
-                let sealed = seal(env, chunk, cipher);
+                let sealed = seal(env, chunk, cipher, &mut serials);
                 chunks::insert_create(tx, key(n), &sealed).await?;
             }
         }
@@ -56,8 +59,14 @@ pub async fn enqueue(
     Ok(stored)
 }
 
-/// A create chunk's items as column arrays, each token's secret sealed for the id it will have.
-fn seal(env: Uuid, items: &[CreateItem], cipher: &SecretCipher) -> CreateChunk {
+/// A create chunk's items as column arrays, each token's secret sealed for the id it will have,
+/// and the tokens whose serial an earlier item of the job has (in `serials`, the job's so far).
+fn seal<'a>(
+    env: Uuid,
+    items: &'a [CreateItem],
+    cipher: &SecretCipher,
+    serials: &mut HashSet<&'a str>,
+) -> CreateChunk {
     let mut c = CreateChunk::default();
     for (offset, item) in items.iter().enumerate() {
         let token = match item {
@@ -70,6 +79,9 @@ fn seal(env: Uuid, items: &[CreateItem], cipher: &SecretCipher) -> CreateChunk {
                 continue;
             }
         };
+        if !serials.insert(token.serial_number.as_str()) {
+            c.repeated.push(c.tokens() as i32);
+        }
         let id = Uuid::now_v7();
         let sealed = cipher.seal(&token.secret, env, id);
         c.push_token(offset as i32, id, token, sealed);

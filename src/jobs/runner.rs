@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -17,8 +17,9 @@ use super::{create, retention, revoke, ChunkError};
 use crate::config::Settings;
 use crate::domain::job::JobType;
 use crate::metrics::METRICS;
+use crate::store::chunks::ChunkKey;
 use crate::store::jobs::{self as queue, ChunkCounts, ClaimedJob};
-use crate::store::{chunk_transaction, is_unavailable};
+use crate::store::{chunk_transaction, is_conflict, is_unavailable, wait_for_chunk};
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,9 +59,10 @@ impl Runner {
         Duration::from_secs(self.settings.jobs.lease_seconds)
     }
 
-    /// Processes one chunk. The runner holds its job between steps, but yields it after every
-    /// committed chunk to a runnable job of an environment served less recently, so a new
-    /// environment's job starts within about a chunk even while every runner is busy.
+    /// Processes the next chunks of a job (see [`Self::chunk`]). The runner holds its job between
+    /// steps, but yields it after every step to a runnable job of an environment served less
+    /// recently, so a new environment's job starts within about a step even while every runner
+    /// is busy.
     pub async fn step(&mut self) -> Result<Step, sqlx::Error> {
         let job = match self.next_job().await? {
             Some(job) => job,
@@ -77,8 +79,7 @@ impl Runner {
                 // Retry at once what another writer or a database outage caused. Anything else
                 // may happen again: leave the job to its lease, so that it is taken over anew and
                 // counts against jobs.max_attempts instead of failing here forever.
-                let unique = matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation());
-                if unique || is_unavailable(&e) {
+                if is_conflict(&e) || is_unavailable(&e) {
                     self.current = Some(job);
                 }
                 Err(e)
@@ -122,10 +123,16 @@ impl Runner {
         Ok(Some(job))
     }
 
+    /// Processes the job's next chunk and, for a create job, up to `jobs.parallel_chunks - 1`
+    /// chunks after it, each in a transaction of its own on a connection of its own. The chunks
+    /// write their tokens at the same time, then commit one after another in item order: each
+    /// takes a lock of its own when it begins and, once its tokens are written, waits for the
+    /// previous chunk's lock (that is, its commit or rollback) before it fences, takes the quota
+    /// and records its results. Every such wait is a lock in the database, where a deadlock
+    /// with other writers is found and broken, never a wait in this process.
     async fn chunk(&self, job: &ClaimedJob) -> Result<Step, sqlx::Error> {
-        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
-        let Some(at) = queue::fence(&mut tx, job, self.lease()).await? else {
+        let Some(at) = queue::fence(&mut tx, job, self.lease(), None).await? else {
             tx.rollback().await?;
             METRICS.job_lease_losses.inc();
             tracing::warn!(job_id = %job.id, attempt = job.attempt, "job lease lost");
@@ -145,29 +152,84 @@ impl Runner {
                 failed: true,
             });
         }
-        // Chunks are as the job was stored; `processed` is always at a chunk boundary.
-        let len = at.chunk_size.min(at.total - at.processed);
-        // Not waiting for the WAL flush of every intermediate chunk is safe: a database crash
-        // can only lose the latest chunks whole (tokens, results, progress and consumed input
-        // together), and they are then processed again. The last chunk, which marks the job
-        // DONE, commits synchronously and so makes every earlier one durable too.
-        chunk_transaction(&mut tx, at.processed + len >= at.total).await?;
-        let key = job.chunk(at.processed);
-        let outcome = match job.job_type {
-            JobType::CreateTokens => {
-                let limit = self.settings.limits.tokens_per_environment;
-                create::process_chunk(&mut tx, key, len, limit).await
-            }
-            JobType::RevokeTokens => {
-                revoke::process_chunk(&mut tx, key, len, job.force_unpair).await
-            }
+        let parallel = match job.job_type {
+            // A revoke chunk releases quota as it deletes: a second one would wait for the first.
+            JobType::RevokeTokens => 1,
+            JobType::CreateTokens => self.settings.jobs.parallel_chunks,
         };
-        let counts = match outcome {
-            Ok(counts) => counts,
-            Err(ChunkError::Db(e)) => return Err(e),
-            Err(ChunkError::InputMissing) => {
-                // Roll back the partial chunk, then fail the job in a transaction of its own.
-                tx.rollback().await?;
+        // Chunks are as the job was stored; `processed` is always at a chunk boundary.
+        let chunks: Vec<Chunk> = (at.processed..at.total)
+            .step_by(at.chunk_size as usize)
+            .take(parallel)
+            .map(|first_idx| Chunk {
+                key: job.chunk(first_idx),
+                len: at.chunk_size.min(at.total - first_idx),
+                total: at.total,
+            })
+            .collect();
+        // Each chunk's lock is taken before the next chunk begins, so that the next one's wait
+        // for it cannot come first.
+        chunk_transaction(&mut tx, chunks[0].key, chunks[0].last()).await?;
+        let (lease, limit) = (self.lease(), self.settings.limits.tokens_per_environment);
+        let mut running = vec![tokio::spawn(process(
+            tx,
+            job.clone(),
+            chunks[0],
+            None,
+            lease,
+            limit,
+        ))];
+        for pair in chunks.windows(2) {
+            // Without a connection at hand, the chunk is left to the next step.
+            let Ok(mut tx) = self.pool.begin().await else {
+                break;
+            };
+            if chunk_transaction(&mut tx, pair[1].key, pair[1].last())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            let after = Some(pair[0].key);
+            running.push(tokio::spawn(process(
+                tx,
+                job.clone(),
+                pair[1],
+                after,
+                lease,
+                limit,
+            )));
+        }
+        // In item order: once a chunk did not commit, none after it could.
+        let mut step = Ok(Step::LeaseLost { job: job.id });
+        let mut ended = false;
+        for handle in running {
+            let outcome = handle.await.unwrap_or_else(|e| {
+                Err(ChunkError::Db(sqlx::Error::Protocol(format!(
+                    "a job chunk's task ended abnormally: {e}"
+                ))))
+            });
+            if ended {
+                continue;
+            }
+            match outcome {
+                Ok(Some(committed)) => step = Ok(committed.step(job)),
+                Ok(None) => ended = true,
+                Err(e) => {
+                    ended = true;
+                    step = self.chunk_failed(job, e).await;
+                }
+            }
+        }
+        step
+    }
+
+    /// What a chunk's error makes of the step: a database error is the step's error; a chunk
+    /// whose input is missing fails the job.
+    async fn chunk_failed(&self, job: &ClaimedJob, e: ChunkError) -> Result<Step, sqlx::Error> {
+        match e {
+            ChunkError::Db(e) => Err(e),
+            ChunkError::InputMissing => {
                 let mut tx = self.pool.begin().await?;
                 fail(
                     &mut tx,
@@ -177,34 +239,11 @@ impl Runner {
                 .await?;
                 tx.commit().await?;
                 tracing::error!(job_id = %job.id, "job failed: input items missing");
-                return Ok(Step::Finished {
+                Ok(Step::Finished {
                     job: job.id,
                     failed: true,
-                });
+                })
             }
-        };
-        let (processed, done) = queue::advance(&mut tx, job, &counts).await?;
-        queue::mark_served(&mut tx, job.environment_id).await?;
-        tx.commit().await?;
-        record_chunk(job.job_type, &counts, started.elapsed());
-        let total = at.total;
-        tracing::debug!(
-            job_id = %job.id, processed, total,
-            chunk_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "job chunk committed"
-        );
-        if done {
-            tracing::info!(job_id = %job.id, total, "job done");
-            Ok(Step::Finished {
-                job: job.id,
-                failed: false,
-            })
-        } else {
-            Ok(Step::Progress {
-                job: job.id,
-                processed,
-                total,
-            })
         }
     }
 
@@ -216,6 +255,98 @@ impl Runner {
             }
         }
     }
+}
+
+/// One chunk of a step: where it starts and how many items it has.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    key: ChunkKey,
+    len: i32,
+    /// The job's items.
+    total: i32,
+}
+
+impl Chunk {
+    fn last(&self) -> bool {
+        self.key.first_idx + self.len >= self.total
+    }
+}
+
+/// A chunk that committed, and where its commit left the job.
+struct Committed {
+    processed: i32,
+    total: i32,
+    done: bool,
+}
+
+impl Committed {
+    fn step(&self, job: &ClaimedJob) -> Step {
+        if self.done {
+            Step::Finished {
+                job: job.id,
+                failed: false,
+            }
+        } else {
+            Step::Progress {
+                job: job.id,
+                processed: self.processed,
+                total: self.total,
+            }
+        }
+    }
+}
+
+/// Processes `chunk` in `tx` and commits it. `tx` has been fenced, unless the chunk comes
+/// `after` another one of the step: then it writes its tokens, waits for that chunk to end and
+/// fences only then; None when that chunk did not commit (or the claim was lost meanwhile).
+async fn process(
+    mut tx: Transaction<'static, Postgres>,
+    job: ClaimedJob,
+    chunk: Chunk,
+    after: Option<ChunkKey>,
+    lease: Duration,
+    limit: i64,
+) -> Result<Option<Committed>, ChunkError> {
+    let started = std::time::Instant::now();
+    let key = chunk.key;
+    let counts = match job.job_type {
+        JobType::CreateTokens => {
+            let written = create::write(&mut tx, key, chunk.len).await?;
+            if let Some(previous) = after {
+                wait_for_chunk(&mut tx, previous).await?;
+                if queue::fence(&mut tx, &job, lease, Some(key.first_idx))
+                    .await?
+                    .is_none()
+                {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+            }
+            create::finish(&mut tx, key, written, limit).await?
+        }
+        JobType::RevokeTokens => {
+            debug_assert!(after.is_none(), "revoke chunks run one at a time");
+            revoke::process_chunk(&mut tx, key, chunk.len, job.force_unpair).await?
+        }
+    };
+    let (processed, done) = queue::advance(&mut tx, &job, &counts).await?;
+    queue::mark_served(&mut tx, job.environment_id).await?;
+    tx.commit().await?;
+    record_chunk(job.job_type, &counts, started.elapsed());
+    let total = chunk.total;
+    tracing::debug!(
+        job_id = %job.id, processed, total,
+        chunk_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "job chunk committed"
+    );
+    if done {
+        tracing::info!(job_id = %job.id, total, "job done");
+    }
+    Ok(Some(Committed {
+        processed,
+        total,
+        done,
+    }))
 }
 
 /// Ends a job that cannot finish: FAILED with a reason a user can act on, its remaining input
@@ -306,10 +437,11 @@ async fn run(mut runner: Runner, wake: Arc<Notify>, mut stop: watch::Receiver<bo
         let idle = match runner.step().await {
             Ok(Step::Idle) => true,
             Ok(_) => false,
-            // A concurrent write took a serial this chunk was about to insert: the chunk rolled
-            // back; retrying it sees that serial as a duplicate.
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                tracing::info!("job chunk met a concurrent insert of the same serial; retrying");
+            // A concurrent write took a serial this chunk was about to insert (retrying it sees
+            // that serial as a duplicate), or the database broke a deadlock with another writer:
+            // the chunk rolled back.
+            Err(e) if is_conflict(&e) => {
+                tracing::info!(error = %e, "job chunk met a concurrent write; retrying");
                 false
             }
             Err(e) => {

@@ -30,6 +30,10 @@ pub struct CreateChunk {
     pub invalid_row_numbers: Vec<i64>,
     pub invalid_serials: Vec<Option<String>>,
     pub invalid_messages: Vec<String>,
+    /// Positions (in the token arrays) of tokens whose serial number an earlier item of the job
+    /// has: duplicates, never written. Found when a job is stored; repeats within one chunk are
+    /// also found when it is processed ([`crate::jobs::create::first_occurrences`]).
+    pub repeated: Vec<i32>,
 }
 
 impl CreateChunk {
@@ -96,6 +100,8 @@ impl CreateChunk {
             ]
             .iter()
             .all(|len| *len == m)
+            && self.repeated.iter().all(|&i| (0..n as i32).contains(&i))
+            && self.repeated.windows(2).all(|w| w[0] < w[1])
     }
 }
 
@@ -120,9 +126,9 @@ pub async fn insert_create(
                 serial_numbers, token_types, otp_lengths, hash_algorithms, counters,
                 time_steps, secret_ciphertexts, secret_key_ids, masked_secrets,
                 invalid_offsets, invalid_row_numbers, invalid_serials,
-                invalid_messages, drifts)
+                invalid_messages, drifts, repeated)
            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                   $16, $17, $18, $19, $20)"#,
+                   $16, $17, $18, $19, $20, $21)"#,
         key.env,
         key.job_id,
         key.first_idx,
@@ -143,6 +149,7 @@ pub async fn insert_create(
         &c.invalid_serials as &[Option<String>],
         &c.invalid_messages,
         &c.drifts,
+        &c.repeated,
     )
     .execute(&mut *tx)
     .await?;
@@ -187,7 +194,8 @@ pub async fn read_create(
                   time_steps as "time_steps!: Vec<Option<i32>>", drifts,
                   secret_ciphertexts as "secret_ciphertexts!", secret_key_ids as "secret_key_ids!",
                   masked_secrets as "masked_secrets!", invalid_offsets, invalid_row_numbers,
-                  invalid_serials as "invalid_serials: Vec<Option<String>>", invalid_messages
+                  invalid_serials as "invalid_serials: Vec<Option<String>>", invalid_messages,
+                  repeated
            from oath_job_chunks
            where environment_id = $1 and job_id = $2 and first_idx = $3"#,
         key.env,
@@ -221,6 +229,7 @@ pub async fn read_create(
         invalid_row_numbers: r.invalid_row_numbers,
         invalid_serials: r.invalid_serials,
         invalid_messages: r.invalid_messages,
+        repeated: r.repeated,
     };
     Ok((chunk.is_consistent() && chunk.len() == len).then_some(chunk))
 }

@@ -323,23 +323,28 @@ pub struct Position {
     pub chunk_size: i32,
 }
 
-/// First statement of every chunk transaction: renews the lease and locks the job row, but only
-/// if this claim still holds it. None when the lease was lost.
+/// Renews the lease and locks the job row, but only if this claim still holds it and, with
+/// `at`, the job's next chunk starts at item `at`. None when the lease was lost (or the job is
+/// elsewhere). The first statement of a chunk's transaction; a chunk written beside the previous
+/// one fences after its writes, and so waits here for that chunk's commit.
 pub async fn fence(
     tx: &mut PgConnection,
     job: &ClaimedJob,
     lease: Duration,
+    at: Option<i32>,
 ) -> Result<Option<Position>, sqlx::Error> {
     sqlx::query_as!(
         Position,
         r#"update oath_jobs
            set lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
            where environment_id = $1 and id = $2 and attempt = $3 and status = 'IN_PROGRESS'
+             and ($5::integer is null or processed = $5)
            returning processed, total, chunk_size"#,
         job.environment_id,
         job.id,
         job.attempt,
         lease.as_secs_f64(),
+        at,
     )
     .fetch_optional(&mut *tx)
     .await

@@ -15,24 +15,51 @@ pub mod tokens;
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
 
+use chunks::ChunkKey;
+
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// SQLSTATE of a statement on a table that does not exist.
 const UNDEFINED_TABLE: &str = "42P01";
+/// SQLSTATE of a transaction the database chose to end a deadlock.
+const DEADLOCK_DETECTED: &str = "40P01";
 
-/// Settings of a job chunk's transaction on `tx`, in one round trip:
+/// Begins a job chunk's transaction on `tx`, in one round trip:
+/// - the chunk's own lock, held until the transaction ends: a chunk written beside it waits for
+///   it ([`wait_for_chunk`]) before it commits, and a runner that took the job over from a
+///   stalled one waits for the stalled one's transaction of the same chunk;
 /// - generic plans: a chunk's statements take arrays of up to `jobs.chunk_size` ids or serials,
 ///   and for such an array the planner's own choice is a hash join over a sequential scan of all
 ///   the environment's tokens (cheaper, by its costs, than as many index probes), so that every
 ///   chunk would read the whole environment. The generic plan probes the index once per item.
 /// - unless `flush`, the transaction commits without waiting for its WAL flush: a database crash
 ///   may lose it whole, never in part.
-pub async fn chunk_transaction(tx: &mut PgConnection, flush: bool) -> Result<(), sqlx::Error> {
+pub async fn chunk_transaction(
+    tx: &mut PgConnection,
+    chunk: ChunkKey,
+    flush: bool,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        r#"select set_config('plan_cache_mode', 'force_generic_plan', true) as "plans!",
+        r#"select pg_advisory_xact_lock(hashtextextended($2::uuid::text, $3)) as "locked!",
+                  set_config('plan_cache_mode', 'force_generic_plan', true) as "plans!",
                   case when $1 then null
                        else set_config('synchronous_commit', 'off', true) end as commit"#,
         flush,
+        chunk.job_id,
+        i64::from(chunk.first_idx),
+    )
+    .fetch_one(tx)
+    .await
+    .map(drop)
+}
+
+/// Waits until the transaction of the job's chunk `chunk` has ended (committed or rolled back),
+/// if one holds its lock ([`chunk_transaction`]).
+pub async fn wait_for_chunk(tx: &mut PgConnection, chunk: ChunkKey) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"select pg_advisory_xact_lock_shared(hashtextextended($1::uuid::text, $2)) as "locked!""#,
+        chunk.job_id,
+        i64::from(chunk.first_idx),
     )
     .fetch_one(tx)
     .await
@@ -58,6 +85,13 @@ pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
         .all(|m| applied.binary_search(&m.version).is_ok()))
+}
+
+/// Errors of a transaction that met a concurrent one and is worth retrying at once: a unique
+/// violation (another writer took a serial first) or a deadlock the database broke.
+pub fn is_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.is_unique_violation() || db.code().as_deref() == Some(DEADLOCK_DETECTED))
 }
 
 /// Errors that mean "the database cannot be reached right now", as opposed to a bug.

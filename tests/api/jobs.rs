@@ -2,6 +2,7 @@
 
 use futures_util::future::join_all;
 use oath_service::jobs::runner::{RunnerPool, Step};
+use oath_service::store::chunks::ChunkKey;
 use oath_service::store::{chunk_transaction, tokens};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -285,12 +286,17 @@ async fn oversized_job_bodies_are_413(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_second_identical_job_creates_nothing(pool: PgPool) {
-    let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 7).await;
+    let app = spawn_app_with(pool, |s| {
+        s.jobs.chunk_size = 7;
+        s.jobs.parallel_chunks = 2;
+    })
+    .await;
     let body = create_job(numbered("D", 0..50));
     let first = app.submit(&body).await;
     let second = app.submit(&body).await;
     let steps = app.run_jobs().await;
-    assert_eq!(steps.len(), 2 * 50usize.div_ceil(7), "{steps:?}");
+    // 8 chunks each, two a step.
+    assert_eq!(steps.len(), 2 * 4, "{steps:?}");
     let first = app.job(first["id"].as_str().unwrap()).await;
     let second = app.job(second["id"].as_str().unwrap()).await;
     assert_eq!(first["result"], json!({"created": 50}));
@@ -308,6 +314,57 @@ async fn repeated_serials_in_one_job_are_duplicates(pool: PgPool) {
     let done = app.submit_and_run(&body).await;
     assert_eq!(done["result"]["created"], 3);
     assert_eq!(done["result"]["duplicates"].as_array().unwrap().len(), 3);
+}
+
+#[sqlx::test]
+async fn chunks_written_at_once_keep_item_order_for_repeats_and_the_quota(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| {
+        s.jobs.chunk_size = 10;
+        s.jobs.parallel_chunks = 4;
+        s.limits.tokens_per_environment = 45;
+    })
+    .await;
+    // Item 19, 29, ... repeats the serial of item 5, 15, ...: in the chunk before, written at
+    // the same time, or in an earlier step.
+    let serial = |i: usize| format!("R{}", if i >= 10 && i % 10 == 9 { i - 14 } else { i });
+    let accepted = app.submit(&create_job((0..80).map(serial))).await;
+    let mut runner = app.runner("r1");
+    assert_eq!(
+        runner.step().await.unwrap(),
+        Step::Progress {
+            job: accepted["id"].as_str().unwrap().parse().unwrap(),
+            processed: 40,
+            total: 80
+        }
+    );
+    app.drain(&mut runner).await;
+
+    let mut created = 0;
+    let expected: Vec<&str> = (0..80)
+        .map(|i| {
+            if i >= 10 && i % 10 == 9 {
+                "DUPLICATE"
+            } else if created < 45 {
+                created += 1;
+                "CREATED"
+            } else {
+                "LIMIT_EXCEEDED"
+            }
+        })
+        .collect();
+    let outcomes: Vec<String> = sqlx::query_scalar("select outcome from job_results order by idx")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(outcomes, expected);
+    let done = app.job(accepted["id"].as_str().unwrap()).await;
+    assert_eq!(done["result"]["created"], 45);
+    assert_eq!(done["result"]["failed"], 80 - 45 - 7);
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 45);
+    assert_eq!(
+        app.count("select token_count from environment_usage").await,
+        45
+    );
 }
 
 #[sqlx::test]
@@ -346,7 +403,11 @@ async fn concurrent_jobs_never_pass_the_quota(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_runner_that_lost_its_lease_writes_nothing(pool: PgPool) {
-    let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 10).await;
+    let app = spawn_app_with(pool, |s| {
+        s.jobs.chunk_size = 5;
+        s.jobs.parallel_chunks = 2;
+    })
+    .await;
     let accepted = app.submit(&create_job(numbered("L", 0..30))).await;
     let id = accepted["id"].as_str().unwrap();
     let mut slow = app.runner("slow");
@@ -806,7 +867,7 @@ async fn a_100k_job_creates_every_token_and_a_second_one_only_duplicates(pool: P
     let first = app.submit(&body).await;
     let mut runner = app.runner("r1");
     let steps = app.drain(&mut runner).await;
-    assert_eq!(steps.len(), N / 1000);
+    assert_eq!(steps.len(), N / 1000 / app.settings.jobs.parallel_chunks);
     let first = app.job(first["id"].as_str().unwrap()).await;
     assert_eq!(first["status"], "DONE");
     assert_eq!(first["result"], json!({"created": N}));
@@ -903,7 +964,8 @@ async fn unreadable_rows_become_invalid_results(pool: PgPool) {
 #[sqlx::test]
 async fn a_job_claimed_too_often_fails_with_a_reason(pool: PgPool) {
     let app = spawn_app_with(pool, |s| {
-        s.jobs.chunk_size = 2;
+        s.jobs.chunk_size = 1;
+        s.jobs.parallel_chunks = 2;
         s.jobs.max_attempts = 2;
     })
     .await;
@@ -965,7 +1027,12 @@ async fn a_revoke_chunk_probes_the_index_instead_of_scanning_the_environment(poo
             .unwrap();
 
     let mut tx = pool.begin().await.unwrap();
-    chunk_transaction(&mut tx, false).await.unwrap();
+    let chunk = ChunkKey {
+        env,
+        job_id: Uuid::new_v4(),
+        first_idx: 0,
+    };
+    chunk_transaction(&mut tx, chunk, false).await.unwrap();
     let (revoked, paired) = tokens::revoke(&mut tx, env, &ids, false).await.unwrap();
     assert_eq!((revoked.len(), paired.len()), (1000, 0));
     let (seq_scans, index_scans): (i64, i64) = sqlx::query_as(

@@ -107,7 +107,8 @@ async fn a_small_job_of_another_environment_overtakes_a_big_backlog(pool: PgPool
 #[sqlx::test]
 async fn one_runner_alternates_environments_and_yielding_is_no_failure(pool: PgPool) {
     let app = spawn_app_with(pool, |s| {
-        s.jobs.chunk_size = 10;
+        s.jobs.chunk_size = 5;
+        s.jobs.parallel_chunks = 2;
         // Any counted claim past the first would fail the job.
         s.jobs.max_attempts = 1;
     })
