@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod otp;
+pub(crate) mod parallel;
 pub mod routes;
 pub mod startup;
 pub mod store;

@@ -16,6 +16,9 @@ use super::{shown_name, FieldError, NewToken};
 /// Details listed in one error response; the message gives the total.
 pub const MAX_DETAILS: usize = 1000;
 
+/// Jobs of at least this many items are parsed, and their secrets sealed, on two threads.
+pub const PARALLEL_ITEMS: usize = 10_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub enum JobType {
     #[serde(rename = "CREATE_OATH_TOKENS")]
@@ -333,16 +336,18 @@ pub fn parse_job(
 
     let job = match expected {
         JobType::CreateTokens => {
-            let items = items(&fields, "tokens", max_items, &mut problems)
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, raw)| {
-                    NewToken::parse(&value_of(raw), TokenSource::JobItem(i))
-                        .map(CreateItem::Token)
-                        .map_err(|errors| problems.extend(errors))
-                        .ok()
-                })
-                .collect();
+            let raw = items(&fields, "tokens", max_items, &mut problems);
+            let items = crate::parallel::map(&raw, PARALLEL_ITEMS, |i, raw| {
+                NewToken::parse(&value_of(raw), TokenSource::JobItem(i))
+            })
+            .into_iter()
+            .filter_map(|parsed| {
+                parsed
+                    .map(CreateItem::Token)
+                    .map_err(|errors| problems.extend(errors))
+                    .ok()
+            })
+            .collect();
             NewJob::Create { is_async, items }
         }
         JobType::RevokeTokens => {
@@ -462,6 +467,50 @@ mod tests {
         );
         assert_eq!(t, ["extra", "tokens[1].otpLength"]);
         assert_eq!(total, 2);
+    }
+
+    #[test]
+    fn a_large_job_parsed_on_two_threads_keeps_item_order() {
+        let n = 2 * PARALLEL_ITEMS + 1;
+        let token = |i: usize| {
+            json!({"serialNumber": format!("S{i}"), "secret": "00112233445566778899aabbccddeeff",
+                   "type": "HOTP", "otpLength": 6})
+        };
+        let body = |bad: &[usize]| {
+            let tokens: Vec<Value> = (0..n)
+                .map(|i| {
+                    let mut t = token(i);
+                    if bad.contains(&i) {
+                        t["otpLength"] = json!(7);
+                    }
+                    t
+                })
+                .collect();
+            json!({"type": "CREATE_OATH_TOKENS", "tokens": tokens}).to_string()
+        };
+        match parse_job(body(&[]).as_bytes(), JobType::CreateTokens, n).unwrap() {
+            NewJob::Create { items, .. } => {
+                let serials: Vec<&str> = items
+                    .iter()
+                    .map(|item| item.token().serial_number.as_str())
+                    .collect();
+                let expected: Vec<String> = (0..n).map(|i| format!("S{i}")).collect();
+                assert_eq!(serials, expected);
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = [3, PARALLEL_ITEMS, n - 1];
+        match parse_job(body(&bad).as_bytes(), JobType::CreateTokens, n) {
+            Err(JobRequestError::Invalid { details, total }) => {
+                let targets: Vec<String> = details.into_iter().map(|d| d.target).collect();
+                let expected: Vec<String> = bad
+                    .iter()
+                    .map(|i| format!("tokens[{i}].otpLength"))
+                    .collect();
+                assert_eq!((targets, total), (expected, 3));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::crypto::SecretCipher;
-use crate::domain::job::{CreateItem, NewJob};
+use crate::domain::job::{CreateItem, NewJob, PARALLEL_ITEMS};
+use crate::parallel;
 use crate::store::chunks::{self, ChunkKey, CreateChunk};
 use crate::store::jobs::{self, Job, NewJobRow};
 
@@ -43,10 +44,25 @@ pub async fn enqueue(
     };
     match job {
         NewJob::Create { items, .. } => {
-            let mut serials = HashSet::with_capacity(items.len());
-            for (n, chunk) in items.chunks(chunk_size).enumerate() {
-                let sealed = seal(env, chunk, cipher, &mut serials);
-                chunks::insert_create(tx, key(n), &sealed).await?;
+            // Ids in item order (a job's tokens list in that order), and each item's chunk.
+            let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
+            let repeats = repeats(items);
+            let chunks: Vec<(usize, &[CreateItem])> =
+                items.chunks(chunk_size).enumerate().collect();
+            let split_from = if items.len() >= PARALLEL_ITEMS {
+                2
+            } else {
+                usize::MAX
+            };
+            // A few chunks at a time, so that the job is held sealed only a few chunks at once.
+            for group in chunks.chunks(SEALED_AT_ONCE) {
+                let sealed = parallel::map(group, split_from, |_, &(n, chunk)| {
+                    let at = n * chunk_size..n * chunk_size + chunk.len();
+                    seal(env, chunk, &ids[at.clone()], &repeats[at], cipher)
+                });
+                for (&(n, _), chunk) in group.iter().zip(&sealed) {
+                    chunks::insert_create(tx, key(n), chunk).await?;
+                }
             }
         }
         NewJob::Revoke { token_ids, .. } => {
@@ -59,13 +75,29 @@ pub async fn enqueue(
     Ok(stored)
 }
 
-/// A create chunk's items as column arrays, each token's secret sealed for the id it will have,
-/// and the tokens whose serial an earlier item of the job has (in `serials`, the job's so far).
-fn seal<'a>(
+/// Create chunks sealed before they are stored, per group (on two threads when the job is large).
+const SEALED_AT_ONCE: usize = 16;
+
+/// For each item, whether a token before it in the job has its serial number.
+fn repeats(items: &[CreateItem]) -> Vec<bool> {
+    let mut serials = HashSet::with_capacity(items.len());
+    items
+        .iter()
+        .map(|item| match item {
+            CreateItem::Token(token) => !serials.insert(token.serial_number.as_str()),
+            CreateItem::Invalid(_) => false,
+        })
+        .collect()
+}
+
+/// A create chunk's items as column arrays, each token's secret sealed for its id in `ids`, and
+/// the tokens that `repeated` marks. `ids` and `repeated` are the chunk's items' own.
+fn seal(
     env: Uuid,
-    items: &'a [CreateItem],
+    items: &[CreateItem],
+    ids: &[Uuid],
+    repeated: &[bool],
     cipher: &SecretCipher,
-    serials: &mut HashSet<&'a str>,
 ) -> CreateChunk {
     let mut c = CreateChunk::default();
     for (offset, item) in items.iter().enumerate() {
@@ -79,10 +111,10 @@ fn seal<'a>(
                 continue;
             }
         };
-        if !serials.insert(token.serial_number.as_str()) {
+        if repeated[offset] {
             c.repeated.push(c.tokens() as i32);
         }
-        let id = Uuid::now_v7();
+        let id = ids[offset];
         let sealed = cipher.seal(&token.secret, env, id);
         c.push_token(offset as i32, id, token, sealed);
     }

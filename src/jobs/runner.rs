@@ -1,6 +1,6 @@
-//! The job runner: claims a runnable job, processes it one chunk (one transaction) per step,
-//! yields it between chunks to environments served less recently, and gives it back on
-//! shutdown. Every service process runs `jobs.runners` of them, plus the purge of finished jobs
+//! The job runner: claims a runnable job, processes a step of it (up to `jobs.parallel_chunks`
+//! chunks, one transaction each, written at once and committed in item order), yields it between
+//! steps to environments served less recently, and gives it back on shutdown. Every service process runs `jobs.runners` of them, plus the purge of finished jobs
 //! and the backlog gauges; LISTEN/NOTIFY wakes them, polling is the fallback. Tests drive
 //! [`Runner::step`] directly.
 
