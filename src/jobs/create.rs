@@ -1,8 +1,8 @@
-//! One chunk of a CREATE_OATH_TOKENS job, inside the chunk's transaction, in two parts: [`write`]
-//! reads the stored chunk (its secrets already sealed for the tokens' ids) and writes the tokens
-//! that are new, which may run while the job's previous chunk is still being written; [`finish`]
-//! classifies each item (created, duplicate of an existing serial or of an earlier item, past the
-//! quota) in item order, after that chunk committed, and writes the result rows.
+//! One chunk of a CREATE_OATH_TOKENS job, inside the chunk's transaction, in two parts:
+//! [`write()`] reads the stored chunk (its secrets already sealed for the tokens' ids) and writes
+//! the tokens that are new, which may run while the job's previous chunk is still being written;
+//! [`finish()`] classifies each item (created, duplicate of an existing serial or of an earlier
+//! item, past the quota) in item order, after that chunk committed, and writes the result rows.
 
 use std::collections::HashSet;
 
@@ -24,7 +24,7 @@ pub struct Written {
 
 /// Reads the chunk at `key` and writes its tokens whose serial the environment and the job do
 /// not have yet. Takes no lock another chunk of the job needs: a job's repeated serials are
-/// never written, and the quota row is left to [`finish`].
+/// never written, and the quota row is left to [`finish()`].
 pub async fn write(tx: &mut PgConnection, key: ChunkKey, len: i32) -> Result<Written, ChunkError> {
     let chunk = chunks::read_create(tx, key, len as usize)
         .await?

@@ -44,7 +44,8 @@ pub async fn enqueue(
     };
     match job {
         NewJob::Create { items, .. } => {
-            // Ids in item order (a job's tokens list in that order), and each item's chunk.
+            // Ids drawn in item order, so that a job's tokens list in that order (an invalid
+            // file row leaves its id unused).
             let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
             let repeats = repeats(items);
             let chunks: Vec<(usize, &[CreateItem])> =

@@ -1,8 +1,8 @@
 //! The job runner: claims a runnable job, processes a step of it (up to `jobs.parallel_chunks`
 //! chunks, one transaction each, written at once and committed in item order), yields it between
-//! steps to environments served less recently, and gives it back on shutdown. Every service process runs `jobs.runners` of them, plus the purge of finished jobs
-//! and the backlog gauges; LISTEN/NOTIFY wakes them, polling is the fallback. Tests drive
-//! [`Runner::step`] directly.
+//! steps to environments served less recently, and gives it back on shutdown. Every service
+//! process runs `jobs.runners` of them, plus the purge of finished jobs and the backlog gauges;
+//! LISTEN/NOTIFY wakes them, polling is the fallback. Tests drive [`Runner::step`] directly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +59,7 @@ impl Runner {
         Duration::from_secs(self.settings.jobs.lease_seconds)
     }
 
-    /// Processes the next chunks of a job (see [`Self::chunk`]). The runner holds its job between
+    /// Processes the next chunks of a job (see `chunk`). The runner holds its job between
     /// steps, but yields it after every step to a runnable job of an environment served less
     /// recently, so a new environment's job starts within about a step even while every runner
     /// is busy.
@@ -168,7 +168,11 @@ impl Runner {
             })
             .collect();
         // Each chunk's lock is taken before the next chunk begins, so that the next one's wait
-        // for it cannot come first.
+        // for it cannot come first. Not waiting for the WAL flush of every intermediate chunk is
+        // safe: a database crash can only lose the latest chunks whole (tokens, results,
+        // progress and consumed input together), and they are then processed again. The last
+        // chunk, which marks the job DONE, commits synchronously after every earlier one, and so
+        // makes them durable too.
         chunk_transaction(&mut tx, chunks[0].key, chunks[0].last()).await?;
         let (lease, limit) = (self.lease(), self.settings.limits.tokens_per_environment);
         let mut running = vec![tokio::spawn(process(
@@ -200,7 +204,8 @@ impl Runner {
                 limit,
             )));
         }
-        // In item order: once a chunk did not commit, none after it could.
+        // In item order: once a chunk did not commit, none after it could. (The first chunk,
+        // fenced above, always commits or fails.)
         let mut step = Ok(Step::LeaseLost { job: job.id });
         let mut ended = false;
         for handle in running {

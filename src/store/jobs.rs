@@ -326,7 +326,7 @@ pub struct Position {
 /// Renews the lease and locks the job row, but only if this claim still holds it and, with
 /// `at`, the job's next chunk starts at item `at`. None when the lease was lost (or the job is
 /// elsewhere). The first statement of a chunk's transaction; a chunk written beside the previous
-/// one fences after its writes, and so waits here for that chunk's commit.
+/// one fences after its writes, once that chunk has ended ([`super::wait_for_chunk`]).
 pub async fn fence(
     tx: &mut PgConnection,
     job: &ClaimedJob,
