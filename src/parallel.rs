@@ -5,29 +5,43 @@
 use std::panic;
 use std::thread;
 
-/// `f(i, &items[i])` for every item, in item order: on the calling thread when there are fewer
-/// than `split_from` items, else half of them on a second thread.
+/// `f(first, part)` for each part of `items`, in order, where `first` is the index of the part's
+/// first item: one part when there are fewer than `split_from` items, else two halves, the second
+/// on a thread of its own. Each part can so keep its own bounded state (a capped error list).
+pub fn parts<T: Sync, R: Send>(
+    items: &[T],
+    split_from: usize,
+    f: impl Fn(usize, &[T]) -> R + Sync,
+) -> Vec<R> {
+    if items.len() < split_from.max(2) {
+        return vec![f(0, items)];
+    }
+    let (head, tail) = items.split_at(items.len() / 2);
+    thread::scope(|s| {
+        let later = s.spawn(|| f(head.len(), tail));
+        let first = f(0, head);
+        vec![
+            first,
+            later.join().unwrap_or_else(|p| panic::resume_unwind(p)),
+        ]
+    })
+}
+
+/// `f(i, &items[i])` for every item, in item order, split as [`parts`] splits.
 pub fn map<T: Sync, R: Send>(
     items: &[T],
     split_from: usize,
     f: impl Fn(usize, &T) -> R + Sync,
 ) -> Vec<R> {
-    let run = |first: usize, part: &[T]| -> Vec<R> {
+    parts(items, split_from, |first, part| {
         part.iter()
             .enumerate()
             .map(|(i, item)| f(first + i, item))
-            .collect()
-    };
-    if items.len() < split_from.max(2) {
-        return run(0, items);
-    }
-    let (head, tail) = items.split_at(items.len() / 2);
-    thread::scope(|s| {
-        let later = s.spawn(|| run(head.len(), tail));
-        let mut all = run(0, head);
-        all.extend(later.join().unwrap_or_else(|p| panic::resume_unwind(p)));
-        all
+            .collect::<Vec<R>>()
     })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[cfg(test)]
@@ -56,5 +70,11 @@ mod tests {
         let threads = map(&items, 10, |_, _| thread::current().id());
         assert!(threads[..50].iter().all(|&t| t == caller));
         assert!(threads[50..].iter().all(|&t| t != caller));
+        let firsts = parts(&items, 10, |first, part| (first, part.len()));
+        assert_eq!(firsts, [(0, 50), (50, 50)]);
+        assert_eq!(
+            parts(&items, 101, |first, part| (first, part.len())),
+            [(0, 100)]
+        );
     }
 }

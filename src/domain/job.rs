@@ -287,6 +287,13 @@ impl Problems {
             self.push(e);
         }
     }
+
+    /// `other`'s problems after these: its details while there is room, and its total.
+    fn append(&mut self, other: Problems) {
+        let uncounted = other.total - other.details.len();
+        self.extend(other.details);
+        self.total += uncounted;
+    }
 }
 
 /// Parses a job body sent with the media type of `expected`, allowing 1 to `max_items` items.
@@ -337,17 +344,27 @@ pub fn parse_job(
     let job = match expected {
         JobType::CreateTokens => {
             let raw = items(&fields, "tokens", max_items, &mut problems);
-            let items = crate::parallel::map(&raw, PARALLEL_ITEMS, |i, raw| {
-                NewToken::parse(&value_of(raw), TokenSource::JobItem(i))
-            })
-            .into_iter()
-            .filter_map(|parsed| {
-                parsed
-                    .map(CreateItem::Token)
-                    .map_err(|errors| problems.extend(errors))
-                    .ok()
-            })
-            .collect();
+            // Each part keeps at most MAX_DETAILS details of its own, so that a body of invalid
+            // items is never held as all its errors; the first ones in item order are among them.
+            let parts = crate::parallel::parts(&raw, PARALLEL_ITEMS, |first, part| {
+                let mut found = Problems::default();
+                let tokens: Vec<CreateItem> = part
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, raw)| {
+                        NewToken::parse(&value_of(raw), TokenSource::JobItem(first + i))
+                            .map(CreateItem::Token)
+                            .map_err(|errors| found.extend(errors))
+                            .ok()
+                    })
+                    .collect();
+                (tokens, found)
+            });
+            let mut items = Vec::with_capacity(raw.len());
+            for (tokens, found) in parts {
+                items.extend(tokens);
+                problems.append(found);
+            }
             NewJob::Create { is_async, items }
         }
         JobType::RevokeTokens => {
@@ -508,6 +525,21 @@ mod tests {
                     .map(|i| format!("tokens[{i}].otpLength"))
                     .collect();
                 assert_eq!((targets, total), (expected, 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Every item invalid: the first MAX_DETAILS details in item order, every one counted.
+        let empty = vec![json!({}); n];
+        let body = json!({"type": "CREATE_OATH_TOKENS", "tokens": empty}).to_string();
+        match parse_job(body.as_bytes(), JobType::CreateTokens, n) {
+            Err(JobRequestError::Invalid { details, total }) => {
+                assert_eq!((details.len(), total), (MAX_DETAILS, 4 * n));
+                let per_item = 4;
+                assert!(details[0].target.starts_with("tokens[0]."));
+                let last = MAX_DETAILS / per_item - 1;
+                assert!(details[MAX_DETAILS - 1]
+                    .target
+                    .starts_with(&format!("tokens[{last}].")));
             }
             other => panic!("{other:?}"),
         }
