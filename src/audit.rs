@@ -1,23 +1,25 @@
-//! The audit trail: one event with tracing target `audit` per mutating request and per OTP check,
-//! with the fields `actor` (the JWT `sub`), `environment`, `action`, `target_id`, `outcome`,
-//! `request_id` (and the HTTP `status`).
+//! The audit trail: one event with tracing target `audit` per mutating request and per OTP check
+//! of an authenticated caller, with the fields `actor` (the JWT `sub`), `caller_environment` (its
+//! `env` claim), `environment` (the path's), `action`, `target_id`, `outcome`, `request_id` (and the
+//! HTTP `status`). Requests without a valid token log none: anyone can send them, and they change
+//! nothing.
 //!
-//! The request middleware (`telemetry::request_context`) emits the event once the response is
-//! known, so that every answer, errors included, has one. What only the handler knows travels in
-//! the request's extensions: the caller (recorded by `AppState::authorize`), the id of a resource
-//! it created, and the result of an OTP check. Only ids and fixed words are logged: never a body,
-//! so never a secret or an OTP.
+//! A change's event is written where the change commits ([`committed`]), so it does not depend
+//! on the client waiting for the answer: the request middleware (`telemetry::request_context`)
+//! runs every audited request to its end even when the client has gone, and emits the event of a
+//! request that committed nothing (a refusal, an error) once its response is known. What only
+//! the handler knows travels in the request's extensions: the caller (recorded by the
+//! `Authorized` extractor), the id of a resource it created, the result of an OTP check. Only ids
+//! and fixed words are logged: never a body, so never a secret or an OTP.
 
 use actix_web::dev::ServiceResponse;
-use actix_web::http::Method;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpMessage, HttpRequest};
 use uuid::Uuid;
 
 /// The tracing target of audit events.
 pub const TARGET: &str = "audit";
 
-/// `actor` when the request carried no valid token.
-const UNAUTHENTICATED: &str = "(unauthenticated)";
 /// `actor` for a valid token without a `sub` claim.
 const NO_SUBJECT: &str = "(no sub)";
 
@@ -66,9 +68,17 @@ const ACTIONS: &[(Method, &str, &str)] = &[
 struct Notes {
     /// `None`: not authenticated; `Some(None)`: a token without `sub`.
     actor: Option<Option<String>>,
+    /// The caller's `env` claim.
+    caller_env: Option<Uuid>,
     target_id: Option<Uuid>,
     outcome: Option<&'static str>,
+    /// The event was written at the change's commit.
+    emitted: bool,
 }
+
+/// The request's id, as the request middleware chose it.
+#[derive(Clone)]
+pub struct RequestId(pub String);
 
 fn note(req: &HttpRequest, f: impl FnOnce(&mut Notes)) {
     let mut extensions = req.extensions_mut();
@@ -81,14 +91,12 @@ fn note(req: &HttpRequest, f: impl FnOnce(&mut Notes)) {
     }
 }
 
-/// The authenticated caller's `sub`.
-pub fn actor(req: &HttpRequest, subject: Option<&str>) {
-    note(req, |n| n.actor = Some(subject.map(str::to_string)));
-}
-
-/// The resource the request created (a token, a job).
-pub fn target(req: &HttpRequest, id: Uuid) {
-    note(req, |n| n.target_id = Some(id));
+/// The authenticated caller: its `sub` and `env` claims.
+pub fn actor(req: &HttpRequest, subject: Option<&str>, env: Uuid) {
+    note(req, |n| {
+        n.actor = Some(subject.map(str::to_string));
+        n.caller_env = Some(env);
+    });
 }
 
 /// The result of an OTP check (`VALID`, `INVALID`, `LOCKED`), instead of one read off the status.
@@ -96,11 +104,30 @@ pub fn outcome(req: &HttpRequest, outcome: &'static str) {
     note(req, |n| n.outcome = Some(outcome));
 }
 
-/// Emits the audit event of an answered request, when its route is audited.
-pub fn emit<B>(response: &ServiceResponse<B>, request_id: &str) {
+/// Writes the event of the change the request has just committed, which it will answer with
+/// `status`; `created` is the resource it created, if any. Call it right after the commit.
+pub fn committed(req: &HttpRequest, created: Option<Uuid>, status: StatusCode) {
+    note(req, |n| {
+        n.target_id = n.target_id.or(created);
+        n.emitted = true;
+    });
+    let request_id = req.extensions().get::<RequestId>().cloned();
+    write(req, request_id.as_ref().map_or("", |r| &r.0), status);
+}
+
+/// Writes the event of an answered request that committed no change, when its route is audited
+/// and its caller authenticated.
+pub fn answered<B>(response: &ServiceResponse<B>, request_id: &str) {
     let req = response.request();
+    let emitted = req.extensions().get::<Notes>().is_some_and(|n| n.emitted);
+    if !emitted {
+        write(req, request_id, response.status());
+    }
+}
+
+fn write(req: &HttpRequest, request_id: &str, status: StatusCode) {
     // Reads are not audited; this keeps the route lookup off their path.
-    if !matches!(*req.method(), Method::POST | Method::DELETE) {
+    if !is_audited(req.method()) {
         return;
     }
     let Some(pattern) = req.match_pattern() else {
@@ -110,15 +137,17 @@ pub fn emit<B>(response: &ServiceResponse<B>, request_id: &str) {
         return;
     };
     let notes = req.extensions().get::<Notes>().cloned().unwrap_or_default();
+    let Some(actor) = &notes.actor else {
+        return;
+    };
+    let actor = actor.as_deref().unwrap_or(NO_SUBJECT);
     let path_uuid = |name| {
         req.match_info()
             .get(name)
             .and_then(|s| Uuid::try_parse(s).ok())
     };
-    let status = response.status();
     let outcome = notes.outcome.unwrap_or(match status.as_u16() {
         200..=299 => "SUCCESS",
-        401 => "UNAUTHENTICATED",
         403 => "FORBIDDEN",
         404 => "NOT_FOUND",
         409 => "CONFLICT",
@@ -126,29 +155,24 @@ pub fn emit<B>(response: &ServiceResponse<B>, request_id: &str) {
         400..=499 => "REJECTED",
         _ => "ERROR",
     });
-    let actor = match &notes.actor {
-        None => UNAUTHENTICATED,
-        Some(None) => NO_SUBJECT,
-        Some(Some(sub)) => sub.as_str(),
-    };
-    let environment = path_uuid("env_id")
-        .map(|u| u.to_string())
-        .unwrap_or_default();
-    let target_id = path_uuid("token_id")
-        .or(notes.target_id)
-        .map(|u| u.to_string())
-        .unwrap_or_default();
+    let shown = |id: Option<Uuid>| id.map(|u| u.to_string()).unwrap_or_default();
     tracing::info!(
         target: TARGET,
         actor,
-        environment,
+        caller_environment = shown(notes.caller_env),
+        environment = shown(path_uuid("env_id")),
         action,
-        target_id,
+        target_id = shown(path_uuid("token_id").or(notes.target_id)),
         outcome,
         request_id,
         status = status.as_u16(),
         "audit"
     );
+}
+
+/// Whether requests of `method` may be audited: the changes.
+pub fn is_audited(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::DELETE)
 }
 
 fn action(method: &Method, pattern: &str) -> Option<&'static str> {

@@ -52,6 +52,8 @@ pub struct ServerSettings {
     #[serde(default)]
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
+    /// How long a request may take to send its body once its head has arrived (else 408).
+    pub body_timeout_seconds: u64,
 }
 
 #[derive(Clone, Deserialize)]
@@ -509,6 +511,9 @@ impl Settings {
         if self.server.max_body_bytes < 1024 {
             return fail("server.max_body_bytes must be at least 1024".into());
         }
+        if !(1..=3600).contains(&self.server.body_timeout_seconds) {
+            return fail("server.body_timeout_seconds must be from 1 to 3600".into());
+        }
         if self.database.url.trim().is_empty() {
             return fail("database.url must be set (or DATABASE_URL)".into());
         }
@@ -572,6 +577,10 @@ impl Settings {
     /// `public_base_url` without a trailing slash, ready for `format!("{base}/v1/...")`.
     pub fn base_url(&self) -> &str {
         self.server.public_base_url.trim_end_matches('/')
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.body_timeout_seconds)
     }
 
     pub fn acquire_timeout(&self) -> Duration {
@@ -880,6 +889,28 @@ mod tests {
             assert!(
                 err.to_string()
                     .contains("jobs.parallel_chunks must be from 1 to 8"),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn body_timeout_from_a_file_or_the_environment() {
+        assert_eq!(load_with(VALID).unwrap().server.body_timeout_seconds, 30);
+        let s = load_with(&format!("{VALID}\n[server]\nbody_timeout_seconds = 5")).unwrap();
+        assert_eq!(s.body_timeout(), Duration::from_secs(5));
+        let secret = (
+            "OATH__AUTH__HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let s = load_env(&[secret, ("OATH__SERVER__BODY_TIMEOUT_SECONDS", "7")]).unwrap();
+        assert_eq!(s.server.body_timeout_seconds, 7);
+        for value in ["0", "3601"] {
+            let env = [secret, ("OATH__SERVER__BODY_TIMEOUT_SECONDS", value)];
+            let err = load_env(&env).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("server.body_timeout_seconds must be from 1 to 3600"),
                 "{value}: {err}"
             );
         }

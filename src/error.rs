@@ -37,6 +37,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The body did not arrive in `server.body_timeout_seconds`: 408 `INVALID_REQUEST`.
+    #[error("{0}")]
+    BodyTimeout(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// A limit of the caller's environment is reached: 429 with `Retry-After` (whole seconds).
@@ -166,6 +169,8 @@ pub mod responses {
         Conflict;
         /// `REQUEST_TOO_LARGE`: the body exceeds the configured limit.
         TooLarge;
+        /// `INVALID_REQUEST`: the body did not arrive within `server.body_timeout_seconds`.
+        RequestTimeout;
         /// `UNSUPPORTED_MEDIA_TYPE`: the body's `Content-Type` is not one the operation accepts.
         UnsupportedMediaType;
         /// `UNEXPECTED_ERROR`: a bug; the message never tells internals, the log has the cause.
@@ -207,7 +212,7 @@ pub mod responses {
 
     error_set! {
         /// The errors of every operation that takes a JSON body.
-        BodyErrors { 400 BadRequest, 413 TooLarge, 415 UnsupportedMediaType }
+        BodyErrors { 400 BadRequest, 408 RequestTimeout, 413 TooLarge, 415 UnsupportedMediaType }
     }
 }
 
@@ -230,7 +235,7 @@ impl ApiError {
 
     fn code(&self) -> ErrorCode {
         match self {
-            Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Self::InvalidRequest(_) | Self::BodyTimeout(_) => ErrorCode::InvalidRequest,
             Self::InvalidData { .. } => ErrorCode::InvalidData,
             Self::Auth(AuthError::KeySetUnavailable(_)) | Self::Unavailable(_) => {
                 ErrorCode::ServiceUnavailable
@@ -264,6 +269,7 @@ impl ApiError {
             | Self::NotFound(m)
             | Self::Conflict(m)
             | Self::TooLarge(m)
+            | Self::BodyTimeout(m)
             | Self::UnsupportedMediaType(m)
             | Self::Limited { message: m, .. } => m.clone(),
         }
@@ -286,6 +292,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             _ => self.code().status(),
         }
     }

@@ -10,7 +10,6 @@ use actix_web::{web, App, HttpServer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
-use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::auth::Authenticator;
@@ -19,6 +18,7 @@ use crate::create_batch::CreateBatcher;
 use crate::crypto::SecretCipher;
 use crate::error;
 use crate::limits::RateLimits;
+use crate::routes::jobs::ImportGate;
 use crate::routes::Listener;
 use crate::verification::SeenTokens;
 use crate::{routes, telemetry};
@@ -28,14 +28,13 @@ pub struct AppState {
     pub db: PgPool,
     pub settings: Arc<Settings>,
     pub auth: Authenticator,
-    pub cipher: SecretCipher,
+    pub cipher: Arc<SecretCipher>,
     /// The configured pre-shared PSKC keys, each bound to its environments.
     pub pskc_keys: PskcKeyring,
     /// Keys the HMAC that binds an `Idempotency-Key` to its request.
     pub request_hash_key: Zeroizing<[u8; 32]>,
-    /// Imports parsed (and PBKDF2 keys derived) at once; the rest wait, so that imports cannot
-    /// take every thread from request handling.
-    pub import_permits: Semaphore,
+    /// One file upload per environment at a time, a few parses at once.
+    pub imports: ImportGate,
     /// The per-token OTP and per-environment request limits of this process.
     pub limits: RateLimits,
     /// Single creates, combined per environment into shared transactions.
@@ -47,7 +46,7 @@ pub struct AppState {
 impl AppState {
     pub async fn new(settings: Settings, db: PgPool) -> Result<Self, String> {
         let (active, keys) = settings.crypto.decoded_keys().map_err(|e| e.to_string())?;
-        let cipher = SecretCipher::new(active, &keys).map_err(|e| e.to_string())?;
+        let cipher = Arc::new(SecretCipher::new(active, &keys).map_err(|e| e.to_string())?);
         let request_hash_key = settings
             .crypto
             .request_hash_key()
@@ -60,7 +59,7 @@ impl AppState {
             );
         }
         let auth = Authenticator::new(&settings.auth).await?;
-        let import_permits = Semaphore::new(settings.import.max_concurrent);
+        let imports = ImportGate::new(settings.import.max_concurrent);
         let limits = RateLimits::new(&settings.limits);
         let creates = CreateBatcher::new(db.clone(), settings.limits.tokens_per_environment);
         Ok(Self {
@@ -70,7 +69,7 @@ impl AppState {
             cipher,
             pskc_keys,
             request_hash_key,
-            import_permits,
+            imports,
             limits,
             creates,
             seen_tokens: SeenTokens::new(),

@@ -9,12 +9,13 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::ResponseError;
+use actix_web::{HttpMessage, ResponseError};
 use futures_util::FutureExt;
 use tracing::Instrument;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
+use crate::audit;
 use crate::config::{LogFormat, LogSettings};
 use crate::error::ApiError;
 use crate::metrics::METRICS;
@@ -47,7 +48,7 @@ where
     };
 }
 
-/// Middleware: request id, span, summary line, panic containment.
+/// Middleware: request id, span, summary line, audit event, panic containment.
 pub async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -59,6 +60,30 @@ pub async fn request_context(
         .filter(|v| is_safe_request_id(v))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut()
+        .insert(audit::RequestId(request_id.clone()));
+    if !audit::is_audited(req.method()) {
+        return handle(req, next, request_id).await;
+    }
+    // A client that goes away drops this future, and with it a handler in the middle of a
+    // change: a change runs on a task of its own instead, to its end and its audit event.
+    let request_id_of_panic = request_id.clone();
+    actix_web::rt::spawn(handle(req, next, request_id))
+        .await
+        .unwrap_or_else(|_| {
+            Err(HandlerPanicked {
+                request_id: request_id_of_panic,
+            }
+            .into())
+        })
+}
+
+/// The request under its span: handled, counted, logged and audited.
+async fn handle<B: MessageBody + 'static>(
+    req: ServiceRequest,
+    next: Next<B>,
+    request_id: String,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -90,7 +115,7 @@ pub async fn request_context(
     let latency_ms = elapsed * 1000.0;
     record_metrics(&response, elapsed);
     span.in_scope(|| {
-        crate::audit::emit(&response, &request_id);
+        audit::answered(&response, &request_id);
         tracing::info!(status, latency_ms, "request completed");
     });
     Ok(response)

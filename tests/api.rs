@@ -14,6 +14,7 @@ mod api {
     mod errors;
     mod idempotency;
     mod import_cli;
+    mod import_fairness;
     mod imports;
     mod jobs;
     mod jwks_https;
@@ -25,6 +26,7 @@ mod api {
     mod outage;
     mod postgres_tls;
     mod processes;
+    mod request_bodies;
     mod secrets;
     mod security;
     mod tenancy;

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use oath_service::domain::HashAlgorithm;
@@ -13,9 +13,11 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use support::app::{
-    rfc_code, seed_token, spawn_app, TestApp, HS256_SECRET, RFC_SECRET_HEX, SEED_SECRET,
+    rfc_code, seed_token, spawn_app, spawn_app_with, wait_until, TestApp, HS256_SECRET,
+    RFC_SECRET_HEX, SEED_SECRET,
 };
 use support::logs::Capture;
+use support::raw::post_and_reset;
 
 const SUBJECT: &str = "operator-7@example.test";
 
@@ -175,17 +177,10 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
         SUBJECT,
     ));
 
-    // Refused callers are audited too: no token, a token without `sub`, a token for another
-    // environment's path.
-    let c = call(app.client.post(&tokens).json(&seed_token())).await;
-    assert_eq!(c.status, 401);
-    want.push((
-        c.request_id,
-        "token.create",
-        String::new(),
-        "UNAUTHENTICATED",
-        "(unauthenticated)",
-    ));
+    // Refused callers are audited too: a token without `sub`, a token for another environment's
+    // path. A request without a valid token is not: anyone can send one, and it changes nothing.
+    let unauthenticated = call(app.client.post(&tokens).json(&seed_token())).await;
+    assert_eq!(unauthenticated.status, 401);
     let c = call(
         app.client
             .delete(format!("{tokens}/{seed_id}"))
@@ -233,9 +228,9 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
     let events: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "audit")
+        .filter(|v| v["target"] == "audit" && v["fields"]["caller_environment"] == env.as_str())
         .collect();
-    // Only this test's requests reach this app; every event is one of them, once.
+    // Only this test's callers are of this environment; every event is one of their requests, once.
     assert_eq!(events.len(), want.len(), "{events:#?}");
     for (request_id, action, target_id, outcome, actor) in &want {
         let matching: Vec<&Value> = events
@@ -252,11 +247,12 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
         assert_eq!(f["action"], *action, "{f}");
         assert_eq!(f["actor"], *actor, "{f}");
         assert_eq!(f["environment"], env_field.as_str(), "{f}");
+        assert_eq!(f["caller_environment"], env.as_str(), "{f}");
         assert_eq!(f["target_id"], target_id.as_str(), "{f}");
         assert_eq!(f["outcome"], *outcome, "{f}");
         assert_eq!(f["message"], "audit", "{f}");
     }
-    for read in &reads {
+    for read in reads.iter().chain([&unauthenticated]) {
         assert!(!events
             .iter()
             .any(|e| e["fields"]["request_id"] == read.request_id.as_str()));
@@ -273,4 +269,95 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
     }
     assert!(!logs.contains(&SEED_SECRET.to_lowercase()));
     assert!(!logs.contains(&bearer[bearer.len() - 30..]));
+}
+
+/// A change is audited where it commits, whether or not its client waits for the answer: clients
+/// that reset the connection a few milliseconds after sending (creates, and a job submitted with
+/// `"async": false`, whose answer would come when the job ends) leave no change without its event.
+#[sqlx::test]
+async fn changes_whose_client_left_are_audited_all_the_same(pool: PgPool) {
+    const CREATES: usize = 40;
+    let capture = Capture::install();
+    let app = spawn_app_with(pool, |s| s.jobs.sync_wait_seconds = 2).await;
+    let bearer = token_with_subject(&app, Some(SUBJECT));
+    let env = app.env.to_string();
+    for i in 0..CREATES {
+        let body = json!({"serialNumber": format!("GONE{i}"), "secret": SEED_SECRET,
+            "type": "HOTP", "otpLength": 6});
+        let (path, body) = (app.tokens_path(), body.to_string());
+        let address = app.address.clone();
+        let bearer = bearer.clone();
+        tokio::spawn(async move {
+            let after = Duration::from_millis(i as u64 % 4);
+            post_and_reset(
+                &address,
+                &path,
+                &bearer,
+                "application/json",
+                body.as_bytes(),
+                after,
+            )
+            .await
+        });
+    }
+    let job = json!({"type": "CREATE_OATH_TOKENS", "async": false, "tokens": [
+        {"serialNumber": "GONEJOB", "secret": SEED_SECRET, "type": "HOTP", "otpLength": 6}]});
+    post_and_reset(
+        &app.address,
+        &app.jobs_path(),
+        &bearer,
+        "application/vnd.pingidentity.job.oathtokens.create+json",
+        job.to_string().as_bytes(),
+        // Time to be read and stored, not to be answered: the job waits for a runner.
+        Duration::from_millis(50),
+    )
+    .await;
+
+    let audited = |action: &'static str| {
+        let logs = capture.text();
+        let env = env.clone();
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "audit")
+            .map(|v| v["fields"].clone())
+            .filter(|f| f["environment"] == env.as_str() && f["action"] == action)
+            .filter_map(|f| f["target_id"].as_str().map(str::to_string))
+            .collect::<Vec<String>>()
+    };
+    let ids = |table: &'static str| {
+        let pool = app.pool.clone();
+        let env = app.env;
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>(&format!(
+                "select id from {table} where environment_id = $1"
+            ))
+            .bind(env)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect::<Vec<String>>()
+        }
+    };
+    wait_until("the job is stored", Duration::from_secs(10), async || {
+        !ids("oath_jobs").await.is_empty()
+    })
+    .await;
+    // Each change's event follows its commit at once; creates still in flight finish meanwhile.
+    wait_until(
+        "an audit event for every change",
+        Duration::from_secs(10),
+        async || {
+            let (jobs, tokens) = (ids("oath_jobs").await, ids("oath_tokens").await);
+            let (submitted, created) = (audited("job.submit"), audited("token.create"));
+            jobs.iter().all(|id| submitted.contains(id))
+                && tokens.iter().all(|id| created.contains(id))
+        },
+    )
+    .await;
+    assert!(
+        !ids("oath_tokens").await.is_empty(),
+        "no create reached the service: the test proves nothing"
+    );
 }

@@ -4,8 +4,10 @@
 //! are in [`crate::store::jobs`], driven by the runner.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use sqlx::PgConnection;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::crypto::SecretCipher;
@@ -15,13 +17,17 @@ use crate::store::chunks::{self, ChunkKey, CreateChunk};
 use crate::store::jobs::{self, Job, NewJobRow};
 
 /// Stores a validated job and its input. Nothing is written to `oath_tokens` here.
+///
+/// A create job's secrets are sealed on the blocking pool, a group of chunks ahead of the
+/// statements that store them: sealing 100,000 secrets is a fraction of a second of CPU that
+/// would otherwise stall every request sharing this worker thread.
 pub async fn enqueue(
     tx: &mut PgConnection,
     env: Uuid,
     job_id: Uuid,
-    job: &NewJob,
+    job: NewJob,
     chunk_size: usize,
-    cipher: &SecretCipher,
+    cipher: Arc<SecretCipher>,
 ) -> Result<Job, sqlx::Error> {
     let row = NewJobRow {
         job_type: job.job_type(),
@@ -44,27 +50,19 @@ pub async fn enqueue(
     };
     match job {
         NewJob::Create { items, .. } => {
-            // Ids drawn in item order, so that a job's tokens list in that order (an invalid
-            // file row leaves its id unused).
-            let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
-            let repeats = repeats(items);
-            let chunks: Vec<(usize, &[CreateItem])> =
-                items.chunks(chunk_size).enumerate().collect();
-            let split_from = if items.len() >= PARALLEL_ITEMS {
-                2
-            } else {
-                usize::MAX
-            };
-            // A few chunks at a time, so that the job is held sealed only a few chunks at once.
-            for group in chunks.chunks(SEALED_AT_ONCE) {
-                let sealed = parallel::map(group, split_from, |_, &(n, chunk)| {
-                    let at = n * chunk_size..n * chunk_size + chunk.len();
-                    seal(env, chunk, &ids[at.clone()], &repeats[at], cipher)
-                });
-                for (&(n, _), chunk) in group.iter().zip(&sealed) {
-                    chunks::insert_create(tx, key(n), chunk).await?;
-                }
+            let (sealed_tx, mut sealed) = mpsc::channel(SEALED_AT_ONCE);
+            let sealer = tokio::task::spawn_blocking(move || {
+                seal_chunks(env, &items, chunk_size, &cipher, |n, chunk| {
+                    // The receiver is gone when an insert failed: stop sealing.
+                    sealed_tx.blocking_send((n, chunk)).is_ok()
+                })
+            });
+            while let Some((n, chunk)) = sealed.recv().await {
+                chunks::insert_create(tx, key(n), &chunk).await?;
             }
+            sealer.await.map_err(|e| {
+                sqlx::Error::Protocol(format!("sealing a job's chunks failed: {e}"))
+            })?;
         }
         NewJob::Revoke { token_ids, .. } => {
             for (n, chunk) in token_ids.chunks(chunk_size).enumerate() {
@@ -74,6 +72,38 @@ pub async fn enqueue(
     }
     jobs::notify(tx, job_id).await?;
     Ok(stored)
+}
+
+/// Seals `items` chunk by chunk and hands each chunk, in order, to `send` (false: stop).
+fn seal_chunks(
+    env: Uuid,
+    items: &[CreateItem],
+    chunk_size: usize,
+    cipher: &SecretCipher,
+    mut send: impl FnMut(usize, CreateChunk) -> bool,
+) {
+    // Ids drawn in item order, so that a job's tokens list in that order (an invalid file row
+    // leaves its id unused).
+    let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
+    let repeats = repeats(items);
+    let chunks: Vec<(usize, &[CreateItem])> = items.chunks(chunk_size).enumerate().collect();
+    let split_from = if items.len() >= PARALLEL_ITEMS {
+        2
+    } else {
+        usize::MAX
+    };
+    // A few chunks at a time, so that the job is held sealed only a few chunks at once.
+    for group in chunks.chunks(SEALED_AT_ONCE) {
+        let sealed = parallel::map(group, split_from, |_, &(n, chunk)| {
+            let at = n * chunk_size..n * chunk_size + chunk.len();
+            seal(env, chunk, &ids[at.clone()], &repeats[at], cipher)
+        });
+        for (&(n, _), chunk) in group.iter().zip(sealed) {
+            if !send(n, chunk) {
+                return;
+            }
+        }
+    }
 }
 
 /// Create chunks sealed before they are stored, per group (on two threads when the job is large).

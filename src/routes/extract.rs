@@ -98,7 +98,7 @@ impl<S: Demands, P: PathIds> FromRequest for Authorized<S, P> {
                 .get(AUTHORIZATION)
                 .map(|v| v.to_str().unwrap_or("\u{0}"));
             let principal = state.auth.authenticate(header).await?;
-            crate::audit::actor(&req, principal.subject.as_deref());
+            crate::audit::actor(&req, principal.subject.as_deref(), principal.env);
             let env = match path_id(&req, "env_id") {
                 Ok(env) => env,
                 // Not a UUID: no such environment, but a caller without the scope gets 403.

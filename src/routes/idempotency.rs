@@ -107,6 +107,22 @@ impl IdempotencyKey {
     }
 }
 
+/// The first response to `key`'s request, when one has committed: a retry is answered with it
+/// before any work. [`begin`] decides again, race-free, for a request that gets past this.
+pub async fn replay(
+    key: Option<&IdempotencyKey>,
+    state: &AppState,
+    env: Uuid,
+) -> Result<Option<HttpResponse>, ApiError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    match store::find(&state.db, env, &key.key).await? {
+        Some(stored) if stored.status != 0 => key.respond(stored).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// A POST's write in one transaction, under the request's `Idempotency-Key` when it sent one:
 /// the key is claimed first in the transaction (a concurrent retry waits for it to commit, then
 /// replays), and the response is recorded in it before it commits.

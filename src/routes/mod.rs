@@ -11,6 +11,8 @@ pub mod openapi;
 pub mod otp;
 pub mod tokens;
 
+use std::time::Duration;
+
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, Route};
 use base64::Engine as _;
@@ -186,9 +188,10 @@ pub async fn json_body(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
+    timeout: Duration,
 ) -> Result<Value, ApiError> {
     require_media_type(req, &["application/json"])?;
-    let bytes = read_body(req, payload, limit).await?;
+    let bytes = read_body(req, payload, limit, timeout).await?;
     parse_json(&bytes)
 }
 
@@ -231,12 +234,15 @@ pub fn require_media_type<'a>(
 }
 
 /// The whole body, refusing more than `limit` bytes before reading them when the length is
-/// declared, and as soon as the stream passes it otherwise.
+/// declared, and as soon as the stream passes it otherwise; `408` when it has not all arrived
+/// within `timeout`. The buffer grows as bytes arrive, never past the declared length: a
+/// declared length is a claim, not memory to reserve.
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
-) -> Result<web::BytesMut, ApiError> {
+    timeout: Duration,
+) -> Result<web::Bytes, ApiError> {
     let too_large = || {
         ApiError::TooLarge(format!(
             "The request body exceeds the limit of {limit} bytes."
@@ -250,18 +256,36 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::InvalidRequest(format!("The request body could not be read: {e}."))
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let expected = declared.unwrap_or(limit);
+    let read = async {
+        let mut body: Vec<u8> = Vec::with_capacity(expected.min(INITIAL_BODY_BUFFER));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::InvalidRequest(format!("The request body could not be read: {e}."))
+            })?;
+            let len = body.len() + chunk.len();
+            if len > limit {
+                return Err(too_large());
+            }
+            if len > body.capacity() {
+                // Doubling keeps the copies linear; the declared length caps the last step.
+                let capacity = (body.capacity() * 2).min(expected).max(len);
+                body.reserve_exact(capacity - body.len());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        Ok(web::Bytes::from(body))
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::BodyTimeout(format!(
+            "The request body did not arrive within {} seconds.",
+            timeout.as_secs()
+        ))
+    })?
 }
+
+/// What a body buffer starts with, whatever length the request declares.
+const INITIAL_BODY_BUFFER: usize = 64 * 1024;
 
 /// `{"href": "..."}`: an absolute URL.
 #[derive(Debug, Serialize, ToSchema)]

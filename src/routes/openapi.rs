@@ -10,8 +10,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::{docs, environments, health, jobs, operation, otp, tokens};
 use crate::error::responses::{
-    BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooManyRequests, Unauthorized,
-    Unavailable, Unexpected, UnsupportedMediaType,
+    BadRequest, Conflict, Forbidden, NotFound, RequestTimeout, TooLarge, TooManyRequests,
+    Unauthorized, Unavailable, Unexpected, UnsupportedMediaType,
 };
 use crate::error::ErrorBody;
 
@@ -57,6 +57,7 @@ use crate::error::ErrorBody;
             Forbidden,
             NotFound,
             Conflict,
+            RequestTimeout,
             TooLarge,
             UnsupportedMediaType,
             TooManyRequests,

@@ -5,6 +5,7 @@
 //! with the OTP or the secret.
 
 use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
@@ -107,7 +108,7 @@ operation! {
         let outcome = verification::validate(&state, env, id, &request.otp)
             .await?
             .or_not_found()?;
-        log_check(&req, id, "validate", outcome);
+        log_check(&req, id, "validate", outcome, StatusCode::OK);
         Ok(HttpResponse::Ok().json(ValidationResult { status: outcome }))
     }
 }
@@ -128,7 +129,7 @@ operation! {
         {
             Resync::Done(token) => Ok(checked_token(&req, &state, "resync", token)),
             Resync::NoMatch => {
-                log_check(&req, id, "resync", Outcome::Invalid);
+                log_check(&req, id, "resync", Outcome::Invalid, StatusCode::BAD_REQUEST);
                 Err(invalid_field(
                     "otps",
                     "otps are not two consecutive codes of this token within the resync window; \
@@ -165,14 +166,14 @@ operation! {
                 "The token is already paired; unpair it first.".into(),
             )),
             Pairing::Locked => {
-                log_check(&req, id, "pairing", Outcome::Locked);
+                log_check(&req, id, "pairing", Outcome::Locked, StatusCode::CONFLICT);
                 Err(ApiError::Conflict(
                     "The token is locked after too many failed validations; resync it first."
                         .into(),
                 ))
             }
             Pairing::Invalid => {
-                log_check(&req, id, "pairing", Outcome::Invalid);
+                log_check(&req, id, "pairing", Outcome::Invalid, StatusCode::BAD_REQUEST);
                 Err(invalid_field(
                     "otp",
                     "the OTP is not valid for this token; enter the code the token shows now",
@@ -191,12 +192,14 @@ operation! {
     responses((status = 204, description = "The token is not paired (whether or not it was)."));
     pub async fn unpair(
         auth: Authorized<TokensWrite, TokenId>,
+        req: HttpRequest,
         state: web::Data<AppState>,
     ) -> Reply {
         let (env, id) = (auth.env, auth.ids.0);
         let was_paired = store::unpair(&state.db, env, id)
             .await?
             .or_not_found()?;
+        crate::audit::committed(&req, None, StatusCode::NO_CONTENT);
         if was_paired {
             tracing::info!(token_id = %id, "token unpaired");
         }
@@ -214,7 +217,15 @@ async fn parse_body<T, P>(
 where
     P: FnOnce(&Map<String, Value>) -> Result<T, Vec<FieldError>>,
 {
-    match json_body(req, payload, state.settings.server.max_body_bytes).await? {
+    let settings = &state.settings;
+    match json_body(
+        req,
+        payload,
+        settings.server.max_body_bytes,
+        settings.body_timeout(),
+    )
+    .await?
+    {
         Value::Object(map) => parse(&map).map_err(ApiError::invalid_data),
         _ => Err(ApiError::InvalidRequest(
             "The request body must be a JSON object.".into(),
@@ -229,7 +240,7 @@ fn checked_token(
     operation: &'static str,
     token: Token,
 ) -> HttpResponse {
-    log_check(req, token.id, operation, Outcome::Valid);
+    log_check(req, token.id, operation, Outcome::Valid, StatusCode::OK);
     HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), token))
 }
 
@@ -238,10 +249,17 @@ fn invalid_field(target: &str, message: &str) -> ApiError {
     ApiError::invalid_data(vec![FieldError::invalid(target, message)])
 }
 
-/// One OTP check: logged, counted in `oath_otp_validations_total`, and its outcome given to the
-/// request's audit event.
-fn log_check(req: &HttpRequest, token_id: Uuid, operation: &'static str, outcome: Outcome) {
+/// One OTP check, whose result is stored and will be answered with `status`: logged, counted in
+/// `oath_otp_validations_total`, and audited.
+fn log_check(
+    req: &HttpRequest,
+    token_id: Uuid,
+    operation: &'static str,
+    outcome: Outcome,
+    status: StatusCode,
+) {
     crate::audit::outcome(req, outcome.as_str());
+    crate::audit::committed(req, None, status);
     METRICS
         .otp_validations
         .with_label_values(&[operation, outcome.as_str()])

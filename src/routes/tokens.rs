@@ -167,7 +167,13 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let env = auth.env;
     require_media_type(&req, &["application/json"])?;
-    let bytes = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let bytes = read_body(
+        &req,
+        payload,
+        state.settings.server.max_body_bytes,
+        state.settings.body_timeout(),
+    )
+    .await?;
     let body = parse_json(&bytes)?;
     if !body.is_object() {
         return Err(ApiError::InvalidRequest(
@@ -224,8 +230,8 @@ pub async fn create(
             .commit(StatusCode::CREATED, Some(&location), &body)
             .await?;
     }
+    crate::audit::committed(&req, Some(id), StatusCode::CREATED);
     tracing::info!(token_id = %id, serial_number = %token.serial_number.as_str(), "token created");
-    crate::audit::target(&req, id);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))
         .content_type("application/json")
@@ -251,12 +257,14 @@ operation! {
     responses((status = 204, description = "The token is gone."));
     pub async fn delete(
         auth: Authorized<TokensWrite, TokenId>,
+        req: HttpRequest,
         state: web::Data<AppState>,
     ) -> Reply {
         let (env, id) = (auth.env, auth.ids.0);
         if !store::delete(&state.db, env, id).await? {
             return Err(ApiError::not_found());
         }
+        crate::audit::committed(&req, None, StatusCode::NO_CONTENT);
         tracing::info!(token_id = %id, "token deleted");
         Ok(HttpResponse::NoContent().finish())
     }

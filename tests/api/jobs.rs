@@ -950,10 +950,11 @@ async fn unreadable_rows_become_invalid_results(pool: PgPool) {
         ],
     };
     let (active, keys) = app.settings.crypto.decoded_keys().unwrap();
-    let cipher = oath_service::crypto::SecretCipher::new(active, &keys).unwrap();
+    let cipher =
+        std::sync::Arc::new(oath_service::crypto::SecretCipher::new(active, &keys).unwrap());
     let mut tx = app.pool.begin().await.unwrap();
     let id = Uuid::now_v7();
-    oath_service::jobs::queue::enqueue(&mut tx, app.env, id, &job, 2, &cipher)
+    oath_service::jobs::queue::enqueue(&mut tx, app.env, id, job, 2, cipher)
         .await
         .unwrap();
     tx.commit().await.unwrap();

@@ -427,9 +427,10 @@ async fn idempotency_bindings_are_keyed_not_plain_hashes(pool: PgPool) {
 #[sqlx::test]
 async fn imports_beyond_the_concurrency_bound_wait_and_all_complete(pool: PgPool) {
     let app = spawn_app_with(pool, |s| s.import.max_concurrent = 1).await;
+    // One upload per environment at a time: four environments.
     let uploads = (0..4).map(|_| {
         app.post_file(
-            app.env,
+            uuid::Uuid::new_v4(),
             PSKC,
             fixture("vendor-pbkdf2.pskcxml"),
             &[("X-PSKC-Password", "correct horse battery staple")],

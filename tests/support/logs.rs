@@ -2,7 +2,7 @@
 //! installs it runs alone: tests/logs.rs and tests/audit.rs.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use oath_service::config::{LogFormat, LogSettings};
 use tracing_subscriber::fmt::MakeWriter;
@@ -12,18 +12,25 @@ use tracing_subscriber::fmt::MakeWriter;
 pub struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Capture {
-    /// Installs the service's subscriber at `trace`, in JSON, writing here (`RUST_LOG` unset).
+    /// Installs the service's subscriber at `trace`, in JSON, writing here (`RUST_LOG` unset),
+    /// once per process: every test of the binary reads the one capture, and tells its own
+    /// lines apart (by environment, request id).
     pub fn install() -> Self {
-        let capture = Capture::default();
-        std::env::remove_var("RUST_LOG");
-        oath_service::telemetry::init_with_writer(
-            &LogSettings {
-                level: "trace".into(),
-                format: LogFormat::Json,
-            },
-            capture.clone(),
-        );
-        capture
+        static INSTALLED: OnceLock<Capture> = OnceLock::new();
+        INSTALLED
+            .get_or_init(|| {
+                let capture = Capture::default();
+                std::env::remove_var("RUST_LOG");
+                oath_service::telemetry::init_with_writer(
+                    &LogSettings {
+                        level: "trace".into(),
+                        format: LogFormat::Json,
+                    },
+                    capture.clone(),
+                );
+                capture
+            })
+            .clone()
     }
 
     /// Everything written so far.

@@ -81,21 +81,46 @@ pub async fn submit(
             CSV_MEDIA_TYPE,
         ],
     )?;
-    let started = Instant::now();
-    let bytes = read_body(&req, payload, state.settings.jobs.max_body_bytes)
-        .await?
-        .freeze();
-    let read_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (job, expected) = match JobType::from_media_type(media_type) {
-        Some(expected) => (json_job(&bytes, expected, &state)?, expected),
-        None => (
-            import_job(&req, env, media_type, bytes.clone(), &state).await?,
-            JobType::CreateTokens,
-        ),
+    let json_type = JobType::from_media_type(media_type);
+    // A file holds its environment's one upload slot from before its body is read to the end of
+    // its parse: an environment queues at most one file, and never in memory.
+    let slot = match json_type {
+        Some(_) => None,
+        None => Some(state.imports.enter(env).ok_or_else(|| {
+            ApiError::Limited {
+                message:
+                    "A file of this environment is being imported; send this one when it is done."
+                        .into(),
+                retry_after_seconds: IMPORT_BUSY_RETRY_AFTER_SECONDS,
+            }
+        })?),
     };
-    let parsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let started = Instant::now();
+    let bytes = read_body(
+        &req,
+        payload,
+        state.settings.jobs.max_body_bytes,
+        state.settings.body_timeout(),
+    )
+    .await?;
+    let read_ms = started.elapsed().as_secs_f64() * 1000.0;
     let idempotency_key = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])?;
-    drop(bytes);
+    // Before any parsing: a retry is answered with its first response, and an environment at its
+    // limit is refused. Both are decided again, under a lock, where the job is stored.
+    if let Some(first_response) = idempotency::replay(idempotency_key.as_ref(), &state, env).await?
+    {
+        return Ok(first_response);
+    }
+    let limit = state.settings.jobs.max_unfinished_per_environment;
+    if store::count_unfinished(&state.db, env).await? >= i64::from(limit) {
+        return Err(over_the_unfinished_limit(limit));
+    }
+    let job = match json_type {
+        Some(expected) => json_job(bytes, expected, &state).await?,
+        None => import_job(&req, env, media_type, bytes, &state).await?,
+    };
+    drop(slot);
+    let parsed_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     let job_id = Uuid::now_v7();
     let mut write = match idempotency::begin(idempotency_key.as_ref(), &state, env).await? {
@@ -103,29 +128,23 @@ pub async fn submit(
         Err(first_response) => return Ok(first_response),
     };
     // After the idempotency claim, so that a retry of an accepted job still replays.
-    let limit = state.settings.jobs.max_unfinished_per_environment;
     if store::lock_and_count_unfinished(&mut write.tx, env).await? >= i64::from(limit) {
-        return Err(ApiError::Limited {
-            message: format!(
-                "The environment has {limit} unfinished jobs, its limit; submit this one when one of them has finished."
-            ),
-            retry_after_seconds: LIMITED_RETRY_AFTER_SECONDS,
-        });
+        return Err(over_the_unfinished_limit(limit));
     }
+    let (job_type, is_async) = (job.job_type(), job.is_async());
     let chunk_size = state.settings.jobs.chunk_size;
-    let row = queue::enqueue(&mut write.tx, env, job_id, &job, chunk_size, &state.cipher).await?;
-    crate::audit::target(&req, job_id);
-    let is_async = job.is_async();
-    drop(job);
+    let cipher = state.cipher.clone();
+    let row = queue::enqueue(&mut write.tx, env, job_id, job, chunk_size, cipher).await?;
     let resource = JobResource::new(state.settings.base_url(), row, Vec::new());
     let location = resource.links.self_.href.clone();
     let body = json_bytes(&resource)?;
     write
         .commit(StatusCode::ACCEPTED, Some(&location), &body)
         .await?;
+    crate::audit::committed(&req, Some(job_id), StatusCode::ACCEPTED);
     tracing::info!(
         job_id = %job_id,
-        job_type = expected.as_str(),
+        job_type = job_type.as_str(),
         total = resource.progress.total,
         read_ms,
         parsed_ms,
@@ -162,12 +181,37 @@ pub async fn submit(
     }
 }
 
-fn json_job(bytes: &[u8], expected: JobType, state: &AppState) -> Result<NewJob, ApiError> {
-    parse_job(bytes, expected, state.settings.jobs.max_items).map_err(|e| match e {
-        JobRequestError::Syntax(message) => ApiError::InvalidRequest(message),
-        JobRequestError::Invalid { details, total } => ApiError::invalid_data_of(details, total),
-    })
+/// A JSON job body, parsed and validated on the blocking pool: a large body is a fraction of a
+/// second of CPU that would otherwise stall every request sharing this worker thread.
+async fn json_job(
+    bytes: web::Bytes,
+    expected: JobType,
+    state: &AppState,
+) -> Result<NewJob, ApiError> {
+    let max_items = state.settings.jobs.max_items;
+    web::block(move || parse_job(&bytes, expected, max_items))
+        .await
+        .map_err(|e| ApiError::Internal(format!("job parser did not finish: {e}")))?
+        .map_err(|e| match e {
+            JobRequestError::Syntax(message) => ApiError::InvalidRequest(message),
+            JobRequestError::Invalid { details, total } => {
+                ApiError::invalid_data_of(details, total)
+            }
+        })
 }
+
+fn over_the_unfinished_limit(limit: u32) -> ApiError {
+    ApiError::Limited {
+        message: format!(
+            "The environment has {limit} unfinished jobs, its limit; submit this one when one of them has finished."
+        ),
+        retry_after_seconds: LIMITED_RETRY_AFTER_SECONDS,
+    }
+}
+
+/// Seconds a file upload is told to wait while another file of its environment is imported:
+/// about the time a large file takes to parse.
+const IMPORT_BUSY_RETRY_AFTER_SECONDS: u32 = 2;
 
 /// Seconds a submission over the unfinished-job limit is told to wait: about a chunk's time on a
 /// busy deployment, after which a job of the environment may well have finished.
@@ -209,11 +253,7 @@ async fn import_job(
     };
     // Parsing (and PBKDF2) is CPU work on a file of up to jobs.max_body_bytes: off the request
     // threads, and a few files at a time.
-    let _permit = state
-        .import_permits
-        .acquire()
-        .await
-        .map_err(|e| ApiError::Internal(format!("import permits closed: {e}")))?;
+    let _permit = state.imports.parse_permit().await;
     let items = match keys {
         Some(keys) => web::block(move || import::pskc::parse(&bytes, &keys, max_items)).await,
         None => web::block(move || import::csv::parse(&bytes, max_items)).await,
