@@ -52,6 +52,8 @@ pub struct ServerSettings {
     #[serde(default)]
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
+    /// How long requests are still served after a stop signal, readiness answering 503.
+    pub shutdown_delay_seconds: u64,
     /// How long a request may take to send its body once its head has arrived (else 408).
     pub body_timeout_seconds: u64,
 }
@@ -510,6 +512,9 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return fail("server.max_body_bytes must be at least 1024".into());
+        }
+        if self.server.shutdown_delay_seconds > 300 {
+            return fail("server.shutdown_delay_seconds must be from 0 to 300".into());
         }
         if !(1..=3600).contains(&self.server.body_timeout_seconds) {
             return fail("server.body_timeout_seconds must be from 1 to 3600".into());

@@ -1,12 +1,14 @@
 //! Builds the application (state, routes, middleware), binds it and runs it until stopped.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
+use futures_util::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
@@ -41,6 +43,8 @@ pub struct AppState {
     pub creates: Arc<CreateBatcher>,
     /// The tokens validated here, as last seen: a validation of one of them is one statement.
     pub seen_tokens: SeenTokens,
+    /// Set when the process was told to stop: readiness answers 503 from then on.
+    pub stopping: AtomicBool,
 }
 
 impl AppState {
@@ -73,6 +77,7 @@ impl AppState {
             limits,
             creates,
             seen_tokens: SeenTokens::new(),
+            stopping: AtomicBool::new(false),
         })
     }
 }
@@ -136,6 +141,7 @@ pub fn pool_with(settings: &Settings, options: PgConnectOptions) -> PgPool {
 const RECENTLY_TESTED: Duration = Duration::from_secs(1);
 
 pub struct Application {
+    state: web::Data<AppState>,
     port: u16,
     server: Server,
     /// `server.admin_addr`'s port and server, when one is configured.
@@ -173,6 +179,7 @@ impl Application {
             ),
         };
         Ok(Self {
+            state,
             port,
             server,
             admin,
@@ -188,14 +195,60 @@ impl Application {
         self.admin.as_ref().map(|(port, _)| *port)
     }
 
-    /// Serves until SIGTERM or ctrl-c (both servers receive it), then drains in-flight requests.
+    /// Serves until SIGTERM or ctrl-c. Then readiness answers 503 at once while requests are
+    /// still served for `server.shutdown_delay_seconds`, so that balancers stop sending, and
+    /// then both servers drain their in-flight requests (for up to
+    /// `server.shutdown_timeout_seconds`).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        match self.admin {
-            None => self.server.await,
-            Some((_, admin)) => futures_util::future::try_join(self.server, admin)
-                .await
-                .map(|_| ()),
+        let handles: Vec<ServerHandle> = std::iter::once(&self.server)
+            .chain(self.admin.as_ref().map(|(_, admin)| admin))
+            .map(Server::handle)
+            .collect();
+        let servers = async move {
+            match self.admin {
+                None => self.server.await,
+                Some((_, admin)) => futures_util::future::try_join(self.server, admin)
+                    .await
+                    .map(|_| ()),
+            }
+        };
+        tokio::pin!(servers);
+        tokio::select! {
+            stopped = &mut servers => return stopped,
+            () = stop_signal() => {}
         }
+        let delay = Duration::from_secs(self.state.settings.server.shutdown_delay_seconds);
+        self.state.stopping.store(true, Ordering::Relaxed);
+        tracing::info!(
+            delay_seconds = delay.as_secs(),
+            "stop requested: not ready any more, serving on before draining"
+        );
+        if let Ok(stopped) = tokio::time::timeout(delay, &mut servers).await {
+            return stopped;
+        }
+        // A server handles its commands while it is polled: stop and await at once.
+        let stops = futures_util::future::join_all(handles.iter().map(|h| h.stop(true)));
+        let ((), stopped) = tokio::join!(stops.map(|_| ()), servers);
+        stopped
+    }
+}
+
+/// SIGTERM (what orchestrators send) or ctrl-c.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; ctrl-c only");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
@@ -227,6 +280,8 @@ fn serve(
             .default_service(web::to(error::not_found))
     })
     .workers(workers)
+    // Stop signals are handled by `run_until_stopped`, which first turns readiness off.
+    .disable_signals()
     .shutdown_timeout(shutdown.as_secs())
     .listen(listener)
     .map_err(|e| format!("cannot serve on a bound listener: {e}"))?

@@ -29,6 +29,7 @@ mod api {
     mod request_bodies;
     mod secrets;
     mod security;
+    mod shutdown;
     mod tenancy;
     mod tokens;
     mod typed_rows;

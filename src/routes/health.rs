@@ -1,6 +1,8 @@
 //! Liveness (the process answers), readiness (the database answers and every migration this
 //! binary knows is applied), and the Prometheus metrics.
 
+use std::sync::atomic::Ordering;
+
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -30,7 +32,8 @@ operation! {
 }
 
 operation! {
-    /// Readiness: the database answers and every migration this binary knows is applied.
+    /// Readiness: the database answers and every migration this binary knows is applied, and
+    /// the process has not been told to stop.
     get "/health/ready" as "ready" in "Operations",
     responses(
         (status = 200, description = "Ready to serve.", body = Health),
@@ -38,6 +41,9 @@ operation! {
         (status = 503, response = Unavailable),
     );
     pub async fn ready(state: web::Data<AppState>) -> Reply {
+        if state.stopping.load(Ordering::Relaxed) {
+            return Err(ApiError::Unavailable("the process is stopping".into()));
+        }
         match store::migrations_applied(&state.db).await {
             Ok(true) => Ok(HttpResponse::Ok().json(UP)),
             Ok(false) => Err(ApiError::Unavailable("migrations are not applied".into())),

@@ -114,6 +114,17 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the process has exited (and, if so, with success).
+    pub fn exited(&mut self) -> bool {
+        match self.child.try_wait().unwrap() {
+            None => false,
+            Some(status) => {
+                assert!(status.success(), "exited with {status}:\n{}", self.output());
+                true
+            }
+        }
+    }
+
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("the service exited ({status}); its log:\n{}", self.output());
