@@ -209,6 +209,25 @@ fn summary(run: &Run) -> (u64, u64, u64, u64, String) {
     (numbers[0], numbers[1], numbers[2], numbers[3], job)
 }
 
+/// Asserts that `run` failed with exit 1, nothing on stdout and one error line, the last on
+/// stderr, that contains `needle`.
+fn assert_one_line_error(run: &Run, needle: &str) {
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("oath-service: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.ends_with(&format!("{}\n", errors[0])),
+        "{}",
+        run.stderr
+    );
+    assert!(errors[0].contains(needle), "{}", errors[0]);
+}
+
 #[sqlx::test]
 async fn a_pskc_file_is_imported_and_a_rerun_imports_nothing_twice(pool: PgPool) {
     let svc = service(pool).await;
@@ -327,22 +346,6 @@ async fn a_csv_with_invalid_rows_exits_2_and_reports_them(pool: PgPool) {
 async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     let svc = service(pool).await;
     let file = fixture("vendor-plain.pskcxml");
-    let one_line_error = |run: &Run, needle: &str| {
-        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-        assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
-        let errors: Vec<&str> = run
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("oath-service: "))
-            .collect();
-        assert_eq!(errors.len(), 1, "stderr: {}", run.stderr);
-        assert!(
-            run.stderr.ends_with(&format!("{}\n", errors[0])),
-            "{}",
-            run.stderr
-        );
-        assert!(errors[0].contains(needle), "{}", errors[0]);
-    };
 
     // A token signed with another secret: 401, said once, the token never repeated.
     let mut settings = svc.app.settings.clone();
@@ -355,7 +358,7 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     )
     .unwrap();
     let run = svc.import(&file, &[], Some(forged.clone()), "").await;
-    one_line_error(&run, "HTTP 401 ACCESS_FAILED");
+    assert_one_line_error(&run, "HTTP 401 ACCESS_FAILED");
     assert!(
         run.stderr.contains("check the token in OATH_TOKEN"),
         "{}",
@@ -364,22 +367,22 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     assert!(!run.stderr.contains(&forged[forged.len() - 20..]));
     // A token for another environment: 403.
     let other = svc.app.token_for(uuid::Uuid::new_v4(), &Scope::ALL);
-    one_line_error(&svc.import(&file, &[], Some(other), "").await, "HTTP 403");
+    assert_one_line_error(&svc.import(&file, &[], Some(other), "").await, "HTTP 403");
     assert_eq!(svc.jobs().await, 0);
 
     // No token at all, a file that is not there, a type the name does not tell, a bad key on
     // stdin, a key option on a CSV, a usage error: each one line, exit 1, nothing sent.
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&file, &[], None, "").await,
         "OATH_TOKEN is not set",
     );
     let missing = fixture("no-such-file.pskcxml");
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&missing, &[], Some(svc.token()), "").await,
         "cannot read",
     );
     let txt = fixture("README.md");
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&txt, &[], Some(svc.token()), "").await,
         "cannot tell the type",
     );
@@ -387,16 +390,16 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     let run = svc
         .import(&file, &["--key-stdin"], Some(svc.token()), secret_key)
         .await;
-    one_line_error(&run, "hex of 16, 24 or 32 bytes");
+    assert_one_line_error(&run, "hex of 16, 24 or 32 bytes");
     assert!(!run.stderr.contains(secret_key));
     let dir = scratch();
     let csv = csv_file(&dir, "t.csv", &valid_rows("K", 1));
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&csv, &["--key-id", "v7"], Some(svc.token()), "")
             .await,
         "PSKC files only",
     );
-    one_line_error(
+    assert_one_line_error(
         &svc.import(
             &file,
             &["--key-id", "v7", "--password-stdin"],
@@ -407,7 +410,7 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
         "cannot be used with",
     );
     // A report that cannot be written is found out before anything is sent.
-    one_line_error(
+    assert_one_line_error(
         &svc.import(
             &file,
             &["--report", "/nonexistent/dir/report.csv"],
@@ -429,7 +432,7 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     // A file the service refuses as a whole (not XML at all): the service's message, exit 1.
     let broken = dir.join("broken.xml");
     std::fs::write(&broken, "this is not xml").unwrap();
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&broken, &[], Some(svc.token()), "").await,
         "HTTP 400 INVALID_REQUEST",
     );
@@ -463,7 +466,7 @@ async fn a_transport_key_from_stdin_decrypts_a_pskc_file(pool: PgPool) {
 
     let wrong = "00112233445566778899aabbccddeeff";
     let run = svc.import_with_stdin(&file, "--key-stdin", wrong).await;
-    assert_ne!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_one_line_error(&run, "HTTP 409");
     assert_eq!(svc.tokens().await, 1);
     assert!(!run.mentions(wrong));
 }
