@@ -5,7 +5,8 @@
 //! Exit codes: 0 every row created (or, with `--no-wait`, the job accepted), 2 some rows not
 //! created, 1 an error (bad input, HTTP, authentication, a `FAILED` job). The bearer token comes
 //! from `OATH_TOKEN` only; a PSKC key or password only from stdin, so neither appears in a process
-//! list or a shell history, and neither is ever printed.
+//! list or a shell history, and neither is ever printed. All three go to `--url` alone: no
+//! redirect is followed.
 
 mod api;
 mod progress;
@@ -39,7 +40,7 @@ pub struct ImportArgs {
     /// The seed file. Its extension gives its type: .xml, .pskc, .pskcxml (PSKC, RFC 6030),
     /// .csv, or .json (a CREATE_OATH_TOKENS job body).
     pub file: PathBuf,
-    /// The service's base URL, e.g. https://oath.example.com.
+    /// The service's base URL, e.g. https://oath.example.com. Redirects are not followed.
     #[arg(long, value_name = "BASE")]
     pub url: String,
     /// The environment (tenant) to import into.

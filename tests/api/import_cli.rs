@@ -1,11 +1,13 @@
 //! `oath-service import`, the real binary, against the real service (in this process, with its job
 //! runners, on a test database): exit codes, stdout and stderr, the report, re-runs, and the
-//! progress bar on a real terminal (`script` gives the process a pseudo-terminal).
+//! progress bar on a real terminal (`script` gives the process a pseudo-terminal). Against a
+//! small HTTP stub instead of the service: a redirect is not followed.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use oath_service::auth::Scope;
 use oath_service::jobs::runner::RunnerPool;
@@ -51,6 +53,40 @@ impl Run {
     }
 }
 
+/// `oath-service import FILE --url URL --env ENV` with an empty environment (but `PATH`) and
+/// stdin, stdout and stderr pipes.
+fn import_command(url: &str, env: &str, file: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("import")
+        .arg(file)
+        .args(["--url", url, "--env", env])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `cmd` to its end with `stdin` on its stdin.
+async fn run(mut cmd: Command, stdin: &str) -> Run {
+    let stdin = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("oath-service starts");
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().expect("exited"),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
 impl Service {
     fn token(&self) -> String {
         self.app.token(&Scope::ALL)
@@ -58,39 +94,12 @@ impl Service {
 
     /// `oath-service import FILE --url .. --env .. EXTRA..` with stderr a pipe.
     async fn import(&self, file: &Path, extra: &[&str], token: Option<String>, stdin: &str) -> Run {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("import")
-            .arg(file)
-            .args([
-                "--url",
-                &self.app.address,
-                "--env",
-                &self.app.env.to_string(),
-            ])
-            .args(extra)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = import_command(&self.app.address, &self.app.env.to_string(), file);
+        cmd.args(extra);
         if let Some(token) = token {
             cmd.env("OATH_TOKEN", token);
         }
-        let stdin = stdin.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut child = cmd.spawn().expect("oath-service starts");
-            let mut input = child.stdin.take().unwrap();
-            input.write_all(stdin.as_bytes()).unwrap();
-            drop(input);
-            let out = child.wait_with_output().unwrap();
-            Run {
-                code: out.status.code().expect("exited"),
-                stdout: String::from_utf8(out.stdout).unwrap(),
-                stderr: String::from_utf8(out.stderr).unwrap(),
-            }
-        })
-        .await
-        .unwrap()
+        run(cmd, stdin).await
     }
 
     /// `import FILE FLAG` with `secret` on stdin (`--password-stdin`, `--key-stdin`).
@@ -551,7 +560,7 @@ async fn a_password_is_not_read_from_a_terminal(pool: PgPool) {
 /// the service starts to answer, as a network that drops the connection at the worst moment:
 /// the job is accepted, the client never hears of it. Later connections pass through.
 fn dropping_proxy(upstream: std::net::SocketAddr) -> String {
-    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::net::Shutdown;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -613,4 +622,130 @@ async fn a_dropped_answer_is_retried_without_importing_twice(pool: PgPool) {
     assert!(stderr.contains("accepted before"), "{stderr}");
     assert!(stdout.contains(": 1 rows: 1 created"), "{stdout}");
     assert_eq!((svc.tokens().await, svc.jobs().await), (1, 1));
+}
+
+/// A plain HTTP/1.1 server on a loopback port that answers every request with what `answer`
+/// returns for the request's head, and keeps every request head it received (lowercased).
+struct Stub {
+    address: String,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Stub {
+    fn start(answer: impl Fn(&str) -> String + Send + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let Some(head) = read_request(&mut stream) else {
+                    continue;
+                };
+                // Kept before the answer, so it is there once the client has its answer.
+                kept.lock().unwrap().push(head.clone());
+                let _ = stream.write_all(answer(&head).as_bytes());
+            }
+        });
+        Self { address, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// The head of one request on `stream` (lowercased), its body read and dropped.
+fn read_request(stream: &mut TcpStream) -> Option<String> {
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = data.len() - end;
+    while body < length {
+        body += stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+    }
+    Some(head)
+}
+
+/// An answer with `status` (and its reason), the extra header lines `headers` and `body`.
+fn answer(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A transport key and a token that must reach no one but `--url`.
+const STOLEN_KEY: &str = "12345678901234567890123456789012";
+const STOLEN_TOKEN: &str = "eyJ0b2tlbi1mb3ItLXVybC1vbmx5In0";
+
+/// `--url` answers the upload with a 307 to another server: the CLI does not follow it, so
+/// neither the `X-PSKC-Key` nor the token reaches that server; the error names the Location.
+#[tokio::test]
+async fn a_redirect_of_the_upload_is_not_followed() {
+    let elsewhere = Stub::start(|_| answer("404 Not Found", "", ""));
+    let location = format!("{}/v1/collect", elsewhere.address);
+    let redirect = format!("location: {location}\r\n");
+    let service = Stub::start(move |_| answer("307 Temporary Redirect", &redirect, ""));
+
+    let file = fixture("rfc6030-figure6.pskcxml");
+    let mut cmd = import_command(&service.address, &uuid::Uuid::new_v4().to_string(), &file);
+    cmd.arg("--key-stdin").env("OATH_TOKEN", STOLEN_TOKEN);
+    let run = run(cmd, &format!("{STOLEN_KEY}\n")).await;
+
+    assert_one_line_error(&run, "HTTP 307");
+    assert!(run.stderr.contains(&location), "{}", run.stderr);
+    // The upload reached --url, with the key, once: a redirect is not retried either.
+    let heads = service.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("post /v1/environments/"), "{heads:?}");
+    assert!(heads[0].contains(&format!("x-pskc-key: {STOLEN_KEY}")));
+    assert!(elsewhere.heads().is_empty(), "{:?}", elsewhere.heads());
+    assert!(!run.mentions(STOLEN_KEY) && !run.mentions(STOLEN_TOKEN));
+}
+
+/// The upload is accepted, then reading the job answers a 307 to another server: not followed
+/// either, so the token goes nowhere else.
+#[tokio::test]
+async fn a_redirect_while_following_the_job_is_not_followed() {
+    let elsewhere = Stub::start(|_| answer("404 Not Found", "", ""));
+    let location = format!("{}/v1/collect", elsewhere.address);
+    let redirect = format!("location: {location}\r\n");
+    let job = uuid::Uuid::new_v4();
+    let service = Stub::start(move |head| {
+        if head.starts_with("post ") {
+            let doc = format!(
+                r#"{{"id":"{job}","status":"RUNNING","progress":{{"processed":0,"total":1}}}}"#
+            );
+            answer("202 Accepted", "content-type: application/json\r\n", &doc)
+        } else {
+            answer("307 Temporary Redirect", &redirect, "")
+        }
+    });
+
+    let file = fixture("rfc6030-figure3.pskcxml");
+    let mut cmd = import_command(&service.address, &uuid::Uuid::new_v4().to_string(), &file);
+    cmd.env("OATH_TOKEN", STOLEN_TOKEN);
+    let run = run(cmd, "").await;
+
+    assert_one_line_error(&run, "HTTP 307");
+    assert!(run.stderr.contains(&location), "{}", run.stderr);
+    assert_eq!(service.heads().len(), 2, "{:?}", service.heads());
+    assert!(elsewhere.heads().is_empty(), "{:?}", elsewhere.heads());
 }

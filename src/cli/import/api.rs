@@ -1,11 +1,14 @@
 //! The few calls `import` makes to the API: submit a file as a job, read the job, read the rows
 //! that were not created. Failures become one line a user can act on, never with the token, a
 //! key or a password in it.
+//!
+//! The token and a PSKC key or password go to `--url` and nowhere else: redirects are never
+//! followed (a 3xx is an error naming its `Location`).
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::{redirect, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -173,6 +176,9 @@ impl Client {
             .default_headers(headers)
             .user_agent(concat!("oath-service-import/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
+            // A redirect would carry the X-PSKC-Key (and, to the same host, the token) to
+            // wherever the answer points.
+            .redirect(redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
         let jobs = Url::parse(&format!(
@@ -394,6 +400,9 @@ fn transport(what: &str, e: &reqwest::Error) -> Failure {
 /// the service's log repeats.
 async fn refused(what: &str, res: reqwest::Response) -> Failure {
     let status = res.status();
+    if status.is_redirection() {
+        return redirected(what, &res);
+    }
     let transient = matches!(
         status,
         StatusCode::SERVICE_UNAVAILABLE
@@ -441,6 +450,25 @@ async fn refused(what: &str, res: reqwest::Response) -> Failure {
     Failure {
         message: one_line(&message),
         transient,
+    }
+}
+
+/// A 3xx answer, not followed: the token and keys are for `--url` alone. Its `Location` is named
+/// so that the user can check it and give the service's own address as `--url`.
+fn redirected(what: &str, res: &reqwest::Response) -> Failure {
+    let location = res
+        .headers()
+        .get(LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let target = location.map_or_else(|| "no Location".to_string(), |l| clip(&l));
+    let message = format!(
+        "{what} was redirected: HTTP {} to {target}; redirects are not followed, so that the \
+         token and keys reach no other server: give --url the service's own address",
+        res.status().as_u16()
+    );
+    Failure {
+        message: one_line(&message),
+        transient: false,
     }
 }
 
