@@ -1,7 +1,8 @@
 //! `oath-service import`, the real binary, against the real service (in this process, with its job
 //! runners, on a test database): exit codes, stdout and stderr, the report, re-runs, and the
 //! progress bar on a real terminal (`script` gives the process a pseudo-terminal). Against a
-//! small HTTP stub instead of the service: a redirect is not followed.
+//! small HTTP stub instead of the service: a redirect is not followed, and plain http to another
+//! host is refused before anything is sent.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -748,4 +749,29 @@ async fn a_redirect_while_following_the_job_is_not_followed() {
     assert!(run.stderr.contains(&location), "{}", run.stderr);
     assert_eq!(service.heads().len(), 2, "{:?}", service.heads());
     assert!(elsewhere.heads().is_empty(), "{:?}", elsewhere.heads());
+}
+
+/// Plain http to a host other than this machine is refused before anything is sent: the proxy
+/// the environment names (which would otherwise carry the request) sees nothing, and no report
+/// is created.
+#[tokio::test]
+async fn plain_http_to_another_host_is_refused_before_anything_is_sent() {
+    let proxy = Stub::start(|_| answer("404 Not Found", "", ""));
+    let file = fixture("rfc6030-figure6.pskcxml");
+    let dir = scratch();
+    let report = dir.join("report.csv");
+    for url in ["http://example.invalid", "http://10.11.12.13:8080"] {
+        let mut cmd = import_command(url, &uuid::Uuid::new_v4().to_string(), &file);
+        cmd.arg("--key-stdin")
+            .args(["--report", report.to_str().unwrap()])
+            .env("OATH_TOKEN", STOLEN_TOKEN)
+            .env("http_proxy", &proxy.address)
+            .env("HTTP_PROXY", &proxy.address);
+        let run = run(cmd, &format!("{STOLEN_KEY}\n")).await;
+        assert_one_line_error(&run, "plain http");
+        assert!(run.stderr.contains("use https"), "{}", run.stderr);
+        assert!(!report.exists());
+    }
+    assert!(proxy.heads().is_empty(), "{:?}", proxy.heads());
+    std::fs::remove_dir_all(dir).unwrap();
 }

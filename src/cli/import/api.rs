@@ -3,8 +3,10 @@
 //! key or a password in it.
 //!
 //! The token and a PSKC key or password go to `--url` and nowhere else: redirects are never
-//! followed (a 3xx is an error naming its `Location`).
+//! followed (a 3xx is an error naming its `Location`), and plain http is refused unless `--url`
+//! is this machine.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
@@ -334,7 +336,8 @@ impl Client {
     }
 }
 
-/// `--url`: http or https, no credentials (the token travels in a header), no query.
+/// `--url`: https, or http to this machine only (the token, a key or a password would cross the
+/// network in clear); no credentials (the token travels in a header), no query.
 fn parse_base(base: &str) -> Result<Url, String> {
     let url = Url::parse(base.trim())
         .map_err(|e| format!("--url {base:?} is not a URL ({e}); e.g. https://oath.example.com"))?;
@@ -349,7 +352,28 @@ fn parse_base(base: &str) -> Result<Url, String> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err("--url must be a base URL without a query or a fragment".into());
     }
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(format!(
+            "--url: plain http is allowed only to this machine (127.0.0.0/8, [::1], localhost), \
+             not to {}: use https",
+            url.host_str().unwrap_or_default()
+        ));
+    }
     Ok(url)
+}
+
+/// A host that is this machine without asking a resolver: a loopback address, or `localhost`.
+fn is_loopback(url: &Url) -> bool {
+    // The parser normalised the host: dotted IPv4, bracketed IPv6, a lowercase name.
+    let host = url.host_str().unwrap_or_default();
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost",
+    }
 }
 
 fn cursor_of(href: &str) -> Option<String> {
@@ -504,6 +528,35 @@ mod tests {
             "not a url",
         ] {
             assert!(parse_base(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_only_to_this_machine() {
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://127.10.20.30",
+            "http://[::1]:8080/",
+            "http://localhost:8080",
+            "http://LocalHost",
+        ] {
+            assert!(parse_base(local).is_ok(), "{local}");
+        }
+        for remote in [
+            "http://oath.example.com",
+            "http://example.invalid",
+            "http://localhost.example.com",
+            "http://10.0.0.5:8080",
+            "http://192.168.1.20",
+            "http://0.0.0.0:8080",
+            "http://[fd00::1]:8080",
+        ] {
+            let e = parse_base(remote).expect_err(remote);
+            assert!(e.contains("plain http") && e.contains("use https"), "{e}");
+        }
+        // Over https any host will do.
+        for remote in ["https://10.0.0.5:8443", "https://oath.example.com"] {
+            assert!(parse_base(remote).is_ok(), "{remote}");
         }
     }
 
