@@ -5,7 +5,8 @@
 //! Exit codes: 0 every row created (or, with `--no-wait`, the job accepted), 2 some rows not
 //! created, 1 an error (bad input, HTTP, authentication, a `FAILED` job). The bearer token comes
 //! from `OATH_TOKEN` only; a PSKC key or password only from stdin, so neither appears in a process
-//! list or a shell history, and neither is ever printed.
+//! list or a shell history, and neither is ever printed. All three go to `--url` alone: https (or
+//! http to this machine), and no redirect is followed.
 
 mod api;
 mod progress;
@@ -39,7 +40,8 @@ pub struct ImportArgs {
     /// The seed file. Its extension gives its type: .xml, .pskc, .pskcxml (PSKC, RFC 6030),
     /// .csv, or .json (a CREATE_OATH_TOKENS job body).
     pub file: PathBuf,
-    /// The service's base URL, e.g. https://oath.example.com.
+    /// The service's base URL, e.g. https://oath.example.com (http only to 127.0.0.0/8, [::1] or
+    /// localhost). Redirects are not followed.
     #[arg(long, value_name = "BASE")]
     pub url: String,
     /// The environment (tenant) to import into.
@@ -111,12 +113,13 @@ impl FileKind {
 pub async fn run(args: ImportArgs) -> Result<Completion, String> {
     let token = bearer_token()?;
     let kind = FileKind::of(&args.file)?;
+    // A --url the secrets may not go to is refused before stdin is read or a report created.
+    let client = Client::new(&args.url, args.env, token)?;
     let credential = pskc_credential(&args, kind)?;
     let body = std::fs::read(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let report = args.report.as_deref().map(Report::create).transpose()?;
     let key = idempotency_key(&body, args.env, &credential);
-    let client = Client::new(&args.url, args.env, token)?;
     let name = args.file.file_name().map_or_else(
         || args.file.display().to_string(),
         |n| n.to_string_lossy().into(),

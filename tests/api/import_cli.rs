@@ -1,11 +1,14 @@
 //! `oath-service import`, the real binary, against the real service (in this process, with its job
 //! runners, on a test database): exit codes, stdout and stderr, the report, re-runs, and the
-//! progress bar on a real terminal (`script` gives the process a pseudo-terminal).
+//! progress bar on a real terminal (`script` gives the process a pseudo-terminal). Against a
+//! small HTTP stub instead of the service: a redirect is not followed, and plain http to another
+//! host is refused before anything is sent.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use oath_service::auth::Scope;
 use oath_service::jobs::runner::RunnerPool;
@@ -51,6 +54,40 @@ impl Run {
     }
 }
 
+/// `oath-service import FILE --url URL --env ENV` with an empty environment (but `PATH`) and
+/// stdin, stdout and stderr pipes.
+fn import_command(url: &str, env: &str, file: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("import")
+        .arg(file)
+        .args(["--url", url, "--env", env])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `cmd` to its end with `stdin` on its stdin.
+async fn run(mut cmd: Command, stdin: &str) -> Run {
+    let stdin = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("oath-service starts");
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().expect("exited"),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
 impl Service {
     fn token(&self) -> String {
         self.app.token(&Scope::ALL)
@@ -58,39 +95,12 @@ impl Service {
 
     /// `oath-service import FILE --url .. --env .. EXTRA..` with stderr a pipe.
     async fn import(&self, file: &Path, extra: &[&str], token: Option<String>, stdin: &str) -> Run {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("import")
-            .arg(file)
-            .args([
-                "--url",
-                &self.app.address,
-                "--env",
-                &self.app.env.to_string(),
-            ])
-            .args(extra)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = import_command(&self.app.address, &self.app.env.to_string(), file);
+        cmd.args(extra);
         if let Some(token) = token {
             cmd.env("OATH_TOKEN", token);
         }
-        let stdin = stdin.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut child = cmd.spawn().expect("oath-service starts");
-            let mut input = child.stdin.take().unwrap();
-            input.write_all(stdin.as_bytes()).unwrap();
-            drop(input);
-            let out = child.wait_with_output().unwrap();
-            Run {
-                code: out.status.code().expect("exited"),
-                stdout: String::from_utf8(out.stdout).unwrap(),
-                stderr: String::from_utf8(out.stderr).unwrap(),
-            }
-        })
-        .await
-        .unwrap()
+        run(cmd, stdin).await
     }
 
     /// `import FILE FLAG` with `secret` on stdin (`--password-stdin`, `--key-stdin`).
@@ -207,6 +217,25 @@ fn summary(run: &Run) -> (u64, u64, u64, u64, String) {
         .expect("closing parenthesis")
         .to_string();
     (numbers[0], numbers[1], numbers[2], numbers[3], job)
+}
+
+/// Asserts that `run` failed with exit 1, nothing on stdout and one error line, the last on
+/// stderr, that contains `needle`.
+fn assert_one_line_error(run: &Run, needle: &str) {
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("oath-service: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.ends_with(&format!("{}\n", errors[0])),
+        "{}",
+        run.stderr
+    );
+    assert!(errors[0].contains(needle), "{}", errors[0]);
 }
 
 #[sqlx::test]
@@ -327,22 +356,6 @@ async fn a_csv_with_invalid_rows_exits_2_and_reports_them(pool: PgPool) {
 async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     let svc = service(pool).await;
     let file = fixture("vendor-plain.pskcxml");
-    let one_line_error = |run: &Run, needle: &str| {
-        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-        assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
-        let errors: Vec<&str> = run
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("oath-service: "))
-            .collect();
-        assert_eq!(errors.len(), 1, "stderr: {}", run.stderr);
-        assert!(
-            run.stderr.ends_with(&format!("{}\n", errors[0])),
-            "{}",
-            run.stderr
-        );
-        assert!(errors[0].contains(needle), "{}", errors[0]);
-    };
 
     // A token signed with another secret: 401, said once, the token never repeated.
     let mut settings = svc.app.settings.clone();
@@ -355,7 +368,7 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     )
     .unwrap();
     let run = svc.import(&file, &[], Some(forged.clone()), "").await;
-    one_line_error(&run, "HTTP 401 ACCESS_FAILED");
+    assert_one_line_error(&run, "HTTP 401 ACCESS_FAILED");
     assert!(
         run.stderr.contains("check the token in OATH_TOKEN"),
         "{}",
@@ -364,22 +377,22 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     assert!(!run.stderr.contains(&forged[forged.len() - 20..]));
     // A token for another environment: 403.
     let other = svc.app.token_for(uuid::Uuid::new_v4(), &Scope::ALL);
-    one_line_error(&svc.import(&file, &[], Some(other), "").await, "HTTP 403");
+    assert_one_line_error(&svc.import(&file, &[], Some(other), "").await, "HTTP 403");
     assert_eq!(svc.jobs().await, 0);
 
     // No token at all, a file that is not there, a type the name does not tell, a bad key on
     // stdin, a key option on a CSV, a usage error: each one line, exit 1, nothing sent.
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&file, &[], None, "").await,
         "OATH_TOKEN is not set",
     );
     let missing = fixture("no-such-file.pskcxml");
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&missing, &[], Some(svc.token()), "").await,
         "cannot read",
     );
     let txt = fixture("README.md");
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&txt, &[], Some(svc.token()), "").await,
         "cannot tell the type",
     );
@@ -387,16 +400,16 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     let run = svc
         .import(&file, &["--key-stdin"], Some(svc.token()), secret_key)
         .await;
-    one_line_error(&run, "hex of 16, 24 or 32 bytes");
+    assert_one_line_error(&run, "hex of 16, 24 or 32 bytes");
     assert!(!run.stderr.contains(secret_key));
     let dir = scratch();
     let csv = csv_file(&dir, "t.csv", &valid_rows("K", 1));
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&csv, &["--key-id", "v7"], Some(svc.token()), "")
             .await,
         "PSKC files only",
     );
-    one_line_error(
+    assert_one_line_error(
         &svc.import(
             &file,
             &["--key-id", "v7", "--password-stdin"],
@@ -407,7 +420,7 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
         "cannot be used with",
     );
     // A report that cannot be written is found out before anything is sent.
-    one_line_error(
+    assert_one_line_error(
         &svc.import(
             &file,
             &["--report", "/nonexistent/dir/report.csv"],
@@ -429,7 +442,7 @@ async fn a_bad_token_or_bad_input_is_one_line_and_exit_1(pool: PgPool) {
     // A file the service refuses as a whole (not XML at all): the service's message, exit 1.
     let broken = dir.join("broken.xml");
     std::fs::write(&broken, "this is not xml").unwrap();
-    one_line_error(
+    assert_one_line_error(
         &svc.import(&broken, &[], Some(svc.token()), "").await,
         "HTTP 400 INVALID_REQUEST",
     );
@@ -463,7 +476,7 @@ async fn a_transport_key_from_stdin_decrypts_a_pskc_file(pool: PgPool) {
 
     let wrong = "00112233445566778899aabbccddeeff";
     let run = svc.import_with_stdin(&file, "--key-stdin", wrong).await;
-    assert_ne!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_one_line_error(&run, "HTTP 409");
     assert_eq!(svc.tokens().await, 1);
     assert!(!run.mentions(wrong));
 }
@@ -548,7 +561,7 @@ async fn a_password_is_not_read_from_a_terminal(pool: PgPool) {
 /// the service starts to answer, as a network that drops the connection at the worst moment:
 /// the job is accepted, the client never hears of it. Later connections pass through.
 fn dropping_proxy(upstream: std::net::SocketAddr) -> String {
-    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::net::Shutdown;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -610,4 +623,155 @@ async fn a_dropped_answer_is_retried_without_importing_twice(pool: PgPool) {
     assert!(stderr.contains("accepted before"), "{stderr}");
     assert!(stdout.contains(": 1 rows: 1 created"), "{stdout}");
     assert_eq!((svc.tokens().await, svc.jobs().await), (1, 1));
+}
+
+/// A plain HTTP/1.1 server on a loopback port that answers every request with what `answer`
+/// returns for the request's head, and keeps every request head it received (lowercased).
+struct Stub {
+    address: String,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Stub {
+    fn start(answer: impl Fn(&str) -> String + Send + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let Some(head) = read_request(&mut stream) else {
+                    continue;
+                };
+                // Kept before the answer, so it is there once the client has its answer.
+                kept.lock().unwrap().push(head.clone());
+                let _ = stream.write_all(answer(&head).as_bytes());
+            }
+        });
+        Self { address, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// The head of one request on `stream` (lowercased), its body read and dropped.
+fn read_request(stream: &mut TcpStream) -> Option<String> {
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = data.len() - end;
+    while body < length {
+        body += stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+    }
+    Some(head)
+}
+
+/// An answer with `status` (and its reason), the extra header lines `headers` and `body`.
+fn answer(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A transport key and a token that must reach no one but `--url`.
+const STOLEN_KEY: &str = "12345678901234567890123456789012";
+const STOLEN_TOKEN: &str = "eyJ0b2tlbi1mb3ItLXVybC1vbmx5In0";
+
+/// `--url` answers the upload with a 307 to another server: the CLI does not follow it, so
+/// neither the `X-PSKC-Key` nor the token reaches that server; the error names the Location.
+#[tokio::test]
+async fn a_redirect_of_the_upload_is_not_followed() {
+    let elsewhere = Stub::start(|_| answer("404 Not Found", "", ""));
+    let location = format!("{}/v1/collect", elsewhere.address);
+    let redirect = format!("location: {location}\r\n");
+    let service = Stub::start(move |_| answer("307 Temporary Redirect", &redirect, ""));
+
+    let file = fixture("rfc6030-figure6.pskcxml");
+    let mut cmd = import_command(&service.address, &uuid::Uuid::new_v4().to_string(), &file);
+    cmd.arg("--key-stdin").env("OATH_TOKEN", STOLEN_TOKEN);
+    let run = run(cmd, &format!("{STOLEN_KEY}\n")).await;
+
+    assert_one_line_error(&run, "HTTP 307");
+    assert!(run.stderr.contains(&location), "{}", run.stderr);
+    // The upload reached --url, with the key, once: a redirect is not retried either.
+    let heads = service.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("post /v1/environments/"), "{heads:?}");
+    assert!(heads[0].contains(&format!("x-pskc-key: {STOLEN_KEY}")));
+    assert!(elsewhere.heads().is_empty(), "{:?}", elsewhere.heads());
+    assert!(!run.mentions(STOLEN_KEY) && !run.mentions(STOLEN_TOKEN));
+}
+
+/// The upload is accepted, then reading the job answers a 307 to another server: not followed
+/// either, so the token goes nowhere else.
+#[tokio::test]
+async fn a_redirect_while_following_the_job_is_not_followed() {
+    let elsewhere = Stub::start(|_| answer("404 Not Found", "", ""));
+    let location = format!("{}/v1/collect", elsewhere.address);
+    let redirect = format!("location: {location}\r\n");
+    let job = uuid::Uuid::new_v4();
+    let service = Stub::start(move |head| {
+        if head.starts_with("post ") {
+            let doc = format!(
+                r#"{{"id":"{job}","status":"RUNNING","progress":{{"processed":0,"total":1}}}}"#
+            );
+            answer("202 Accepted", "content-type: application/json\r\n", &doc)
+        } else {
+            answer("307 Temporary Redirect", &redirect, "")
+        }
+    });
+
+    let file = fixture("rfc6030-figure3.pskcxml");
+    let mut cmd = import_command(&service.address, &uuid::Uuid::new_v4().to_string(), &file);
+    cmd.env("OATH_TOKEN", STOLEN_TOKEN);
+    let run = run(cmd, "").await;
+
+    assert_one_line_error(&run, "HTTP 307");
+    assert!(run.stderr.contains(&location), "{}", run.stderr);
+    assert_eq!(service.heads().len(), 2, "{:?}", service.heads());
+    assert!(elsewhere.heads().is_empty(), "{:?}", elsewhere.heads());
+}
+
+/// Plain http to a host other than this machine is refused before anything is sent: the proxy
+/// the environment names (which would otherwise carry the request) sees nothing, and no report
+/// is created.
+#[tokio::test]
+async fn plain_http_to_another_host_is_refused_before_anything_is_sent() {
+    let proxy = Stub::start(|_| answer("404 Not Found", "", ""));
+    let file = fixture("rfc6030-figure6.pskcxml");
+    let dir = scratch();
+    let report = dir.join("report.csv");
+    for url in ["http://example.invalid", "http://10.11.12.13:8080"] {
+        let mut cmd = import_command(url, &uuid::Uuid::new_v4().to_string(), &file);
+        cmd.arg("--key-stdin")
+            .args(["--report", report.to_str().unwrap()])
+            .env("OATH_TOKEN", STOLEN_TOKEN)
+            .env("http_proxy", &proxy.address)
+            .env("HTTP_PROXY", &proxy.address);
+        let run = run(cmd, &format!("{STOLEN_KEY}\n")).await;
+        assert_one_line_error(&run, "plain http");
+        assert!(run.stderr.contains("use https"), "{}", run.stderr);
+        assert!(!report.exists());
+    }
+    assert!(proxy.heads().is_empty(), "{:?}", proxy.heads());
+    std::fs::remove_dir_all(dir).unwrap();
 }

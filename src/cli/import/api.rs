@@ -1,11 +1,16 @@
 //! The few calls `import` makes to the API: submit a file as a job, read the job, read the rows
 //! that were not created. Failures become one line a user can act on, never with the token, a
 //! key or a password in it.
+//!
+//! The token and a PSKC key or password go to `--url` and nowhere else: redirects are never
+//! followed (a 3xx is an error naming its `Location`), and plain http is refused unless `--url`
+//! is this machine.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::{redirect, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -173,6 +178,9 @@ impl Client {
             .default_headers(headers)
             .user_agent(concat!("oath-service-import/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
+            // A redirect would carry the X-PSKC-Key (and, to the same host, the token) to
+            // wherever the answer points.
+            .redirect(redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
         let jobs = Url::parse(&format!(
@@ -328,7 +336,8 @@ impl Client {
     }
 }
 
-/// `--url`: http or https, no credentials (the token travels in a header), no query.
+/// `--url`: https, or http to this machine only (the token, a key or a password would cross the
+/// network in clear); no credentials (the token travels in a header), no query.
 fn parse_base(base: &str) -> Result<Url, String> {
     let url = Url::parse(base.trim())
         .map_err(|e| format!("--url {base:?} is not a URL ({e}); e.g. https://oath.example.com"))?;
@@ -343,7 +352,28 @@ fn parse_base(base: &str) -> Result<Url, String> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err("--url must be a base URL without a query or a fragment".into());
     }
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(format!(
+            "--url: plain http is allowed only to this machine (127.0.0.0/8, [::1], localhost), \
+             not to {}: use https",
+            url.host_str().unwrap_or_default()
+        ));
+    }
     Ok(url)
+}
+
+/// A host that is this machine without asking a resolver: a loopback address, or `localhost`.
+fn is_loopback(url: &Url) -> bool {
+    // The parser normalised the host: dotted IPv4, bracketed IPv6, a lowercase name.
+    let host = url.host_str().unwrap_or_default();
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost",
+    }
 }
 
 fn cursor_of(href: &str) -> Option<String> {
@@ -394,6 +424,9 @@ fn transport(what: &str, e: &reqwest::Error) -> Failure {
 /// the service's log repeats.
 async fn refused(what: &str, res: reqwest::Response) -> Failure {
     let status = res.status();
+    if status.is_redirection() {
+        return redirected(what, &res);
+    }
     let transient = matches!(
         status,
         StatusCode::SERVICE_UNAVAILABLE
@@ -444,6 +477,25 @@ async fn refused(what: &str, res: reqwest::Response) -> Failure {
     }
 }
 
+/// A 3xx answer, not followed: the token and keys are for `--url` alone. Its `Location` is named
+/// so that the user can check it and give the service's own address as `--url`.
+fn redirected(what: &str, res: &reqwest::Response) -> Failure {
+    let location = res
+        .headers()
+        .get(LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let target = location.map_or_else(|| "no Location".to_string(), |l| clip(&l));
+    let message = format!(
+        "{what} was redirected: HTTP {} to {target}; redirects are not followed, so that the \
+         token and keys reach no other server: give --url the service's own address",
+        res.status().as_u16()
+    );
+    Failure {
+        message: one_line(&message),
+        transient: false,
+    }
+}
+
 fn clip(text: &str) -> String {
     if text.chars().count() <= MAX_MESSAGE_CHARS {
         return text.to_string();
@@ -476,6 +528,35 @@ mod tests {
             "not a url",
         ] {
             assert!(parse_base(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_only_to_this_machine() {
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://127.10.20.30",
+            "http://[::1]:8080/",
+            "http://localhost:8080",
+            "http://LocalHost",
+        ] {
+            assert!(parse_base(local).is_ok(), "{local}");
+        }
+        for remote in [
+            "http://oath.example.com",
+            "http://example.invalid",
+            "http://localhost.example.com",
+            "http://10.0.0.5:8080",
+            "http://192.168.1.20",
+            "http://0.0.0.0:8080",
+            "http://[fd00::1]:8080",
+        ] {
+            let e = parse_base(remote).expect_err(remote);
+            assert!(e.contains("plain http") && e.contains("use https"), "{e}");
+        }
+        // Over https any host will do.
+        for remote in ["https://10.0.0.5:8443", "https://oath.example.com"] {
+            assert!(parse_base(remote).is_ok(), "{remote}");
         }
     }
 
