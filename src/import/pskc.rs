@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 pub use self::encryption::UNREADABLE;
 use self::encryption::{Crypto, OpenError};
-use super::xml::{shown, Element, Parts};
+use super::xml::{shown, Element, Limits, Parts};
 use super::{invalid, shown_serial, ImportError, RowFields};
 use crate::domain::job::CreateItem;
 
@@ -49,10 +49,12 @@ pub fn parse(
     keys: &PskcKeys,
     max_rows: usize,
 ) -> Result<Vec<CreateItem>, ImportError> {
-    let mut parts = Parts::new(body)?;
+    let mut parts = Parts::new(body, Limits::DEFAULT)?;
     let root = parts.root()?;
     check_root(&parts, &root)?;
-    let mut header: Vec<Element> = Vec::new();
+    // The container's keys, held until the first key package.
+    let mut encryption_key: Option<Element> = None;
+    let mut mac_method: Option<Element> = None;
     let mut crypto: Option<Crypto> = None;
     let mut items = Vec::new();
     while let Some(part) = parts.next_part()? {
@@ -63,18 +65,24 @@ pub fn parse(
                 }
                 let crypto = match &mut crypto {
                     Some(c) => c,
-                    None => crypto.insert(Crypto::new(&parts, &header, keys)?),
+                    None => crypto.insert(Crypto::new(
+                        &parts,
+                        encryption_key.as_ref(),
+                        mac_method.as_ref(),
+                        keys,
+                    )?),
                 };
                 let row_number = items.len() as i64 + 1;
                 items.push(key_package(&parts, &part, crypto, row_number)?);
             }
-            "EncryptionKey" | "MACMethod" if crypto.is_none() => header.push(part),
-            "EncryptionKey" | "MACMethod" => {
+            "EncryptionKey" | "MACMethod" if crypto.is_some() => {
                 return Err(parts.error(
                     part.offset,
                     format!("{} must come before the first KeyPackage.", part.name),
                 ))
             }
+            "EncryptionKey" => keep_once(&parts, &mut encryption_key, part)?,
+            "MACMethod" => keep_once(&parts, &mut mac_method, part)?,
             // Signature, other extensions: not needed to create tokens.
             _ => {}
         }
@@ -85,6 +93,22 @@ pub fn parse(
         ));
     }
     Ok(items)
+}
+
+/// Keeps the container's `EncryptionKey` or `MACMethod`. RFC 6030 gives a container one of each;
+/// a second is refused, since each is held whole until the first key package.
+fn keep_once(doc: &Parts, slot: &mut Option<Element>, part: Element) -> Result<(), ImportError> {
+    if slot.is_some() {
+        return Err(doc.error(
+            part.offset,
+            format!(
+                "the KeyContainer has a second {}; it may have one.",
+                part.name
+            ),
+        ));
+    }
+    *slot = Some(part);
+    Ok(())
 }
 
 fn check_root(doc: &Parts, root: &Element) -> Result<(), ImportError> {
@@ -571,6 +595,21 @@ mod tests {
             refused(b"<KeyContainer>\n\xff</KeyContainer>", &PskcKeys::default())
                 .starts_with("Line 2: the file is not UTF-8")
         );
+    }
+
+    /// Each is held whole until the first key package: were repeats allowed, a file of them would
+    /// be held whole, at many times its size.
+    #[test]
+    fn a_second_encryption_key_or_mac_method_is_refused() {
+        for element in ["EncryptionKey", "MACMethod"] {
+            let body = format!(
+                "<KeyContainer>\n<{element}/>\n<{element}><a/></{element}>\n<KeyPackage/></KeyContainer>"
+            );
+            assert_eq!(
+                refused(body.as_bytes(), &PskcKeys::default()),
+                format!("Line 3: the KeyContainer has a second {element}; it may have one.")
+            );
+        }
     }
 
     #[test]

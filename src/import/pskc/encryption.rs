@@ -95,9 +95,12 @@ pub(super) struct Crypto {
 impl Crypto {
     /// Settles the keys from the container header (read before the first key package) and the
     /// request's keys. A file that needs a key the request lacks is refused here.
-    pub fn new(doc: &Parts, header: &[Element], keys: &PskcKeys) -> Result<Self, ImportError> {
-        let encryption_key = header.iter().find(|e| e.name == "EncryptionKey");
-        let mac_method = header.iter().find(|e| e.name == "MACMethod");
+    pub fn new(
+        doc: &Parts,
+        encryption_key: Option<&Element>,
+        mac_method: Option<&Element>,
+        keys: &PskcKeys,
+    ) -> Result<Self, ImportError> {
         let derived = encryption_key.and_then(|e| e.child("DerivedKey"));
         let key = match derived {
             Some(derived) => {
