@@ -857,6 +857,97 @@ mod tests {
         assert_eq!(message(&items[3]), "TimeDrift is not an integer");
     }
 
+    /// The timing side of the padding oracle: with a MACKey whose padding fails, a package must
+    /// cost what it costs with one that decrypts (to a key the attacker does not know, so every
+    /// ValueMAC fails), or the time of the answer tells the two apart, one bit per upload.
+    /// Containers of each kind are parsed in interleaved rounds, timed by the CPU time they take;
+    /// the median ratio of their times must be close to 1 (it was about 0.4 when a failed MAC
+    /// key skipped every value's HMAC).
+    #[test]
+    fn a_mac_key_that_does_not_decrypt_costs_the_same_time() {
+        const PACKAGES: usize = 6;
+        const ROUNDS: usize = 15;
+        // Values large enough that authenticating them is most of the work (as base64, just
+        // under the 64 KiB of text an element may hold).
+        let value = encrypt(&KEY, [3; 16], &pkcs7(&[0x5A; 46 * 1024]));
+        let others: String = ["Counter", "Time", "TimeInterval", "TimeDrift"]
+            .iter()
+            .map(|element| encrypted(element, &value, &[0; 20]))
+            .collect();
+        let packages: Vec<_> = (0..PACKAGES)
+            .map(|i| {
+                (
+                    format!("T{i}"),
+                    value.clone(),
+                    vec![0u8; 20],
+                    others.clone(),
+                )
+            })
+            .collect();
+        // HMAC-SHA512, the slowest MAC here: the file names it, so an attacker would pick it.
+        let sha512 = |body: Vec<u8>| {
+            String::from_utf8(body)
+                .unwrap()
+                .replace("xmldsig#hmac-sha1", "xmldsig-more#hmac-sha512")
+                .into_bytes()
+        };
+        let decrypts = sha512(container(
+            &encrypt(&KEY, [1; 16], &pkcs7(&MAC_KEY)),
+            &packages,
+        ));
+        let mut badly_padded = MAC_KEY.to_vec();
+        badly_padded.extend([0; 12]);
+        let fails = sha512(container(&encrypt(&KEY, [1; 16], &badly_padded), &packages));
+        assert_eq!(decrypts.len(), fails.len());
+
+        // The time this thread ran, as the scheduler counts it (ns): unlike the wall clock, it
+        // leaves out what other work on a busy machine takes.
+        let cpu_time = || {
+            let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            stat.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+                / 1e9
+        };
+        let time = |body: &[u8]| {
+            let started = cpu_time();
+            let items = parse(body, &key_of_test(), 100).unwrap();
+            let elapsed = cpu_time() - started;
+            assert!(items.iter().all(|i| message(i) == UNREADABLE));
+            elapsed
+        };
+        let (mut ratios, mut decrypting, mut failing) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // Alternate which goes first, so that neither always meets a warm cache.
+            let (d, f) = if round % 2 == 0 {
+                let d = time(&decrypts);
+                (d, time(&fails))
+            } else {
+                let f = time(&fails);
+                (time(&decrypts), f)
+            };
+            ratios.push(f / d);
+            decrypting.push(d);
+            failing.push(f);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let ratio = median(&mut ratios);
+        eprintln!(
+            "MACKey decrypts: median {:.1} ms; MACKey padding fails: median {:.1} ms; median ratio {ratio:.3}",
+            median(&mut decrypting) * 1000.0,
+            median(&mut failing) * 1000.0,
+        );
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "a failed MACKey changes the time of a parse by a factor {ratio:.3}"
+        );
+    }
+
     #[test]
     fn pbkdf2_iteration_counts_above_the_limit_are_refused_before_deriving() {
         let body = fixture("vendor-pbkdf2.pskcxml");
