@@ -10,7 +10,7 @@ use csv_core::ReadFieldResult;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::{invalid, shown_serial, ImportError, RowFields};
+use super::{invalid, printable, shown_serial, ImportError, RowFields};
 use crate::domain::job::CreateItem;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,7 +239,7 @@ fn header(record: &Record) -> Result<Vec<Column>, ImportError> {
             .iter()
             .map(|n| match n.chars().count() {
                 0 => "(an empty name)".to_string(),
-                1..=SHOWN_NAME_MAX => format!("{:?}", shown_serial(n)),
+                1..=SHOWN_NAME_MAX => format!("{:?}", printable(n)),
                 len => format!("(a name of {len} characters)"),
             })
             .collect();
@@ -339,7 +339,7 @@ fn row(
         .position(|c| *c == Column::SerialNumber)
         .map(|i| cells[i])
         .filter(|s| !s.is_empty())
-        .map(shown_serial);
+        .and_then(shown_serial);
     let mut fields = RowFields::default();
     for (column, cell) in columns.iter().zip(cells) {
         if cell.is_empty() {

@@ -169,8 +169,8 @@ fn key_package(
             key.and_then(|k| k.attribute("Id"))
                 .map(|s| s.trim().to_string())
         });
-    let shown_serial = serial.as_deref().map(shown_serial);
-    let fail = |message: String| Ok(invalid(row_number, shown_serial.clone(), "", message));
+    let echoed = serial.as_deref().and_then(shown_serial);
+    let fail = |message: String| Ok(invalid(row_number, echoed.clone(), "", message));
     let Some(key) = key else {
         return fail("the KeyPackage has no Key".into());
     };
