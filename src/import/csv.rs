@@ -4,11 +4,11 @@
 //! optionally `hashAlgorithm`, `counter` (HOTP) and `timeStep` (TOTP). An empty cell is an absent
 //! value. Data rows are numbered from 1 (the header is not a row); messages also give the line.
 //! Cells are read one at a time and counted as they come, so that a record costs at most its
-//! header's number of cells of at most [`MAX_CELL`] bytes each, however long it is.
+//! header's number of cells of at most `MAX_CELL` bytes each, however long it is.
 
 use csv_core::ReadFieldResult;
 use serde_json::Value;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{invalid, printable, shown_serial, ImportError, RowFields};
 use crate::domain::job::CreateItem;
@@ -95,6 +95,13 @@ struct Record {
     too_long: bool,
     /// Offset in the body where reading the record began.
     start: usize,
+}
+
+/// The kept cells may hold a secret.
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
 }
 
 impl Record {
