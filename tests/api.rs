@@ -1,9 +1,9 @@
 //! Tests of the service as its clients and operators meet it. Most get a fresh database
 //! (`#[sqlx::test]`) and a real server on a free port, and talk to it over HTTP; others run the
-//! binary itself (`processes`, `import_cli`, `operations`), against a private PostgreSQL cluster
-//! (`postgres_tls`) or in a browser (`docs_browser`). One binary, so that it is linked once; the
-//! tests that install the process-wide log subscriber (tests/logs.rs, tests/audit.rs) and the
-//! outage under load (tests/postgres_outage.rs) are binaries of their own.
+//! binary itself (`processes`, `import_cli`, `operations`, `upload_memory`), against a private
+//! PostgreSQL cluster (`postgres_tls`) or in a browser (`docs_browser`). One binary, so that it is
+//! linked once; the tests that install the process-wide log subscriber (tests/logs.rs,
+//! tests/audit.rs) and the outage under load (tests/postgres_outage.rs) are binaries of their own.
 
 mod support;
 
@@ -33,5 +33,6 @@ mod api {
     mod tenancy;
     mod tokens;
     mod typed_rows;
+    mod upload_memory;
     mod validation;
 }

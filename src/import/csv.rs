@@ -3,11 +3,14 @@
 //! in any order: `serialNumber`, `secret` (hex) or `secretBase32`, `type`, `otpLength`, and
 //! optionally `hashAlgorithm`, `counter` (HOTP) and `timeStep` (TOTP). An empty cell is an absent
 //! value. Data rows are numbered from 1 (the header is not a row); messages also give the line.
+//! Cells are read one at a time and counted as they come, so that a record costs at most its
+//! header's number of cells of at most `MAX_CELL` bytes each, however long it is.
 
+use csv_core::ReadFieldResult;
 use serde_json::Value;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
-use super::{invalid, shown_serial, ImportError, RowFields};
+use super::{invalid, printable, shown_serial, ImportError, RowFields};
 use crate::domain::job::CreateItem;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,15 +43,20 @@ const HEADER_HELP: &str = "the first line must be the header row naming the colu
     serialNumber, secret (hex) or secretBase32, type, otpLength, and optionally hashAlgorithm, \
     counter, timeStep";
 
+/// Longest cell kept, in bytes: a longer one makes its row INVALID. The longest secret the token
+/// rules take (200 hex digits) fills a fifth of it, even written with spaces.
+const MAX_CELL: usize = 1024;
+
+/// Header cells kept: a header names at most seven columns, and one of more cells than this is
+/// refused without its names being read.
+const MAX_HEADER_CELLS: usize = 32;
+
 /// Reads a CSV file into job items, refusing files of more than `max_rows` data rows.
 pub fn parse(body: &[u8], max_rows: usize) -> Result<Vec<CreateItem>, ImportError> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let mut reader = ::csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(body);
-    let mut record = ::csv::ByteRecord::new();
-    if !reader.read_byte_record(&mut record).map_err(unreadable)? {
+    let mut records = Records::new(body);
+    let mut record = Record::default();
+    if !records.next(&mut record, MAX_HEADER_CELLS) {
         return Err(ImportError::Unreadable(format!(
             "The file is empty: {HEADER_HELP}."
         )));
@@ -58,13 +66,13 @@ pub fn parse(body: &[u8], max_rows: usize) -> Result<Vec<CreateItem>, ImportErro
 
     let mut items = Vec::new();
     let mut lines = LineCounter::default();
-    while reader.read_byte_record(&mut record).map_err(unreadable)? {
+    // A row is kept to the header's number of cells: any more only make it INVALID.
+    while records.next(&mut record, columns.len()) {
         if items.len() == max_rows {
             return Err(ImportError::TooManyRows { max: max_rows });
         }
         let row_number = items.len() as i64 + 1;
-        let start = record.position().map_or(0, |p| p.byte() as usize);
-        let line = lines.line_at(body, start);
+        let line = lines.line_at(body, record.start);
         items.push(row(&record, &columns, row_number, line, &name_of));
     }
     if items.is_empty() {
@@ -73,6 +81,99 @@ pub fn parse(body: &[u8], max_rows: usize) -> Result<Vec<CreateItem>, ImportErro
         ));
     }
     Ok(items)
+}
+
+/// One record: its first cells (as many as the reader was asked to keep), and how many it had.
+#[derive(Default)]
+struct Record {
+    /// The kept cells, one after the other; each ends where `ends` says.
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    /// Cells of the record, kept or not.
+    cells: usize,
+    /// A kept cell was longer than `MAX_CELL` (and is kept empty).
+    too_long: bool,
+    /// Offset in the body where reading the record began.
+    start: usize,
+}
+
+/// The kept cells may hold a secret.
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl Record {
+    fn kept(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, end)| &self.bytes[start..*end])
+    }
+}
+
+/// The records of a body, read cell by cell (RFC 4180 quoting; CRLF, LF or CR line ends; blank
+/// lines skipped). Cells past those kept are counted and dropped as they are read.
+struct Records<'a> {
+    body: &'a [u8],
+    /// Bytes of `body` read so far.
+    at: usize,
+    reader: csv_core::Reader,
+}
+
+impl<'a> Records<'a> {
+    fn new(body: &'a [u8]) -> Self {
+        Self {
+            body,
+            at: 0,
+            reader: csv_core::Reader::new(),
+        }
+    }
+
+    /// Reads the next record into `record`, keeping its first `keep` cells; false at the end.
+    fn next(&mut self, record: &mut Record, keep: usize) -> bool {
+        record.bytes.clear();
+        record.ends.clear();
+        record.cells = 0;
+        record.too_long = false;
+        record.start = self.at;
+        let mut out = [0u8; 1024];
+        // Bytes of the cell being read.
+        let mut cell = 0usize;
+        loop {
+            // An empty input, once the body is read, tells the reader that it has ended.
+            let (result, read, written) = self.reader.read_field(&self.body[self.at..], &mut out);
+            self.at += read;
+            let kept = record.cells < keep;
+            if kept {
+                cell += written;
+                if cell <= MAX_CELL {
+                    record.bytes.extend_from_slice(&out[..written]);
+                }
+            }
+            match result {
+                ReadFieldResult::InputEmpty | ReadFieldResult::OutputFull => {}
+                ReadFieldResult::Field { record_end } => {
+                    if kept {
+                        if cell > MAX_CELL {
+                            record
+                                .bytes
+                                .truncate(record.ends.last().copied().unwrap_or(0));
+                            record.too_long = true;
+                        }
+                        record.ends.push(record.bytes.len());
+                    }
+                    record.cells += 1;
+                    cell = 0;
+                    if record_end {
+                        return true;
+                    }
+                }
+                ReadFieldResult::End => return false,
+            }
+        }
+    }
 }
 
 /// Lines of record starts, counted incrementally (records come in order). The reader's own line
@@ -104,15 +205,22 @@ impl LineCounter {
     }
 }
 
-fn unreadable(e: ::csv::Error) -> ImportError {
-    let line = e.position().map_or(0, |p| p.line());
-    ImportError::Unreadable(format!("The CSV file cannot be read at line {line}."))
-}
-
-fn header(record: &::csv::ByteRecord) -> Result<Vec<Column>, ImportError> {
-    let mut columns = Vec::with_capacity(record.len());
+fn header(record: &Record) -> Result<Vec<Column>, ImportError> {
+    if record.cells > MAX_HEADER_CELLS {
+        return Err(ImportError::at_line(
+            1,
+            format!("the header row has {} cells: {HEADER_HELP}.", record.cells),
+        ));
+    }
+    if record.too_long {
+        return Err(ImportError::at_line(
+            1,
+            format!("a cell of the header row is longer than {MAX_CELL} bytes: {HEADER_HELP}."),
+        ));
+    }
+    let mut columns = Vec::with_capacity(record.ends.len());
     let mut unknown = Vec::new();
-    for cell in record {
+    for cell in record.kept() {
         let name = std::str::from_utf8(cell)
             .map_err(|_| ImportError::at_line(1, "the header row is not UTF-8 text."))?
             .trim();
@@ -138,7 +246,7 @@ fn header(record: &::csv::ByteRecord) -> Result<Vec<Column>, ImportError> {
             .iter()
             .map(|n| match n.chars().count() {
                 0 => "(an empty name)".to_string(),
-                1..=SHOWN_NAME_MAX => format!("{:?}", shown_serial(n)),
+                1..=SHOWN_NAME_MAX => format!("{:?}", printable(n)),
                 len => format!("(a name of {len} characters)"),
             })
             .collect();
@@ -192,15 +300,36 @@ fn column_name(path: &str, columns: &[Column]) -> String {
 }
 
 fn row(
-    record: &::csv::ByteRecord,
+    record: &Record,
     columns: &[Column],
     row_number: i64,
     line: usize,
     name_of: &dyn Fn(&str) -> String,
 ) -> CreateItem {
     let context = format!("line {line}");
+    // No cell is echoed: in a shifted row the serial's place may hold the secret.
+    if record.cells != columns.len() {
+        return invalid(
+            row_number,
+            None,
+            &context,
+            format!(
+                "the row has {} fields, the header row {}",
+                record.cells,
+                columns.len()
+            ),
+        );
+    }
+    if record.too_long {
+        return invalid(
+            row_number,
+            None,
+            &context,
+            format!("a field is longer than {MAX_CELL} bytes"),
+        );
+    }
     let cells: Option<Vec<&str>> = record
-        .iter()
+        .kept()
         .map(|c| std::str::from_utf8(c).ok().map(str::trim))
         .collect();
     let Some(cells) = cells else {
@@ -211,26 +340,13 @@ fn row(
             "the row is not UTF-8 text".into(),
         );
     };
-    if cells.len() != columns.len() {
-        // No cell is echoed: in a shifted row the serial's place may hold the secret.
-        return invalid(
-            row_number,
-            None,
-            &context,
-            format!(
-                "the row has {} fields, the header row {}",
-                cells.len(),
-                columns.len()
-            ),
-        );
-    }
 
     let serial = columns
         .iter()
         .position(|c| *c == Column::SerialNumber)
         .map(|i| cells[i])
         .filter(|s| !s.is_empty())
-        .map(shown_serial);
+        .and_then(shown_serial);
     let mut fields = RowFields::default();
     for (column, cell) in columns.iter().zip(cells) {
         if cell.is_empty() {
@@ -382,6 +498,61 @@ mod tests {
         }
     }
 
+    /// A record keeps at most the cells asked for, each of at most MAX_CELL bytes, however many
+    /// and however long its cells are: the rest are counted, not collected.
+    #[test]
+    fn records_keep_a_bounded_part_of_any_row() {
+        let mut body = b"S1,".to_vec();
+        body.extend(std::iter::repeat_n(b'A', 100_000));
+        body.extend(std::iter::repeat_n(b',', 100_000));
+        body.extend(b"\r\n\r\nS2,\"a\"\"b\"\n");
+        let mut records = Records::new(&body);
+        let mut record = Record::default();
+        assert!(records.next(&mut record, 7));
+        assert_eq!((record.cells, record.ends.len()), (100_002, 7));
+        assert!(record.too_long);
+        assert_eq!(record.kept().next(), Some(&b"S1"[..]));
+        assert!(
+            record.bytes.capacity() <= 7 * MAX_CELL,
+            "{}",
+            record.bytes.capacity()
+        );
+        assert!(records.next(&mut record, 7));
+        assert_eq!(record.kept().collect::<Vec<_>>(), [&b"S2"[..], b"a\"b"]);
+        assert!(!record.too_long);
+        assert!(!records.next(&mut record, 7));
+    }
+
+    #[test]
+    fn long_rows_and_cells_are_invalid_and_echo_nothing() {
+        let long = "A".repeat(MAX_CELL + 1);
+        let body = format!(
+            "{HEADER}S1,{SECRET},HOTP,6,,,{}\nS2,{long},HOTP,6,,,\nS3,{},HOTP,6,,,\n",
+            ",".repeat(1000),
+            "A".repeat(MAX_CELL)
+        );
+        let items = parse(body.as_bytes(), 10).unwrap();
+        let rows: Vec<_> = items.iter().map(CreateItem::invalid).collect();
+        assert_eq!(
+            rows[0].message,
+            "line 2: the row has 1007 fields, the header row 7"
+        );
+        assert_eq!(rows[1].message, "line 3: a field is longer than 1024 bytes");
+        assert_eq!(
+            (
+                rows[0].serial_number.as_deref(),
+                rows[1].serial_number.as_deref()
+            ),
+            (None, None)
+        );
+        // A cell of MAX_CELL bytes is read, and the token rules judge it.
+        assert!(
+            rows[2].message.starts_with("line 4: secret must be"),
+            "{:?}",
+            rows[2]
+        );
+    }
+
     #[test]
     fn files_without_a_usable_header_are_refused() {
         let cases = [
@@ -419,6 +590,14 @@ mod tests {
                 "appears twice",
             ),
             (HEADER, "no data rows"),
+            (
+                &format!("serialNumber,secret,type,otpLength{}\n", ",".repeat(29)),
+                "Line 1: the header row has 33 cells",
+            ),
+            (
+                &format!("serialNumber,secret,type,otpLength,{}\n", "x".repeat(2000)),
+                "Line 1: a cell of the header row is longer than 1024 bytes",
+            ),
         ];
         for (body, want) in cases {
             let err = parse(body.as_bytes(), 10).unwrap_err().to_string();

@@ -22,6 +22,11 @@ pub const CSV_MEDIA_TYPE: &str = "text/csv";
 /// Longest serial number echoed in an INVALID result (the rules allow 50 characters).
 const SHOWN_SERIAL_MAX: usize = 64;
 
+/// The fewest hex digits, and base32 digits, that write a secret of 128 bits (the token rules'
+/// shortest).
+const SECRET_MIN_HEX: usize = 32;
+const SECRET_MIN_BASE32: usize = 26;
+
 /// Why a whole file was refused: a 400 whose message names the line or element at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImportError {
@@ -84,7 +89,7 @@ impl RowFields {
         context: &str,
         name_of: &dyn Fn(&str) -> String,
     ) -> CreateItem {
-        let serial = self.serial().map(shown_serial);
+        let serial = self.serial().and_then(shown_serial);
         let value = Value::Object(std::mem::take(&mut self.0));
         let parsed = NewToken::parse(&value, TokenSource::JobItem(0));
         wipe_secret(value);
@@ -131,13 +136,33 @@ pub(crate) fn invalid(
     })
 }
 
-/// A serial number as an INVALID result may show it: printable, and not overly long.
-pub(crate) fn shown_serial(serial: &str) -> String {
-    serial
-        .chars()
+/// A serial number as an INVALID result may show it: printable and not overly long; and none at
+/// all when it could be a secret, since a row whose cells are swapped or shifted puts its secret
+/// in the serial's place (and an INVALID row's serial is stored in clear and shown in results).
+pub(crate) fn shown_serial(serial: &str) -> Option<String> {
+    (!could_be_secret(serial)).then(|| printable(serial))
+}
+
+/// Text of a file as a message may repeat it: printable, and not overly long.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
         .filter(|c| !c.is_control())
         .take(SHOWN_SERIAL_MAX)
         .collect()
+}
+
+/// Whether `text` could be a secret of 128 bits or more as a file writes one: 32 hex digits or
+/// more, or 26 base32 digits or more (either case), spaces, dashes and padding aside.
+fn could_be_secret(text: &str) -> bool {
+    let digits = || {
+        text.chars()
+            .filter(|c| !c.is_whitespace() && !matches!(c, '-' | '='))
+    };
+    let count = digits().count();
+    let hex = count >= SECRET_MIN_HEX && digits().all(|c| c.is_ascii_hexdigit());
+    let base32 = count >= SECRET_MIN_BASE32
+        && digits().all(|c| c.is_ascii_alphabetic() || ('2'..='7').contains(&c));
+    hex || base32
 }
 
 /// The token rules' messages with each field called by the file's name for it:
@@ -201,6 +226,32 @@ mod tests {
         let t = item.token();
         assert_eq!(t.row_number, Some(9));
         assert_eq!(t.secret.expose(), b"12345678901234567890");
+    }
+
+    #[test]
+    fn serials_that_could_be_secrets_are_not_shown() {
+        let hex = "3132333435363738393031323334353637383930";
+        for secret in [
+            hex,
+            &hex.to_lowercase(),
+            &hex[..32],
+            "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ",
+            "gezd gnbv gy3t qojq gezd gnbv gy3t qojq",
+            "GEZDGNBVGY3TQOJQGEZDGNBVGY====",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        ] {
+            assert_eq!(shown_serial(secret), None, "{secret}");
+        }
+        for serial in [
+            &hex[..31],
+            "GEZDGNBVGY3TQOJQGEZDGNBVG",
+            "SN-0000000000000000000000000000000001",
+            "987654321",
+            "Yubikey 5 NFC 0123456789 abcdefghijk",
+        ] {
+            assert_eq!(shown_serial(serial).as_deref(), Some(serial), "{serial}");
+        }
+        assert_eq!(shown_serial("A\u{7}B").as_deref(), Some("AB"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 pub use self::encryption::UNREADABLE;
 use self::encryption::{Crypto, OpenError};
-use super::xml::{shown, Element, Parts};
+use super::xml::{shown, Element, Limits, Parts};
 use super::{invalid, shown_serial, ImportError, RowFields};
 use crate::domain::job::CreateItem;
 
@@ -49,10 +49,12 @@ pub fn parse(
     keys: &PskcKeys,
     max_rows: usize,
 ) -> Result<Vec<CreateItem>, ImportError> {
-    let mut parts = Parts::new(body)?;
+    let mut parts = Parts::new(body, Limits::DEFAULT)?;
     let root = parts.root()?;
     check_root(&parts, &root)?;
-    let mut header: Vec<Element> = Vec::new();
+    // The container's keys, held until the first key package.
+    let mut encryption_key: Option<Element> = None;
+    let mut mac_method: Option<Element> = None;
     let mut crypto: Option<Crypto> = None;
     let mut items = Vec::new();
     while let Some(part) = parts.next_part()? {
@@ -63,18 +65,24 @@ pub fn parse(
                 }
                 let crypto = match &mut crypto {
                     Some(c) => c,
-                    None => crypto.insert(Crypto::new(&parts, &header, keys)?),
+                    None => crypto.insert(Crypto::new(
+                        &parts,
+                        encryption_key.as_ref(),
+                        mac_method.as_ref(),
+                        keys,
+                    )?),
                 };
                 let row_number = items.len() as i64 + 1;
                 items.push(key_package(&parts, &part, crypto, row_number)?);
             }
-            "EncryptionKey" | "MACMethod" if crypto.is_none() => header.push(part),
-            "EncryptionKey" | "MACMethod" => {
+            "EncryptionKey" | "MACMethod" if crypto.is_some() => {
                 return Err(parts.error(
                     part.offset,
                     format!("{} must come before the first KeyPackage.", part.name),
                 ))
             }
+            "EncryptionKey" => keep_once(&parts, &mut encryption_key, part)?,
+            "MACMethod" => keep_once(&parts, &mut mac_method, part)?,
             // Signature, other extensions: not needed to create tokens.
             _ => {}
         }
@@ -85,6 +93,22 @@ pub fn parse(
         ));
     }
     Ok(items)
+}
+
+/// Keeps the container's `EncryptionKey` or `MACMethod`. RFC 6030 gives a container one of each;
+/// a second is refused, since each is held whole until the first key package.
+fn keep_once(doc: &Parts, slot: &mut Option<Element>, part: Element) -> Result<(), ImportError> {
+    if slot.is_some() {
+        return Err(doc.error(
+            part.offset,
+            format!(
+                "the KeyContainer has a second {}; it may have one.",
+                part.name
+            ),
+        ));
+    }
+    *slot = Some(part);
+    Ok(())
 }
 
 fn check_root(doc: &Parts, root: &Element) -> Result<(), ImportError> {
@@ -145,8 +169,8 @@ fn key_package(
             key.and_then(|k| k.attribute("Id"))
                 .map(|s| s.trim().to_string())
         });
-    let shown_serial = serial.as_deref().map(shown_serial);
-    let fail = |message: String| Ok(invalid(row_number, shown_serial.clone(), "", message));
+    let echoed = serial.as_deref().and_then(shown_serial);
+    let fail = |message: String| Ok(invalid(row_number, echoed.clone(), "", message));
     let Some(key) = key else {
         return fail("the KeyPackage has no Key".into());
     };
@@ -573,6 +597,21 @@ mod tests {
         );
     }
 
+    /// Each is held whole until the first key package: were repeats allowed, a file of them would
+    /// be held whole, at many times its size.
+    #[test]
+    fn a_second_encryption_key_or_mac_method_is_refused() {
+        for element in ["EncryptionKey", "MACMethod"] {
+            let body = format!(
+                "<KeyContainer>\n<{element}/>\n<{element}><a/></{element}>\n<KeyPackage/></KeyContainer>"
+            );
+            assert_eq!(
+                refused(body.as_bytes(), &PskcKeys::default()),
+                format!("Line 3: the KeyContainer has a second {element}; it may have one.")
+            );
+        }
+    }
+
     #[test]
     fn key_package_count_is_bounded() {
         let body = fixture("rfc6030-figure5.pskcxml");
@@ -816,6 +855,97 @@ mod tests {
         assert_eq!(drifts, [-3, -2, -4]);
         assert_eq!(token(&items[0]).kind, TokenKind::Totp { time_step: 60 });
         assert_eq!(message(&items[3]), "TimeDrift is not an integer");
+    }
+
+    /// The timing side of the padding oracle: with a MACKey whose padding fails, a package must
+    /// cost what it costs with one that decrypts (to a key the attacker does not know, so every
+    /// ValueMAC fails), or the time of the answer tells the two apart, one bit per upload.
+    /// Containers of each kind are parsed in interleaved rounds, timed by the CPU time they take;
+    /// the median ratio of their times must be close to 1 (it was about 0.4 when a failed MAC
+    /// key skipped every value's HMAC).
+    #[test]
+    fn a_mac_key_that_does_not_decrypt_costs_the_same_time() {
+        const PACKAGES: usize = 6;
+        const ROUNDS: usize = 15;
+        // Values large enough that authenticating them is most of the work (as base64, just
+        // under the 64 KiB of text an element may hold).
+        let value = encrypt(&KEY, [3; 16], &pkcs7(&[0x5A; 46 * 1024]));
+        let others: String = ["Counter", "Time", "TimeInterval", "TimeDrift"]
+            .iter()
+            .map(|element| encrypted(element, &value, &[0; 20]))
+            .collect();
+        let packages: Vec<_> = (0..PACKAGES)
+            .map(|i| {
+                (
+                    format!("T{i}"),
+                    value.clone(),
+                    vec![0u8; 20],
+                    others.clone(),
+                )
+            })
+            .collect();
+        // HMAC-SHA512, the slowest MAC here: the file names it, so an attacker would pick it.
+        let sha512 = |body: Vec<u8>| {
+            String::from_utf8(body)
+                .unwrap()
+                .replace("xmldsig#hmac-sha1", "xmldsig-more#hmac-sha512")
+                .into_bytes()
+        };
+        let decrypts = sha512(container(
+            &encrypt(&KEY, [1; 16], &pkcs7(&MAC_KEY)),
+            &packages,
+        ));
+        let mut badly_padded = MAC_KEY.to_vec();
+        badly_padded.extend([0; 12]);
+        let fails = sha512(container(&encrypt(&KEY, [1; 16], &badly_padded), &packages));
+        assert_eq!(decrypts.len(), fails.len());
+
+        // The time this thread ran, as the scheduler counts it (ns): unlike the wall clock, it
+        // leaves out what other work on a busy machine takes.
+        let cpu_time = || {
+            let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            stat.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+                / 1e9
+        };
+        let time = |body: &[u8]| {
+            let started = cpu_time();
+            let items = parse(body, &key_of_test(), 100).unwrap();
+            let elapsed = cpu_time() - started;
+            assert!(items.iter().all(|i| message(i) == UNREADABLE));
+            elapsed
+        };
+        let (mut ratios, mut decrypting, mut failing) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // Alternate which goes first, so that neither always meets a warm cache.
+            let (d, f) = if round % 2 == 0 {
+                let d = time(&decrypts);
+                (d, time(&fails))
+            } else {
+                let f = time(&fails);
+                (time(&decrypts), f)
+            };
+            ratios.push(f / d);
+            decrypting.push(d);
+            failing.push(f);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let ratio = median(&mut ratios);
+        eprintln!(
+            "MACKey decrypts: median {:.1} ms; MACKey padding fails: median {:.1} ms; median ratio {ratio:.3}",
+            median(&mut decrypting) * 1000.0,
+            median(&mut failing) * 1000.0,
+        );
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "a failed MACKey changes the time of a parse by a factor {ratio:.3}"
+        );
     }
 
     #[test]

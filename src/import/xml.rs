@@ -2,22 +2,46 @@
 //! out as its root element's children, one small tree at a time, so a 100,000-part file costs
 //! little more than its bytes. A DOCTYPE is refused outright, which makes entity expansion
 //! ("billion laughs") and external entities impossible; only XML's five predefined entities and
-//! character references are resolved. Nesting, attributes, elements per part and text per
-//! element are capped. Errors name the line.
+//! character references are resolved. Nesting, attributes, children, elements per part and in
+//! the whole document, and text per element are capped ([`Limits`]). Errors name the line.
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
 use super::{line_of, ImportError};
 
-/// Deepest element nesting accepted (RFC 6030 documents need about ten levels).
-const MAX_DEPTH: usize = 32;
-/// Attributes on one element.
-const MAX_ATTRIBUTES: usize = 32;
-/// Elements in one child of the root (one key package, say).
-const MAX_ELEMENTS: usize = 1_000;
-/// Characters of text in one element (base64 values of a few hundred bytes are typical).
-const MAX_TEXT: usize = 64 * 1024;
+/// What one document may hold. Each cap is far above what a real file needs; together they bound
+/// the tree of one part (at most `part_elements` elements of `attributes` attributes each: a few
+/// MB, whatever the file), which is all the reader holds at a time.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Deepest element nesting (RFC 6030 documents need about ten levels).
+    pub depth: usize,
+    /// Attributes on one element, namespace declarations aside (PSKC elements carry at most
+    /// four).
+    pub attributes: usize,
+    /// Children of one element below the root (a PSKC `Key` has about a dozen kinds of child;
+    /// the root's children are the parts, read one at a time, and not capped here).
+    pub children: usize,
+    /// Elements in one child of the root (a key package holds 15 to 40).
+    pub part_elements: usize,
+    /// Elements in the whole document: 50 for each of 100,000 key packages (jobs.max_items'
+    /// default), where vendors' files hold 15 to 40 per package.
+    pub elements: usize,
+    /// Characters of text in one element (base64 values of a few hundred bytes are typical).
+    pub text: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Self = Self {
+        depth: 32,
+        attributes: 32,
+        children: 100,
+        part_elements: 1_000,
+        elements: 5_000_000,
+        text: 64 * 1024,
+    };
+}
 
 /// A parsed element: local names only (PSKC, XML Encryption and XML Signature names do not
 /// collide, and vendors are loose with namespaces).
@@ -59,7 +83,7 @@ pub struct Parts<'a> {
 
 impl<'a> Parts<'a> {
     /// Checks the encoding (UTF-8, with or without a byte order mark) before anything is read.
-    pub fn new(body: &'a [u8]) -> Result<Self, ImportError> {
+    pub fn new(body: &'a [u8], limits: Limits) -> Result<Self, ImportError> {
         let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
         if body.starts_with(&[0xFE, 0xFF]) || body.starts_with(&[0xFF, 0xFE]) {
             return Err(ImportError::Unreadable(
@@ -78,8 +102,10 @@ impl<'a> Parts<'a> {
             doc: Document {
                 bytes: body,
                 reader,
+                limits,
                 stack: Vec::new(),
                 elements: 0,
+                total_elements: 0,
                 pending_close: false,
                 event_start: 0,
             },
@@ -103,6 +129,8 @@ impl<'a> Parts<'a> {
                         ..Element::default()
                     };
                     self.doc.stack.push(root);
+                    // The root is no part's element.
+                    self.doc.elements = 0;
                     return Ok(shallow);
                 }
                 Node::Text(text) if text.trim().is_empty() => {}
@@ -150,7 +178,7 @@ impl<'a> Parts<'a> {
                         continue;
                     }
                     let open = doc.stack.last_mut().expect("an open element");
-                    if open.text.len() + text.len() > MAX_TEXT {
+                    if open.text.len() + text.len() > doc.limits.text {
                         let offset = open.offset;
                         return Err(doc.error(offset, "an element holds too much text."));
                     }
@@ -188,9 +216,12 @@ enum Node {
 struct Document<'a> {
     bytes: &'a [u8],
     reader: Reader<&'a [u8]>,
+    limits: Limits,
     stack: Vec<Element>,
     /// Elements read in the current top-level part (header element or key package).
     elements: usize,
+    /// Elements read in the whole document.
+    total_elements: usize,
     /// The last element was empty (`<a/>`): its close is due.
     pending_close: bool,
     /// Byte offset where the last event began.
@@ -276,17 +307,45 @@ impl Document<'_> {
 
 impl Document<'_> {
     fn open(&mut self, start: &BytesStart, offset: usize) -> Result<Element, ImportError> {
-        if self.stack.len() >= MAX_DEPTH {
+        let limits = self.limits;
+        if self.stack.len() >= limits.depth {
             return Err(self.error(
                 offset,
-                format!("elements nest deeper than {MAX_DEPTH} levels."),
+                format!("elements nest deeper than {} levels.", limits.depth),
             ));
         }
+        // Children are added to their parent as they close: the parent holds every earlier
+        // sibling of this one.
+        if let [_, .., parent] = self.stack.as_slice() {
+            if parent.children.len() >= limits.children {
+                return Err(self.error(
+                    offset,
+                    format!(
+                        "the element {} has more than {} child elements.",
+                        shown(&parent.name),
+                        limits.children
+                    ),
+                ));
+            }
+        }
         self.elements += 1;
-        if self.elements > MAX_ELEMENTS {
+        if self.elements > limits.part_elements {
             return Err(self.error(
                 offset,
-                format!("a part of the document (a KeyPackage, say) holds more than {MAX_ELEMENTS} elements."),
+                format!(
+                    "a part of the document (a KeyPackage, say) holds more than {} elements.",
+                    limits.part_elements
+                ),
+            ));
+        }
+        self.total_elements += 1;
+        if self.total_elements > limits.elements {
+            return Err(self.error(
+                offset,
+                format!(
+                    "the document holds more than {} elements; split it into smaller files.",
+                    limits.elements
+                ),
             ));
         }
         let mut element = Element {
@@ -301,10 +360,10 @@ impl Document<'_> {
             if key.as_ref() == "xmlns" || key.as_ref().starts_with("xmlns:") {
                 continue;
             }
-            if element.attributes.len() == MAX_ATTRIBUTES {
+            if element.attributes.len() == limits.attributes {
                 return Err(self.error(
                     offset,
-                    format!("an element has more than {MAX_ATTRIBUTES} attributes."),
+                    format!("an element has more than {} attributes.", limits.attributes),
                 ));
             }
             let value = attribute
@@ -326,4 +385,75 @@ impl Document<'_> {
 /// Shortens text from the file for a message.
 pub fn shown(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(100).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: Limits = Limits {
+        depth: 4,
+        attributes: 2,
+        children: 3,
+        part_elements: 10,
+        elements: 12,
+        text: 8,
+    };
+
+    /// The number of parts of `body`, read under `SMALL`.
+    fn parts(body: &str) -> Result<usize, String> {
+        let mut parts = Parts::new(body.as_bytes(), SMALL).map_err(|e| e.to_string())?;
+        parts.root().map_err(|e| e.to_string())?;
+        let mut n = 0;
+        while parts.next_part().map_err(|e| e.to_string())?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    #[test]
+    fn each_cap_is_reached_then_refused_with_its_line() {
+        let tree = "<p><a><b/><b/></a><a><b/><b/></a><a><b/><b/></a></p>";
+        let cases = [
+            // Children below the root: 3, then 4.
+            ("<r><p><a/><a/><a/></p></r>", Ok(1)),
+            (
+                "<r><p><a/><a/><a/>\n<a/></p></r>",
+                Err("Line 2: the element p has more than 3 child elements."),
+            ),
+            // Depth: the root and three levels, then four.
+            ("<r><p><a><b/></a></p></r>", Ok(1)),
+            (
+                "<r><p><a>\n<b><c/></b></a></p></r>",
+                Err("Line 2: elements nest deeper than 4 levels."),
+            ),
+            // Attributes.
+            ("<r><p x=\"1\" y=\"2\" xmlns:z=\"urn:z\"/></r>", Ok(1)),
+            (
+                "<r><p x=\"1\" y=\"2\" z=\"3\"/></r>",
+                Err("Line 1: an element has more than 2 attributes."),
+            ),
+            // Elements in one part: 10, then 11.
+            (&format!("<r>{tree}</r>"), Ok(1)),
+            (
+                &format!("<r>{}</r>", tree.replace("<b/></a></p>", "<b/>\n<b/></a></p>")),
+                Err("Line 2: a part of the document (a KeyPackage, say) holds more than 10 elements."),
+            ),
+            // Elements in the document, the root included: 12, then 13.
+            (&format!("<r>{}</r>", "<p/>".repeat(11)), Ok(11)),
+            (
+                &format!("<r>{}\n<p/></r>", "<p/>".repeat(11)),
+                Err("Line 2: the document holds more than 12 elements; split it into smaller files."),
+            ),
+            // Text.
+            ("<r><p>12345678</p></r>", Ok(1)),
+            (
+                "<r>\n<p>123456789</p></r>",
+                Err("Line 2: an element holds too much text."),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(parts(body), want.map_err(str::to_string), "{body}");
+        }
+    }
 }

@@ -591,3 +591,114 @@ fn a_100k_key_pskc_file_parses_every_key_package() {
         Err(oath_service::import::ImportError::TooManyRows { .. })
     ));
 }
+
+/// 128 bits or more written as a secret cell may be: 32 hex digits or more, or 26 base32 digits
+/// or more, once spaces, dashes and padding are left out.
+fn looks_like_a_secret(text: &str) -> bool {
+    let compact: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace() && !matches!(c, '-' | '='))
+        .collect();
+    let hex = compact.len() >= 32 && compact.chars().all(|c| c.is_ascii_hexdigit());
+    let base32 = compact.len() >= 26
+        && compact
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || ('2'..='7').contains(&c));
+    hex || base32
+}
+
+/// A CSV row with its serial and secret cells swapped has the right number of cells, so it is
+/// read: its secret fails, and the seed in the serial's place must not be echoed as its serial
+/// number, neither in the results nor in the job's stored chunks.
+#[sqlx::test]
+async fn csv_rows_with_serial_and_secret_swapped_echo_no_secret(pool: PgPool) {
+    let app = spawn(pool).await;
+    let hex = hex::encode_upper(RFC_SECRET);
+    let base32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    let spaced = "gezd gnbv gy3t qojq gezd gnbv gy3t qojq";
+    let files = [
+        (
+            format!(
+                "serialNumber,secret,type,otpLength\n{hex},S1,HOTP,6\n{},S2,TOTP,6\nS3,{hex},HOTP,7\n",
+                hex.to_lowercase()
+            ),
+            vec![hex.clone()],
+        ),
+        (
+            format!("serialNumber,secretBase32,type,otpLength\n{base32},S4,HOTP,6\n\"{spaced}\",S5,HOTP,6\nS6,{base32},HOTP,7\n"),
+            vec![base32.to_string(), spaced.replace(' ', "")],
+        ),
+    ];
+    for (body, secrets) in files {
+        let env = Uuid::new_v4();
+        let holds_a_secret = |text: &str| {
+            let text = text.to_uppercase().replace(' ', "");
+            secrets.iter().any(|s| text.contains(&s.to_uppercase()))
+        };
+        let (status, accepted) = app.post_file(env, CSV, body.into_bytes(), &[]).await;
+        assert_eq!(status, 202, "{accepted}");
+        // The job as stored, before it runs.
+        let stored: Vec<(String, Vec<Option<String>>)> = sqlx::query_as(
+            "select c::text, invalid_serials from oath_job_chunks c where environment_id = $1",
+        )
+        .bind(env)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(stored.len(), 1);
+        for (row, serials) in &stored {
+            assert!(!holds_a_secret(row), "oath_job_chunks: {row}");
+            assert!(
+                !serials.iter().flatten().any(|s| looks_like_a_secret(s)),
+                "{serials:?}"
+            );
+        }
+        app.run_jobs().await;
+
+        let (_, page) = app
+            .get_in(
+                env,
+                &format!(
+                    "/oathJobs/{}/results?limit=1000",
+                    accepted["id"].as_str().unwrap()
+                ),
+            )
+            .await;
+        let results = page["_embedded"]["results"].as_array().unwrap();
+        assert_eq!(
+            outcomes(results),
+            rows(&[(1, "INVALID"), (2, "INVALID"), (3, "INVALID")])
+        );
+        for r in &results[..2] {
+            assert!(r.get("serialNumber").is_none(), "{r}");
+            assert!(r["message"].as_str().unwrap().contains("secret"), "{r}");
+        }
+        // A serial that cannot be a secret is still shown.
+        assert!(
+            matches!(results[2]["serialNumber"].as_str(), Some("S3" | "S6")),
+            "{}",
+            results[2]
+        );
+        let all = serde_json::to_string(results).unwrap();
+        assert!(!holds_a_secret(&all), "{all}");
+        for r in results {
+            for field in ["serialNumber", "message"] {
+                let text = r[field].as_str().unwrap_or_default();
+                assert!(!looks_like_a_secret(text), "{field}: {r}");
+            }
+        }
+        let stored: Vec<(String, Option<Vec<Option<String>>>)> = sqlx::query_as(
+            "select r::text, serial_numbers from job_result_chunks r where environment_id = $1",
+        )
+        .bind(env)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(stored.len(), 1);
+        for (row, serials) in &stored {
+            assert!(!holds_a_secret(row), "job_result_chunks: {row}");
+            let serials = serials.iter().flatten().flatten();
+            assert!(!serials.clone().any(|s| looks_like_a_secret(s)), "{row}");
+        }
+    }
+}

@@ -8,10 +8,12 @@
 //! Every failure to decrypt or authenticate (bad padding, a MAC key that does not decrypt or is
 //! too short, a `ValueMAC` mismatch) is the one message [`UNREADABLE`]: were they told apart, a
 //! caller could submit crafted ciphertexts and learn plaintext from which message came back (a
-//! padding oracle).
+//! padding oracle). Nor do they take different times: a MAC key that does not open is replaced by
+//! a random one, and every value is still authenticated and decrypted before the outcome is read.
 
 use aes::cipher::{BlockDecryptMut, KeyIvInit};
 use hmac::{Hmac, Mac};
+use rand::RngCore;
 use zeroize::Zeroizing;
 
 use super::{base64, uri_suffix, PskcKeys};
@@ -88,16 +90,29 @@ pub(super) struct Crypto {
     /// The encryption key, when the request supplied one (derived from the password if the file
     /// says so).
     pub key: Option<Zeroizing<Vec<u8>>>,
-    /// The MAC key and algorithm, or why values cannot be authenticated.
-    mac: Result<(MacAlgorithm, Zeroizing<Vec<u8>>), OpenError>,
+    /// The MAC key, or why values cannot be authenticated (a malformed `MACMethod`).
+    mac: Result<MacKey, String>,
+}
+
+/// The key `ValueMAC`s are checked with.
+struct MacKey {
+    algorithm: MacAlgorithm,
+    key: Zeroizing<Vec<u8>>,
+    /// False when the `MACKey` did not decrypt, or decrypted to too short a key: `key` is then
+    /// random, and values are authenticated with it all the same (and fail), so that a package
+    /// takes the time it would take with a key that opened.
+    opened: bool,
 }
 
 impl Crypto {
     /// Settles the keys from the container header (read before the first key package) and the
     /// request's keys. A file that needs a key the request lacks is refused here.
-    pub fn new(doc: &Parts, header: &[Element], keys: &PskcKeys) -> Result<Self, ImportError> {
-        let encryption_key = header.iter().find(|e| e.name == "EncryptionKey");
-        let mac_method = header.iter().find(|e| e.name == "MACMethod");
+    pub fn new(
+        doc: &Parts,
+        encryption_key: Option<&Element>,
+        mac_method: Option<&Element>,
+        keys: &PskcKeys,
+    ) -> Result<Self, ImportError> {
         let derived = encryption_key.and_then(|e| e.child("DerivedKey"));
         let key = match derived {
             Some(derived) => {
@@ -126,12 +141,8 @@ impl Crypto {
             ));
         }
         let mac = match (mac_method, &key) {
-            (None, _) => Err(OpenError::Malformed(
-                "the file has no MACMethod to check ValueMAC with".to_string(),
-            )),
-            (Some(_), None) => Err(OpenError::Malformed(
-                "the MAC key needs the encryption key".to_string(),
-            )),
+            (None, _) => Err("the file has no MACMethod to check ValueMAC with".to_string()),
+            (Some(_), None) => Err("the MAC key needs the encryption key".to_string()),
             (Some(method), Some(key)) => mac_key(method, key),
         };
         Ok(Self { key, mac })
@@ -157,17 +168,24 @@ impl Crypto {
                 "{what} is encrypted without a ValueMAC (RFC 6030 requires one with AES-CBC)"
             )));
         };
-        let key_len = key_length(what, encrypted, key)?;
-        let (algorithm, mac_key) = match &self.mac {
-            Ok(mac) => mac,
-            Err(OpenError::Malformed(m)) => return Err(malformed(format!("{what}: {m}"))),
-            Err(OpenError::Unreadable) => return Err(OpenError::Unreadable),
-        };
-        let tag = base64(value_mac.trimmed()).ok_or(OpenError::Unreadable)?;
-        if !algorithm.verify(mac_key, &cipher_value, &tag) {
-            return Err(OpenError::Unreadable);
+        let key_len = key_length(what, encrypted).map_err(malformed)?;
+        let mac = self
+            .mac
+            .as_ref()
+            .map_err(|m| malformed(format!("{what}: {m}")))?;
+        // From here on the work is the same whatever fails (the MAC key, the tag, the padding):
+        // the value is authenticated and decrypted, and only then is the outcome read.
+        let tag = base64(value_mac.trimmed());
+        let tag_matches = mac.algorithm.verify(
+            &mac.key,
+            &cipher_value,
+            tag.as_deref().map_or(&[][..], Vec::as_slice),
+        );
+        let plain = decrypt(key, key_len, &cipher_value);
+        match plain {
+            Some(plain) if tag_matches & mac.opened => Ok(plain),
+            _ => Err(OpenError::Unreadable),
         }
-        decrypt(key, key_len, &cipher_value).ok_or(OpenError::Unreadable)
     }
 }
 
@@ -181,39 +199,42 @@ fn cipher_value(what: &str, encrypted: &Element) -> Result<Zeroizing<Vec<u8>>, O
     base64(value.trimmed()).ok_or(OpenError::Unreadable)
 }
 
-/// The AES key length `EncryptionMethod` names, checked against the key at hand.
-fn key_length(what: &str, encrypted: &Element, key: &[u8]) -> Result<usize, OpenError> {
+/// The AES key length `EncryptionMethod` names; an error names what is malformed.
+fn key_length(what: &str, encrypted: &Element) -> Result<usize, String> {
     let uri = encrypted
         .child("EncryptionMethod")
         .and_then(|m| m.attribute("Algorithm"))
-        .ok_or_else(|| {
-            OpenError::Malformed(format!("{what}: EncryptionMethod Algorithm is missing"))
-        })?;
+        .ok_or_else(|| format!("{what}: EncryptionMethod Algorithm is missing"))?;
     let key_len = match uri_suffix(uri).as_str() {
         "aes128-cbc" => 16,
         "aes192-cbc" => 24,
         "aes256-cbc" => 32,
         _ => {
-            return Err(OpenError::Malformed(format!(
+            return Err(format!(
                 "{what}: the encryption algorithm {:?} is not supported (aes128-cbc, aes192-cbc and aes256-cbc are)",
                 shown(uri)
-            )))
+            ))
         }
     };
-    // A key of another size is a wrong key, and reads like one.
-    if key.len() != key_len {
-        return Err(OpenError::Unreadable);
-    }
     Ok(key_len)
 }
 
 /// AES-CBC with the IV in the first block and PKCS#7 padding, every pad byte checked. None for
-/// anything that does not decrypt to a well-padded value; the caller cannot tell why.
+/// anything that does not decrypt to a well-padded value; the caller cannot tell why. A key of
+/// another size than `key_len` is a wrong key, and takes the time of one: the value is decrypted
+/// under a stand-in of the right size, and None returned.
 fn decrypt(key: &[u8], key_len: usize, cipher_value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     use aes::cipher::block_padding::NoPadding;
-    if cipher_value.len() < 32 || !cipher_value.len().is_multiple_of(16) || key.len() != key_len {
+    if cipher_value.len() < 32 || !cipher_value.len().is_multiple_of(16) {
         return None;
     }
+    let stand_in;
+    let (key, right_size) = if key.len() == key_len {
+        (key, true)
+    } else {
+        stand_in = Zeroizing::new(vec![0u8; key_len]);
+        (stand_in.as_slice(), false)
+    };
     let (iv, body) = cipher_value.split_at(16);
     let mut plain = Zeroizing::new(body.to_vec());
     let decrypted = match key_len {
@@ -230,45 +251,80 @@ fn decrypt(key: &[u8], key_len: usize, cipher_value: &[u8]) -> Option<Zeroizing<
             .decrypt_padded_mut::<NoPadding>(&mut plain)
             .is_ok(),
     };
-    let len = unpadded_len(&plain).filter(|_| decrypted)?;
+    let len = unpadded_len(&plain).filter(|_| decrypted & right_size)?;
     plain.truncate(len);
     Some(plain)
 }
 
 /// The length before PKCS#7 padding (RFC 5652 section 6.3): the last byte `n`, from 1 to 16,
-/// and the last `n` bytes all equal to `n`. Every byte is compared, whatever the result.
+/// and the last `n` bytes all equal to `n`. The last 16 bytes are looked at whatever `n` is, and
+/// every one compared, so that the time does not tell where the padding went wrong.
 pub(super) fn unpadded_len(plain: &[u8]) -> Option<usize> {
     let pad = *plain.last()?;
     let n = usize::from(pad);
-    if n == 0 || n > 16 || n > plain.len() {
-        return None;
-    }
-    let mismatch = plain[plain.len() - n..]
-        .iter()
-        .fold(0u8, |acc, b| acc | (b ^ pad));
-    (mismatch == 0).then(|| plain.len() - n)
+    let window = plain.len().min(16);
+    let mismatch =
+        plain[plain.len() - window..]
+            .iter()
+            .rev()
+            .enumerate()
+            .fold(0u8, |acc, (i, b)| {
+                // All ones for the bytes that should be padding, zero for the others.
+                let in_padding = u8::from(i < n).wrapping_neg();
+                acc | (in_padding & (b ^ pad))
+            });
+    let valid = (n != 0) & (n <= window) & (mismatch == 0);
+    valid.then(|| plain.len() - n)
 }
 
 /// The MAC key of `MACMethod`: its encrypted `MACKey`, or the encryption key itself when the
 /// method has none (as early PSKC producers wrote it). A MAC key that does not decrypt, or is
-/// shorter than 16 bytes, makes every value of the file unreadable, with the one message.
-fn mac_key(method: &Element, key: &[u8]) -> Result<(MacAlgorithm, Zeroizing<Vec<u8>>), OpenError> {
+/// shorter than 16 bytes, makes every value of the file unreadable, with the one message, and in
+/// the time a good key takes: it is replaced by a random key as long as its ciphertext. Errors
+/// name what is malformed.
+fn mac_key(method: &Element, key: &[u8]) -> Result<MacKey, String> {
     let uri = method.attribute("Algorithm").unwrap_or("");
     let algorithm = MacAlgorithm::from_uri(uri).ok_or_else(|| {
-        OpenError::Malformed(format!(
+        format!(
             "the MACMethod algorithm {:?} is not supported (HMAC-SHA1 and HMAC-SHA2 are)",
             shown(uri)
-        ))
+        )
     })?;
     let Some(mac_key) = method.child("MACKey") else {
-        return Ok((algorithm, Zeroizing::new(key.to_vec())));
+        return Ok(MacKey {
+            algorithm,
+            key: Zeroizing::new(key.to_vec()),
+            opened: true,
+        });
     };
-    let cipher = cipher_value("MACKey", mac_key)?;
-    let key_len = key_length("MACKey", mac_key, key)?;
-    let opened = decrypt(key, key_len, &cipher)
-        .filter(|k| k.len() >= MIN_MAC_KEY_BYTES)
-        .ok_or(OpenError::Unreadable)?;
-    Ok((algorithm, opened))
+    let cipher = match cipher_value("MACKey", mac_key) {
+        Ok(cipher) => cipher,
+        Err(OpenError::Malformed(m)) => return Err(m),
+        // Not base64: a key that does not open, like any other.
+        Err(OpenError::Unreadable) => Zeroizing::new(Vec::new()),
+    };
+    let key_len = key_length("MACKey", mac_key)?;
+    Ok(
+        match decrypt(key, key_len, &cipher).filter(|k| k.len() >= MIN_MAC_KEY_BYTES) {
+            Some(opened) => MacKey {
+                algorithm,
+                key: opened,
+                opened: true,
+            },
+            None => random_mac_key(algorithm, cipher.len().saturating_sub(16)),
+        },
+    )
+}
+
+/// A MAC key no one knows, standing in for one that did not open.
+fn random_mac_key(algorithm: MacAlgorithm, len: usize) -> MacKey {
+    let mut key = Zeroizing::new(vec![0u8; len.max(MIN_MAC_KEY_BYTES)]);
+    rand::thread_rng().fill_bytes(&mut key);
+    MacKey {
+        algorithm,
+        key,
+        opened: false,
+    }
 }
 
 /// PBKDF2 (RFC 8018) as `DerivedKey/KeyDerivationMethod` describes it.
