@@ -1,14 +1,16 @@
 //! Keeps the pool on the writable host of a multi-host `database.url`. sqlx connects to one host
 //! (the pool's connect options, which it reads anew for every connection it opens), so a watcher
 //! finds the host to use, points the pool at it with `Pool::set_connect_options`, and keeps one
-//! connection of its own to that host, asking it `pg_is_in_recovery()` every
-//! `database.primary_check_interval_ms`. When that connection breaks or the host turns
-//! read-only, the watcher tries the hosts in their order until one is writable, and points the
-//! pool there. Meanwhile requests fail fast (503) instead of reaching a host that cannot write:
+//! connection of its own to that host, asking it every `database.primary_check_interval_ms`
+//! whether it still accepts writes (libpq's `read-write`: `transaction_read_only` is off, so the
+//! host is neither in recovery nor read-only by default). When that connection breaks or the
+//! host turns read-only, the watcher tries the hosts in their order until one is writable, and
+//! points the pool there. Meanwhile requests get 503 instead of reaching a host that cannot
+//! write:
 //!
 //! - every new pooled connection is checked as it is made (`after_connect`), and one to a host
-//!   in recovery is refused (the pool then tries again, with the options of the moment) and
-//!   wakes the watcher;
+//!   that is read-only is refused (the pool then tries again, with the options of the moment)
+//!   and wakes the watcher;
 //! - a pooled connection opened before the latest switch is closed instead of being handed out
 //!   (`before_acquire`, by its age), so that none stays on the former primary, whatever state
 //!   that host is in;
@@ -66,15 +68,15 @@ impl Primary {
         self.url.hosts[0].options.clone()
     }
 
-    /// `after_connect`: refuses a new connection to a host in recovery when writes are wanted.
+    /// `after_connect`: refuses a new connection to a read-only host when writes are wanted.
     pub async fn check_new(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         if self.qualifies(conn).await? {
             return Ok(());
         }
         self.recheck.notify_one();
         Err(sqlx::Error::Protocol(
-            "the database host is in recovery (read-only) and database.url wants \
-             target_session_attrs=read-write"
+            "the database host is read-only (in recovery, or read-only by default) and \
+             database.url wants target_session_attrs=read-write"
                 .into(),
         ))
     }
@@ -96,11 +98,14 @@ impl Primary {
     async fn qualifies(&self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
         match self.url.attrs {
             SessionAttrs::Any => Ok(true),
+            // libpq's read-write: neither in recovery nor read-only by default. The second
+            // matters: a standby just promoted may stay read-only for a while (pg_auto_failover
+            // keeps it so until the former primary is known to have stopped).
             SessionAttrs::ReadWrite => {
-                let in_recovery: bool = sqlx::query_scalar("select pg_is_in_recovery()")
+                let read_only: String = sqlx::query_scalar("show transaction_read_only")
                     .fetch_one(conn)
                     .await?;
-                Ok(!in_recovery)
+                Ok(read_only == "off")
             }
         }
     }
@@ -117,7 +122,7 @@ impl Primary {
             match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(Ok((conn, true))) => return Some((index, conn)),
                 Ok(Ok((conn, false))) => {
-                    tracing::debug!(host = %host.name, "database host in recovery");
+                    tracing::debug!(host = %host.name, "database host read-only");
                     let _ = conn.close().await;
                 }
                 Ok(Err(e)) => {

@@ -14,7 +14,8 @@ const DEFAULT_PORT: u16 = 5432;
 /// Which hosts a session may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionAttrs {
-    /// Only a host that accepts writes (`pg_is_in_recovery()` is false).
+    /// Only a host that accepts writes by default (`transaction_read_only` off: not in
+    /// recovery, nor read-only by default), as libpq's `read-write`.
     ReadWrite,
     /// The first host that accepts a connection.
     Any,
