@@ -194,3 +194,22 @@ impl Primary {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_opened_before_a_switch_are_not_handed_out() {
+        let url = DatabaseUrl::parse("postgres://u@a:1,b:2/db").unwrap();
+        let primary = Primary::new(url, Duration::from_millis(500), Duration::from_secs(1));
+        assert!(
+            !primary.predates_switch(Duration::from_secs(3600)),
+            "no switch yet"
+        );
+        let switched = Instant::now().checked_sub(Duration::from_secs(10)).unwrap();
+        *primary.lock() = Some(switched);
+        assert!(primary.predates_switch(Duration::from_secs(11)));
+        assert!(!primary.predates_switch(Duration::from_secs(9)));
+    }
+}
