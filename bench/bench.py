@@ -846,7 +846,15 @@ def report(lines, started, load_before):
     print(text)
     met = sum(l.met() for l in lines)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
-    with open(os.path.join(ROOT, "bench", "REPORT.md"), "w") as f:
+    report = os.path.join(ROOT, "bench", "REPORT.md")
+    # The failover section is bench/failover's (it needs pg_auto_failover): kept as it is.
+    failover = ""
+    if os.path.exists(report):
+        with open(report) as f:
+            earlier = f.read()
+        if FAILOVER_HEADING in earlier:
+            failover = "\n" + earlier[earlier.index(FAILOVER_HEADING):]
+    with open(report, "w") as f:
         f.write(f"# Benchmark report\n\n"
                 f"Machine: {machine()}.\n"
                 f"Run: {when}, {time.time() - started:.0f} s; load average {load_before} before, "
@@ -859,7 +867,9 @@ def report(lines, started, load_before):
                 f"a JWKS file (auth.jwks_path), as in production, except the HS256 line; "
                 f"auth.token_cache_size: {TOKEN_CACHE if TOKEN_CACHE is not None else 'default (10000)'}.\n"
                 f"Command: `bench/run`. Goals met: {met} of {len(lines)}; what limits each figure: "
-                f"`bench/README.md`.\n\n{text}\n")
+                f"`bench/README.md`.\n\n{text}\n{failover}")
+
+FAILOVER_HEADING = "## Primary failover (bench/failover)"
 
 if __name__ == "__main__":
     main()

@@ -63,6 +63,8 @@ pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout_seconds: u64,
+    /// With several hosts: how often the host in use is asked whether it still accepts writes.
+    pub primary_check_interval_ms: u64,
 }
 
 // The URL may carry a password.
@@ -72,6 +74,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("url", &"[redacted]")
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout_seconds", &self.acquire_timeout_seconds)
+            .field("primary_check_interval_ms", &self.primary_check_interval_ms)
             .finish()
     }
 }
@@ -525,6 +528,9 @@ impl Settings {
         if self.database.max_connections == 0 {
             return fail("database.max_connections must be at least 1".into());
         }
+        if !(50..=60_000).contains(&self.database.primary_check_interval_ms) {
+            return fail("database.primary_check_interval_ms must be from 50 to 60000".into());
+        }
         let jobs = &self.jobs;
         if jobs.chunk_size == 0 || jobs.chunk_size > 10_000 {
             return fail("jobs.chunk_size must be from 1 to 10000".into());
@@ -590,6 +596,10 @@ impl Settings {
 
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.database.acquire_timeout_seconds.max(1))
+    }
+
+    pub fn primary_check_interval(&self) -> Duration {
+        Duration::from_millis(self.database.primary_check_interval_ms)
     }
 }
 
@@ -875,6 +885,42 @@ mod tests {
         ] {
             let err = load_with(&format!("{VALID}\n[jobs]\n{extra}")).unwrap_err();
             assert!(err.to_string().contains(key), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn primary_check_interval_from_the_environment_and_its_range() {
+        assert_eq!(
+            load_with(VALID).unwrap().database.primary_check_interval_ms,
+            500
+        );
+        let secret = (
+            "OATH__AUTH__HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let s = load_env(&[
+            secret,
+            ("OATH__DATABASE__PRIMARY_CHECK_INTERVAL_MS", "250"),
+            (
+                "OATH__DATABASE__URL",
+                "postgres://u@db1:5432,db2:5433/oath?target_session_attrs=read-write",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.primary_check_interval(), Duration::from_millis(250));
+        assert_eq!(
+            crate::database::DatabaseUrl::parse(&s.database.url)
+                .unwrap()
+                .host_names(),
+            "db1:5432,db2:5433"
+        );
+        for value in ["49", "60001", "soon"] {
+            let err = load_env(&[secret, ("OATH__DATABASE__PRIMARY_CHECK_INTERVAL_MS", value)])
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("primary_check_interval_ms"),
+                "{value}: {err}"
+            );
         }
     }
 

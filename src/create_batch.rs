@@ -25,7 +25,7 @@ use crate::jobs::create::{first_occurrences, write_tokens};
 use crate::metrics::METRICS;
 use crate::store::chunks::CreateChunk;
 use crate::store::tokens::{self, InsertError, Token};
-use crate::store::{is_conflict, quota};
+use crate::store::{is_conflict, is_unavailable, quota};
 
 /// Creates one transaction writes at most.
 const MAX_BATCH: usize = 500;
@@ -121,7 +121,21 @@ impl CreateBatcher {
                     _ => break,
                 }
             }
-            answer(batch, outcome);
+            match outcome {
+                Err(e) if is_unavailable(&e) => {
+                    // The creates queued meanwhile would meet the same outage after waiting as
+                    // long again: they get its answer now, so that no create waits for more
+                    // than one connection (database.acquire_timeout_seconds). The queue is
+                    // empty and gone: the next create starts a task of its own.
+                    let e = Arc::new(e);
+                    refuse(batch, &e);
+                    while let Some(queued) = self.take(env) {
+                        refuse(queued, &e);
+                    }
+                    return;
+                }
+                outcome => answer(batch, outcome),
+            }
         }
     }
 
@@ -182,17 +196,18 @@ impl CreateBatcher {
     }
 }
 
+/// Gives each request of `batch` the error `e`.
+fn refuse(batch: Pending, e: &Arc<sqlx::Error>) {
+    for reply in batch.replies {
+        let _ = reply.send(Err(InsertError::Shared(Arc::clone(e))));
+    }
+}
+
 /// Gives each waiting request its answer.
 fn answer(batch: Pending, outcome: Result<(Vec<Outcome>, Vec<Token>), sqlx::Error>) {
     let (outcomes, rows) = match outcome {
         Ok(done) => done,
-        Err(e) => {
-            let e = Arc::new(e);
-            for reply in batch.replies {
-                let _ = reply.send(Err(InsertError::Shared(Arc::clone(&e))));
-            }
-            return;
-        }
+        Err(e) => return refuse(batch, &Arc::new(e)),
     };
     let mut rows: HashMap<Uuid, Token> = rows.into_iter().map(|t| (t.id, t)).collect();
     for ((reply, outcome), id) in batch

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod create_batch;
 pub mod crypto;
+pub mod database;
 pub mod domain;
 pub mod error;
 pub(crate) mod generations;

@@ -1,6 +1,6 @@
 //! Prometheus metrics: HTTP requests by route and status, job chunks, items by outcome, runner
 //! claims and lease losses, the job backlog and purge, rate-limited requests and the keys the
-//! limits remember, and the database pool. One process-wide
+//! limits remember, the database pool and its primary switches. One process-wide
 //! registry, rendered by `GET /metrics` in the text exposition format, followed by the standard
 //! `process_*` metrics (CPU, memory, file descriptors, start time; Linux only) under their usual
 //! unprefixed names.
@@ -35,6 +35,7 @@ pub struct Metrics {
     rate_limit_keys: IntGaugeVec,
     db_connections: IntGaugeVec,
     db_max_connections: IntGauge,
+    pub database_primary_switches: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -151,6 +152,11 @@ impl Metrics {
                 "Connections the database pool may open",
             ),
         );
+        let database_primary_switches = counter(
+            r,
+            "database_primary_switches_total",
+            "Times the database host in use changed (a failover), with several hosts in database.url",
+        );
         let process = Registry::new();
         #[cfg(target_os = "linux")]
         process
@@ -176,6 +182,7 @@ impl Metrics {
             rate_limit_keys,
             db_connections,
             db_max_connections,
+            database_primary_switches,
         }
     }
 

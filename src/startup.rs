@@ -18,6 +18,7 @@ use crate::auth::Authenticator;
 use crate::config::{PskcKeyring, Settings};
 use crate::create_batch::CreateBatcher;
 use crate::crypto::SecretCipher;
+use crate::database::{DatabaseUrl, Primary, SessionAttrs};
 use crate::error;
 use crate::limits::RateLimits;
 use crate::routes::jobs::ImportGate;
@@ -83,20 +84,39 @@ impl AppState {
 }
 
 /// A lazily connected pool: the process starts and stays up while the database is away.
-/// TLS follows the URL's `sslmode` and `sslrootcert`, as with libpq.
+/// TLS follows the URL's `sslmode` and `sslrootcert`, as with libpq. With several hosts (or
+/// `target_session_attrs=read-write`) a [`Primary`] watcher keeps the pool on the host to use;
+/// it runs on the caller's runtime until the pool is closed.
 pub fn pool(settings: &Settings) -> Result<PgPool, String> {
-    let options: PgConnectOptions = settings.database.url.parse().map_err(|e| {
-        format!("configuration error: database.url is not a valid PostgreSQL URL: {e}")
-    })?;
+    let url = DatabaseUrl::parse(&settings.database.url)
+        .map_err(|e| format!("configuration error: {e}"))?;
     check_tls_files(&settings.database.url)?;
-    Ok(pool_with(settings, options))
+    if url.hosts.len() == 1 && url.attrs == SessionAttrs::Any {
+        let options = url.hosts[0].options.clone();
+        return Ok(pool_with(settings, options));
+    }
+    let primary = Primary::new(
+        url,
+        settings.primary_check_interval(),
+        settings.acquire_timeout(),
+    );
+    let watched = primary.clone();
+    let pool = pool_options(settings, Some(primary.clone()))
+        .after_connect(move |conn, _| {
+            let primary = watched.clone();
+            Box::pin(async move { primary.check_new(conn).await })
+        })
+        .connect_lazy_with(primary.first_options());
+    tokio::spawn(primary.watch(pool.clone()));
+    Ok(pool)
 }
 
 /// The certificate and key files that `database.url` names must be readable now: the pool
 /// connects lazily, so otherwise the mistake would only show as a service that never gets ready.
 fn check_tls_files(url: &str) -> Result<(), String> {
-    // sqlx has parsed the URL already; this second parse only looks at its query.
-    let Ok(url) = reqwest::Url::parse(url) else {
+    // The parameters are the same for every host: look at the query alone.
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let Ok(url) = reqwest::Url::parse(&format!("postgres://host/?{query}")) else {
         return Ok(());
     };
     for (key, value) in url.query_pairs() {
@@ -119,6 +139,12 @@ fn check_tls_files(url: &str) -> Result<(), String> {
 }
 
 pub fn pool_with(settings: &Settings, options: PgConnectOptions) -> PgPool {
+    pool_options(settings, None).connect_lazy_with(options)
+}
+
+/// The pool's settings; with `primary`, connections opened before it last moved to another host
+/// are closed instead of being handed out.
+fn pool_options(settings: &Settings, primary: Option<Arc<Primary>>) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
         .acquire_timeout(settings.acquire_timeout())
@@ -126,15 +152,18 @@ pub fn pool_with(settings: &Settings, options: PgConnectOptions) -> PgPool {
         // each checkout a round trip, and only finds something for a connection that sat idle
         // (e.g. across a database restart): ping those only.
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
+        .before_acquire(move |conn, meta| {
+            let primary = primary.clone();
             Box::pin(async move {
+                if primary.is_some_and(|p| p.predates_switch(meta.age)) {
+                    return Ok(false);
+                }
                 if meta.idle_for < RECENTLY_TESTED {
                     return Ok(true);
                 }
                 conn.ping().await.map(|()| true)
             })
         })
-        .connect_lazy_with(options)
 }
 
 /// A pooled connection idle for less than this was tested when it was returned.

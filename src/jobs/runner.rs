@@ -469,11 +469,14 @@ async fn run(mut runner: Runner, wake: Arc<Notify>, mut stop: watch::Receiver<bo
     runner.release().await;
 }
 
-/// Turns notifications of new jobs into wake-ups. Reconnects after errors; polling covers what
-/// is missed meanwhile.
+/// Turns notifications of new jobs into wake-ups. Reconnects after errors, and when the pool
+/// moves to another database host (the LISTEN connection is held outside the pool); polling
+/// covers what is missed meanwhile.
 async fn listen(pool: PgPool, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let mut switches = crate::database::switches();
     while !*stop.borrow() {
         if let Ok(mut listener) = PgListener::connect_with(&pool).await {
+            switches.mark_unchanged();
             if listener.listen(queue::CHANNEL).await.is_ok() {
                 loop {
                     tokio::select! {
@@ -481,10 +484,13 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, mut stop: watch::Receiver<bool>
                             Ok(_) => wake.notify_waiters(),
                             Err(_) => break,
                         },
+                        _ = switches.changed() => break,
                         _ = stop.changed() => return,
                     }
                 }
             }
+            // A job stored while no one listened would wait for the poll: look now.
+            wake.notify_waiters();
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -21,6 +21,8 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// SQLSTATE of a statement on a table that does not exist.
 const UNDEFINED_TABLE: &str = "42P01";
+/// SQLSTATE of a write on a host that accepts reads only (a standby, or a primary being demoted).
+const READ_ONLY_TRANSACTION: &str = "25006";
 /// SQLSTATE of a transaction the database chose to end a deadlock.
 const DEADLOCK_DETECTED: &str = "40P01";
 
@@ -105,10 +107,14 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        // Class 08: connection exception; 57P0x: shutdown / cannot connect now; 53: resources.
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
+        // Class 08: connection exception; 57P0x: shutdown / cannot connect now; 53: resources;
+        // 25006: a host that turned read-only in a failover.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c == READ_ONLY_TRANSACTION
+        }),
         _ => false,
     }
 }

@@ -59,7 +59,13 @@ pub fn assert_start_up_refused(out: &std::process::Output, case: &str) -> String
 
 /// The binary with an empty environment but `PATH`, the shipped `config/` and `env`.
 pub fn command(env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oath-service"));
+    // OATH_SERVICE_BIN: another build of the binary (a release build, or a copy that a build
+    // of another checkout sharing the target directory cannot replace meanwhile).
+    let binary = std::env::var_os("OATH_SERVICE_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_oath-service")),
+        PathBuf::from,
+    );
+    let mut cmd = Command::new(binary);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env(

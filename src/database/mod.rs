@@ -1,0 +1,9 @@
+//! The database as `database.url` names it: one host, or several of which the service uses the
+//! writable one (`url`: libpq's multi-host form; `primary`: the watcher that keeps the pool on
+//! that host across a failover).
+
+pub mod primary;
+pub mod url;
+
+pub use primary::{switches, Primary};
+pub use url::{DatabaseUrl, Host, SessionAttrs};
