@@ -3,7 +3,7 @@
 //! then `OATH__SECTION__KEY` environment variables (and `DATABASE_URL`). Environment values are
 //! taken verbatim as text, so a digits-only key or secret is never read as a number; typed
 //! settings parse that text. Anything missing or malformed stops start-up with one line naming
-//! the key.
+//! the key, and so does a key that names no setting (`known.rs`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,19 +13,24 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::Hmac;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 pub use crate::auth::AuthSettings;
 
+mod environment;
+mod known;
+
+use environment::Variables;
+
 /// A configuration problem, rendered as one line that names the offending key.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
 pub struct ConfigError(pub String);
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
@@ -41,7 +46,7 @@ pub struct Settings {
     pub otp: OtpSettings,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ServerSettings {
     pub addr: String,
     /// When set (and not empty), `/metrics` is served on this address only; `/health/*` on both.
@@ -56,7 +61,7 @@ pub struct ServerSettings {
     pub body_timeout_seconds: u64,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
@@ -74,7 +79,7 @@ impl fmt::Debug for DatabaseSettings {
     }
 }
 
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 pub struct CryptoSettings {
     #[serde(default)]
     pub active_key_id: Option<String>,
@@ -98,7 +103,7 @@ impl fmt::Debug for CryptoSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct LimitSettings {
     pub tokens_per_environment: i64,
     /// Validate, resync and pairing calls per token and minute (per process); 0 is no limit.
@@ -111,7 +116,7 @@ pub struct LimitSettings {
 
 /// OTP validation windows and the lockout threshold. They apply to every token: the contract's
 /// token representation has no per-token fields for them.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct OtpSettings {
     /// HOTP: counters accepted after the expected one.
@@ -174,7 +179,7 @@ impl OtpSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct JobSettings {
     /// Job runners per service process; 0 runs none (an API-only replica).
     pub runners: usize,
@@ -205,7 +210,7 @@ pub struct JobSettings {
 }
 
 /// File imports (PSKC, CSV).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ImportSettings {
     /// Pre-shared PSKC transport keys by id (named by a request's `X-PSKC-Key-Id`), each bound
@@ -229,7 +234,7 @@ impl Default for ImportSettings {
 
 /// One `import.pskc_keys.<id>` entry as configured. The earlier flat form (`<id> = "<hex>"`)
 /// is read only to stop start-up with a message naming the new form.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum PskcKeySetting {
     Bound {
@@ -253,7 +258,7 @@ impl PskcKeySetting {
 }
 
 /// A list given as a TOML array or, from an environment variable, as comma-separated text.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum TextList {
     List(Vec<String>),
@@ -401,13 +406,13 @@ pub fn decode_pskc_key(hex_digits: &str) -> Option<Zeroizing<Vec<u8>>> {
         .filter(|k| matches!(k.len(), 16 | 24 | 32))
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Json,
@@ -452,9 +457,9 @@ impl Settings {
         profile: Option<&str>,
         env: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let var = |name: &str| match &env {
-            Some(env) => env.get(name).cloned(),
-            None => std::env::var(name).ok(),
+        let vars = match env {
+            Some(env) => Variables::read(env)?,
+            None => Variables::from_process()?,
         };
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
@@ -470,17 +475,27 @@ impl Settings {
             config::Environment::with_prefix("OATH")
                 .prefix_separator("__")
                 .separator("__")
-                .source(env.clone()),
+                .source(Some(vars.prefixed())),
         );
         // OATH__DATABASE__URL wins over the conventional DATABASE_URL.
-        if var("OATH__DATABASE__URL").is_none() {
-            if let Some(url) = var("DATABASE_URL") {
+        if vars.get("OATH__DATABASE__URL").is_none() {
+            if let Some(url) = vars.get("DATABASE_URL") {
                 builder = builder
                     .set_override("database.url", url)
                     .map_err(|e| ConfigError(e.to_string()))?;
             }
         }
-        builder
+        let config = builder.build().map_err(|e| ConfigError(e.to_string()))?;
+        known::refuse_unknown(&config, |path| vars.origin_of(path))?;
+        config
+            .try_deserialize()
+            .map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The compiled-in defaults alone, unchecked.
+    fn from_defaults() -> Result<Self, ConfigError> {
+        config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError(e.to_string()))
@@ -826,6 +841,63 @@ mod tests {
             );
             assert_eq!(err.lines().count(), 1);
         }
+    }
+
+    #[test]
+    fn unknown_settings_stop_start_up_naming_the_closest_key() {
+        let secret = (
+            "OATH__AUTH__HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let err = load_env(&[secret, ("OATH__SERVER__ADRR", "0.0.0.0:80")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration error: unknown setting server.adrr from OATH__SERVER__ADRR (did you mean server.addr?)"
+        );
+        let err = load_with(&format!("{VALID}\n[jobs]\nrunner = 4")).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("unknown setting jobs.runner in ")
+                && err.contains("test.toml")
+                && err.ends_with("(did you mean jobs.runners?)"),
+            "{err}"
+        );
+        for (file, expected) in [
+            (
+                "[colour]\nfavourite = \"blue\"",
+                "unknown setting colour.favourite in ",
+            ),
+            (
+                "[import]\npskc_keys.v7.key = \"00\"\npskc_keys.v7.kye = \"00\"",
+                "(did you mean import.pskc_keys.v7.key?)",
+            ),
+        ] {
+            let err = load_with(&format!("{VALID}\n{file}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{file}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        let err = load_env(&[secret, ("OATH__CRYPTO__KEYS__K2__X", "y")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown setting crypto.keys.k2.x from OATH__CRYPTO__KEYS__K2__X"),
+            "{err}"
+        );
+        // Map-valued settings take any id.
+        let s = load_env(&[
+            secret,
+            ("OATH__CRYPTO__KEYS__ANY_ID_AT_ALL", KEY),
+            (
+                "OATH__IMPORT__PSKC_KEYS__V7__KEY",
+                "000102030405060708090a0b0c0d0e0f",
+            ),
+            ("OATH__IMPORT__PSKC_KEYS__V7__ENVIRONMENTS", ENV_A),
+            ("OATH_UNRELATED", "x"),
+            ("DATABASE_URL", "postgres://db/x"),
+        ])
+        .unwrap();
+        assert!(s.crypto.keys.contains_key("any_id_at_all"));
     }
 
     #[test]
