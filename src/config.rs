@@ -582,6 +582,20 @@ impl Settings {
         if !(2..=10_000_000).contains(&limits.rate_limit_keys) {
             return fail("limits.rate_limit_keys must be from 2 to 10000000".into());
         }
+        // `OATH__CRYPTO__KEYS__K1_FILE` names the file holding key k1, so no id can end so.
+        let ids = (self.crypto.keys.keys().map(|id| ("crypto.keys", id))).chain(
+            self.import
+                .pskc_keys
+                .keys()
+                .map(|id| ("import.pskc_keys", id)),
+        );
+        for (map, id) in ids {
+            if id.to_ascii_uppercase().ends_with("_FILE") {
+                return fail(format!(
+                    "{map}.{id}: an id may not end in _file (a variable ending in _FILE names the file holding a value)"
+                ));
+            }
+        }
         self.otp.check().map_err(ConfigError)?;
         self.import.check()?;
         // Crypto keys are checked where they are used (serving, re-encrypting), so that
@@ -898,6 +912,96 @@ mod tests {
         ])
         .unwrap();
         assert!(s.crypto.keys.contains_key("any_id_at_all"));
+    }
+
+    /// A scratch file holding `content`, removed when the test ends.
+    struct ValueFile(PathBuf);
+
+    impl ValueFile {
+        fn new(content: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("oath-value-{}", Uuid::new_v4()));
+            std::fs::write(&path, content).unwrap();
+            Self(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for ValueFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn any_setting_can_be_read_from_a_file() {
+        let secret = ValueFile::new("0123456789abcdef0123456789abcdef\n");
+        let key = ValueFile::new(&format!("{KEY}\r\n"));
+        let url = ValueFile::new("postgres://u:p@db/x");
+        let ca = ValueFile::new("/etc/oath-service/idp-ca.pem\n");
+        let s = load_env(&[
+            ("OATH__AUTH__HS256_SECRET_FILE", secret.path()),
+            ("OATH__CRYPTO__ACTIVE_KEY_ID", "k1"),
+            ("OATH__CRYPTO__KEYS__K1_FILE", key.path()),
+            ("DATABASE_URL_FILE", url.path()),
+            // A setting whose name ends in _FILE is itself, and can be read from a file too.
+            ("OATH__AUTH__JWKS_CA_FILE_FILE", ca.path()),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.auth.hs256_secret.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(*s.crypto.decoded_keys().unwrap().1["k1"], [1u8; 32]);
+        assert_eq!(s.database.url, "postgres://u:p@db/x");
+        assert_eq!(
+            s.auth.jwks_ca_file.as_deref(),
+            Some(Path::new("/etc/oath-service/idp-ca.pem"))
+        );
+        let s = load_env(&[
+            ("OATH__AUTH__HS256_SECRET_FILE", secret.path()),
+            ("OATH__AUTH__JWKS_CA_FILE", "/ca.pem"),
+        ])
+        .unwrap();
+        assert_eq!(s.auth.jwks_ca_file.as_deref(), Some(Path::new("/ca.pem")));
+    }
+
+    #[test]
+    fn a_setting_given_twice_or_by_an_unreadable_file_stops_start_up() {
+        let secret = ValueFile::new("0123456789abcdef0123456789abcdef");
+        let cases = [
+            (
+                vec![
+                    ("OATH__AUTH__HS256_SECRET_FILE", secret.path()),
+                    ("OATH__AUTH__HS256_SECRET", "0123456789abcdef0123456789abcdef"),
+                ],
+                "both OATH__AUTH__HS256_SECRET and OATH__AUTH__HS256_SECRET_FILE are set",
+            ),
+            (
+                vec![("OATH__AUTH__HS256_SECRET_FILE", "/nonexistent/secret")],
+                "OATH__AUTH__HS256_SECRET_FILE: cannot read /nonexistent/secret",
+            ),
+            (
+                vec![
+                    ("OATH__AUTH__HS256_SECRET_FILE", secret.path()),
+                    ("OATH__SERVER__ADRR_FILE", secret.path()),
+                ],
+                "unknown setting server.adrr from OATH__SERVER__ADRR_FILE (did you mean server.addr?)",
+            ),
+        ];
+        for (env, expected) in cases {
+            let err = load_env(&env).unwrap_err().to_string();
+            assert!(err.contains(expected), "{env:?}: {err}");
+            assert!(!err.contains("0123456789abcdef"), "{err}");
+        }
+        let err = load_with(&VALID.replace("keys.k1", "keys.k1_file")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("crypto.keys.k1_file: an id may not end in _file"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -50,6 +50,11 @@ fn join(path: &str, name: &str) -> String {
     }
 }
 
+/// Whether `path` (dotted, e.g. `server.addr`) names a setting other than a map's entry.
+pub(super) fn is_fixed(path: &str) -> bool {
+    FIXED.contains(path)
+}
+
 /// Whether `path` (dotted, e.g. `server.addr`) names a setting.
 pub(super) fn is_known(path: &str) -> bool {
     FIXED.contains(path) || map_entry(path).is_some_and(|(_, sub, subs)| subs.contains(&sub))
