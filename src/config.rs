@@ -22,6 +22,7 @@ pub use crate::auth::AuthSettings;
 
 mod environment;
 mod known;
+mod show;
 
 use environment::Variables;
 

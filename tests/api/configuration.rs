@@ -82,3 +82,60 @@ fn a_secret_is_read_from_the_file_a_variable_names() {
     );
     assert!(!stderr.contains(HS256_SECRET), "{stderr}");
 }
+
+/// `config check` validates without connecting (the database host does not exist) and prints
+/// the settings in force as TOML, no secret among them.
+#[test]
+fn config_check_prints_the_settings_with_every_secret_redacted() {
+    let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    let hash_key = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=";
+    let pskc_key = "000102030405060708090a0b0c0d0e0f";
+    let password = "db-password-2f9c";
+    let env = [
+        ("OATH__AUTH__HS256_SECRET", HS256_SECRET.to_string()),
+        ("OATH__CRYPTO__ACTIVE_KEY_ID", "k1".into()),
+        ("OATH__CRYPTO__KEYS__K1", key.into()),
+        ("OATH__CRYPTO__REQUEST_HASH_KEY", hash_key.into()),
+        ("OATH__IMPORT__PSKC_KEYS__V7__KEY", pskc_key.into()),
+        ("OATH__IMPORT__PSKC_KEYS__V7__ENVIRONMENTS", "*".into()),
+        (
+            "DATABASE_URL",
+            format!("postgres://svc:{password}@db.invalid:5432/oath?sslmode=disable"),
+        ),
+        ("OATH__JOBS__RUNNERS", "3".into()),
+    ];
+    let out = command(&env).args(["config", "check"]).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for secret in [HS256_SECRET, key, hash_key, pskc_key, password] {
+        assert!(!stdout.contains(secret), "{secret} in {stdout}");
+    }
+    let shown: toml::Table = stdout.parse().expect("TOML");
+    let redacted = toml::Value::String("<redacted>".into());
+    assert_eq!(shown["auth"]["hs256_secret"], redacted);
+    assert_eq!(shown["crypto"]["keys"]["k1"], redacted);
+    assert_eq!(shown["crypto"]["request_hash_key"], redacted);
+    assert_eq!(shown["import"]["pskc_keys"]["v7"]["key"], redacted);
+    assert_eq!(
+        shown["database"]["url"].as_str(),
+        Some("postgres://svc:<redacted>@db.invalid:5432/oath?sslmode=disable")
+    );
+    assert_eq!(shown["jobs"]["runners"].as_integer(), Some(3));
+    assert_eq!(shown["crypto"]["active_key_id"].as_str(), Some("k1"));
+
+    // What stops `serve` stops the check, with the same line.
+    let mut bad = env.to_vec();
+    bad.push(("OATH__CRYPTO__ACTIVE_KEY_ID", "k2".into()));
+    let out = command(&bad).args(["config", "check"]).output().unwrap();
+    assert!(out.stdout.is_empty());
+    let stderr = assert_start_up_refused(&out, "config check");
+    assert!(
+        stderr.contains("crypto.active_key_id is \"k2\" but crypto.keys.k2 is not set"),
+        "{stderr}"
+    );
+}
