@@ -18,7 +18,7 @@ use crate::{healthcheck, store, telemetry};
 #[derive(Debug, Parser)]
 #[command(
     name = "oath-service",
-    version,
+    version = crate::version::LONG,
     about = "OATH (HOTP/TOTP) token service"
 )]
 pub struct Cli {

@@ -27,3 +27,4 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod verification;
+pub mod version;

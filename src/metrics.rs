@@ -1,4 +1,4 @@
-//! Prometheus metrics: HTTP requests by route and status, job chunks, items by outcome, runner
+//! Prometheus metrics: the build (`oath_build_info`, value 1), HTTP requests by route and status, job chunks, items by outcome, runner
 //! claims and lease losses, the job backlog and purge, rate-limited requests and the keys the
 //! limits remember, and the database pool. One process-wide
 //! registry, rendered by `GET /metrics` in the text exposition format, followed by the standard
@@ -151,6 +151,20 @@ impl Metrics {
                 "Connections the database pool may open",
             ),
         );
+        // Constant: its labels say which build answers (a rollout shows as two series).
+        let build_info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "build_info",
+                    "The running build: version and source revision (1)",
+                ),
+                &["version", "revision"],
+            ),
+        );
+        build_info
+            .with_label_values(&[crate::version::VERSION, crate::version::REVISION])
+            .set(1);
         let process = Registry::new();
         #[cfg(target_os = "linux")]
         process

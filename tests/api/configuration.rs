@@ -139,3 +139,18 @@ fn config_check_prints_the_settings_with_every_secret_redacted() {
         "{stderr}"
     );
 }
+
+/// `--version` names the version and the source revision, as `oath_build_info` does.
+#[test]
+fn version_prints_the_version_and_revision() {
+    let out = command(&[]).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!(
+            "oath-service {} (revision {})",
+            env!("CARGO_PKG_VERSION"),
+            oath_service::version::REVISION
+        )
+    );
+}
