@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # oath-service container image.
-#   docker build -t oath-service .
+#   docker build -t oath-service --build-arg OATH_REVISION=$(git rev-parse --short HEAD) .
 #   docker compose up --build        (see docker-compose.yml)
+# The build context has no .git: OATH_REVISION is the revision that `oath-service --version` and
+# the oath_build_info metric report ("unknown" when not given).
 # Queries are checked against the committed .sqlx cache (SQLX_OFFLINE), so no database is
 # needed to build: after changing a query, run `cargo sqlx prepare` and commit .sqlx.
 
@@ -29,6 +31,8 @@ COPY assets ./assets
 COPY migrations ./migrations
 COPY .sqlx ./.sqlx
 COPY config ./config
+# Declared here, after the dependency layer, so that a new revision rebuilds only the crate.
+ARG OATH_REVISION=unknown
 RUN find src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --bin oath-service \
  && cp target/release/oath-service /usr/local/bin/oath-service

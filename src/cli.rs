@@ -1,5 +1,5 @@
-//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`, `healthcheck`, and
-//! `import`, a client of the API (`cli/import.rs`).
+//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`, `healthcheck`,
+//! `config check`, and `import`, a client of the API (`cli/import.rs`).
 
 pub mod import;
 
@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::{self, Scope};
 use crate::config::Settings;
+use crate::crypto::SecretCipher;
 use crate::jobs::runner::RunnerPool;
 use crate::startup::{self, AppState, Application};
 use crate::{healthcheck, store, telemetry};
@@ -17,7 +18,7 @@ use crate::{healthcheck, store, telemetry};
 #[derive(Debug, Parser)]
 #[command(
     name = "oath-service",
-    version,
+    version = crate::version::LONG,
     about = "OATH (HOTP/TOTP) token service"
 )]
 pub struct Cli {
@@ -58,6 +59,16 @@ pub enum Command {
         #[arg(long = "url", value_name = "BASE")]
         url: Option<String>,
     },
+    /// The configuration, without connecting to anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration as `serve` would, without connecting; print the
+    /// settings in force as TOML, every secret shown as "<redacted>".
+    Check,
 }
 
 /// Runs the command; the error is one line for the operator.
@@ -76,6 +87,11 @@ pub async fn run(cli: Cli) -> Result<(), String> {
     }
     let settings = Settings::load().map_err(|e| e.to_string())?;
     match command {
+        Command::Config(ConfigCommand::Check) => {
+            check_offline(&settings)?;
+            print!("{}", settings.to_redacted_toml()?);
+            Ok(())
+        }
         Command::Serve { no_migrate } => serve(settings, !no_migrate).await,
         Command::Migrate => {
             telemetry::init(&settings.log);
@@ -111,6 +127,20 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             healthcheck::probe(&base).await
         }
     }
+}
+
+/// What `serve` checks before it connects: the database URL and its TLS files, the keys, the
+/// auth settings and files (the JWKS URL is not fetched).
+fn check_offline(settings: &Settings) -> Result<(), String> {
+    startup::pool(settings)?;
+    let (active, keys) = settings.crypto.decoded_keys().map_err(|e| e.to_string())?;
+    SecretCipher::new(active, &keys).map_err(|e| e.to_string())?;
+    settings
+        .crypto
+        .request_hash_key()
+        .map_err(|e| e.to_string())?;
+    settings.import.keyring().map_err(|e| e.to_string())?;
+    auth::check_offline(&settings.auth)
 }
 
 async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String> {

@@ -3,7 +3,7 @@
 //! then `OATH__SECTION__KEY` environment variables (and `DATABASE_URL`). Environment values are
 //! taken verbatim as text, so a digits-only key or secret is never read as a number; typed
 //! settings parse that text. Anything missing or malformed stops start-up with one line naming
-//! the key.
+//! the key, and so does a key that names no setting (`known.rs`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,19 +13,25 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::Hmac;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 pub use crate::auth::AuthSettings;
 
+mod environment;
+mod known;
+mod show;
+
+use environment::Variables;
+
 /// A configuration problem, rendered as one line that names the offending key.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
 pub struct ConfigError(pub String);
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
@@ -41,7 +47,7 @@ pub struct Settings {
     pub otp: OtpSettings,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ServerSettings {
     pub addr: String,
     /// When set (and not empty), `/metrics` is served on this address only; `/health/*` on both.
@@ -58,7 +64,7 @@ pub struct ServerSettings {
     pub body_timeout_seconds: u64,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
@@ -79,7 +85,7 @@ impl fmt::Debug for DatabaseSettings {
     }
 }
 
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 pub struct CryptoSettings {
     #[serde(default)]
     pub active_key_id: Option<String>,
@@ -103,7 +109,7 @@ impl fmt::Debug for CryptoSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct LimitSettings {
     pub tokens_per_environment: i64,
     /// Validate, resync and pairing calls per token and minute (per process); 0 is no limit.
@@ -116,7 +122,7 @@ pub struct LimitSettings {
 
 /// OTP validation windows and the lockout threshold. They apply to every token: the contract's
 /// token representation has no per-token fields for them.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct OtpSettings {
     /// HOTP: counters accepted after the expected one.
@@ -179,7 +185,7 @@ impl OtpSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct JobSettings {
     /// Job runners per service process; 0 runs none (an API-only replica).
     pub runners: usize,
@@ -210,7 +216,7 @@ pub struct JobSettings {
 }
 
 /// File imports (PSKC, CSV).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ImportSettings {
     /// Pre-shared PSKC transport keys by id (named by a request's `X-PSKC-Key-Id`), each bound
@@ -234,7 +240,7 @@ impl Default for ImportSettings {
 
 /// One `import.pskc_keys.<id>` entry as configured. The earlier flat form (`<id> = "<hex>"`)
 /// is read only to stop start-up with a message naming the new form.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum PskcKeySetting {
     Bound {
@@ -258,7 +264,7 @@ impl PskcKeySetting {
 }
 
 /// A list given as a TOML array or, from an environment variable, as comma-separated text.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum TextList {
     List(Vec<String>),
@@ -406,13 +412,13 @@ pub fn decode_pskc_key(hex_digits: &str) -> Option<Zeroizing<Vec<u8>>> {
         .filter(|k| matches!(k.len(), 16 | 24 | 32))
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Json,
@@ -457,9 +463,9 @@ impl Settings {
         profile: Option<&str>,
         env: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let var = |name: &str| match &env {
-            Some(env) => env.get(name).cloned(),
-            None => std::env::var(name).ok(),
+        let vars = match env {
+            Some(env) => Variables::read(env)?,
+            None => Variables::from_process()?,
         };
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
@@ -475,17 +481,27 @@ impl Settings {
             config::Environment::with_prefix("OATH")
                 .prefix_separator("__")
                 .separator("__")
-                .source(env.clone()),
+                .source(Some(vars.prefixed())),
         );
         // OATH__DATABASE__URL wins over the conventional DATABASE_URL.
-        if var("OATH__DATABASE__URL").is_none() {
-            if let Some(url) = var("DATABASE_URL") {
+        if vars.get("OATH__DATABASE__URL").is_none() {
+            if let Some(url) = vars.get("DATABASE_URL") {
                 builder = builder
                     .set_override("database.url", url)
                     .map_err(|e| ConfigError(e.to_string()))?;
             }
         }
-        builder
+        let config = builder.build().map_err(|e| ConfigError(e.to_string()))?;
+        known::refuse_unknown(&config, |path| vars.origin_of(path))?;
+        config
+            .try_deserialize()
+            .map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The compiled-in defaults alone, unchecked.
+    fn from_defaults() -> Result<Self, ConfigError> {
+        config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError(e.to_string()))
@@ -577,6 +593,20 @@ impl Settings {
         }
         if !(2..=10_000_000).contains(&limits.rate_limit_keys) {
             return fail("limits.rate_limit_keys must be from 2 to 10000000".into());
+        }
+        // `OATH__CRYPTO__KEYS__K1_FILE` names the file holding key k1, so no id can end so.
+        let ids = (self.crypto.keys.keys().map(|id| ("crypto.keys", id))).chain(
+            self.import
+                .pskc_keys
+                .keys()
+                .map(|id| ("import.pskc_keys", id)),
+        );
+        for (map, id) in ids {
+            if id.to_ascii_uppercase().ends_with("_FILE") {
+                return fail(format!(
+                    "{map}.{id}: an id may not end in _file (a variable ending in _FILE names the file holding a value)"
+                ));
+            }
         }
         self.otp.check().map_err(ConfigError)?;
         self.import.check()?;
@@ -841,6 +871,153 @@ mod tests {
             );
             assert_eq!(err.lines().count(), 1);
         }
+    }
+
+    #[test]
+    fn unknown_settings_stop_start_up_naming_the_closest_key() {
+        let secret = (
+            "OATH__AUTH__HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let err = load_env(&[secret, ("OATH__SERVER__ADRR", "0.0.0.0:80")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration error: unknown setting server.adrr from OATH__SERVER__ADRR (did you mean server.addr?)"
+        );
+        let err = load_with(&format!("{VALID}\n[jobs]\nrunner = 4")).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("unknown setting jobs.runner in ")
+                && err.contains("test.toml")
+                && err.ends_with("(did you mean jobs.runners?)"),
+            "{err}"
+        );
+        for (file, expected) in [
+            (
+                "[colour]\nfavourite = \"blue\"",
+                "unknown setting colour.favourite in ",
+            ),
+            (
+                "[import]\npskc_keys.v7.key = \"00\"\npskc_keys.v7.kye = \"00\"",
+                "(did you mean import.pskc_keys.v7.key?)",
+            ),
+        ] {
+            let err = load_with(&format!("{VALID}\n{file}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{file}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        let err = load_env(&[secret, ("OATH__CRYPTO__KEYS__K2__X", "y")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown setting crypto.keys.k2.x from OATH__CRYPTO__KEYS__K2__X"),
+            "{err}"
+        );
+        // Map-valued settings take any id.
+        let s = load_env(&[
+            secret,
+            ("OATH__CRYPTO__KEYS__ANY_ID_AT_ALL", KEY),
+            (
+                "OATH__IMPORT__PSKC_KEYS__V7__KEY",
+                "000102030405060708090a0b0c0d0e0f",
+            ),
+            ("OATH__IMPORT__PSKC_KEYS__V7__ENVIRONMENTS", ENV_A),
+            ("OATH_UNRELATED", "x"),
+            ("DATABASE_URL", "postgres://db/x"),
+        ])
+        .unwrap();
+        assert!(s.crypto.keys.contains_key("any_id_at_all"));
+    }
+
+    /// A scratch file holding `content`, removed when the test ends.
+    struct ValueFile(PathBuf);
+
+    impl ValueFile {
+        fn new(content: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("oath-value-{}", Uuid::new_v4()));
+            std::fs::write(&path, content).unwrap();
+            Self(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for ValueFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn any_setting_can_be_read_from_a_file() {
+        let secret = ValueFile::new("0123456789abcdef0123456789abcdef\n");
+        let key = ValueFile::new(&format!("{KEY}\r\n"));
+        let url = ValueFile::new("postgres://u:p@db/x");
+        let ca = ValueFile::new("/etc/oath-service/idp-ca.pem\n");
+        let s = load_env(&[
+            ("OATH__AUTH__HS256_SECRET_FILE", secret.path()),
+            ("OATH__CRYPTO__ACTIVE_KEY_ID", "k1"),
+            ("OATH__CRYPTO__KEYS__K1_FILE", key.path()),
+            ("DATABASE_URL_FILE", url.path()),
+            // A setting whose name ends in _FILE is itself, and can be read from a file too.
+            ("OATH__AUTH__JWKS_CA_FILE_FILE", ca.path()),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.auth.hs256_secret.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(*s.crypto.decoded_keys().unwrap().1["k1"], [1u8; 32]);
+        assert_eq!(s.database.url, "postgres://u:p@db/x");
+        assert_eq!(
+            s.auth.jwks_ca_file.as_deref(),
+            Some(Path::new("/etc/oath-service/idp-ca.pem"))
+        );
+        let s = load_env(&[
+            ("OATH__AUTH__HS256_SECRET_FILE", secret.path()),
+            ("OATH__AUTH__JWKS_CA_FILE", "/ca.pem"),
+        ])
+        .unwrap();
+        assert_eq!(s.auth.jwks_ca_file.as_deref(), Some(Path::new("/ca.pem")));
+    }
+
+    #[test]
+    fn a_setting_given_twice_or_by_an_unreadable_file_stops_start_up() {
+        let secret = ValueFile::new("0123456789abcdef0123456789abcdef");
+        let cases = [
+            (
+                vec![
+                    ("OATH__AUTH__HS256_SECRET_FILE", secret.path()),
+                    ("OATH__AUTH__HS256_SECRET", "0123456789abcdef0123456789abcdef"),
+                ],
+                "both OATH__AUTH__HS256_SECRET and OATH__AUTH__HS256_SECRET_FILE are set",
+            ),
+            (
+                vec![("OATH__AUTH__HS256_SECRET_FILE", "/nonexistent/secret")],
+                "OATH__AUTH__HS256_SECRET_FILE: cannot read /nonexistent/secret",
+            ),
+            (
+                vec![
+                    ("OATH__AUTH__HS256_SECRET_FILE", secret.path()),
+                    ("OATH__SERVER__ADRR_FILE", secret.path()),
+                ],
+                "unknown setting server.adrr from OATH__SERVER__ADRR_FILE (did you mean server.addr?)",
+            ),
+        ];
+        for (env, expected) in cases {
+            let err = load_env(&env).unwrap_err().to_string();
+            assert!(err.contains(expected), "{env:?}: {err}");
+            assert!(!err.contains("0123456789abcdef"), "{err}");
+        }
+        let err = load_with(&VALID.replace("keys.k1", "keys.k1_file")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("crypto.keys.k1_file: an id may not end in _file"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Prometheus metrics: HTTP requests by route and status, job chunks, items by outcome, runner
-//! claims and lease losses, the job backlog and purge, rate-limited requests and the keys the
-//! limits remember, the database pool and its primary switches. One process-wide
+//! Prometheus metrics: the build (`oath_build_info`, value 1), HTTP requests by route and status,
+//! job chunks, items by outcome, runner claims and lease losses, the job backlog and purge,
+//! rate-limited requests and the keys the limits remember, the database pool and its primary
+//! switches. One process-wide
 //! registry, rendered by `GET /metrics` in the text exposition format, followed by the standard
 //! `process_*` metrics (CPU, memory, file descriptors, start time; Linux only) under their usual
 //! unprefixed names.
@@ -157,6 +158,20 @@ impl Metrics {
             "database_primary_switches_total",
             "Times the database host in use changed (a failover), with several hosts in database.url",
         );
+        // Constant: its labels say which build answers (a rollout shows as two series).
+        let build_info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "build_info",
+                    "The running build: version and source revision (1)",
+                ),
+                &["version", "revision"],
+            ),
+        );
+        build_info
+            .with_label_values(&[crate::version::VERSION, crate::version::REVISION])
+            .set(1);
         let process = Registry::new();
         #[cfg(target_os = "linux")]
         process

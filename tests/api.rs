@@ -9,6 +9,7 @@ mod support;
 
 mod api {
     mod auth;
+    mod configuration;
     mod corpus;
     mod docs_browser;
     mod errors;

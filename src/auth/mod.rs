@@ -230,6 +230,31 @@ impl fmt::Debug for Authenticator {
     }
 }
 
+/// What [`Authenticator::new`] checks, short of fetching `auth.jwks_url`: the settings, the
+/// JWKS file, the CA file and the HTTPS client they make (`oath-service config check`).
+pub fn check_offline(settings: &AuthSettings) -> Result<(), String> {
+    settings.check()?;
+    if let Some(path) = &settings.jwks_path {
+        read_jwks_file(path)?;
+    }
+    let extra_roots = match &settings.jwks_ca_file {
+        None => Vec::new(),
+        Some(path) => read_ca_file(path)?,
+    };
+    if settings.jwks_url.is_some() {
+        jwks_client(extra_roots, settings.allow_http_jwks)?;
+    }
+    Ok(())
+}
+
+/// The key set of `auth.jwks_path`; errors name the key.
+fn read_jwks_file(path: &std::path::Path) -> Result<KeySet, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("auth.jwks_path: cannot read {}: {e}", path.display()))?;
+    KeySet::parse(&bytes, "auth.jwks_path")
+        .map_err(|e| format!("auth.jwks_path: {}: {e}", path.display()))
+}
+
 impl Authenticator {
     /// Loads the JWKS file (error if unreadable/invalid: message names auth.jwks_path), prepares HS256 if configured.
     /// For jwks_url, tries one fetch but start-up does not fail if it is unreachable (logs a warning; fetched lazily).
@@ -247,10 +272,7 @@ impl Authenticator {
         let file_keys = match &settings.jwks_path {
             None => None,
             Some(path) => {
-                let bytes = std::fs::read(path)
-                    .map_err(|e| format!("auth.jwks_path: cannot read {}: {e}", path.display()))?;
-                let set = KeySet::parse(&bytes, "auth.jwks_path")
-                    .map_err(|e| format!("auth.jwks_path: {}: {e}", path.display()))?;
+                let set = read_jwks_file(path)?;
                 tracing::info!(keys = set.keys.len(), "loaded JWKS from auth.jwks_path");
                 Some(Arc::new(set))
             }

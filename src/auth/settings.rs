@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Shortest HS256 secret accepted: 256 bits, the HMAC-SHA256 output size.
 pub(super) const MIN_HS256_SECRET_BYTES: usize = 32;
@@ -30,7 +30,7 @@ pub(super) fn default_token_cache_size() -> usize {
 const MAX_TOKEN_CACHE_SIZE: usize = 10_000_000;
 
 /// The `[auth]` section of the configuration.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct AuthSettings {
     /// Expected `iss` claim.
     pub issuer: String,

@@ -131,3 +131,22 @@ async fn metrics_count_requests_jobs_and_the_pool(pool: PgPool) {
     // Ids never become labels.
     assert!(!text.contains(&app.env.to_string()));
 }
+
+/// `oath_build_info` names the build: the crate's version and its source revision.
+#[sqlx::test]
+async fn build_info_names_the_version_and_revision(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let text = scrape(&app).await;
+    let (version, revision) = (
+        oath_service::version::VERSION,
+        oath_service::version::REVISION,
+    );
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert!(
+        revision == "unknown"
+            || (revision.len() >= 7 && revision.chars().all(|c| c.is_ascii_hexdigit())),
+        "{revision}"
+    );
+    let line = format!(r#"oath_build_info{{revision="{revision}",version="{version}"}} 1"#);
+    assert!(text.lines().any(|l| l == line), "{line} in {text}");
+}

@@ -363,3 +363,23 @@ fn routes_are_registered_only_from_the_table() {
         "route registrations outside the route table: {found:#?}"
     );
 }
+
+/// `docs/openapi.json` is the document the service serves, so that a change of the API shows in
+/// review. `OATH_WRITE_OPENAPI=1` rewrites the file instead of comparing.
+#[sqlx::test]
+async fn the_committed_document_is_the_served_one(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let served = format!("{:#}\n", document(&app).await);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+    if std::env::var_os("OATH_WRITE_OPENAPI").is_some_and(|v| v == "1") {
+        std::fs::write(path, &served).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == served,
+        "docs/openapi.json differs from GET /openapi.json: rewrite it with \
+         OATH_WRITE_OPENAPI=1 cargo test --test api the_committed_document_is_the_served_one, \
+         then review and commit the change"
+    );
+}
