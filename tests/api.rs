@@ -28,6 +28,7 @@ mod api {
     mod postgres_tls;
     mod processes;
     mod request_bodies;
+    mod revoke_crash;
     mod secrets;
     mod security;
     mod shutdown;
