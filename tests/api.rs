@@ -27,6 +27,7 @@ mod api {
     mod outage;
     mod postgres_tls;
     mod processes;
+    mod replicas;
     mod request_bodies;
     mod revoke_crash;
     mod secrets;
