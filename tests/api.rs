@@ -10,6 +10,7 @@ mod support;
 mod api {
     mod auth;
     mod corpus;
+    mod create_contention;
     mod cross_tenant;
     mod docs_browser;
     mod errors;
