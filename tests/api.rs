@@ -11,6 +11,8 @@ mod api {
     mod auth;
     mod configuration;
     mod corpus;
+    mod create_contention;
+    mod cross_tenant;
     mod docs_browser;
     mod errors;
     mod idempotency;
@@ -27,7 +29,9 @@ mod api {
     mod outage;
     mod postgres_tls;
     mod processes;
+    mod replicas;
     mod request_bodies;
+    mod revoke_crash;
     mod secrets;
     mod security;
     mod shutdown;

@@ -3,13 +3,14 @@
 //! on the same database; the spawned processes only run jobs.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::support::app::{create_job, numbered, spawn_app_with, wait_until, TestApp};
+use crate::support::cluster::free_port;
 use crate::support::service::{command, database_url, service_env, with_query_param};
 
 /// A service process on the test database, with a short lease so that work left by a killed
@@ -18,6 +19,11 @@ struct Service(Child);
 
 impl Service {
     fn start(database_url: &str, limit: i64) -> Self {
+        Self::start_with(database_url, limit, &[])
+    }
+
+    /// `start`, with `extra` settings over those.
+    fn start_with(database_url: &str, limit: i64, extra: &[(&'static str, String)]) -> Self {
         let mut env = service_env();
         env.extend([
             ("DATABASE_URL", database_url.to_string()),
@@ -30,6 +36,7 @@ impl Service {
             ("OATH__LIMITS__TOKENS_PER_ENVIRONMENT", limit.to_string()),
             ("OATH__LOG__LEVEL", "warn".into()),
         ]);
+        env.extend_from_slice(extra);
         let child = command(&env)
             .args(["serve", "--no-migrate"])
             .stdout(Stdio::null())
@@ -40,12 +47,16 @@ impl Service {
     }
 
     /// SIGTERM: the server drains, the runners finish their chunk and hand their jobs back.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    fn signal_terminate(&self) {
         let pid = self.0.id().to_string();
-        Command::new("kill")
+        let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill -TERM");
+        assert!(sent.success());
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
         self.0.wait().expect("reaped")
     }
 
@@ -109,6 +120,18 @@ async fn sessions(pool: &PgPool, application_name: &str) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// Sessions under `application_name` waiting for a lock.
+async fn waiting_on_a_lock(pool: &PgPool, application_name: &str) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity \
+         where application_name = $1 and wait_event_type = 'Lock'",
+    )
+    .bind(application_name)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 async fn all_done(pool: &PgPool) -> bool {
@@ -272,32 +295,63 @@ async fn sigterm_hands_the_job_back_for_another_process(
     connect: PgConnectOptions,
 ) {
     let (url, app, job) = app_with_a_big_job(&connect, "T").await;
-    let service = Service::start(&url, 1_000_000);
-    wait_until("progress", Duration::from_secs(120), async || {
-        processed(&app.pool, job).await > 0
-    })
+    // The test holds back every token insert, so that the job cannot end before the process
+    // stops, whatever the machine's speed: the runner waits inside its chunk.
+    let mut hold = app.pool.begin().await.unwrap();
+    sqlx::query("lock table oath_tokens in share mode")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let port = free_port();
+    let name = "terminated";
+    let service = Service::start_with(
+        &with_query_param(&url, &format!("application_name={name}")),
+        1_000_000,
+        &[
+            ("OATH__SERVER__ADDR", format!("127.0.0.1:{port}")),
+            // Stop at once: no balancer to wait for.
+            ("OATH__SERVER__SHUTDOWN_DELAY_SECONDS", "0".into()),
+            // No lease may expire while the runner waits for the test.
+            ("OATH__JOBS__LEASE_SECONDS", "300".into()),
+        ],
+    );
+    wait_until(
+        "a runner to wait for the held table",
+        Duration::from_secs(120),
+        async || waiting_on_a_lock(&app.pool, name).await > 0,
+    )
     .await;
-    let started = Instant::now();
-    let status = service.terminate();
+    service.signal_terminate();
+    // The listener closes when the server has drained; the runners are told to stop right after.
+    wait_until(
+        "the listener to close",
+        Duration::from_secs(60),
+        async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+        },
+    )
+    .await;
+    hold.rollback().await.unwrap();
+    let status = service.wait();
     assert!(status.success(), "graceful exit, got {status}");
-    assert!(started.elapsed() < Duration::from_secs(15));
     let (done, owner): (i32, Option<String>) =
         sqlx::query_as("select processed, lease_owner from oath_jobs where id = $1")
             .bind(job)
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    if done < TOTAL as i32 {
-        assert_eq!(owner, None, "the lease was released");
-        // Released, not expired: the next process resumes at once.
-        let expired: bool =
-            sqlx::query_scalar("select lease_expires_at <= now() from oath_jobs where id = $1")
-                .bind(job)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        assert!(expired);
-    }
+    assert!(done < TOTAL as i32, "{done} of {TOTAL} processed");
+    assert_eq!(owner, None, "the lease was released");
+    // Released, not expired: the next process resumes at once.
+    let expired: bool =
+        sqlx::query_scalar("select lease_expires_at <= now() from oath_jobs where id = $1")
+            .bind(job)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(expired);
     let _next = Service::start(&url, 1_000_000);
     wait_until("the job to end", Duration::from_secs(120), async || {
         all_done(&app.pool).await
