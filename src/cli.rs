@@ -1,5 +1,5 @@
-//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`, `healthcheck`,
-//! `config check`, and `import`, a client of the API (`cli/import.rs`).
+//! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`, `keys status`,
+//! `healthcheck`, `config check`, and `import`, a client of the API (`cli/import.rs`).
 
 pub mod import;
 
@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::crypto::SecretCipher;
 use crate::jobs::runner::RunnerPool;
 use crate::startup::{self, AppState, Application};
-use crate::{healthcheck, store, telemetry};
+use crate::{healthcheck, keys, store, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,8 +48,12 @@ pub enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
-    /// Re-encrypt every stored secret with crypto.active_key_id, then exit.
+    /// Re-encrypt every stored secret, of tokens and of queued job items, with
+    /// crypto.active_key_id, then exit.
     Reencrypt,
+    /// The encryption keys: what each key id seals in the database.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Upload a seed file (PSKC, CSV or a JSON create job) to a running service and follow the
     /// job. The bearer token comes from the OATH_TOKEN environment variable.
     Import(Box<import::ImportArgs>),
@@ -62,6 +66,18 @@ pub enum Command {
     /// The configuration, without connecting to anything.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// For each key id, configured or found in the database: whether it is active and
+    /// configured, and how many token secrets and queued job items it seals. Exit 1 when the
+    /// database holds a key id that is not configured.
+    Status {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,8 +131,32 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             let moved = store::secrets::reencrypt_all(&state.db, &state.cipher)
                 .await
                 .map_err(|e| format!("re-encryption failed: {e}"))?;
-            tracing::info!(moved, "re-encryption finished");
+            let queued = store::secrets::reencrypt_queued(&state.db, &state.cipher)
+                .await
+                .map_err(|e| format!("re-encryption of queued job items failed: {e}"))?;
+            tracing::info!(moved, queued, "re-encryption finished");
             Ok(())
+        }
+        Command::Keys(KeysCommand::Status { json }) => {
+            let pool = startup::pool(&settings)?;
+            let (active, keys) = settings.crypto.decoded_keys().map_err(|e| e.to_string())?;
+            let cipher = SecretCipher::new(active, &keys).map_err(|e| e.to_string())?;
+            let uses = store::secrets::key_uses(&pool)
+                .await
+                .map_err(|e| format!("cannot read the key ids in use: {e}"))?;
+            let statuses = keys::statuses(&cipher, &uses);
+            if json {
+                let doc = serde_json::json!({ "keys": statuses });
+                println!("{doc}");
+            } else {
+                print!("{}", keys::table(&statuses));
+            }
+            let unconfigured = keys::unconfigured(&statuses);
+            if unconfigured.is_empty() {
+                Ok(())
+            } else {
+                Err(keys::unconfigured_error(&unconfigured))
+            }
         }
         Command::Import(_) => unreachable!("handled above"),
         Command::Healthcheck { url } => {
@@ -150,6 +190,7 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
         migrate(&pool).await?;
     }
     let state = AppState::new(settings, pool).await?;
+    check_key_ids(&state).await?;
     let runners = RunnerPool::start(state.db.clone(), state.settings.clone());
     let addr = state.settings.server.addr.clone();
     let app = Application::build(state)?;
@@ -160,6 +201,28 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
     runners.stop().await;
     tracing::info!("stopped");
     served.map_err(|e| format!("server error: {e}"))
+}
+
+/// Refuses to serve when the database holds secrets sealed with a key id that is not
+/// configured. Without a database (`serve --no-migrate` while it is away) the check is skipped,
+/// with a warning: the process must start and wait for its database.
+async fn check_key_ids(state: &AppState) -> Result<(), String> {
+    match store::secrets::key_uses(&state.db).await {
+        Ok(uses) => {
+            let statuses = keys::statuses(&state.cipher, &uses);
+            let unconfigured = keys::unconfigured(&statuses);
+            if unconfigured.is_empty() {
+                Ok(())
+            } else {
+                Err(keys::unconfigured_error(&unconfigured))
+            }
+        }
+        Err(e) if store::is_unavailable(&e) => {
+            tracing::warn!(error = %e, "the key ids of stored secrets were not checked: the database is unavailable");
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot read the key ids of stored secrets: {e}")),
+    }
 }
 
 async fn migrate(pool: &sqlx::PgPool) -> Result<(), String> {

@@ -69,6 +69,18 @@ impl SecretCipher {
         &self.active_id
     }
 
+    /// Whether `key_id` is configured, so that what it sealed can be opened.
+    pub fn has_key(&self, key_id: &str) -> bool {
+        self.keys.contains_key(key_id)
+    }
+
+    /// The configured key ids, sorted.
+    pub fn key_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.keys.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     pub fn seal(&self, secret: &Secret, env: Uuid, token_id: Uuid) -> Sealed {
         let cipher = &self.keys[&self.active_id];
         // The thread-local CSPRNG (ChaCha, seeded and periodically reseeded from the OS) gives

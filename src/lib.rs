@@ -19,6 +19,7 @@ pub(crate) mod generations;
 pub mod healthcheck;
 pub mod import;
 pub mod jobs;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod otp;

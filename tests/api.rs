@@ -21,6 +21,7 @@ mod api {
     mod imports;
     mod jobs;
     mod jwks_https;
+    mod keys;
     mod limits;
     mod metrics;
     mod openapi;

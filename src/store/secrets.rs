@@ -1,4 +1,6 @@
-//! Moving stored secrets to the active encryption key (`oath-service reencrypt`).
+//! The key ids of stored secrets (`oath-service keys status`, the start-up check), and moving
+//! stored secrets, of tokens and of queued job items, to the active encryption key
+//! (`oath-service reencrypt`).
 
 use sqlx::PgPool;
 
@@ -6,10 +8,46 @@ use crate::crypto::SecretCipher;
 
 const BATCH: i64 = 500;
 
+/// What one key id seals in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    pub key_id: String,
+    /// Secrets of tokens.
+    pub token_secrets: i64,
+    /// Secrets of job items not processed yet (their chunks are deleted as they commit).
+    pub queued_job_items: i64,
+}
+
+/// Every key id that seals something in the database, with what it seals; sorted by id. Reads
+/// every token (a sequential scan): for commands and start-up, not requests.
+pub async fn key_uses(pool: &PgPool) -> Result<Vec<KeyUse>, sqlx::Error> {
+    sqlx::query_as!(
+        KeyUse,
+        r#"select key_id as "key_id!",
+                  sum(tokens)::bigint as "token_secrets!",
+                  sum(items)::bigint as "queued_job_items!"
+           from (select secret_key_id as key_id, count(*) as tokens, 0::bigint as items
+                   from oath_tokens group by secret_key_id
+                 union all
+                 select k, 0, count(*)
+                   from oath_job_chunks, unnest(secret_key_ids) as k group by k) as uses
+           group by key_id
+           order by key_id"#
+    )
+    .fetch_all(pool)
+    .await
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReencryptError {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    #[error("a queued item of job {job_id} of environment {environment_id}: {source}")]
+    QueuedItem {
+        environment_id: uuid::Uuid,
+        job_id: uuid::Uuid,
+        source: crate::crypto::CryptoError,
+    },
     #[error("token {token_id} of environment {environment_id}: {source}")]
     Crypto {
         environment_id: uuid::Uuid,
@@ -72,5 +110,78 @@ pub async fn reencrypt_all(pool: &PgPool, cipher: &SecretCipher) -> Result<u64, 
         .rows_affected();
         tx.commit().await?;
         moved += updated;
+    }
+}
+
+/// Re-seals the secrets of queued job items (chunks not processed yet) that are not sealed with
+/// the active key, a chunk per transaction. Returns how many items moved. Safe beside running
+/// jobs: a chunk a runner holds is skipped (`skip locked`) and left for the next run, and one
+/// that commits meanwhile is deleted, so it is not found.
+pub async fn reencrypt_queued(pool: &PgPool, cipher: &SecretCipher) -> Result<u64, ReencryptError> {
+    let active = cipher.active_key_id().to_string();
+    let mut moved = 0u64;
+    let mut after: Option<(uuid::Uuid, uuid::Uuid, i32)> = None;
+    loop {
+        let mut tx = pool.begin().await?;
+        let (env0, job0, idx0) = after.unwrap_or((uuid::Uuid::nil(), uuid::Uuid::nil(), -1));
+        let Some(chunk) = sqlx::query!(
+            r#"select environment_id, job_id, first_idx, token_ids,
+                      secret_ciphertexts as "secret_ciphertexts!",
+                      secret_key_ids as "secret_key_ids!"
+               from oath_job_chunks
+               where (environment_id, job_id, first_idx) > ($2, $3, $4)
+                 and secret_key_ids is not null
+                 and exists (select 1 from unnest(secret_key_ids) as k where k <> $1)
+               order by environment_id, job_id, first_idx
+               limit 1
+               for update skip locked"#,
+            active,
+            env0,
+            job0,
+            idx0,
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(moved);
+        };
+        after = Some((chunk.environment_id, chunk.job_id, chunk.first_idx));
+        let (env, job_id) = (chunk.environment_id, chunk.job_id);
+        let mut ciphertexts = Vec::with_capacity(chunk.secret_ciphertexts.len());
+        let mut key_ids = Vec::with_capacity(chunk.secret_key_ids.len());
+        for ((id, ciphertext), key_id) in chunk
+            .token_ids
+            .iter()
+            .zip(&chunk.secret_ciphertexts)
+            .zip(&chunk.secret_key_ids)
+        {
+            if *key_id == active {
+                ciphertexts.push(ciphertext.clone());
+                key_ids.push(key_id.clone());
+                continue;
+            }
+            let secret = cipher
+                .open(key_id, ciphertext, env, *id)
+                .map_err(|source| ReencryptError::QueuedItem {
+                    environment_id: env,
+                    job_id,
+                    source,
+                })?;
+            ciphertexts.push(cipher.seal(&secret, env, *id).ciphertext);
+            key_ids.push(active.clone());
+            moved += 1;
+        }
+        sqlx::query!(
+            "update oath_job_chunks set secret_ciphertexts = $4, secret_key_ids = $5
+             where environment_id = $1 and job_id = $2 and first_idx = $3",
+            env,
+            job_id,
+            chunk.first_idx,
+            &ciphertexts,
+            &key_ids,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
     }
 }
