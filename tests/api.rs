@@ -12,6 +12,7 @@ mod api {
     mod corpus;
     mod docs_browser;
     mod errors;
+    mod helpdesk;
     mod idempotency;
     mod import_cli;
     mod import_fairness;
@@ -19,6 +20,7 @@ mod api {
     mod jobs;
     mod jwks_https;
     mod limits;
+    mod lockout;
     mod metrics;
     mod openapi;
     mod operations;
