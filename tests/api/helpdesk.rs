@@ -8,8 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::support::app::{
-    assert_error, call, details, hotp_token, numbered, rfc_code, spawn_app, spawn_app_with,
-    TestApp,
+    assert_error, call, details, hotp_token, numbered, rfc_code, spawn_app, spawn_app_with, TestApp,
 };
 
 fn code(counter: u64) -> String {
@@ -228,11 +227,7 @@ async fn a_users_tokens_are_found_by_user_id(pool: PgPool) {
     }
     let app = &app;
     let list = |filter: &str, extra: &str| {
-        let path = format!(
-            "{}?filter={}{extra}",
-            app.tokens_path(),
-            urlencode(filter)
-        );
+        let path = format!("{}?filter={}{extra}", app.tokens_path(), urlencode(filter));
         async move { app.get_json(&path).await }
     };
     let (status, page) = list(r#"user.id eq "alice""#, "").await;
@@ -263,7 +258,11 @@ async fn a_users_tokens_are_found_by_user_id(pool: PgPool) {
 
     let (_, none) = list(r#"user.id eq "carol""#, "").await;
     assert_eq!(none["size"], 0);
-    for bad in [r#"user.id eq """#, r#"user.id ne "alice""#, r#"user eq "alice""#] {
+    for bad in [
+        r#"user.id eq """#,
+        r#"user.id ne "alice""#,
+        r#"user eq "alice""#,
+    ] {
         let (status, body) = list(bad, "").await;
         assert_error(status, &body, 400, "INVALID_REQUEST");
     }
@@ -372,14 +371,15 @@ async fn assert_consistent(app: &TestApp, job: &str) -> Value {
             "select count(*) from job_results where job_id = $1 and outcome = 'CREATED'",
         )
         .await;
-    assert_eq!(body["result"]["created"].as_i64().unwrap(), created, "{body}");
+    assert_eq!(
+        body["result"]["created"].as_i64().unwrap(),
+        created,
+        "{body}"
+    );
     assert_eq!(app.tokens_in(app.env).await, created, "{body}");
     assert_eq!(
-        app.count_in(
-            id,
-            "select count(*) from oath_job_chunks where job_id = $1"
-        )
-        .await,
+        app.count_in(id, "select count(*) from oath_job_chunks where job_id = $1")
+            .await,
         0,
         "input left: {body}"
     );
@@ -446,7 +446,12 @@ async fn a_running_job_stops_after_its_current_chunk(pool: PgPool) {
 async fn a_cancel_racing_the_last_chunk_ends_in_one_state(pool: PgPool) {
     let app = spawn_app_with(pool, chunks_of_two).await;
     for cancel_first in [false, true, false, true] {
-        let job = small_job(&app, &format!("L{cancel_first}{}", Uuid::now_v7().simple()), 4).await;
+        let job = small_job(
+            &app,
+            &format!("L{cancel_first}{}", Uuid::now_v7().simple()),
+            4,
+        )
+        .await;
         let mut runner = app.runner("r1");
         runner.step().await.unwrap();
         let id = Uuid::parse_str(&job).unwrap();
@@ -476,11 +481,17 @@ async fn a_cancel_racing_the_last_chunk_ends_in_one_state(pool: PgPool) {
                 .await
             }
         };
-        let (first, second) = if cancel_first { ("cancel", "chunk") } else { ("chunk", "cancel") };
-        let mut tasks: Vec<(&str, tokio::task::JoinHandle<Option<(u16, Value)>>)> = Vec::new();
+        let (first, second) = if cancel_first {
+            ("cancel", "chunk")
+        } else {
+            ("chunk", "cancel")
+        };
+        // Each task answers the cancel's status and body, or None (the runner's step).
+        let mut tasks = Vec::new();
         for (n, what) in [first, second].into_iter().enumerate() {
             let handle = if what == "cancel" {
-                let client = app.request(Method::POST, &format!("{}/{job}/cancel", app.jobs_path()));
+                let client =
+                    app.request(Method::POST, &format!("{}/{job}/cancel", app.jobs_path()));
                 tokio::spawn(async move { Some(call(client).await) })
             } else {
                 let mut runner = std::mem::replace(&mut runner, app.runner("spare"));
@@ -489,12 +500,12 @@ async fn a_cancel_racing_the_last_chunk_ends_in_one_state(pool: PgPool) {
                     None
                 })
             };
-            tasks.push((what, handle));
+            tasks.push(handle);
             waiting_on_row(n as i64 + 1).await;
         }
         hold.commit().await.unwrap();
         let mut answer = None;
-        for (_, handle) in tasks {
+        for handle in tasks {
             if let Some(a) = handle.await.unwrap() {
                 answer = Some(a);
             }
@@ -568,7 +579,8 @@ async fn a_canceled_job_is_finished_for_limits_and_retention(pool: PgPool) {
     })
     .await;
     let first = small_job(&app, "F", 3).await;
-    let (status, body) = call(app.job_request(&crate::support::app::create_job(numbered("G", 0..1)))).await;
+    let (status, body) =
+        call(app.job_request(&crate::support::app::create_job(numbered("G", 0..1)))).await;
     assert_error(status, &body, 429, "REQUEST_LIMITED");
     let (status, _) = cancel(&app, &first).await;
     assert_eq!(status, 202);
