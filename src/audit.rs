@@ -23,7 +23,7 @@ pub const TARGET: &str = "audit";
 /// `actor` for a valid token without a `sub` claim.
 const NO_SUBJECT: &str = "(no sub)";
 
-/// The audited routes: (method, route pattern, action). Every POST and DELETE of
+/// The audited routes: (method, route pattern, action). Every POST, PATCH and DELETE of
 /// `routes::ROUTES` is here (a test checks it).
 const ACTIONS: &[(Method, &str, &str)] = &[
     (
@@ -32,9 +32,19 @@ const ACTIONS: &[(Method, &str, &str)] = &[
         "token.create",
     ),
     (
+        Method::PATCH,
+        "/v1/environments/{env_id}/oathTokens/{token_id}",
+        "token.update",
+    ),
+    (
         Method::DELETE,
         "/v1/environments/{env_id}/oathTokens/{token_id}",
         "token.delete",
+    ),
+    (
+        Method::POST,
+        "/v1/environments/{env_id}/oathTokens/{token_id}/unlock",
+        "token.unlock",
     ),
     (
         Method::POST,
@@ -60,6 +70,11 @@ const ACTIONS: &[(Method, &str, &str)] = &[
         Method::POST,
         "/v1/environments/{env_id}/oathJobs",
         "job.submit",
+    ),
+    (
+        Method::POST,
+        "/v1/environments/{env_id}/oathJobs/{job_id}/cancel",
+        "job.cancel",
     ),
 ];
 
@@ -99,7 +114,8 @@ pub fn actor(req: &HttpRequest, subject: Option<&str>, env: Uuid) {
     });
 }
 
-/// The result of an OTP check (`VALID`, `INVALID`, `LOCKED`), instead of one read off the status.
+/// The result of an OTP check (`VALID`, `INVALID`, `LOCKED`, `DISABLED`), instead of one read
+/// off the status.
 pub fn outcome(req: &HttpRequest, outcome: &'static str) {
     note(req, |n| n.outcome = Some(outcome));
 }
@@ -162,7 +178,11 @@ fn write(req: &HttpRequest, request_id: &str, status: StatusCode) {
         caller_environment = shown(notes.caller_env),
         environment = shown(path_uuid("env_id")),
         action,
-        target_id = shown(path_uuid("token_id").or(notes.target_id)),
+        target_id = shown(
+            path_uuid("token_id")
+                .or(path_uuid("job_id"))
+                .or(notes.target_id)
+        ),
         outcome,
         request_id,
         status = status.as_u16(),
@@ -172,7 +192,7 @@ fn write(req: &HttpRequest, request_id: &str, status: StatusCode) {
 
 /// Whether requests of `method` may be audited: the changes.
 pub fn is_audited(method: &Method) -> bool {
-    matches!(*method, Method::POST | Method::DELETE)
+    matches!(*method, Method::POST | Method::PATCH | Method::DELETE)
 }
 
 fn action(method: &Method, pattern: &str) -> Option<&'static str> {

@@ -120,7 +120,7 @@ pub struct LimitSettings {
     pub rate_limit_keys: usize,
 }
 
-/// OTP validation windows and the lockout threshold. They apply to every token: the contract's
+/// OTP validation windows and the lockout policy. They apply to every token: the contract's
 /// token representation has no per-token fields for them.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
@@ -129,8 +129,14 @@ pub struct OtpSettings {
     pub hotp_window: u32,
     /// TOTP: time steps accepted either side of the expected one (current step + drift).
     pub totp_window: u32,
-    /// Consecutive failed validations after which a token answers `LOCKED` until resynced.
+    /// Consecutive failed checks after which a token is locked (see [`Lockout`]).
     pub max_failures: u32,
+    /// What `max_failures` consecutive failures do to a token.
+    pub lockout: Lockout,
+    /// `throttle`: the first delay, doubled with each further failure...
+    pub throttle_base_seconds: u32,
+    /// ...up to this.
+    pub throttle_max_seconds: u32,
     /// HOTP resync: counters searched after the expected one.
     pub hotp_resync_window: u32,
     /// TOTP resync: seconds searched either side of now.
@@ -143,10 +149,25 @@ impl Default for OtpSettings {
             hotp_window: 10,
             totp_window: 1,
             max_failures: 10,
+            lockout: Lockout::Lock,
+            throttle_base_seconds: 30,
+            throttle_max_seconds: 900,
             hotp_resync_window: 1000,
             totp_resync_window_seconds: 86_400,
         }
     }
+}
+
+/// What `otp.max_failures` consecutive failed checks do to a token.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Lockout {
+    /// Locked until a resync or an unlock: an attacker who knows a token's id can keep its
+    /// user out for good.
+    Lock,
+    /// Checks refused for a delay that doubles with each further failure, up to a maximum: no
+    /// one is kept out longer than that at a time, and guessing stays slow.
+    Throttle,
 }
 
 impl OtpSettings {
@@ -155,6 +176,8 @@ impl OtpSettings {
     const MAX_TOTP_WINDOW: u32 = 100;
     const MAX_HOTP_RESYNC_WINDOW: u32 = 100_000;
     const MAX_TOTP_RESYNC_SECONDS: u32 = 7 * 86_400;
+    /// A day: a longer refusal is a lock, which `lockout = "lock"` says more plainly.
+    const MAX_THROTTLE_SECONDS: u32 = 86_400;
 
     fn check(&self) -> Result<(), String> {
         let within = |key: &str, value: u32, min: u32, max: u32| {
@@ -170,6 +193,18 @@ impl OtpSettings {
         within("totp_window", self.totp_window, 0, Self::MAX_TOTP_WINDOW)?;
         // The count is an `integer` column.
         within("max_failures", self.max_failures, 1, i32::MAX as u32)?;
+        within(
+            "throttle_base_seconds",
+            self.throttle_base_seconds,
+            1,
+            Self::MAX_THROTTLE_SECONDS,
+        )?;
+        within(
+            "throttle_max_seconds",
+            self.throttle_max_seconds,
+            self.throttle_base_seconds,
+            Self::MAX_THROTTLE_SECONDS,
+        )?;
         within(
             "hotp_resync_window",
             self.hotp_resync_window,
@@ -734,6 +769,11 @@ mod tests {
         assert_eq!(s.otp.hotp_window, 10);
         assert_eq!(s.otp.totp_window, 1);
         assert_eq!(s.otp.max_failures, 10);
+        assert_eq!(s.otp.lockout, Lockout::Lock);
+        assert_eq!(
+            (s.otp.throttle_base_seconds, s.otp.throttle_max_seconds),
+            (30, 900)
+        );
         assert_eq!(s.otp.hotp_resync_window, 1000);
         assert_eq!(s.otp.totp_resync_window_seconds, 86_400);
         assert!(!format!("{s:?}").contains(KEY), "Debug must not show keys");
@@ -1141,6 +1181,58 @@ mod tests {
                     .contains("server.body_timeout_seconds must be from 1 to 3600"),
                 "{value}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn lockout_policy_from_a_file_or_the_environment() {
+        let s = load_with(&format!(
+            "{VALID}\n[otp]\nlockout = \"throttle\"\nthrottle_base_seconds = 5\nthrottle_max_seconds = 5"
+        ))
+        .unwrap();
+        assert_eq!(s.otp.lockout, Lockout::Throttle);
+        assert_eq!(
+            (s.otp.throttle_base_seconds, s.otp.throttle_max_seconds),
+            (5, 5)
+        );
+        let secret = (
+            "OATH__AUTH__HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let s = load_env(&[
+            secret,
+            ("OATH__OTP__LOCKOUT", "throttle"),
+            ("OATH__OTP__MAX_FAILURES", "5"),
+            ("OATH__OTP__THROTTLE_BASE_SECONDS", "10"),
+            ("OATH__OTP__THROTTLE_MAX_SECONDS", "600"),
+        ])
+        .unwrap();
+        assert_eq!(s.otp.lockout, Lockout::Throttle);
+        assert_eq!(s.otp.max_failures, 5);
+        assert_eq!(
+            (s.otp.throttle_base_seconds, s.otp.throttle_max_seconds),
+            (10, 600)
+        );
+        for (vars, key) in [
+            (vec![("OATH__OTP__LOCKOUT", "forever")], "lockout"),
+            (
+                vec![("OATH__OTP__THROTTLE_BASE_SECONDS", "0")],
+                "otp.throttle_base_seconds must be from 1 to 86400",
+            ),
+            (
+                vec![("OATH__OTP__THROTTLE_MAX_SECONDS", "20")],
+                "otp.throttle_max_seconds must be from 30 to 86400",
+            ),
+            (
+                vec![("OATH__OTP__THROTTLE_MAX_SECONDS", "86401")],
+                "otp.throttle_max_seconds must be from 30 to 86400",
+            ),
+        ] {
+            let mut env = vec![secret];
+            env.extend(vars);
+            let err = load_env(&env).unwrap_err().to_string();
+            assert!(err.contains(key), "{env:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
         }
     }
 

@@ -9,14 +9,14 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::config::OtpSettings;
+use crate::config::{Lockout, OtpSettings};
 use crate::crypto::Sealed;
 use crate::domain::{HashAlgorithm, Otp, OtpLength, TokenStatus, UserId};
 use crate::error::ApiError;
 use crate::generations::Generations;
 use crate::otp::{self, Advance, MovingFactor, ResyncWindows, Windows};
 use crate::startup::AppState;
-use crate::store::otp::{self as store, OtpState};
+use crate::store::otp::{self as store, LockoutRule, OtpState};
 use crate::store::tokens::Token;
 
 /// The outcome of one check, as `validate` answers it and every check is logged.
@@ -28,6 +28,8 @@ pub enum Outcome {
     Invalid,
     /// Too many consecutive failures: the OTP was not checked.
     Locked,
+    /// The token is disabled: the OTP was not checked, nor a failure counted.
+    Disabled,
 }
 
 impl Outcome {
@@ -36,6 +38,24 @@ impl Outcome {
             Self::Valid => "VALID",
             Self::Invalid => "INVALID",
             Self::Locked => "LOCKED",
+            Self::Disabled => "DISABLED",
+        }
+    }
+}
+
+/// The answer to a check: its outcome and, for a token throttled under `otp.lockout =
+/// "throttle"`, the whole seconds until checks are accepted again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub retry_after_seconds: Option<u64>,
+}
+
+impl From<Outcome> for Verdict {
+    fn from(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            retry_after_seconds: None,
         }
     }
 }
@@ -44,16 +64,17 @@ impl Outcome {
 ///
 /// A token this process has checked before is checked against what it saw then (its parameters
 /// and sealed secret, which never change, and its moving factor), with one statement that writes
-/// the outcome only if the row still has that factor and is not locked. Otherwise (the first
-/// check here, a factor moved by another process or request, a locked or deleted token), the
-/// row is read and the check made against it.
+/// the outcome only if the row still has that factor and is enabled and not locked. Otherwise
+/// (the first check here, a factor moved by another process or request, a locked, disabled or
+/// deleted token), the row is read and the check made against it.
 pub async fn validate(
     state: &AppState,
     env: Uuid,
     id: Uuid,
     otp: &Otp,
-) -> Result<Option<Outcome>, ApiError> {
+) -> Result<Option<Verdict>, ApiError> {
     let settings = &state.settings.otp;
+    let rule = lockout_rule(settings);
     // One connection for the read and the write: every checkout costs a round trip (sqlx tests
     // each connection as it returns to the pool).
     let mut db = state.db.acquire().await?;
@@ -61,35 +82,26 @@ pub async fn validate(
     if let Some(seen) = state.seen_tokens.get(env, id) {
         let engine = engine_token(state, env, id, &seen.parameters, seen.factor)?;
         let written = match otp::verify(&engine, otp, now, windows(settings)) {
-            Some(advance) => store::accept(
-                &mut *db,
-                env,
-                id,
-                advance,
-                settings.max_failures,
-                Some(&seen.factor),
-            )
-            .await?
-            .then(|| (Outcome::Valid, advanced(seen.factor, advance))),
-            None => {
-                store::record_failure(&mut *db, env, id, settings.max_failures, Some(&seen.factor))
-                    .await?
-                    .map(|_| (Outcome::Invalid, seen.factor))
-            }
+            Some(advance) => store::accept(&mut *db, env, id, advance, rule, Some(&seen.factor))
+                .await?
+                .then(|| (Outcome::Valid, advanced(seen.factor, advance))),
+            None => store::record_failure(&mut *db, env, id, rule, Some(&seen.factor))
+                .await?
+                .map(|_| (Outcome::Invalid, seen.factor)),
         };
         if let Some((outcome, factor)) = written {
             state.seen_tokens.put(env, id, seen.parameters, factor);
-            return Ok(Some(outcome));
+            return Ok(Some(outcome.into()));
         }
     }
     let Some(token) = store::get(&mut *db, env, id).await? else {
         state.seen_tokens.forget(env, id);
         return Ok(None);
     };
-    if is_locked(&token, settings) {
-        // Checked on a read until a resync unlocks it.
+    if let Some(refused) = refusal(&token, settings) {
+        // Read again on every check until enabled or unlocked.
         state.seen_tokens.forget(env, id);
-        return Ok(Some(Outcome::Locked));
+        return Ok(Some(refused));
     }
     let parameters = Arc::new(Parameters::of(
         token.otp_length,
@@ -99,7 +111,7 @@ pub async fn validate(
     let engine = engine_token(state, env, id, &parameters, token.factor)?;
     let accepted = match otp::verify(&engine, otp, now, windows(settings)) {
         // The check-and-advance: false when a concurrent request consumed the code first.
-        Some(advance) => store::accept(&mut *db, env, id, advance, settings.max_failures, None)
+        Some(advance) => store::accept(&mut *db, env, id, advance, rule, None)
             .await?
             .then_some(advance),
         None => None,
@@ -108,18 +120,26 @@ pub async fn validate(
         state
             .seen_tokens
             .put(env, id, parameters, advanced(token.factor, advance));
-        return Ok(Some(Outcome::Valid));
+        return Ok(Some(Outcome::Valid.into()));
     }
-    Ok(Some(
-        match store::record_failure(&mut *db, env, id, settings.max_failures, None).await? {
-            Some(_) => {
-                state.seen_tokens.put(env, id, parameters, token.factor);
-                Outcome::Invalid
-            }
-            // Locked by concurrent failures since the row was read.
-            None => Outcome::Locked,
-        },
-    ))
+    if store::record_failure(&mut *db, env, id, rule, None)
+        .await?
+        .is_some()
+    {
+        state.seen_tokens.put(env, id, parameters, token.factor);
+        return Ok(Some(Outcome::Invalid.into()));
+    }
+    // Locked by concurrent checks (or disabled, or deleted) since the row was read: what the
+    // row says now decides the answer. A rare race, so a read more is no cost.
+    state.seen_tokens.forget(env, id);
+    let Some(token) = store::get(&mut *db, env, id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(refusal(&token, settings).unwrap_or(Verdict {
+        // The delay ended in between: refused all the same, as when the write was made.
+        outcome: Outcome::Locked,
+        retry_after_seconds: (settings.lockout == Lockout::Throttle).then_some(1),
+    })))
 }
 
 /// What never changes about a token: its OTP parameters and its sealed secret.
@@ -208,6 +228,8 @@ pub enum Resync {
     Done(Token),
     /// The codes are not consecutive codes of the token within the window.
     NoMatch,
+    /// The token is disabled: the codes were not checked.
+    Disabled,
 }
 
 /// Resynchronises a token with two consecutive codes. `None`: no such token.
@@ -226,6 +248,9 @@ pub async fn resync(
     let Some(token) = store::get_for_update(&mut tx, env, id).await? else {
         return Ok(None);
     };
+    if !token.enabled {
+        return Ok(Some(Resync::Disabled));
+    }
     let engine = engine_token_read(state, env, id, token)?;
     let now = unix_now();
     // Up to a few thousand HMACs: off the async worker.
@@ -244,6 +269,8 @@ pub async fn resync(
 pub enum Pairing {
     Paired(Token),
     AlreadyPaired,
+    /// The token is disabled: the code was not checked.
+    Disabled,
     /// Too many consecutive failures: the code was not checked.
     Locked,
     /// The code is not valid; counted as a failure.
@@ -264,15 +291,18 @@ pub async fn pair(
     let Some(token) = store::get_for_update(&mut tx, env, id).await? else {
         return Ok(None);
     };
+    if !token.enabled {
+        return Ok(Some(Pairing::Disabled));
+    }
     if token.status == TokenStatus::Paired {
         return Ok(Some(Pairing::AlreadyPaired));
     }
-    if is_locked(&token, settings) {
+    if refusal(&token, settings).is_some() {
         return Ok(Some(Pairing::Locked));
     }
     let engine = engine_token_read(state, env, id, token)?;
     let Some(advance) = otp::verify(&engine, otp, unix_now(), windows(settings)) else {
-        store::record_failure(&mut *tx, env, id, settings.max_failures, None).await?;
+        store::record_failure(&mut *tx, env, id, lockout_rule(settings), None).await?;
         tx.commit().await?;
         return Ok(Some(Pairing::Invalid));
     };
@@ -281,8 +311,33 @@ pub async fn pair(
     Ok(Some(Pairing::Paired(token)))
 }
 
-fn is_locked(token: &OtpState, settings: &OtpSettings) -> bool {
-    i64::from(token.fail_count) >= i64::from(settings.max_failures)
+/// Why a check of `token`, as read, is answered without checking the code: disabled, or locked
+/// under the lockout policy (with the seconds left of a throttle delay). None: check it.
+fn refusal(token: &OtpState, settings: &OtpSettings) -> Option<Verdict> {
+    if !token.enabled {
+        return Some(Outcome::Disabled.into());
+    }
+    match settings.lockout {
+        Lockout::Lock => (i64::from(token.fail_count) >= i64::from(settings.max_failures))
+            .then_some(Outcome::Locked.into()),
+        Lockout::Throttle => token
+            .throttled_for
+            .filter(|seconds| *seconds > 0)
+            .map(|seconds| Verdict {
+                outcome: Outcome::Locked,
+                retry_after_seconds: u64::try_from(seconds).ok(),
+            }),
+    }
+}
+
+/// What the statements of a check need of the lockout policy.
+fn lockout_rule(settings: &OtpSettings) -> LockoutRule {
+    LockoutRule {
+        throttle: settings.lockout == Lockout::Throttle,
+        max_failures: settings.max_failures,
+        base_seconds: settings.throttle_base_seconds,
+        max_seconds: settings.throttle_max_seconds,
+    }
 }
 
 fn windows(settings: &OtpSettings) -> Windows {

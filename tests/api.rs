@@ -15,6 +15,7 @@ mod api {
     mod cross_tenant;
     mod docs_browser;
     mod errors;
+    mod helpdesk;
     mod idempotency;
     mod import_cli;
     mod import_fairness;
@@ -23,6 +24,7 @@ mod api {
     mod jwks_https;
     mod keys;
     mod limits;
+    mod lockout;
     mod metrics;
     mod openapi;
     mod operations;

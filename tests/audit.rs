@@ -152,6 +152,32 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
     assert_eq!(c.status, 204);
     want.push((c.request_id, "token.unpair", id.clone(), "SUCCESS", SUBJECT));
 
+    // Helpdesk actions: disable (a check then answers DISABLED), enable, unlock.
+    let c = call(with(Method::PATCH, &one).json(&json!({"enabled": false}))).await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    want.push((c.request_id, "token.update", id.clone(), "SUCCESS", SUBJECT));
+    let c = call(with(Method::POST, &format!("{one}/validate")).json(&json!({"otp": wrong}))).await;
+    assert_eq!(c.body["status"], "DISABLED", "{}", c.body);
+    want.push((
+        c.request_id,
+        "otp.validate",
+        id.clone(),
+        "DISABLED",
+        SUBJECT,
+    ));
+    let c = call(with(Method::PATCH, &one).json(&json!({"enabled": true, "x": 1}))).await;
+    assert_eq!(c.status, 400, "{}", c.body);
+    want.push((
+        c.request_id,
+        "token.update",
+        id.clone(),
+        "REJECTED",
+        SUBJECT,
+    ));
+    let c = call(with(Method::POST, &format!("{one}/unlock"))).await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    want.push((c.request_id, "token.unlock", id.clone(), "SUCCESS", SUBJECT));
+
     let job = json!({"type": "CREATE_OATH_TOKENS", "tokens": [
         {"serialNumber": "AUDJOB1", "secret": SEED_SECRET, "type": "HOTP", "otpLength": 6}]});
     let c = call(
@@ -165,7 +191,26 @@ async fn one_audit_event_per_mutating_request_and_otp_check(pool: PgPool) {
     .await;
     assert_eq!(c.status, 202, "{}", c.body);
     let job_id = c.body["id"].as_str().unwrap().to_string();
-    want.push((c.request_id, "job.submit", job_id, "SUCCESS", SUBJECT));
+    want.push((
+        c.request_id,
+        "job.submit",
+        job_id.clone(),
+        "SUCCESS",
+        SUBJECT,
+    ));
+    let cancel = app.url(&format!("{}/{job_id}/cancel", app.jobs_path()));
+    let c = call(with(Method::POST, &cancel)).await;
+    assert_eq!(c.status, 202, "{}", c.body);
+    want.push((
+        c.request_id,
+        "job.cancel",
+        job_id.clone(),
+        "SUCCESS",
+        SUBJECT,
+    ));
+    let c = call(with(Method::POST, &cancel)).await;
+    assert_eq!(c.status, 409, "{}", c.body);
+    want.push((c.request_id, "job.cancel", job_id, "CONFLICT", SUBJECT));
 
     let c = call(with(Method::DELETE, &format!("{tokens}/{seed_id}"))).await;
     assert_eq!(c.status, 204);

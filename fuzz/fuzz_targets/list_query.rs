@@ -20,6 +20,10 @@ fuzz_target!(|data: &[u8]| {
         assert!((1..=1000).contains(&list.paging.limit));
         if let Some(serial) = list.serial {
             assert!(serial.as_str().bytes().all(|b| b.is_ascii_alphanumeric()));
+            assert!(list.user.is_none());
+        }
+        if let Some(user) = list.user {
+            assert!(!user.as_str().is_empty() && !user.as_str().chars().any(char::is_control));
         }
     }
     if let Ok(jobs) = JobListRequest::parse(query) {

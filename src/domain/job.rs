@@ -67,6 +67,8 @@ pub enum JobStatus {
     InProgress,
     Done,
     Failed,
+    /// Stopped on request: the items processed before stay done, the rest were not processed.
+    Canceled,
 }
 
 impl JobStatus {
@@ -76,6 +78,7 @@ impl JobStatus {
             Self::InProgress => "IN_PROGRESS",
             Self::Done => "DONE",
             Self::Failed => "FAILED",
+            Self::Canceled => "CANCELED",
         }
     }
 
@@ -85,12 +88,13 @@ impl JobStatus {
             "IN_PROGRESS" => Some(Self::InProgress),
             "DONE" => Some(Self::Done),
             "FAILED" => Some(Self::Failed),
+            "CANCELED" => Some(Self::Canceled),
             _ => None,
         }
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Failed)
+        matches!(self, Self::Done | Self::Failed | Self::Canceled)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod job;
 mod otp;
+mod patch;
 mod secret;
 pub mod token;
 mod validation;
@@ -11,6 +12,7 @@ pub use otp::{
     Otp, PairingRequest, PairingRequestDoc, ResyncRequest, ResyncRequestDoc, UserId,
     ValidateRequest, ValidateRequestDoc,
 };
+pub use patch::{TokenPatch, TokenPatchDoc};
 pub use secret::Secret;
 pub use token::{
     HashAlgorithm, NewToken, OtpLength, SerialNumber, TokenKind, TokenSource, TokenStatus,

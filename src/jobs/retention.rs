@@ -1,4 +1,4 @@
-//! Retention: finished jobs (DONE, FAILED) whose completion is older than
+//! Retention: finished jobs (DONE, FAILED, CANCELED) whose completion is older than
 //! `jobs.retention_seconds` are deleted with their results, results first, the result chunks of a
 //! few thousand items per statement, each statement its own short transaction; afterwards the job
 //! is 404. One replica purges at a time (see [`crate::store::retention`]).

@@ -36,6 +36,8 @@ pub enum Step {
     Finished { job: Uuid, failed: bool },
     /// Another runner took the job over (this one's lease expired); nothing was written.
     LeaseLost { job: Uuid },
+    /// The job was canceled; nothing was written.
+    Canceled { job: Uuid },
 }
 
 pub struct Runner {
@@ -134,9 +136,7 @@ impl Runner {
         let mut tx = self.pool.begin().await?;
         let Some(at) = queue::fence(&mut tx, job, self.lease(), None).await? else {
             tx.rollback().await?;
-            METRICS.job_lease_losses.inc();
-            tracing::warn!(job_id = %job.id, attempt = job.attempt, "job lease lost");
-            return Ok(Step::LeaseLost { job: job.id });
+            return self.lost(job).await;
         };
         // Only takeovers count: giving a job back between chunks is no failure.
         if job.takeovers >= self.settings.jobs.max_attempts {
@@ -229,20 +229,36 @@ impl Runner {
         step
     }
 
+    /// The step of a claim whose fence failed: the job was canceled, or another runner took it
+    /// over.
+    async fn lost(&self, job: &ClaimedJob) -> Result<Step, sqlx::Error> {
+        if queue::is_canceled(&self.pool, job).await? {
+            tracing::info!(job_id = %job.id, "job canceled");
+            return Ok(Step::Canceled { job: job.id });
+        }
+        METRICS.job_lease_losses.inc();
+        tracing::warn!(job_id = %job.id, attempt = job.attempt, "job lease lost");
+        Ok(Step::LeaseLost { job: job.id })
+    }
+
     /// What a chunk's error makes of the step: a database error is the step's error; a chunk
-    /// whose input is missing fails the job.
+    /// whose input is missing fails the job, unless the claim was lost meanwhile (a cancel
+    /// deletes the input of the chunks it stops).
     async fn chunk_failed(&self, job: &ClaimedJob, e: ChunkError) -> Result<Step, sqlx::Error> {
         match e {
             ChunkError::Db(e) => Err(e),
             ChunkError::InputMissing => {
                 let mut tx = self.pool.begin().await?;
-                fail(
+                let failed = fail(
                     &mut tx,
                     job,
                     "The job's stored input could not be read completely; submit the job again.",
                 )
                 .await?;
                 tx.commit().await?;
+                if !failed {
+                    return self.lost(job).await;
+                }
                 tracing::error!(job_id = %job.id, "job failed: input items missing");
                 Ok(Step::Finished {
                     job: job.id,

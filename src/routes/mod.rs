@@ -35,6 +35,7 @@ pub struct Resource {
 
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
+const PATCH: Method = Method::PATCH;
 const DELETE: Method = Method::DELETE;
 
 /// `resource!["/path", "/alias": GET module::handler, POST module::other]`: a [`Resource`] whose
@@ -132,17 +133,19 @@ pub const ROUTES: &[Resource] = &[
     resource!["/docs/redoc.standalone.js": GET docs::script],
     resource!["/v1/environments/{env_id}/oathTokens/{token_id}/validate": POST otp::validate],
     resource!["/v1/environments/{env_id}/oathTokens/{token_id}":
-        GET tokens::get, DELETE tokens::delete],
+        GET tokens::get, PATCH tokens::update, DELETE tokens::delete],
     resource!["/v1/environments/{env_id}/oathTokens": GET tokens::list, POST tokens::create],
     resource!["/v1/environments/{env_id}/oathTokens/{token_id}/resync": POST otp::resync],
     resource!["/v1/environments/{env_id}/oathTokens/{token_id}/pairing":
         POST otp::pair, DELETE otp::unpair],
+    resource!["/v1/environments/{env_id}/oathTokens/{token_id}/unlock": POST tokens::unlock],
     resource!["/v1/environments/{env_id}/oathJobs": GET jobs::list, POST jobs::submit],
     resource![
         "/v1/environments/{env_id}/oathJobs/{job_id}",
         "/v1/environments/{env_id}/jobs/{job_id}": GET jobs::get
     ],
     resource!["/v1/environments/{env_id}/oathJobs/{job_id}/results": GET jobs::results],
+    resource!["/v1/environments/{env_id}/oathJobs/{job_id}/cancel": POST jobs::cancel],
     resource!["/v1/environments/{env_id}": GET environments::get],
 ];
 

@@ -29,8 +29,14 @@ use crate::store::tokens::Token;
 use crate::verification::{self, Outcome, Pairing, Resync};
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 struct ValidationResult {
     status: Outcome,
+    /// `LOCKED` under the lockout policy `throttle` only: whole seconds until the token's codes
+    /// are checked again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 1)]
+    retry_after_seconds: Option<u64>,
 }
 
 /// The request of an OTP check, and the scope the check demands.
@@ -97,19 +103,25 @@ impl<R: CheckRequest> FromRequest for OtpCheck<R> {
 operation! {
     /// Check an OTP.
     ///
-    /// `{"otp": "..."}` answers `{"status": "VALID" | "INVALID" | "LOCKED"}`. A valid code is
-    /// consumed (HOTP: the counter moves past it; TOTP: its time step is never accepted again); after
-    /// too many consecutive failures the token is `LOCKED` until a successful resync.
+    /// `{"otp": "..."}` answers `{"status": "VALID" | "INVALID" | "LOCKED" | "DISABLED"}`. A
+    /// valid code is consumed (HOTP: the counter moves past it; TOTP: its time step is never
+    /// accepted again). After too many consecutive failures the token is `LOCKED`: until a resync
+    /// or an unlock (lockout policy `lock`), or for a delay that doubles with each further
+    /// failure, given in `retryAfterSeconds` (policy `throttle`). A `LOCKED` or `DISABLED` answer
+    /// checked nothing and counted nothing.
     post "/v1/environments/{env_id}/oathTokens/{token_id}/validate" as "validateOtp" in "OTP",
     params(TokenPath), json(ValidateRequestDoc), scopes("oath:otp:validate"),
     responses((status = 200, description = "The outcome of the check.", body = ValidationResult));
     pub async fn validate(check: OtpCheck<ValidateRequest>, req: HttpRequest) -> Reply {
         let OtpCheck { state, env, id, request } = check;
-        let outcome = verification::validate(&state, env, id, &request.otp)
+        let verdict = verification::validate(&state, env, id, &request.otp)
             .await?
             .or_not_found()?;
-        log_check(&req, id, "validate", outcome, StatusCode::OK);
-        Ok(HttpResponse::Ok().json(ValidationResult { status: outcome }))
+        log_check(&req, id, "validate", verdict.outcome, StatusCode::OK);
+        Ok(HttpResponse::Ok().json(ValidationResult {
+            status: verdict.outcome,
+            retry_after_seconds: verdict.retry_after_seconds,
+        }))
     }
 }
 
@@ -117,10 +129,14 @@ operation! {
     /// Resynchronise a token with two consecutive OTPs.
     ///
     /// `{"otps": ["first", "second"]}` sets the counter or drift, clears the lock and answers the
-    /// token; `400 INVALID_DATA` when the OTPs are not consecutive codes within the resync window.
+    /// token; `400 INVALID_DATA` when the OTPs are not consecutive codes within the resync window;
+    /// `409` when the token is disabled.
     post "/v1/environments/{env_id}/oathTokens/{token_id}/resync" as "resyncToken" in "OTP",
     params(TokenPath), json(ResyncRequestDoc), scopes("oath:tokens:write"),
-    responses((status = 200, description = "The token, resynchronised.", body = TokenResource));
+    responses(
+        (status = 200, description = "The token, resynchronised.", body = TokenResource),
+        (status = 409, response = Conflict)
+    );
     pub async fn resync(check: OtpCheck<ResyncRequest>, req: HttpRequest) -> Reply {
         let OtpCheck { state, env, id, request } = check;
         match verification::resync(&state, env, id, request.otps)
@@ -128,6 +144,10 @@ operation! {
             .or_not_found()?
         {
             Resync::Done(token) => Ok(checked_token(&req, &state, "resync", token)),
+            Resync::Disabled => {
+                log_check(&req, id, "resync", Outcome::Disabled, StatusCode::CONFLICT);
+                Err(disabled())
+            }
             Resync::NoMatch => {
                 log_check(&req, id, "resync", Outcome::Invalid, StatusCode::BAD_REQUEST);
                 Err(invalid_field(
@@ -144,7 +164,7 @@ operation! {
     /// Pair a token with a user.
     ///
     /// `{"userId": "...", "otp": "..."}` pairs an `AVAILABLE` token whose OTP validates (consuming
-    /// it) and answers the token; `409` when it is already paired or locked.
+    /// it) and answers the token; `409` when it is already paired, locked or disabled.
     post "/v1/environments/{env_id}/oathTokens/{token_id}/pairing" as "pairToken" in "OTP",
     params(TokenPath), json(PairingRequestDoc), scopes("oath:tokens:write"),
     responses(
@@ -162,13 +182,18 @@ operation! {
                 tracing::info!(token_id = %id, "token paired");
                 Ok(response)
             }
+            Pairing::Disabled => {
+                log_check(&req, id, "pairing", Outcome::Disabled, StatusCode::CONFLICT);
+                Err(disabled())
+            }
             Pairing::AlreadyPaired => Err(ApiError::Conflict(
                 "The token is already paired; unpair it first.".into(),
             )),
             Pairing::Locked => {
                 log_check(&req, id, "pairing", Outcome::Locked, StatusCode::CONFLICT);
                 Err(ApiError::Conflict(
-                    "The token is locked after too many failed validations; resync it first."
+                    "The token is locked after too many failed validations; resync or unlock \
+                     it first."
                         .into(),
                 ))
             }
@@ -241,7 +266,12 @@ fn checked_token(
     token: Token,
 ) -> HttpResponse {
     log_check(req, token.id, operation, Outcome::Valid, StatusCode::OK);
-    HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), token))
+    HttpResponse::Ok().json(TokenResource::new(&state.settings, token))
+}
+
+/// The 409 of a check of a disabled token.
+fn disabled() -> ApiError {
+    ApiError::Conflict("The token is disabled; enable it first.".into())
 }
 
 /// A 400 INVALID_DATA for the one field the check refused.

@@ -1,4 +1,5 @@
-//! `/v1/environments/{envID}/oathTokens`: create, read, list and delete single tokens.
+//! `/v1/environments/{envID}/oathTokens`: create, read, list (all, by serial, by user), enable or
+//! disable, unlock and delete single tokens.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -14,10 +15,11 @@ use super::{collection_url, cursor, parse_json, read_body, require_media_type};
 use super::{operation, OrNotFound, Reply};
 use super::{EnvPath, TokenPath};
 use super::{IdRef, Link};
+use crate::config::{Lockout, Settings};
 use crate::domain::token::{otp_length_schema, TokenRequestDoc};
 use crate::domain::{
-    DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenKind, TokenSource,
-    TokenStatus, TokenType,
+    DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenKind, TokenPatch,
+    TokenPatchDoc, TokenSource, TokenStatus, TokenType, UserId,
 };
 use crate::error::responses::{AuthenticatedErrors, BadRequest, BodyErrors, Conflict};
 use crate::error::ApiError;
@@ -53,6 +55,21 @@ pub struct TokenResource {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     user: Option<UserRef>,
+    /// False: checks answer `DISABLED`, resync and pairing are refused (`PATCH` to change).
+    enabled: bool,
+    /// Consecutive failed checks.
+    failed_attempts: i32,
+    /// Checks are refused after too many failures (lockout), until a resync or an unlock, or
+    /// until `lockedUntil`.
+    locked: bool,
+    /// Lockout policy `throttle`, while checks are refused: until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false)]
+    locked_until: Option<String>,
+    /// The last check the token passed (validate, resync or pairing); absent before the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false)]
+    last_used_at: Option<String>,
     /// RFC 3339, UTC, milliseconds.
     #[schema(format = DateTime, example = "2024-12-02T12:10:41.616Z")]
     created_at: String,
@@ -104,7 +121,17 @@ fn token_url(base: &str, env: Uuid, id: Uuid) -> String {
 }
 
 impl TokenResource {
-    pub fn new(base: &str, token: Token) -> Self {
+    /// The token as `settings` show it: its lock is judged by the lockout policy.
+    pub fn new(settings: &Settings, token: Token) -> Self {
+        let base = settings.base_url();
+        let otp = &settings.otp;
+        let throttled_until = token
+            .locked_until
+            .filter(|until| otp.lockout == Lockout::Throttle && *until > Utc::now());
+        let locked = match otp.lockout {
+            Lockout::Lock => i64::from(token.failed_attempts) >= i64::from(otp.max_failures),
+            Lockout::Throttle => throttled_until.is_some(),
+        };
         let (hotp, totp) = match token.kind {
             TokenKind::Hotp { counter } => (Some(HotpView { counter }), None),
             TokenKind::Totp { time_step } => (
@@ -136,6 +163,11 @@ impl TokenResource {
             hash_algorithm: token.hash_algorithm,
             status: token.status,
             user: token.user_id.map(|id| UserRef { id }),
+            enabled: token.enabled,
+            failed_attempts: token.failed_attempts,
+            locked,
+            locked_until: throttled_until.map(timestamp),
+            last_used_at: token.last_used_at.map(timestamp),
             created_at: timestamp(token.created_at),
             updated_at: timestamp(token.updated_at),
         }
@@ -222,7 +254,7 @@ pub async fn create(
             (row, Some(write))
         }
     };
-    let resource = TokenResource::new(state.settings.base_url(), row);
+    let resource = TokenResource::new(&state.settings, row);
     let location = resource.links.self_.href.clone();
     let body = serde_json::to_vec(&resource).map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Some(write) = write {
@@ -246,7 +278,7 @@ operation! {
     pub async fn get(auth: Authorized<TokensRead, TokenId>, state: web::Data<AppState>) -> Reply {
         let (env, id) = (auth.env, auth.ids.0);
         let row = store::get(&state.db, env, id).await?.or_not_found()?;
-        Ok(HttpResponse::Ok().json(TokenResource::new(state.settings.base_url(), row)))
+        Ok(HttpResponse::Ok().json(TokenResource::new(&state.settings, row)))
     }
 }
 
@@ -270,11 +302,89 @@ operation! {
     }
 }
 
+/// Enable or disable a token.
+///
+/// `{"enabled": false}` disables the token: its checks answer `DISABLED` without checking the
+/// code or counting a failure, and resync and pairing answer `409`. `{"enabled": true}` enables
+/// it again. No other property can be changed (`400 INVALID_DATA`).
+#[utoipa::path(
+    patch,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}",
+    tag = "Tokens",
+    operation_id = "updateToken",
+    params(TokenPath),
+    request_body(content(
+        (TokenPatchDoc = "application/json"),
+        (TokenPatchDoc = "application/merge-patch+json"),
+    )),
+    responses(
+        (status = 200, description = "The token, changed.", body = TokenResource),
+        BodyErrors,
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
+pub async fn update(
+    auth: Authorized<TokensWrite, TokenId>,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (env, id) = (auth.env, auth.ids.0);
+    require_media_type(&req, &["application/json", "application/merge-patch+json"])?;
+    let settings = &state.settings;
+    let bytes = read_body(
+        &req,
+        payload,
+        settings.server.max_body_bytes,
+        settings.body_timeout(),
+    )
+    .await?;
+    let patch = match parse_json(&bytes)? {
+        serde_json::Value::Object(body) => {
+            TokenPatch::parse(&body).map_err(ApiError::invalid_data)?
+        }
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "The request body must be a JSON object.".into(),
+            ))
+        }
+    };
+    let row = store::set_enabled(&state.db, env, id, patch.enabled)
+        .await?
+        .or_not_found()?;
+    crate::audit::committed(&req, None, StatusCode::OK);
+    tracing::info!(token_id = %id, enabled = patch.enabled, "token updated");
+    Ok(HttpResponse::Ok().json(TokenResource::new(settings, row)))
+}
+
+operation! {
+    /// Unlock a token.
+    ///
+    /// Clears the lock and the failed attempts, whichever the lockout policy, and answers the
+    /// token. No body.
+    post "/v1/environments/{env_id}/oathTokens/{token_id}/unlock" as "unlockToken" in "Tokens",
+    params(TokenPath), scopes("oath:tokens:write"),
+    responses((status = 200, description = "The token, unlocked.", body = TokenResource));
+    pub async fn unlock(
+        auth: Authorized<TokensWrite, TokenId>,
+        req: HttpRequest,
+        state: web::Data<AppState>,
+    ) -> Reply {
+        let (env, id) = (auth.env, auth.ids.0);
+        let row = store::unlock(&state.db, env, id).await?.or_not_found()?;
+        crate::audit::committed(&req, None, StatusCode::OK);
+        tracing::info!(token_id = %id, "token unlocked");
+        Ok(HttpResponse::Ok().json(TokenResource::new(&state.settings, row)))
+    }
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
-    /// `serialNumber eq "<serial number>"` (operator case-insensitive): the only filter.
-    #[param(example = "serialNumber eq \"2333734700388\"")]
+    /// `serialNumber eq "<serial number>"`, or `user.id eq "<user id>"` for the tokens paired
+    /// to a user (operator case-insensitive).
+    #[param(example = "user.id eq \"alice\"")]
     filter: Option<String>,
     /// Tokens per page, 1 to 1000; default 100.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
@@ -286,6 +396,8 @@ struct ListQuery {
 /// A token list's query string, parsed.
 pub struct ListRequest {
     pub serial: Option<SerialNumber>,
+    /// The user whose paired tokens are listed (never with `serial`).
+    pub user: Option<UserId>,
     /// Oldest first: after the last id of the previous page.
     pub paging: Paging<Uuid>,
     /// As sent, for the page links.
@@ -296,8 +408,14 @@ impl ListRequest {
     /// `filter`, `limit` and `cursor`; other parameters are ignored.
     pub fn parse(query_string: &str) -> Result<Self, ApiError> {
         let query: ListQuery = page::query(query_string)?;
+        let (serial, user) = match query.filter.as_deref().map(parse_filter).transpose()? {
+            None => (None, None),
+            Some(Filter::Serial(serial)) => (Some(serial), None),
+            Some(Filter::User(user)) => (None, Some(user)),
+        };
         Ok(Self {
-            serial: query.filter.as_deref().map(parse_filter).transpose()?,
+            serial,
+            user,
             paging: Paging::parse(query.limit.as_deref(), query.cursor, cursor::decode)?,
             filter: query.filter,
         })
@@ -310,7 +428,7 @@ super::page_type! {
 }
 
 operation! {
-    /// List tokens, or find one by serial number.
+    /// List tokens, find one by serial number, or find a user's tokens.
     get "/v1/environments/{env_id}/oathTokens" as "listTokens" in "Tokens",
     params(EnvPath, ListQuery), scopes("oath:tokens:read"),
     responses(
@@ -325,8 +443,16 @@ operation! {
         let env = auth.env;
         let query = ListRequest::parse(req.query_string())?;
         let paging = &query.paging;
-        let serial = query.serial.as_ref().map(SerialNumber::as_str);
-        let mut rows = store::list(&state.db, env, serial, paging.last, paging.fetch()).await?;
+        let mut rows = match &query.user {
+            Some(user) => {
+                store::list_by_user(&state.db, env, user.as_str(), paging.last, paging.fetch())
+                    .await?
+            }
+            None => {
+                let serial = query.serial.as_ref().map(SerialNumber::as_str);
+                store::list(&state.db, env, serial, paging.last, paging.fetch()).await?
+            }
+        };
         let base = state.settings.base_url();
         let mut params = Vec::new();
         if let Some(f) = &query.filter {
@@ -341,24 +467,32 @@ operation! {
         );
         let oath_tokens: Vec<TokenResource> = rows
             .into_iter()
-            .map(|r| TokenResource::new(base, r))
+            .map(|r| TokenResource::new(&state.settings, r))
             .collect();
         Ok(HttpResponse::Ok().json(TokenPage::new(links, oath_tokens)))
     }
 }
 
-/// The one filter the list supports: `serialNumber eq "X"` (operator case-insensitive, SCIM style).
-fn parse_filter(filter: &str) -> Result<SerialNumber, ApiError> {
+/// A token list's filter.
+enum Filter {
+    Serial(SerialNumber),
+    User(UserId),
+}
+
+/// The filters the list supports, SCIM style with the operator case-insensitive:
+/// `serialNumber eq "X"` and `user.id eq "X"`.
+fn parse_filter(filter: &str) -> Result<Filter, ApiError> {
     let bad = || {
         ApiError::InvalidRequest(
-            "Unsupported filter: use serialNumber eq \"<serial number>\".".into(),
+            "Unsupported filter: use serialNumber eq \"<serial number>\" or user.id eq \"<user id>\"."
+                .into(),
         )
     };
     let mut parts = filter.trim().splitn(3, char::is_whitespace);
     let (Some(attr), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad());
     };
-    if attr != "serialNumber" || !op.eq_ignore_ascii_case("eq") {
+    if !op.eq_ignore_ascii_case("eq") {
         return Err(bad());
     }
     let value = value
@@ -366,25 +500,43 @@ fn parse_filter(filter: &str) -> Result<SerialNumber, ApiError> {
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .ok_or_else(bad)?;
-    SerialNumber::parse(value)
-        .map_err(|m| ApiError::InvalidRequest(format!("Invalid filter: {m}.")))
+    let invalid = |m: String| ApiError::InvalidRequest(format!("Invalid filter: {m}."));
+    match attr {
+        "serialNumber" => SerialNumber::parse(value)
+            .map(Filter::Serial)
+            .map_err(invalid),
+        "user.id" => UserId::parse(value).map(Filter::User).map_err(invalid),
+        _ => Err(bad()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn serial(filter: &str) -> Option<String> {
+        match parse_filter(filter) {
+            Ok(Filter::Serial(s)) => Some(s.as_str().to_string()),
+            _ => None,
+        }
+    }
+
+    fn user(filter: &str) -> Option<String> {
+        match parse_filter(filter) {
+            Ok(Filter::User(u)) => Some(u.as_str().to_string()),
+            _ => None,
+        }
+    }
+
     #[test]
     fn filter_syntax() {
+        assert_eq!(serial(r#"serialNumber eq "AB12""#).unwrap(), "AB12");
+        assert_eq!(serial(r#" serialNumber EQ  "AB12" "#).unwrap(), "AB12");
+        assert_eq!(user(r#"user.id eq "alice""#).unwrap(), "alice");
+        // A user id is opaque: spaces and quotes inside are part of it.
         assert_eq!(
-            parse_filter(r#"serialNumber eq "AB12""#).unwrap().as_str(),
-            "AB12"
-        );
-        assert_eq!(
-            parse_filter(r#" serialNumber EQ  "AB12" "#)
-                .unwrap()
-                .as_str(),
-            "AB12"
+            user(r#"user.id eq "Alice "A" Smith""#).unwrap(),
+            r#"Alice "A" Smith"#
         );
         for bad in [
             "",
@@ -394,6 +546,9 @@ mod tests {
             "serialNumber eq AB12",
             r#"serialNumber eq "A B""#,
             r#"serialNumber eq "AB12" and x"#,
+            r#"user.id eq """#,
+            r#"user eq "alice""#,
+            r#"user.id ne "alice""#,
         ] {
             assert!(parse_filter(bad).is_err(), "{bad}");
         }

@@ -1,5 +1,5 @@
 //! `oath_jobs`: a job's row, from submission (insert) through its claims under a lease, the
-//! fenced progress of its chunks, to DONE or FAILED; and reading jobs for the API. Rows are read
+//! fenced progress of its chunks, to DONE, FAILED or CANCELED; and reading jobs for the API. Rows are read
 //! into [`Job`] in one place, [`JobRecord::into_job`], with one column list, [`job_query!`].
 
 use std::time::Duration;
@@ -406,6 +406,72 @@ pub async fn fail(
     .await?
     .rows_affected();
     Ok(updated == 1)
+}
+
+/// What a cancel found.
+pub enum Cancel {
+    /// The job is CANCELED now.
+    Canceled(Job),
+    /// The job had finished already (DONE, FAILED or CANCELED).
+    Finished,
+    NotFound,
+}
+
+/// Cancels a PENDING or IN_PROGRESS job and deletes its input (and so its sealed secrets).
+///
+/// The update waits for the row lock of a chunk in flight, which every chunk transaction takes
+/// first ([`fence`]), and is then evaluated again on the row that chunk left: after the job's
+/// last chunk it finds the job DONE and changes nothing; otherwise the job is CANCELED with the
+/// counts of the chunks committed so far, and every later fence of a runner fails, so a chunk
+/// written beside the committed one rolls back. Runners take the job row before a chunk's
+/// input row too, so the two cannot deadlock.
+pub async fn cancel(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Cancel, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let canceled = job_query!(
+        r#"update oath_jobs
+           set status = 'CANCELED', completed_at = now(), updated_at = now(),
+               lease_owner = null, lease_expires_at = null
+           where environment_id = $1 and id = $2 and status in ('PENDING', 'IN_PROGRESS')
+           returning "#,
+        "",
+        env,
+        id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(job) = canceled else {
+        tx.rollback().await?;
+        let exists = sqlx::query_scalar!(
+            r#"select exists(select 1 from oath_jobs where environment_id = $1 and id = $2)
+               as "exists!""#,
+            env,
+            id,
+        )
+        .fetch_one(pool)
+        .await?;
+        return Ok(if exists {
+            Cancel::Finished
+        } else {
+            Cancel::NotFound
+        });
+    };
+    super::chunks::delete_all(&mut tx, env, id).await?;
+    tx.commit().await?;
+    Ok(Cancel::Canceled(job.into_job()?))
+}
+
+/// Whether the job is CANCELED: what a runner whose fence failed asks, to tell a cancel from a
+/// lost lease.
+pub async fn is_canceled(pool: &PgPool, job: &ClaimedJob) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select exists(select 1 from oath_jobs
+                         where environment_id = $1 and id = $2 and status = 'CANCELED')
+           as "canceled!""#,
+        job.environment_id,
+        job.id,
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Gives a job back (shutdown, or yielding to another environment between chunks) so that any

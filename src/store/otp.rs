@@ -1,5 +1,5 @@
 //! The OTP state of `oath_tokens`: the moving factor (`counter`, or `drift` and `last_time_step`),
-//! the consecutive-failure count, and the pairing.
+//! the consecutive-failure count and lock, whether the token is enabled, and the pairing.
 //!
 //! Validation reads the row without a lock and then applies its result with one conditional
 //! `UPDATE` ([`accept`]), which Postgres re-evaluates on the latest row version when concurrent
@@ -8,6 +8,11 @@
 //! had (`seen`): its `UPDATE` then also requires the row to have that factor still, so that it
 //! writes only what a read would have decided. Resync and pairing, which are rare, lock the row
 //! for a short transaction ([`get_for_update`], then [`apply`]).
+//!
+//! Both writes of a check also require the token to be enabled and not locked under the
+//! [`LockoutRule`], judged by the database's clock on the row as it is when the write runs: of
+//! checks sent in the same instant once a throttle delay is over, the first failure written
+//! starts the next delay and every other one finds the row locked and writes nothing.
 
 use sqlx::{PgExecutor, Postgres, Transaction};
 use uuid::Uuid;
@@ -25,8 +30,23 @@ pub struct OtpState {
     pub hash_algorithm: HashAlgorithm,
     pub factor: MovingFactor,
     pub fail_count: i32,
+    /// Lockout policy `throttle`: whole seconds (rounded up) until checks are accepted again,
+    /// by the database's clock; zero or less when not throttled.
+    pub throttled_for: Option<i64>,
+    pub enabled: bool,
     pub status: TokenStatus,
     pub secret: Sealed,
+}
+
+/// What the statements of a check need of the lockout policy: after `max_failures` consecutive
+/// failures a token is locked (until a resync or an unlock) or, when `throttle`, refuses checks
+/// for `base_seconds`, doubled with each further failure up to `max_seconds`.
+#[derive(Clone, Copy, Debug)]
+pub struct LockoutRule {
+    pub throttle: bool,
+    pub max_failures: u32,
+    pub base_seconds: u32,
+    pub max_seconds: u32,
 }
 
 /// The OTP columns of `oath_tokens` as read.
@@ -38,6 +58,8 @@ struct OtpRecord {
     drift: i32,
     last_time_step: Option<i64>,
     fail_count: i32,
+    locked_for: Option<i64>,
+    enabled: bool,
     status: String,
     secret_ciphertext: Vec<u8>,
     secret_key_id: String,
@@ -74,6 +96,8 @@ impl OtpRecord {
             hash_algorithm: decode(&self.hash_algorithm, HashAlgorithm::parse, "hash algorithm")?,
             factor,
             fail_count: self.fail_count,
+            throttled_for: self.locked_for,
+            enabled: self.enabled,
             status: decode(&self.status, TokenStatus::parse, "token status")?,
             secret: Sealed {
                 key_id: self.secret_key_id,
@@ -89,7 +113,8 @@ macro_rules! otp_query {
         sqlx::query_as!(
             OtpRecord,
             "select otp_length, hash_algorithm, counter, time_step, drift, last_time_step, \
-             fail_count, status, secret_ciphertext, secret_key_id \
+             fail_count, ceil(extract(epoch from locked_until - now()))::int8 as locked_for, \
+             enabled, status, secret_ciphertext, secret_key_id \
              from oath_tokens where environment_id = $1 and id = $2"
                 + $lock,
             $env,
@@ -124,32 +149,37 @@ pub async fn get_for_update(
 }
 
 /// Applies a successful check unless, since the row was read, the codes were consumed (the
-/// counter moved past them, or a step at or after them was accepted) or the token was locked,
-/// or, when the check was made against a factor `seen` earlier instead of a read, the row no
-/// longer has that factor. Clears the failure count. False when the condition no longer held.
+/// counter moved past them, or a step at or after them was accepted), the token was disabled or
+/// locked, or, when the check was made against a factor `seen` earlier instead of a read, the
+/// row no longer has that factor. Clears the failures and the lock, and records the use. False
+/// when the condition no longer held.
 pub async fn accept(
     db: impl PgExecutor<'_>,
     env: Uuid,
     id: Uuid,
     advance: Advance,
-    max_failures: u32,
+    rule: LockoutRule,
     seen: Option<&MovingFactor>,
 ) -> Result<bool, sqlx::Error> {
-    let max_failures = i64::from(max_failures);
+    let max_failures = i64::from(rule.max_failures);
     let seen = SeenFactor::of(seen);
     let updated = match advance {
         Advance::Hotp { last } => {
             sqlx::query!(
                 r#"update oath_tokens
-                   set counter = $3 + 1, fail_count = 0, updated_at = now()
+                   set counter = $3 + 1, fail_count = 0, locked_until = null,
+                       last_used_at = now(), updated_at = now()
                    where environment_id = $1 and id = $2
-                     and counter <= $3 and fail_count < $4::bigint
+                     and counter <= $3 and enabled
+                     and case when $6 then locked_until is null or locked_until <= now()
+                              else fail_count < $4::bigint end
                      and ($5::bigint is null or counter = $5)"#,
                 env,
                 id,
                 counter_value(last),
                 max_failures,
                 seen.counter,
+                rule.throttle,
             )
             .execute(db)
             .await?
@@ -157,10 +187,13 @@ pub async fn accept(
         Advance::Totp { step, drift } => {
             sqlx::query!(
                 r#"update oath_tokens
-                   set last_time_step = $3, drift = $4, fail_count = 0, updated_at = now()
+                   set last_time_step = $3, drift = $4, fail_count = 0, locked_until = null,
+                       last_used_at = now(), updated_at = now()
                    where environment_id = $1 and id = $2 and time_step is not null
                      and (last_time_step is null or last_time_step < $3)
-                     and fail_count < $5::bigint
+                     and enabled
+                     and case when $8 then locked_until is null or locked_until <= now()
+                              else fail_count < $5::bigint end
                      and ($6::int4 is null
                           or (drift = $6 and last_time_step is not distinct from $7::bigint))"#,
                 env,
@@ -170,6 +203,7 @@ pub async fn accept(
                 max_failures,
                 seen.drift,
                 seen.last_step,
+                rule.throttle,
             )
             .execute(db)
             .await?
@@ -178,30 +212,44 @@ pub async fn accept(
     Ok(updated.rows_affected() == 1)
 }
 
-/// Counts one failed check, up to `max_failures`. Returns the new count, or `None` when the token
-/// was already locked (or is gone), or no longer has the factor `seen` the check was made
-/// against.
+/// Counts one failed check: under `lock`, up to `max_failures`; under `throttle`, from the
+/// `max_failures`th failure on, also refuses checks for a delay that doubles with each failure
+/// (the exponent is capped so that the arithmetic stays finite; the delay is capped anyway).
+/// Returns the new count, or `None` when the token was already locked, disabled or gone, or no
+/// longer has the factor `seen` the check was made against.
 pub async fn record_failure(
     db: impl PgExecutor<'_>,
     env: Uuid,
     id: Uuid,
-    max_failures: u32,
+    rule: LockoutRule,
     seen: Option<&MovingFactor>,
 ) -> Result<Option<i32>, sqlx::Error> {
     let seen = SeenFactor::of(seen);
     sqlx::query_scalar!(
-        r#"update oath_tokens set fail_count = fail_count + 1
-           where environment_id = $1 and id = $2 and fail_count < $3::bigint
+        r#"update oath_tokens
+           set fail_count = fail_count + 1,
+               locked_until = case
+                   when $7 and fail_count + 1 >= $3::bigint
+                   then now() + make_interval(secs => least(
+                       $8::float8 * power(2::float8, least(fail_count + 1 - $3::bigint, 30)),
+                       $9::float8))
+                   else locked_until end
+           where environment_id = $1 and id = $2 and enabled
+             and case when $7 then locked_until is null or locked_until <= now()
+                      else fail_count < $3::bigint end
              and ($4::bigint is null or counter = $4)
              and ($5::int4 is null
                   or (drift = $5 and last_time_step is not distinct from $6::bigint))
            returning fail_count"#,
         env,
         id,
-        i64::from(max_failures),
+        i64::from(rule.max_failures),
         seen.counter,
         seen.drift,
         seen.last_step,
+        rule.throttle,
+        f64::from(rule.base_seconds),
+        f64::from(rule.max_seconds),
     )
     .fetch_optional(db)
     .await
@@ -235,8 +283,8 @@ impl SeenFactor {
     }
 }
 
-/// Stores a new moving factor on a row locked by [`get_for_update`], clears the failure count
-/// (unlocking the token), and pairs the token with `pair_with` when given.
+/// Stores a new moving factor on a row locked by [`get_for_update`], clears the failures and
+/// the lock, records the use, and pairs the token with `pair_with` when given.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     env: Uuid,
@@ -254,6 +302,8 @@ pub async fn apply(
                last_time_step = coalesce($4, last_time_step),
                drift = coalesce($5, drift),
                fail_count = 0,
+               locked_until = null,
+               last_used_at = now(),
                status = case when $6::text is null then status else 'PAIRED' end,
                user_id = coalesce($6, user_id),
                updated_at = now()

@@ -29,7 +29,7 @@ async fn lock(tx: &mut PgConnection) -> Result<bool, sqlx::Error> {
     Ok(held)
 }
 
-/// Up to `limit` DONE or FAILED jobs completed more than `retention` ago, oldest first. None
+/// Up to `limit` finished (DONE, FAILED or CANCELED) jobs completed more than `retention` ago, oldest first. None
 /// when another replica holds the purge lock.
 pub async fn expired(
     pool: &PgPool,
@@ -43,7 +43,7 @@ pub async fn expired(
     let jobs = sqlx::query_as!(
         Expired,
         r#"select environment_id, id, total from oath_jobs
-           where status in ('DONE', 'FAILED')
+           where status in ('DONE', 'FAILED', 'CANCELED')
              and completed_at < now() - make_interval(secs => $1)
            order by completed_at
            limit $2"#,
@@ -91,7 +91,7 @@ pub async fn delete_job(pool: &PgPool, job: &Expired) -> Result<Option<bool>, sq
     if !lock(&mut tx).await? {
         return Ok(None);
     }
-    // A finished job has no input left; this is for a row that a failure left behind.
+    // A finished job has no input left; this is for rows that a failure left behind.
     sqlx::query!(
         "delete from oath_job_chunks where environment_id = $1 and job_id = $2",
         job.environment_id,
@@ -101,7 +101,8 @@ pub async fn delete_job(pool: &PgPool, job: &Expired) -> Result<Option<bool>, sq
     .await?;
     let deleted = sqlx::query!(
         r#"delete from oath_jobs
-           where environment_id = $1 and id = $2 and status in ('DONE', 'FAILED')"#,
+           where environment_id = $1 and id = $2
+             and status in ('DONE', 'FAILED', 'CANCELED')"#,
         job.environment_id,
         job.id,
     )

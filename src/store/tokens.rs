@@ -1,4 +1,5 @@
-//! `oath_tokens`: insert under the quota, read, list by keyset, delete.
+//! `oath_tokens`: insert under the quota, read, list by keyset (all, by serial, by user), enable
+//! or disable, unlock, delete.
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,6 +29,14 @@ pub struct Token {
     pub hash_algorithm: HashAlgorithm,
     pub status: TokenStatus,
     pub user_id: Option<String>,
+    /// False: every check answers DISABLED, and resync and pairing are refused.
+    pub enabled: bool,
+    /// Consecutive failed checks.
+    pub failed_attempts: i32,
+    /// Lockout policy `throttle`: checks are refused until then.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// The last check the token passed.
+    pub last_used_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -45,6 +54,10 @@ pub(crate) struct TokenRecord {
     pub(crate) drift: i32,
     pub(crate) status: String,
     pub(crate) user_id: Option<String>,
+    pub(crate) enabled: bool,
+    pub(crate) fail_count: i32,
+    pub(crate) locked_until: Option<DateTime<Utc>>,
+    pub(crate) last_used_at: Option<DateTime<Utc>>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
 }
@@ -77,6 +90,10 @@ impl TokenRecord {
             kind,
             drift: self.drift,
             user_id: self.user_id,
+            enabled: self.enabled,
+            failed_attempts: self.fail_count,
+            locked_until: self.locked_until,
+            last_used_at: self.last_used_at,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -94,7 +111,8 @@ macro_rules! token_query {
                      serial_number as "serial_number!", type as "token_type!",
                      otp_length as "otp_length!", hash_algorithm as "hash_algorithm!", counter,
                      time_step, drift as "drift!", status as "status!", user_id,
-                     created_at as "created_at!", updated_at as "updated_at!""#
+                     enabled as "enabled!", fail_count as "fail_count!", locked_until,
+                     last_used_at, created_at as "created_at!", updated_at as "updated_at!""#
                 + $after
             $(, $arg)*
         )
@@ -284,6 +302,66 @@ pub async fn list(
     .fetch_all(pool)
     .await
     .and_then(into_tokens)
+}
+
+/// One page of the tokens paired to `user`, in id order, after `after`: a range of the index on
+/// (environment, user, id).
+pub async fn list_by_user(
+    pool: &PgPool,
+    env: Uuid,
+    user: &str,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Token>, sqlx::Error> {
+    token_query!(
+        "select ",
+        " from oath_tokens where environment_id = $1 and user_id = $2 \
+         and ($3::uuid is null or id > $3) order by id limit $4",
+        env,
+        user,
+        after,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+    .and_then(into_tokens)
+}
+
+/// Enables or disables a token. None when there is no such token.
+pub async fn set_enabled(
+    pool: &PgPool,
+    env: Uuid,
+    id: Uuid,
+    enabled: bool,
+) -> Result<Option<Token>, sqlx::Error> {
+    token_query!(
+        "update oath_tokens set enabled = $3, updated_at = now() \
+         where environment_id = $1 and id = $2 returning ",
+        "",
+        env,
+        id,
+        enabled,
+    )
+    .fetch_optional(pool)
+    .await?
+    .map(TokenRecord::into_token)
+    .transpose()
+}
+
+/// Clears a token's failed attempts and lock, whichever the lockout policy. None when there is
+/// no such token.
+pub async fn unlock(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<Token>, sqlx::Error> {
+    token_query!(
+        "update oath_tokens set fail_count = 0, locked_until = null, updated_at = now() \
+         where environment_id = $1 and id = $2 returning ",
+        "",
+        env,
+        id,
+    )
+    .fetch_optional(pool)
+    .await?
+    .map(TokenRecord::into_token)
+    .transpose()
 }
 
 /// Deletes a token (paired or not) and releases its quota. False when there was none.
