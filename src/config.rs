@@ -159,7 +159,7 @@ impl Default for OtpSettings {
 }
 
 /// What `otp.max_failures` consecutive failed checks do to a token.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Lockout {
     /// Locked until a resync or an unlock: an attacker who knows a token's id can keep its
