@@ -195,9 +195,9 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
     let addr = state.settings.server.addr.clone();
     let app = Application::build(state)?;
     tracing::info!(%addr, port = app.port(), admin_port = ?app.admin_port(), "listening");
-    // The server returns after SIGTERM/ctrl-c has drained it; then the runners finish their
-    // current chunk and hand their jobs back.
-    let served = app.run_until_stopped().await;
+    // After SIGTERM/ctrl-c and the shutdown delay, the runners are told to stop (each finishes
+    // its current chunk and hands its job back) while the servers drain; then both are awaited.
+    let served = app.run_until_stopped_then(|| runners.begin_stop()).await;
     runners.stop().await;
     tracing::info!("stopped");
     served.map_err(|e| format!("server error: {e}"))

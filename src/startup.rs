@@ -229,6 +229,13 @@ impl Application {
     /// then both servers drain their in-flight requests (for up to
     /// `server.shutdown_timeout_seconds`).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until_stopped_then(|| {}).await
+    }
+
+    /// As [`Application::run_until_stopped`], calling `on_stop` once the delay has passed, just
+    /// before the servers drain (the job runners are told to stop there, so that they hand
+    /// their jobs back while requests drain, not after).
+    pub async fn run_until_stopped_then(self, on_stop: impl FnOnce()) -> std::io::Result<()> {
         let handles: Vec<ServerHandle> = std::iter::once(&self.server)
             .chain(self.admin.as_ref().map(|(_, admin)| admin))
             .map(Server::handle)
@@ -255,6 +262,7 @@ impl Application {
         if let Ok(stopped) = tokio::time::timeout(delay, &mut servers).await {
             return stopped;
         }
+        on_stop();
         // A server handles its commands while it is polled: stop and await at once.
         let stops = futures_util::future::join_all(handles.iter().map(|h| h.stop(true)));
         let ((), stopped) = tokio::join!(stops.map(|_| ()), servers);

@@ -444,6 +444,11 @@ impl RunnerPool {
     }
 
     /// Stops claiming, lets each runner finish its current chunk and release its job.
+    /// Tells the runners to stop after their current chunk, without waiting for them.
+    pub fn begin_stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {

@@ -45,10 +45,14 @@ fn fill(path: &str, env: Uuid, ids: &Ids) -> String {
 /// not by a body refused first. A new operation with a body of its own gets `{}` here, and its
 /// 404 check fails until it gets a body of its own.
 fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
+    let json = |v: Value| Some(("application/json", v.to_string()));
+    if *method == Method::PATCH {
+        // Disabling another environment's token would be the attack.
+        return json(json!({"enabled": false}));
+    }
     if *method != Method::POST {
         return None;
     }
-    let json = |v: Value| Some(("application/json", v.to_string()));
     match path.rsplit('/').next().unwrap() {
         "validate" => json(json!({"otp": "123456"})),
         "resync" => json(json!({"otps": ["123456", "654321"]})),

@@ -33,7 +33,8 @@ async fn wrong_methods_are_405_json(pool: PgPool) {
     for (method, path) in [
         (Method::PUT, tokens.as_str()),
         (Method::DELETE, tokens.as_str()),
-        (Method::PATCH, one.as_str()),
+        (Method::PUT, one.as_str()),
+        (Method::PATCH, tokens.as_str()),
         (Method::POST, one.as_str()),
         (Method::POST, "/health/live"),
     ] {
