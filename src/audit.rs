@@ -91,7 +91,7 @@ struct Notes {
     emitted: bool,
 }
 
-/// The request's id, as the request middleware chose it.
+/// The request's id, as the request middleware chose it (for audited requests).
 #[derive(Clone)]
 pub struct RequestId(pub String);
 
@@ -127,8 +127,9 @@ pub fn committed(req: &HttpRequest, created: Option<Uuid>, status: StatusCode) {
         n.target_id = n.target_id.or(created);
         n.emitted = true;
     });
-    let request_id = req.extensions().get::<RequestId>().cloned();
-    write(req, request_id.as_ref().map_or("", |r| &r.0), status);
+    let extensions = req.extensions();
+    let request_id = extensions.get::<RequestId>().map_or("", |r| r.0.as_str());
+    write(req, request_id, status);
 }
 
 /// Writes the event of an answered request that committed no change, when its route is audited

@@ -60,11 +60,11 @@ pub async fn request_context(
         .filter(|v| is_safe_request_id(v))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    req.extensions_mut()
-        .insert(audit::RequestId(request_id.clone()));
     if !audit::is_audited(req.method()) {
         return handle(req, next, request_id).await;
     }
+    req.extensions_mut()
+        .insert(audit::RequestId(request_id.clone()));
     // A client that goes away drops this future, and with it a handler in the middle of a
     // change: a change runs on a task of its own instead, to its end and its audit event.
     let request_id_of_panic = request_id.clone();
