@@ -225,29 +225,49 @@ pub async fn record_failure(
     seen: Option<&MovingFactor>,
 ) -> Result<Option<i32>, sqlx::Error> {
     let seen = SeenFactor::of(seen);
+    let max_failures = i64::from(rule.max_failures);
+    // One statement per policy: the default `lock` is the hot path of a guessed code and pays
+    // for no throttle arithmetic.
+    if !rule.throttle {
+        return sqlx::query_scalar!(
+            r#"update oath_tokens
+               set fail_count = fail_count + 1
+               where environment_id = $1 and id = $2 and enabled and fail_count < $3::bigint
+                 and ($4::bigint is null or counter = $4)
+                 and ($5::int4 is null
+                      or (drift = $5 and last_time_step is not distinct from $6::bigint))
+               returning fail_count"#,
+            env,
+            id,
+            max_failures,
+            seen.counter,
+            seen.drift,
+            seen.last_step,
+        )
+        .fetch_optional(db)
+        .await;
+    }
     sqlx::query_scalar!(
         r#"update oath_tokens
            set fail_count = fail_count + 1,
                locked_until = case
-                   when $7 and fail_count + 1 >= $3::bigint
+                   when fail_count + 1 >= $3::bigint
                    then now() + make_interval(secs => least(
-                       $8::float8 * power(2::float8, least(fail_count + 1 - $3::bigint, 30)),
-                       $9::float8))
+                       $7::float8 * power(2::float8, least(fail_count + 1 - $3::bigint, 30)),
+                       $8::float8))
                    else locked_until end
            where environment_id = $1 and id = $2 and enabled
-             and case when $7 then locked_until is null or locked_until <= now()
-                      else fail_count < $3::bigint end
+             and (locked_until is null or locked_until <= now())
              and ($4::bigint is null or counter = $4)
              and ($5::int4 is null
                   or (drift = $5 and last_time_step is not distinct from $6::bigint))
            returning fail_count"#,
         env,
         id,
-        i64::from(rule.max_failures),
+        max_failures,
         seen.counter,
         seen.drift,
         seen.last_step,
-        rule.throttle,
         f64::from(rule.base_seconds),
         f64::from(rule.max_seconds),
     )
