@@ -128,10 +128,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             telemetry::init(&settings.log);
             let pool = startup::pool(&settings)?;
             let state = AppState::new(settings, pool).await?;
-            let moved = store::secrets::reencrypt_all(&state.db, &state.cipher)
+            let moved = store::secrets::reencrypt_all(state.db(), &state.services.cipher)
                 .await
                 .map_err(|e| format!("re-encryption failed: {e}"))?;
-            let queued = store::secrets::reencrypt_queued(&state.db, &state.cipher)
+            let queued = store::secrets::reencrypt_queued(state.db(), &state.services.cipher)
                 .await
                 .map_err(|e| format!("re-encryption of queued job items failed: {e}"))?;
             tracing::info!(moved, queued, "re-encryption finished");
@@ -191,8 +191,8 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
     }
     let state = AppState::new(settings, pool).await?;
     check_key_ids(&state).await?;
-    let runners = RunnerPool::start(state.db.clone(), state.settings.clone());
-    let addr = state.settings.server.addr.clone();
+    let runners = RunnerPool::start(state.db().clone(), state.services.settings.clone());
+    let addr = state.settings().server.addr.clone();
     let app = Application::build(state)?;
     tracing::info!(%addr, port = app.port(), admin_port = ?app.admin_port(), "listening");
     // After SIGTERM/ctrl-c and the shutdown delay, the runners are told to stop (each finishes
@@ -207,9 +207,9 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
 /// configured. Without a database (`serve --no-migrate` while it is away) the check is skipped,
 /// with a warning: the process must start and wait for its database.
 async fn check_key_ids(state: &AppState) -> Result<(), String> {
-    match store::secrets::key_uses(&state.db).await {
+    match store::secrets::key_uses(state.db()).await {
         Ok(uses) => {
-            let statuses = keys::statuses(&state.cipher, &uses);
+            let statuses = keys::statuses(&state.services.cipher, &uses);
             let unconfigured = keys::unconfigured(&statuses);
             if unconfigured.is_empty() {
                 Ok(())

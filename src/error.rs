@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::auth::AuthError;
 use crate::domain::job::MAX_DETAILS;
 use crate::domain::FieldError;
+use crate::service::ServiceError;
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECONDS: u32 = 5;
@@ -348,6 +349,35 @@ impl ResponseError for ApiError {
             message: &message,
             details,
         })
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound => Self::not_found(),
+            ServiceError::Conflict(message) => Self::Conflict(message),
+            ServiceError::InvalidData { details, total } => Self::invalid_data_of(details, total),
+            ServiceError::Limited {
+                message,
+                retry_after_seconds,
+            } => Self::Limited {
+                message,
+                retry_after_seconds,
+            },
+            ServiceError::Database(e) => Self::from(&e),
+            ServiceError::SharedDatabase(e) => Self::from(&*e),
+            ServiceError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<crate::limits::Limited> for ApiError {
+    fn from(limited: crate::limits::Limited) -> Self {
+        Self::Limited {
+            message: limited.message.into(),
+            retry_after_seconds: limited.retry_after_seconds,
+        }
     }
 }
 

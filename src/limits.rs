@@ -25,7 +25,6 @@ use governor::{Quota, RateLimiter};
 use uuid::Uuid;
 
 use crate::config::LimitSettings;
-use crate::error::ApiError;
 use crate::generations::Generations;
 
 /// The limits of one process.
@@ -46,7 +45,7 @@ impl RateLimits {
     }
 
     /// One OTP check (validate, resync or pairing) of `token` by a caller of `env`.
-    pub fn check_otp(&self, env: Uuid, token: Uuid) -> Result<(), ApiError> {
+    pub fn check_otp(&self, env: Uuid, token: Uuid) -> Result<(), Limited> {
         check(
             self.otp.as_ref(),
             &(env, token),
@@ -55,7 +54,7 @@ impl RateLimits {
     }
 
     /// One authenticated request of `env`.
-    pub fn check_environment(&self, env: Uuid) -> Result<(), ApiError> {
+    pub fn check_environment(&self, env: Uuid) -> Result<(), Limited> {
         check(
             self.environment.as_ref(),
             &env,
@@ -72,15 +71,23 @@ impl RateLimits {
     }
 }
 
+/// A request refused by a limit: the message to answer and the whole seconds (at least 1) until
+/// it may pass.
+#[derive(Debug)]
+pub struct Limited {
+    pub message: &'static str,
+    pub retry_after_seconds: u32,
+}
+
 fn check<K: Hash + Eq + Clone>(
     limiter: Option<&Limiter<K>>,
     key: &K,
-    message: &str,
-) -> Result<(), ApiError> {
+    message: &'static str,
+) -> Result<(), Limited> {
     match limiter.map(|l| l.check(key)) {
         None | Some(Ok(())) => Ok(()),
-        Some(Err(retry_after_seconds)) => Err(ApiError::Limited {
-            message: message.into(),
+        Some(Err(retry_after_seconds)) => Err(Limited {
+            message,
             retry_after_seconds,
         }),
     }

@@ -1,7 +1,7 @@
 //! Builds the application (state, routes, middleware), binds it and runs it until stopped.
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,76 +12,12 @@ use futures_util::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
-use zeroize::Zeroizing;
-
-use crate::auth::Authenticator;
-use crate::config::{PskcKeyring, Settings};
-use crate::create_batch::CreateBatcher;
-use crate::crypto::SecretCipher;
+use crate::config::Settings;
 use crate::database::{DatabaseUrl, Primary, SessionAttrs};
 use crate::error;
-use crate::limits::RateLimits;
-use crate::routes::jobs::ImportGate;
+pub use crate::routes::AppState;
 use crate::routes::Listener;
-use crate::verification::SeenTokens;
 use crate::{routes, telemetry};
-
-/// Everything a request handler needs, shared by all workers.
-pub struct AppState {
-    pub db: PgPool,
-    pub settings: Arc<Settings>,
-    pub auth: Authenticator,
-    pub cipher: Arc<SecretCipher>,
-    /// The configured pre-shared PSKC keys, each bound to its environments.
-    pub pskc_keys: PskcKeyring,
-    /// Keys the HMAC that binds an `Idempotency-Key` to its request.
-    pub request_hash_key: Zeroizing<[u8; 32]>,
-    /// One file upload per environment at a time, a few parses at once.
-    pub imports: ImportGate,
-    /// The per-token OTP and per-environment request limits of this process.
-    pub limits: RateLimits,
-    /// Single creates, combined per environment into shared transactions.
-    pub creates: Arc<CreateBatcher>,
-    /// The tokens validated here, as last seen: a validation of one of them is one statement.
-    pub seen_tokens: SeenTokens,
-    /// Set when the process was told to stop: readiness answers 503 from then on.
-    pub stopping: AtomicBool,
-}
-
-impl AppState {
-    pub async fn new(settings: Settings, db: PgPool) -> Result<Self, String> {
-        let (active, keys) = settings.crypto.decoded_keys().map_err(|e| e.to_string())?;
-        let cipher = Arc::new(SecretCipher::new(active, &keys).map_err(|e| e.to_string())?);
-        let request_hash_key = settings
-            .crypto
-            .request_hash_key()
-            .map_err(|e| e.to_string())?;
-        let pskc_keys = settings.import.keyring().map_err(|e| e.to_string())?;
-        for id in pskc_keys.shared_ids() {
-            tracing::warn!(
-                key_id = id,
-                "import.pskc_keys.{id}.environments is [\"*\"]: every environment may import files under this key"
-            );
-        }
-        let auth = Authenticator::new(&settings.auth).await?;
-        let imports = ImportGate::new(settings.import.max_concurrent);
-        let limits = RateLimits::new(&settings.limits);
-        let creates = CreateBatcher::new(db.clone(), settings.limits.tokens_per_environment);
-        Ok(Self {
-            db,
-            settings: Arc::new(settings),
-            auth,
-            cipher,
-            pskc_keys,
-            request_hash_key,
-            imports,
-            limits,
-            creates,
-            seen_tokens: SeenTokens::new(),
-            stopping: AtomicBool::new(false),
-        })
-    }
-}
 
 /// A lazily connected pool: the process starts and stays up while the database is away.
 /// TLS follows the URL's `sslmode` and `sslrootcert`, as with libpq. With several hosts (or
@@ -181,7 +117,7 @@ impl Application {
     /// Binds `server.addr` and, when set, `server.admin_addr` (port 0 picks a free port) and
     /// prepares the servers; `run_until_stopped` runs them.
     pub fn build(state: AppState) -> Result<Self, String> {
-        let settings = &state.settings.server;
+        let settings = &state.settings().server;
         let (listener, port) = bind("server.addr", &settings.addr)?;
         let admin_listener = match settings.admin_addr() {
             Some(addr) => Some(bind("server.admin_addr", addr)?),
@@ -253,7 +189,7 @@ impl Application {
             stopped = &mut servers => return stopped,
             () = stop_signal() => {}
         }
-        let delay = Duration::from_secs(self.state.settings.server.shutdown_delay_seconds);
+        let delay = Duration::from_secs(self.state.settings().server.shutdown_delay_seconds);
         self.state.stopping.store(true, Ordering::Relaxed);
         tracing::info!(
             delay_seconds = delay.as_secs(),

@@ -6,6 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use oath_service::routes::cursor;
 use oath_service::routes::jobs::{JobListRequest, ResultsRequest};
 use oath_service::routes::tokens::ListRequest;
+use oath_service::service::tokens::TokenFilter;
 use uuid::Uuid;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,12 +19,14 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(list) = ListRequest::parse(query) {
         assert!((1..=1000).contains(&list.paging.limit));
-        if let Some(serial) = list.serial {
-            assert!(serial.as_str().bytes().all(|b| b.is_ascii_alphanumeric()));
-            assert!(list.user.is_none());
-        }
-        if let Some(user) = list.user {
-            assert!(!user.as_str().is_empty() && !user.as_str().chars().any(char::is_control));
+        match list.filter {
+            TokenFilter::Serial(serial) => {
+                assert!(serial.as_str().bytes().all(|b| b.is_ascii_alphanumeric()))
+            }
+            TokenFilter::User(user) => {
+                assert!(!user.as_str().is_empty() && !user.as_str().chars().any(char::is_control))
+            }
+            TokenFilter::All => {}
         }
     }
     if let Ok(jobs) = JobListRequest::parse(query) {

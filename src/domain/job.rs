@@ -101,8 +101,8 @@ impl JobStatus {
 /// What happened to one item of a job (stored in its chunk's `job_result_chunks` row).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[schema(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Outcome {
+#[schema(as = Outcome, rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ItemOutcome {
     Created,
     Duplicate,
     Revoked,
@@ -112,7 +112,7 @@ pub enum Outcome {
     Invalid,
 }
 
-impl Outcome {
+impl ItemOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "CREATED",

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::ChunkError;
-use crate::domain::job::Outcome;
+use crate::domain::job::ItemOutcome;
 use crate::store::chunks::{self, ChunkKey, CreateChunk};
 use crate::store::jobs::ChunkCounts;
 use crate::store::{quota, results, tokens};
@@ -46,25 +46,25 @@ pub async fn finish(
     results::write_create(tx, key, &chunk, &outcomes).await?;
     chunks::consume(tx, key).await?;
 
-    let count_of = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as i32;
+    let count_of = |o: ItemOutcome| outcomes.iter().filter(|x| **x == o).count() as i32;
     Ok(ChunkCounts {
         processed: chunk.len() as i32,
         created,
-        duplicates: count_of(Outcome::Duplicate),
-        failed: count_of(Outcome::LimitExceeded) + chunk.invalid_offsets.len() as i32,
+        duplicates: count_of(ItemOutcome::Duplicate),
+        failed: count_of(ItemOutcome::LimitExceeded) + chunk.invalid_offsets.len() as i32,
         ..ChunkCounts::default()
     })
 }
 
 /// Writes the tokens of `chunk` that are new and within the quota, and counts them against it.
 /// Returns each token's outcome (created, duplicate, past the limit) and how many were created.
-/// Combined single creates ([`crate::create_batch`]) near the limit.
+/// Combined single creates ([`crate::service::create_batch`]) near the limit.
 pub async fn write_tokens(
     tx: &mut PgConnection,
     env: Uuid,
     chunk: &CreateChunk,
     limit: i64,
-) -> Result<(Vec<Outcome>, i32), sqlx::Error> {
+) -> Result<(Vec<ItemOutcome>, i32), sqlx::Error> {
     let new = tokens::insert_new_from_chunk(tx, env, chunk, first_occurrences(chunk)).await?;
     take_quota(tx, env, chunk, new, limit).await
 }
@@ -78,15 +78,15 @@ async fn take_quota(
     chunk: &CreateChunk,
     mut new: Vec<usize>,
     limit: i64,
-) -> Result<(Vec<Outcome>, i32), sqlx::Error> {
+) -> Result<(Vec<ItemOutcome>, i32), sqlx::Error> {
     let room = quota::room(tx, env, limit).await? as usize;
-    let mut outcomes = vec![Outcome::Duplicate; chunk.tokens()];
+    let mut outcomes = vec![ItemOutcome::Duplicate; chunk.tokens()];
     new.sort_unstable();
     for (n, &i) in new.iter().enumerate() {
         outcomes[i] = if n < room {
-            Outcome::Created
+            ItemOutcome::Created
         } else {
-            Outcome::LimitExceeded
+            ItemOutcome::LimitExceeded
         };
     }
     if new.len() > room {

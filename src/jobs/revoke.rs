@@ -5,7 +5,7 @@
 use sqlx::PgConnection;
 
 use super::ChunkError;
-use crate::domain::job::Outcome;
+use crate::domain::job::ItemOutcome;
 use crate::store::chunks::{self, ChunkKey};
 use crate::store::jobs::ChunkCounts;
 use crate::store::results::RevokeResult;
@@ -33,15 +33,15 @@ pub async fn process_chunk(
             let (serial_number, outcome) = match revoked.remove(&token_id) {
                 Some(serial) => {
                     counts.revoked += 1;
-                    (Some(serial), Outcome::Revoked)
+                    (Some(serial), ItemOutcome::Revoked)
                 }
                 None if paired.contains(&token_id) => {
                     counts.skipped_paired += 1;
-                    (None, Outcome::SkippedPaired)
+                    (None, ItemOutcome::SkippedPaired)
                 }
                 None => {
                     counts.not_found += 1;
-                    (None, Outcome::NotFound)
+                    (None, ItemOutcome::NotFound)
                 }
             };
             RevokeResult {

@@ -18,7 +18,7 @@ use crate::domain::{HashAlgorithm, Otp, OtpLength, Secret};
 
 /// What the engine needs to know of a token.
 #[derive(Clone, Debug)]
-pub struct Token {
+pub struct OtpToken {
     pub key: Secret,
     pub algorithm: HashAlgorithm,
     pub length: OtpLength,
@@ -69,7 +69,7 @@ pub enum Advance {
 /// lowest match wins. TOTP: steps `expected - window ..= expected + window` where `expected` is
 /// the current step plus the drift, excluding steps up to the last accepted one; the match
 /// nearest `expected` wins (the earlier one on a tie).
-pub fn verify(token: &Token, otp: &Otp, now: u64, windows: Windows) -> Option<Advance> {
+pub fn verify(token: &OtpToken, otp: &Otp, now: u64, windows: Windows) -> Option<Advance> {
     if otp.length() != token.length {
         return None;
     }
@@ -100,7 +100,12 @@ pub fn verify(token: &Token, otp: &Otp, now: u64, windows: Windows) -> Option<Ad
 /// Finds two consecutive OTPs. HOTP: the first at a counter in `counter ..= counter + window`
 /// (lowest wins). TOTP: both at steps within `window` seconds of now, after the last accepted
 /// step (the pair nearest now wins). The advance consumes both codes.
-pub fn resync(token: &Token, otps: &[Otp; 2], now: u64, windows: ResyncWindows) -> Option<Advance> {
+pub fn resync(
+    token: &OtpToken,
+    otps: &[Otp; 2],
+    now: u64,
+    windows: ResyncWindows,
+) -> Option<Advance> {
     if otps.iter().any(|o| o.length() != token.length) {
         return None;
     }

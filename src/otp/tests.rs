@@ -25,8 +25,8 @@ fn otp(value: u32, length: OtpLength) -> Otp {
     .unwrap()
 }
 
-fn hotp_token(counter: u64) -> Token {
-    Token {
+fn hotp_token(counter: u64) -> OtpToken {
+    OtpToken {
         key: Secret::from_bytes(SEED_SHA1.to_vec()),
         algorithm: HashAlgorithm::Sha1,
         length: six(),
@@ -34,8 +34,8 @@ fn hotp_token(counter: u64) -> Token {
     }
 }
 
-fn totp_token(time_step: u32, drift: i32, last_step: Option<u64>) -> Token {
-    Token {
+fn totp_token(time_step: u32, drift: i32, last_step: Option<u64>) -> OtpToken {
+    OtpToken {
         key: Secret::from_bytes(SEED_SHA1.to_vec()),
         algorithm: HashAlgorithm::Sha1,
         length: eight(),
@@ -52,7 +52,7 @@ fn totp_at(step: u64, drift: i32) -> Option<Advance> {
     Some(Advance::Totp { step, drift })
 }
 
-fn code(token: &Token, moving_factor: u64) -> Otp {
+fn code(token: &OtpToken, moving_factor: u64) -> Otp {
     otp(
         hotp(
             token.key.expose(),
@@ -110,7 +110,7 @@ fn rfc6238_appendix_b() {
         let got = hotp(seed, algorithm, eight(), step);
         assert_eq!(format!("{got:08}"), want, "{time} {algorithm:?}");
         // And through verify, exactly at that time with no drift.
-        let token = Token {
+        let token = OtpToken {
             key: Secret::from_bytes(seed.to_vec()),
             algorithm,
             length: eight(),
@@ -297,7 +297,7 @@ proptest! {
         ahead in 0u32..30,
     ) {
         let ahead = ahead.min(window);
-        let token = Token { key: Secret::from_bytes(key), algorithm: HashAlgorithm::Sha1, length,
+        let token = OtpToken { key: Secret::from_bytes(key), algorithm: HashAlgorithm::Sha1, length,
                             factor: MovingFactor::Hotp { counter } };
         let submitted = code(&token, counter + u64::from(ahead));
         let windows = Windows { hotp: window, totp: 0 };
@@ -321,7 +321,7 @@ proptest! {
         offset in -5i64..=5,
     ) {
         let offset = offset.clamp(-i64::from(window), i64::from(window));
-        let token = Token { key: Secret::from_bytes(key), algorithm, length,
+        let token = OtpToken { key: Secret::from_bytes(key), algorithm, length,
                             factor: MovingFactor::Totp { time_step, drift, last_step: None } };
         let t = time_step_at(now, time_step);
         let step = (t as i64 + i64::from(drift) + offset) as u64;
@@ -336,7 +336,7 @@ proptest! {
         let expected = t as i64 + i64::from(drift);
         prop_assert!((found as i64 - expected).abs() <= (step as i64 - expected).abs());
         // Once accepted, that step is refused.
-        let used = Token { factor: MovingFactor::Totp { time_step, drift: new_drift,
+        let used = OtpToken { factor: MovingFactor::Totp { time_step, drift: new_drift,
                                                         last_step: Some(found) }, ..token };
         let replayed = match verify(&used, &submitted, now, windows) {
             Some(Advance::Totp { step, .. }) => step <= found,
@@ -351,7 +351,7 @@ proptest! {
         counter in 0u64..(1 << 62),
         ahead in 0u64..=200,
     ) {
-        let token = Token { key: Secret::from_bytes(key), algorithm: HashAlgorithm::Sha1,
+        let token = OtpToken { key: Secret::from_bytes(key), algorithm: HashAlgorithm::Sha1,
                             length: six(), factor: MovingFactor::Hotp { counter } };
         let first = counter + ahead;
         let otps = [code(&token, first), code(&token, first + 1)];

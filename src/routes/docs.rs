@@ -5,8 +5,6 @@
 use actix_web::http::header;
 use actix_web::{HttpResponse, HttpResponseBuilder};
 
-use super::operation;
-
 /// Redoc's standalone bundle, without its one request to another host (version, checksums and
 /// the change: `assets/redoc/README.md`).
 const REDOC_JS: &[u8] = include_bytes!("../../assets/redoc/redoc.standalone.js");
@@ -34,28 +32,38 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
     connect-src 'self'; worker-src 'self' blob:; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
-operation! {
-    /// The API reference (HTML).
-    ///
-    /// Redoc renders `/openapi.json`; every asset comes from this service. No authentication.
-    get "/docs" as "apiReference" in "Operations",
-    responses((status = 200, description = "The API reference page.", body = String,
-        content_type = "text/html"));
-    pub async fn page() -> HttpResponse {
-        asset("text/html; charset=utf-8", "no-cache")
-            .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
-            .body(PAGE)
-    }
+/// The API reference (HTML).
+///
+/// Redoc renders `/openapi.json`; every asset comes from this service. No authentication.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "Operations",
+    operation_id = "apiReference",
+    responses(
+        (status = 200, description = "The API reference page.", body = String,
+        content_type = "text/html"),
+    ),
+)]
+pub async fn page() -> HttpResponse {
+    asset("text/html; charset=utf-8", "no-cache")
+        .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .body(PAGE)
 }
 
-operation! {
-    /// The API reference's script (Redoc, vendored).
-    get "/docs/redoc.standalone.js" as "apiReferenceScript" in "Operations",
-    responses((status = 200, description = "Redoc's standalone bundle.", body = String,
-        content_type = "text/javascript"));
-    pub async fn script() -> HttpResponse {
-        asset("text/javascript; charset=utf-8", "public, max-age=3600").body(REDOC_JS)
-    }
+/// The API reference's script (Redoc, vendored).
+#[utoipa::path(
+    get,
+    path = "/docs/redoc.standalone.js",
+    tag = "Operations",
+    operation_id = "apiReferenceScript",
+    responses(
+        (status = 200, description = "Redoc's standalone bundle.", body = String,
+        content_type = "text/javascript"),
+    ),
+)]
+pub async fn script() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", "public, max-age=3600").body(REDOC_JS)
 }
 
 /// A file of the API reference: of `content_type`, never sniffed as another, cached as

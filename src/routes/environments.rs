@@ -7,9 +7,9 @@ use utoipa::ToSchema;
 
 use super::extract::{AnyRead, Authorized};
 use super::tokens::environment_url;
-use super::{operation, EnvPath, Link, Reply};
-use crate::startup::AppState;
-use crate::store::{jobs, quota};
+use super::{AppState, EnvPath, Link, Reply};
+use crate::error::responses::AuthenticatedErrors;
+use crate::service::environments;
 
 /// An environment: its tokens and unfinished jobs, each against its limit.
 #[derive(Serialize, ToSchema)]
@@ -45,31 +45,37 @@ struct JobUsage {
     limit: u32,
 }
 
-operation! {
-    /// Read the environment: its token count and unfinished jobs against their limits.
-    get "/v1/environments/{env_id}" as "getEnvironment" in "Environments",
-    params(EnvPath), scopes("oath:tokens:read", "oath:jobs:read"),
-    responses((status = 200, description = "The environment.", body = EnvironmentResource));
-    pub async fn get(auth: Authorized<AnyRead>, state: web::Data<AppState>) -> Reply {
-        let env = auth.env;
-        let settings = &state.settings;
-        let count = quota::tokens(&state.db, env).await?;
-        let unfinished = jobs::count_unfinished(&state.db, env).await?;
-        Ok(HttpResponse::Ok().json(EnvironmentResource {
-            links: EnvironmentLinks {
-                self_: Link {
-                    href: environment_url(settings.base_url(), env),
-                },
+/// Read the environment: its token count and unfinished jobs against their limits.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}",
+    tag = "Environments",
+    operation_id = "getEnvironment",
+    params(EnvPath),
+    responses(
+        (status = 200, description = "The environment.", body = EnvironmentResource),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:tokens:read"]), ("bearer" = ["oath:jobs:read"])),
+)]
+pub async fn get(auth: Authorized<AnyRead>, state: web::Data<AppState>) -> Reply {
+    let env = auth.env;
+    let settings = state.settings();
+    let usage = environments::usage(&state.services, env).await?;
+    Ok(HttpResponse::Ok().json(EnvironmentResource {
+        links: EnvironmentLinks {
+            self_: Link {
+                href: environment_url(settings.base_url(), env),
             },
-            id: env,
-            tokens: Usage {
-                count,
-                limit: settings.limits.tokens_per_environment,
-            },
-            jobs: JobUsage {
-                unfinished,
-                limit: settings.jobs.max_unfinished_per_environment,
-            },
-        }))
-    }
+        },
+        id: env,
+        tokens: Usage {
+            count: usage.tokens,
+            limit: settings.limits.tokens_per_environment,
+        },
+        jobs: JobUsage {
+            unfinished: usage.unfinished_jobs,
+            limit: settings.jobs.max_unfinished_per_environment,
+        },
+    }))
 }

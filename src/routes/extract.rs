@@ -11,9 +11,9 @@ use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use uuid::Uuid;
 
+use super::AppState;
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 /// The scopes an operation accepts, any one of them, as a type: `Authorized<TokensRead>`.
 pub trait Demands {

@@ -9,8 +9,8 @@ use sha2::Sha256;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::AppState;
 use crate::error::ApiError;
-use crate::startup::AppState;
 use crate::store::idempotency::{self as store, Stored};
 
 pub const HEADER: HeaderName = HeaderName::from_static("idempotency-key");
@@ -117,7 +117,7 @@ pub async fn replay(
     let Some(key) = key else {
         return Ok(None);
     };
-    match store::find(&state.db, env, &key.key).await? {
+    match store::find(state.db(), env, &key.key).await? {
         Some(stored) if stored.status != 0 => key.respond(stored).map(Some),
         _ => Ok(None),
     }
@@ -139,11 +139,11 @@ pub async fn begin<'k>(
     state: &AppState,
     env: Uuid,
 ) -> Result<Result<Write<'k>, HttpResponse>, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.db().begin().await?;
     if let Some(key) = key {
         if !store::claim(&mut tx, env, &key.key, &key.request_hash).await? {
             drop(tx);
-            return Ok(Err(match store::find(&state.db, env, &key.key).await? {
+            return Ok(Err(match store::find(state.db(), env, &key.key).await? {
                 Some(stored) => key.respond(stored)?,
                 // Expired between the two statements: extremely unlikely; ask for a retry.
                 None => {

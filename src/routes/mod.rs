@@ -9,7 +9,10 @@ pub mod idempotency;
 pub mod jobs;
 pub mod openapi;
 pub mod otp;
+mod state;
 pub mod tokens;
+
+pub use state::AppState;
 
 use std::time::Duration;
 
@@ -18,7 +21,7 @@ use actix_web::{web, HttpRequest, Route};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -49,76 +52,8 @@ macro_rules! resource {
     };
 }
 
-/// `operation! { /// docs \n method "/path" as "operationId" in "Tag", ...; handler }`: the
-/// handler with its `#[utoipa::path]` attribute (summary and description from its doc comment).
-///
-/// An operation of the API takes `params(...)`, `json(Type)` when it reads a JSON body documented
-/// as `Type`, `scopes("oath:...", ...)` (any one of them will do) and `responses(...)`; the macro
-/// adds the errors every authenticated operation may answer, and those of reading a body when it
-/// takes one. An operation without `scopes` is documented as it is written: no authentication,
-/// only its own `responses(...)`. The operations with headers or bodies of their own
-/// (`tokens::create`, `jobs::submit`) write their `#[utoipa::path]` out.
-macro_rules! operation {
-    // The head: doc comment, method, path, operation id and tag.
-    (
-        $(#[$($doc:tt)*])*
-        $method:ident $path:literal as $id:literal in $tag:literal, $($rest:tt)*
-    ) => {
-        $crate::routes::operation! {
-            @[$(#[$($doc)*])*][$method, path = $path, tag = $tag, operation_id = $id][]
-            $($rest)*
-        }
-    };
-    // A JSON body: documented as `$body`, and the errors of reading it added to the operation's.
-    (@[$($doc:tt)*][$($head:tt)*][] params($($params:tt)*), json($body:ident), $($rest:tt)*) => {
-        $crate::routes::operation! {
-            @[$($doc)*]
-            [$($head)*, request_body(content = $body, content_type = "application/json")]
-            [crate::error::responses::BodyErrors,]
-            params($($params)*), $($rest)*
-        }
-    };
-    // An operation of the API.
-    (
-        @[$($doc:tt)*][$($head:tt)*][$($errors:tt)*]
-        params($($params:tt)*), scopes($($scope:literal),+), responses($($response:tt)*);
-        $($handler:tt)*
-    ) => {
-        #[utoipa::path(
-            $($head)*,
-            params($($params)*),
-            responses(
-                $($response)*,
-                $($errors)*
-                crate::error::responses::AuthenticatedErrors,
-            ),
-            security($(("bearer" = [$scope])),+),
-        )]
-        $($doc)*
-        $($handler)*
-    };
-    // No authentication.
-    (@[$($doc:tt)*][$($head:tt)*][] responses($($response:tt)*); $($handler:tt)*) => {
-        #[utoipa::path($($head)*, responses($($response)*))]
-        $($doc)*
-        $($handler)*
-    };
-}
-pub(crate) use operation;
-
 /// What a handler answers: a response, or an error rendered as the API's error body.
 pub type Reply = Result<actix_web::HttpResponse, ApiError>;
-
-/// `store::get(..).await?.or_not_found()?`: what the path names, or 404 when there is none.
-pub trait OrNotFound<T> {
-    fn or_not_found(self) -> Result<T, ApiError>;
-}
-
-impl<T> OrNotFound<T> for Option<T> {
-    fn or_not_found(self) -> Result<T, ApiError> {
-        self.ok_or_else(ApiError::not_found)
-    }
-}
 
 /// Every route the service serves: [`configure`] registers exactly these, and the OpenAPI test
 /// checks that `/openapi.json` documents exactly these (method, path) pairs. The router tries
@@ -186,16 +121,29 @@ pub fn configure(cfg: &mut web::ServiceConfig, listener: Listener) {
     }
 }
 
-/// Reads a JSON body of media type `application/json` (parameters allowed), at most `limit` bytes.
-pub async fn json_body(
+/// A JSON body of one of `media_types` (parameters allowed), at most `server.max_body_bytes`:
+/// its bytes, which an `Idempotency-Key` binds to, and the object it must be.
+pub async fn json_object(
     req: &HttpRequest,
     payload: web::Payload,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Value, ApiError> {
-    require_media_type(req, &["application/json"])?;
-    let bytes = read_body(req, payload, limit, timeout).await?;
-    parse_json(&bytes)
+    state: &AppState,
+    media_types: &[&str],
+) -> Result<(web::Bytes, Map<String, Value>), ApiError> {
+    require_media_type(req, media_types)?;
+    let settings = state.settings();
+    let bytes = read_body(
+        req,
+        payload,
+        settings.server.max_body_bytes,
+        settings.body_timeout(),
+    )
+    .await?;
+    match parse_json(&bytes)? {
+        Value::Object(object) => Ok((bytes, object)),
+        _ => Err(ApiError::InvalidRequest(
+            "The request body must be a JSON object.".into(),
+        )),
+    }
 }
 
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {

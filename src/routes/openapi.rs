@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{docs, environments, health, jobs, operation, otp, tokens};
+use super::{docs, environments, health, jobs, otp, tokens};
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, NotFound, RequestTimeout, TooLarge, TooManyRequests,
     Unauthorized, Unavailable, Unexpected, UnsupportedMediaType,
@@ -43,7 +43,6 @@ use crate::error::ErrorBody;
         jobs::list,
         jobs::submit,
         jobs::get,
-        jobs::get_by_self_link,
         jobs::results,
         jobs::cancel,
         environments::get,
@@ -68,7 +67,7 @@ use crate::error::ErrorBody;
             Unavailable
         )
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &SelfLinkAlias),
     tags(
         (name = "Tokens", description = "Single tokens: create, read, list, find a user's, enable or disable, unlock, revoke."),
         (name = "Jobs", description = "Bulk create and revoke jobs, their per-item results, and cancelling them."),
@@ -104,19 +103,51 @@ impl Modify for BearerAuth {
     }
 }
 
+/// `/jobs/{job_id}`, the form of a job's self link, serves the resource of `/oathJobs/{job_id}`
+/// (one handler on two paths): documented as a copy of it, listed right after it.
+struct SelfLinkAlias;
+
+impl Modify for SelfLinkAlias {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        const PATH: &str = "/v1/environments/{env_id}/oathJobs/{job_id}";
+        const ALIAS: &str = "/v1/environments/{env_id}/jobs/{job_id}";
+        let paths = std::mem::take(&mut openapi.paths.paths);
+        for (path, item) in paths {
+            let alias = (path == PATH).then(|| {
+                let mut alias = item.clone();
+                if let Some(get) = alias.get.as_mut() {
+                    get.operation_id = Some("getJobBySelfLink".into());
+                    get.summary = Some("Read a job, by its self link.".into());
+                    get.description = Some("The same resource as `/oathJobs/{job_id}`.".into());
+                }
+                alias
+            });
+            openapi.paths.paths.insert(path, item);
+            if let Some(alias) = alias {
+                openapi.paths.paths.insert(ALIAS.into(), alias);
+            }
+        }
+    }
+}
+
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     ApiDoc::openapi()
         .to_pretty_json()
         .expect("the OpenAPI document serializes")
 });
 
-operation! {
-    /// This document.
-    get "/openapi.json" as "openapi" in "Operations",
-    responses((status = 200, description = "The OpenAPI 3.1 document.", body = serde_json::Value));
-    pub async fn document() -> HttpResponse {
-        HttpResponse::Ok()
-            .content_type("application/json")
-            .body(DOCUMENT.as_str())
-    }
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "Operations",
+    operation_id = "openapi",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document.", body = serde_json::Value),
+    ),
+)]
+pub async fn document() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(DOCUMENT.as_str())
 }

@@ -1,12 +1,12 @@
 //! `/v1/environments/{envID}/oathTokens/{tokenID}/validate`, `/resync` and `/pairing`: checking an
 //! OTP, resynchronising a token with two consecutive OTPs, and pairing a token with a user.
 //!
-//! Every OTP check is logged as one event (`otp checked`: token id, operation, outcome), never
+//! Every OTP check is logged as one event (`otp checked`: token id, outcome), never
 //! with the OTP or the secret.
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -15,23 +15,22 @@ use uuid::Uuid;
 
 use super::extract::{Authorized, Demands, OtpValidate, TokenId, TokensWrite};
 use super::tokens::TokenResource;
-use super::{json_body, operation, OrNotFound, Reply, TokenPath};
+use super::{json_object, AppState, Reply, TokenPath};
 use crate::domain::{
     FieldError, PairingRequest, PairingRequestDoc, ResyncRequest, ResyncRequestDoc,
     ValidateRequest, ValidateRequestDoc,
 };
-use crate::error::responses::Conflict;
+use crate::error::responses::{AuthenticatedErrors, BodyErrors, Conflict};
 use crate::error::ApiError;
 use crate::metrics::METRICS;
-use crate::startup::AppState;
-use crate::store::otp as store;
+use crate::service::tokens;
+use crate::service::verification::{self, CheckOutcome, Pairing, Resync};
 use crate::store::tokens::Token;
-use crate::verification::{self, Outcome, Pairing, Resync};
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ValidationResult {
-    status: Outcome,
+    status: CheckOutcome,
     /// `LOCKED` under the lockout policy `throttle` only: whole seconds until the token's codes
     /// are checked again.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,136 +99,172 @@ impl<R: CheckRequest> FromRequest for OtpCheck<R> {
     }
 }
 
-operation! {
-    /// Check an OTP.
-    ///
-    /// `{"otp": "..."}` answers `{"status": "VALID" | "INVALID" | "LOCKED" | "DISABLED"}`. A
-    /// valid code is consumed (HOTP: the counter moves past it; TOTP: its time step is never
-    /// accepted again). After too many consecutive failures the token is `LOCKED`: until a resync
-    /// or an unlock (lockout policy `lock`), or for a delay that doubles with each further
-    /// failure, given in `retryAfterSeconds` (policy `throttle`). A `LOCKED` or `DISABLED` answer
-    /// checked nothing and counted nothing.
-    post "/v1/environments/{env_id}/oathTokens/{token_id}/validate" as "validateOtp" in "OTP",
-    params(TokenPath), json(ValidateRequestDoc), scopes("oath:otp:validate"),
-    responses((status = 200, description = "The outcome of the check.", body = ValidationResult));
-    pub async fn validate(check: OtpCheck<ValidateRequest>, req: HttpRequest) -> Reply {
-        let OtpCheck { state, env, id, request } = check;
-        let verdict = verification::validate(&state, env, id, &request.otp)
-            .await?
-            .or_not_found()?;
-        log_check(&req, id, "validate", verdict.outcome, StatusCode::OK);
-        Ok(HttpResponse::Ok().json(ValidationResult {
-            status: verdict.outcome,
-            retry_after_seconds: verdict.retry_after_seconds,
-        }))
-    }
+/// Check an OTP.
+///
+/// `{"otp": "..."}` answers `{"status": "VALID" | "INVALID" | "LOCKED" | "DISABLED"}`. A
+/// valid code is consumed (HOTP: the counter moves past it; TOTP: its time step is never
+/// accepted again). After too many consecutive failures the token is `LOCKED`: until a resync
+/// or an unlock (lockout policy `lock`), or for a delay that doubles with each further
+/// failure, given in `retryAfterSeconds` (policy `throttle`). A `LOCKED` or `DISABLED` answer
+/// checked nothing and counted nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}/validate",
+    tag = "OTP",
+    operation_id = "validateOtp",
+    params(TokenPath),
+    request_body(content = ValidateRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The outcome of the check.", body = ValidationResult),
+        BodyErrors,
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:otp:validate"])),
+)]
+pub async fn validate(check: OtpCheck<ValidateRequest>, req: HttpRequest) -> Reply {
+    let OtpCheck {
+        state,
+        env,
+        id,
+        request,
+    } = check;
+    let verdict = verification::validate(&state.services, env, id, &request.otp).await?;
+    log_check(&req, id, "validate", verdict.outcome, StatusCode::OK);
+    Ok(HttpResponse::Ok().json(ValidationResult {
+        status: verdict.outcome,
+        retry_after_seconds: verdict.retry_after_seconds,
+    }))
 }
 
-operation! {
-    /// Resynchronise a token with two consecutive OTPs.
-    ///
-    /// `{"otps": ["first", "second"]}` sets the counter or drift, clears the lock and answers the
-    /// token; `400 INVALID_DATA` when the OTPs are not consecutive codes within the resync window;
-    /// `409` when the token is disabled.
-    post "/v1/environments/{env_id}/oathTokens/{token_id}/resync" as "resyncToken" in "OTP",
-    params(TokenPath), json(ResyncRequestDoc), scopes("oath:tokens:write"),
+/// Resynchronise a token with two consecutive OTPs.
+///
+/// `{"otps": ["first", "second"]}` sets the counter or drift, clears the lock and answers the
+/// token; `400 INVALID_DATA` when the OTPs are not consecutive codes within the resync window;
+/// `409` when the token is disabled.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}/resync",
+    tag = "OTP",
+    operation_id = "resyncToken",
+    params(TokenPath),
+    request_body(content = ResyncRequestDoc, content_type = "application/json"),
     responses(
         (status = 200, description = "The token, resynchronised.", body = TokenResource),
-        (status = 409, response = Conflict)
-    );
-    pub async fn resync(check: OtpCheck<ResyncRequest>, req: HttpRequest) -> Reply {
-        let OtpCheck { state, env, id, request } = check;
-        match verification::resync(&state, env, id, request.otps)
-            .await?
-            .or_not_found()?
-        {
-            Resync::Done(token) => Ok(checked_token(&req, &state, "resync", token)),
-            Resync::Disabled => {
-                log_check(&req, id, "resync", Outcome::Disabled, StatusCode::CONFLICT);
-                Err(disabled())
-            }
-            Resync::NoMatch => {
-                log_check(&req, id, "resync", Outcome::Invalid, StatusCode::BAD_REQUEST);
-                Err(invalid_field(
+        (status = 409, response = Conflict),
+        BodyErrors,
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
+pub async fn resync(check: OtpCheck<ResyncRequest>, req: HttpRequest) -> Reply {
+    let OtpCheck {
+        state,
+        env,
+        id,
+        request,
+    } = check;
+    let (outcome, refusal) =
+        match verification::resync(&state.services, env, id, request.otps).await? {
+            Resync::Done(token) => return Ok(checked_token(&req, &state, "resync", token)),
+            Resync::Disabled => (CheckOutcome::Disabled, disabled()),
+            Resync::NoMatch => (
+                CheckOutcome::Invalid,
+                invalid_field(
                     "otps",
                     "otps are not two consecutive codes of this token within the resync window; \
-                     enter two codes in a row as the token shows them",
-                ))
-            }
-        }
-    }
+                 enter two codes in a row as the token shows them",
+                ),
+            ),
+        };
+    log_check(&req, id, "resync", outcome, refusal.status_code());
+    Err(refusal)
 }
 
-operation! {
-    /// Pair a token with a user.
-    ///
-    /// `{"userId": "...", "otp": "..."}` pairs an `AVAILABLE` token whose OTP validates (consuming
-    /// it) and answers the token; `409` when it is already paired, locked or disabled.
-    post "/v1/environments/{env_id}/oathTokens/{token_id}/pairing" as "pairToken" in "OTP",
-    params(TokenPath), json(PairingRequestDoc), scopes("oath:tokens:write"),
+/// Pair a token with a user.
+///
+/// `{"userId": "...", "otp": "..."}` pairs an `AVAILABLE` token whose OTP validates (consuming
+/// it) and answers the token; `409` when it is already paired, locked or disabled.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}/pairing",
+    tag = "OTP",
+    operation_id = "pairToken",
+    params(TokenPath),
+    request_body(content = PairingRequestDoc, content_type = "application/json"),
     responses(
         (status = 200, description = "The token, now `PAIRED`.", body = TokenResource),
-        (status = 409, response = Conflict)
-    );
-    pub async fn pair(check: OtpCheck<PairingRequest>, req: HttpRequest) -> Reply {
-        let OtpCheck { state, env, id, request } = check;
-        match verification::pair(&state, env, id, &request.user_id, &request.otp)
-            .await?
-            .or_not_found()?
-        {
-            Pairing::Paired(token) => {
-                let response = checked_token(&req, &state, "pairing", token);
-                tracing::info!(token_id = %id, "token paired");
-                Ok(response)
-            }
-            Pairing::Disabled => {
-                log_check(&req, id, "pairing", Outcome::Disabled, StatusCode::CONFLICT);
-                Err(disabled())
-            }
-            Pairing::AlreadyPaired => Err(ApiError::Conflict(
+        (status = 409, response = Conflict),
+        BodyErrors,
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
+pub async fn pair(check: OtpCheck<PairingRequest>, req: HttpRequest) -> Reply {
+    let OtpCheck {
+        state,
+        env,
+        id,
+        request,
+    } = check;
+    let services = &state.services;
+    let (outcome, refusal) = match verification::pair(
+        services,
+        env,
+        id,
+        &request.user_id,
+        &request.otp,
+    )
+    .await?
+    {
+        Pairing::Paired(token) => return Ok(checked_token(&req, &state, "pairing", token)),
+        Pairing::AlreadyPaired => {
+            return Err(ApiError::Conflict(
                 "The token is already paired; unpair it first.".into(),
-            )),
-            Pairing::Locked => {
-                log_check(&req, id, "pairing", Outcome::Locked, StatusCode::CONFLICT);
-                Err(ApiError::Conflict(
-                    "The token is locked after too many failed validations; resync or unlock \
-                     it first."
-                        .into(),
-                ))
-            }
-            Pairing::Invalid => {
-                log_check(&req, id, "pairing", Outcome::Invalid, StatusCode::BAD_REQUEST);
-                Err(invalid_field(
-                    "otp",
-                    "the OTP is not valid for this token; enter the code the token shows now",
-                ))
-            }
+            ))
         }
-    }
+        Pairing::Disabled => (CheckOutcome::Disabled, disabled()),
+        Pairing::Locked => (
+            CheckOutcome::Locked,
+            ApiError::Conflict(
+                "The token is locked after too many failed validations; resync or unlock it first."
+                    .into(),
+            ),
+        ),
+        Pairing::Invalid => (
+            CheckOutcome::Invalid,
+            invalid_field(
+                "otp",
+                "the OTP is not valid for this token; enter the code the token shows now",
+            ),
+        ),
+    };
+    log_check(&req, id, "pairing", outcome, refusal.status_code());
+    Err(refusal)
 }
 
-operation! {
-    /// Unpair a token.
-    ///
-    /// `204` whether or not the token was paired; `404` when there is no token.
-    delete "/v1/environments/{env_id}/oathTokens/{token_id}/pairing" as "unpairToken" in "OTP",
-    params(TokenPath), scopes("oath:tokens:write"),
-    responses((status = 204, description = "The token is not paired (whether or not it was)."));
-    pub async fn unpair(
-        auth: Authorized<TokensWrite, TokenId>,
-        req: HttpRequest,
-        state: web::Data<AppState>,
-    ) -> Reply {
-        let (env, id) = (auth.env, auth.ids.0);
-        let was_paired = store::unpair(&state.db, env, id)
-            .await?
-            .or_not_found()?;
-        crate::audit::committed(&req, None, StatusCode::NO_CONTENT);
-        if was_paired {
-            tracing::info!(token_id = %id, "token unpaired");
-        }
-        Ok(HttpResponse::NoContent().finish())
-    }
+/// Unpair a token.
+///
+/// `204` whether or not the token was paired; `404` when there is no token.
+#[utoipa::path(
+    delete,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}/pairing",
+    tag = "OTP",
+    operation_id = "unpairToken",
+    params(TokenPath),
+    responses(
+        (status = 204, description = "The token is not paired (whether or not it was)."),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
+pub async fn unpair(
+    auth: Authorized<TokensWrite, TokenId>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Reply {
+    tokens::unpair(&state.services, auth.env, auth.ids.0).await?;
+    crate::audit::committed(&req, None, StatusCode::NO_CONTENT);
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// The body, a JSON object, read by the operation's parser: 400 for anything else.
@@ -242,20 +277,8 @@ async fn parse_body<T, P>(
 where
     P: FnOnce(&Map<String, Value>) -> Result<T, Vec<FieldError>>,
 {
-    let settings = &state.settings;
-    match json_body(
-        req,
-        payload,
-        settings.server.max_body_bytes,
-        settings.body_timeout(),
-    )
-    .await?
-    {
-        Value::Object(map) => parse(&map).map_err(ApiError::invalid_data),
-        _ => Err(ApiError::InvalidRequest(
-            "The request body must be a JSON object.".into(),
-        )),
-    }
+    let (_, body) = json_object(req, payload, state, &["application/json"]).await?;
+    parse(&body).map_err(ApiError::invalid_data)
 }
 
 /// A check that passed and changed `token`: logged as valid, answered with the token.
@@ -265,8 +288,14 @@ fn checked_token(
     operation: &'static str,
     token: Token,
 ) -> HttpResponse {
-    log_check(req, token.id, operation, Outcome::Valid, StatusCode::OK);
-    HttpResponse::Ok().json(TokenResource::new(&state.settings, token))
+    log_check(
+        req,
+        token.id,
+        operation,
+        CheckOutcome::Valid,
+        StatusCode::OK,
+    );
+    HttpResponse::Ok().json(TokenResource::new(state.settings(), token))
 }
 
 /// The 409 of a check of a disabled token.
@@ -285,7 +314,7 @@ fn log_check(
     req: &HttpRequest,
     token_id: Uuid,
     operation: &'static str,
-    outcome: Outcome,
+    outcome: CheckOutcome,
     status: StatusCode,
 ) {
     crate::audit::outcome(req, outcome.as_str());

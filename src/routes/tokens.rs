@@ -8,23 +8,23 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use serde_json::Value;
+
 use super::extract::{Authorized, TokenId, TokensRead, TokensWrite};
 use super::idempotency::{self, IdempotencyKey};
 use super::page::{self, Paging};
-use super::{collection_url, cursor, parse_json, read_body, require_media_type};
-use super::{operation, OrNotFound, Reply};
-use super::{EnvPath, TokenPath};
-use super::{IdRef, Link};
+use super::{collection_url, cursor, json_object, AppState, Reply};
+use super::{EnvPath, IdRef, Link, TokenPath};
 use crate::config::{Lockout, Settings};
 use crate::domain::token::{otp_length_schema, TokenRequestDoc};
 use crate::domain::{
-    DetailCode, FieldError, HashAlgorithm, NewToken, SerialNumber, TokenKind, TokenPatch,
-    TokenPatchDoc, TokenSource, TokenStatus, TokenType, UserId,
+    HashAlgorithm, NewToken, SerialNumber, TokenKind, TokenPatch, TokenPatchDoc, TokenSource,
+    TokenStatus, TokenType, UserId,
 };
 use crate::error::responses::{AuthenticatedErrors, BadRequest, BodyErrors, Conflict};
 use crate::error::ApiError;
-use crate::startup::AppState;
-use crate::store::tokens::{self as store, InsertError, Token};
+use crate::service::tokens::{self, TokenFilter};
+use crate::store::tokens::Token;
 
 /// The token representation: never the secret.
 #[derive(Serialize, ToSchema)]
@@ -196,65 +196,32 @@ pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Reply {
     let env = auth.env;
-    require_media_type(&req, &["application/json"])?;
-    let bytes = read_body(
-        &req,
-        payload,
-        state.settings.server.max_body_bytes,
-        state.settings.body_timeout(),
-    )
-    .await?;
-    let body = parse_json(&bytes)?;
-    if !body.is_object() {
-        return Err(ApiError::InvalidRequest(
-            "The request body must be a JSON object.".into(),
-        ));
-    }
-    let token = NewToken::parse(&body, TokenSource::Single).map_err(ApiError::invalid_data)?;
-
-    let idempotency_key = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])?;
-
-    let id = Uuid::now_v7();
-    let sealed = state.cipher.seal(&token.secret, env, id);
-    let limit = state.settings.limits.tokens_per_environment;
-    let insert_error = |e| match e {
-        InsertError::Duplicate => ApiError::invalid_data(vec![FieldError::new(
-            DetailCode::UniquenessViolation,
-            "serialNumber",
-            "a token with this serialNumber already exists in the environment",
-        )]),
-        InsertError::LimitExceeded => ApiError::invalid_data(vec![FieldError::new(
-            DetailCode::LimitExceeded,
-            "",
-            format!("the environment already holds its limit of {limit} tokens"),
-        )]),
-        InsertError::Db(e) => e.into(),
-        InsertError::Shared(e) => ApiError::from(&*e),
+    let (bytes, body) = json_object(&req, payload, &state, &["application/json"]).await?;
+    let token = NewToken::parse(&Value::Object(body), TokenSource::Single)
+        .map_err(ApiError::invalid_data)?;
+    let Some(key) = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])? else {
+        let created = tokens::create(&state.services, env, &token, None).await?;
+        return created_response(&req, &state, created, None).await;
     };
-    let (row, write) = match &idempotency_key {
-        // Committed with the environment's other creates in flight.
-        None => {
-            let row = state
-                .creates
-                .create(env, id, &token, sealed)
-                .await
-                .map_err(insert_error)?;
-            (row, None)
-        }
-        Some(key) => {
-            let mut write = match idempotency::begin(Some(key), &state, env).await? {
-                Ok(write) => write,
-                Err(first_response) => return Ok(first_response),
-            };
-            let row = store::insert(&mut *write.tx, env, id, &token, &sealed, limit)
-                .await
-                .map_err(insert_error)?;
-            (row, Some(write))
-        }
+    let mut write = match idempotency::begin(Some(&key), &state, env).await? {
+        Ok(write) => write,
+        Err(first_response) => return Ok(first_response),
     };
-    let resource = TokenResource::new(&state.settings, row);
+    let created = tokens::create(&state.services, env, &token, Some(&mut write.tx)).await?;
+    created_response(&req, &state, created, Some(write)).await
+}
+
+/// `201` with the created token, recorded under the request's `Idempotency-Key` (`write`) when
+/// it sent one, and audited.
+async fn created_response(
+    req: &HttpRequest,
+    state: &AppState,
+    created: Token,
+    write: Option<idempotency::Write<'_>>,
+) -> Reply {
+    let resource = TokenResource::new(state.settings(), created);
     let location = resource.links.self_.href.clone();
     let body = serde_json::to_vec(&resource).map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Some(write) = write {
@@ -262,44 +229,52 @@ pub async fn create(
             .commit(StatusCode::CREATED, Some(&location), &body)
             .await?;
     }
-    crate::audit::committed(&req, Some(id), StatusCode::CREATED);
-    tracing::info!(token_id = %id, serial_number = %token.serial_number.as_str(), "token created");
+    crate::audit::committed(req, Some(resource.id), StatusCode::CREATED);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))
         .content_type("application/json")
         .body(body))
 }
 
-operation! {
-    /// Read one token.
-    get "/v1/environments/{env_id}/oathTokens/{token_id}" as "getToken" in "Tokens",
-    params(TokenPath), scopes("oath:tokens:read"),
-    responses((status = 200, description = "The token.", body = TokenResource));
-    pub async fn get(auth: Authorized<TokensRead, TokenId>, state: web::Data<AppState>) -> Reply {
-        let (env, id) = (auth.env, auth.ids.0);
-        let row = store::get(&state.db, env, id).await?.or_not_found()?;
-        Ok(HttpResponse::Ok().json(TokenResource::new(&state.settings, row)))
-    }
+/// Read one token.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}",
+    tag = "Tokens",
+    operation_id = "getToken",
+    params(TokenPath),
+    responses(
+        (status = 200, description = "The token.", body = TokenResource),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:tokens:read"])),
+)]
+pub async fn get(auth: Authorized<TokensRead, TokenId>, state: web::Data<AppState>) -> Reply {
+    let token = tokens::get(&state.services, auth.env, auth.ids.0).await?;
+    Ok(HttpResponse::Ok().json(TokenResource::new(state.settings(), token)))
 }
 
-operation! {
-    /// Revoke (delete) one token, unpairing it if it is paired.
-    delete "/v1/environments/{env_id}/oathTokens/{token_id}" as "deleteToken" in "Tokens",
-    params(TokenPath), scopes("oath:tokens:write"),
-    responses((status = 204, description = "The token is gone."));
-    pub async fn delete(
-        auth: Authorized<TokensWrite, TokenId>,
-        req: HttpRequest,
-        state: web::Data<AppState>,
-    ) -> Reply {
-        let (env, id) = (auth.env, auth.ids.0);
-        if !store::delete(&state.db, env, id).await? {
-            return Err(ApiError::not_found());
-        }
-        crate::audit::committed(&req, None, StatusCode::NO_CONTENT);
-        tracing::info!(token_id = %id, "token deleted");
-        Ok(HttpResponse::NoContent().finish())
-    }
+/// Revoke (delete) one token, unpairing it if it is paired.
+#[utoipa::path(
+    delete,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}",
+    tag = "Tokens",
+    operation_id = "deleteToken",
+    params(TokenPath),
+    responses(
+        (status = 204, description = "The token is gone."),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
+pub async fn delete(
+    auth: Authorized<TokensWrite, TokenId>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Reply {
+    tokens::delete(&state.services, auth.env, auth.ids.0).await?;
+    crate::audit::committed(&req, None, StatusCode::NO_CONTENT);
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// Enable or disable a token.
@@ -329,54 +304,39 @@ pub async fn update(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let (env, id) = (auth.env, auth.ids.0);
-    require_media_type(&req, &["application/json", "application/merge-patch+json"])?;
-    let settings = &state.settings;
-    let bytes = read_body(
-        &req,
-        payload,
-        settings.server.max_body_bytes,
-        settings.body_timeout(),
-    )
-    .await?;
-    let patch = match parse_json(&bytes)? {
-        serde_json::Value::Object(body) => {
-            TokenPatch::parse(&body).map_err(ApiError::invalid_data)?
-        }
-        _ => {
-            return Err(ApiError::InvalidRequest(
-                "The request body must be a JSON object.".into(),
-            ))
-        }
-    };
-    let row = store::set_enabled(&state.db, env, id, patch.enabled)
-        .await?
-        .or_not_found()?;
+) -> Reply {
+    let media_types = ["application/json", "application/merge-patch+json"];
+    let (_, body) = json_object(&req, payload, &state, &media_types).await?;
+    let patch = TokenPatch::parse(&body).map_err(ApiError::invalid_data)?;
+    let token = tokens::set_enabled(&state.services, auth.env, auth.ids.0, patch.enabled).await?;
     crate::audit::committed(&req, None, StatusCode::OK);
-    tracing::info!(token_id = %id, enabled = patch.enabled, "token updated");
-    Ok(HttpResponse::Ok().json(TokenResource::new(settings, row)))
+    Ok(HttpResponse::Ok().json(TokenResource::new(state.settings(), token)))
 }
 
-operation! {
-    /// Unlock a token.
-    ///
-    /// Clears the lock and the failed attempts, whichever the lockout policy, and answers the
-    /// token. No body.
-    post "/v1/environments/{env_id}/oathTokens/{token_id}/unlock" as "unlockToken" in "Tokens",
-    params(TokenPath), scopes("oath:tokens:write"),
-    responses((status = 200, description = "The token, unlocked.", body = TokenResource));
-    pub async fn unlock(
-        auth: Authorized<TokensWrite, TokenId>,
-        req: HttpRequest,
-        state: web::Data<AppState>,
-    ) -> Reply {
-        let (env, id) = (auth.env, auth.ids.0);
-        let row = store::unlock(&state.db, env, id).await?.or_not_found()?;
-        crate::audit::committed(&req, None, StatusCode::OK);
-        tracing::info!(token_id = %id, "token unlocked");
-        Ok(HttpResponse::Ok().json(TokenResource::new(&state.settings, row)))
-    }
+/// Unlock a token.
+///
+/// Clears the lock and the failed attempts, whichever the lockout policy, and answers the
+/// token. No body.
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env_id}/oathTokens/{token_id}/unlock",
+    tag = "Tokens",
+    operation_id = "unlockToken",
+    params(TokenPath),
+    responses(
+        (status = 200, description = "The token, unlocked.", body = TokenResource),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:tokens:write"])),
+)]
+pub async fn unlock(
+    auth: Authorized<TokensWrite, TokenId>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Reply {
+    let token = tokens::unlock(&state.services, auth.env, auth.ids.0).await?;
+    crate::audit::committed(&req, None, StatusCode::OK);
+    Ok(HttpResponse::Ok().json(TokenResource::new(state.settings(), token)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -395,29 +355,24 @@ struct ListQuery {
 
 /// A token list's query string, parsed.
 pub struct ListRequest {
-    pub serial: Option<SerialNumber>,
-    /// The user whose paired tokens are listed (never with `serial`).
-    pub user: Option<UserId>,
+    pub filter: TokenFilter,
     /// Oldest first: after the last id of the previous page.
     pub paging: Paging<Uuid>,
     /// As sent, for the page links.
-    filter: Option<String>,
+    filter_text: Option<String>,
 }
 
 impl ListRequest {
     /// `filter`, `limit` and `cursor`; other parameters are ignored.
     pub fn parse(query_string: &str) -> Result<Self, ApiError> {
         let query: ListQuery = page::query(query_string)?;
-        let (serial, user) = match query.filter.as_deref().map(parse_filter).transpose()? {
-            None => (None, None),
-            Some(Filter::Serial(serial)) => (Some(serial), None),
-            Some(Filter::User(user)) => (None, Some(user)),
-        };
         Ok(Self {
-            serial,
-            user,
+            filter: match query.filter.as_deref() {
+                Some(filter) => parse_filter(filter)?,
+                None => TokenFilter::All,
+            },
             paging: Paging::parse(query.limit.as_deref(), query.cursor, cursor::decode)?,
-            filter: query.filter,
+            filter_text: query.filter,
         })
     }
 }
@@ -427,61 +382,53 @@ super::page_type! {
     TokenPage { EmbeddedTokens "oathTokens": TokenResource }
 }
 
-operation! {
-    /// List tokens, find one by serial number, or find a user's tokens.
-    get "/v1/environments/{env_id}/oathTokens" as "listTokens" in "Tokens",
-    params(EnvPath, ListQuery), scopes("oath:tokens:read"),
+/// List tokens, find one by serial number, or find a user's tokens.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathTokens",
+    tag = "Tokens",
+    operation_id = "listTokens",
+    params(EnvPath, ListQuery),
     responses(
         (status = 200, description = "A page of tokens.", body = TokenPage),
-        (status = 400, response = BadRequest)
-    );
-    pub async fn list(
-        auth: Authorized<TokensRead>,
-        req: HttpRequest,
-        state: web::Data<AppState>,
-    ) -> Reply {
-        let env = auth.env;
-        let query = ListRequest::parse(req.query_string())?;
-        let paging = &query.paging;
-        let mut rows = match &query.user {
-            Some(user) => {
-                store::list_by_user(&state.db, env, user.as_str(), paging.last, paging.fetch())
-                    .await?
-            }
-            None => {
-                let serial = query.serial.as_ref().map(SerialNumber::as_str);
-                store::list(&state.db, env, serial, paging.last, paging.fetch()).await?
-            }
-        };
-        let base = state.settings.base_url();
-        let mut params = Vec::new();
-        if let Some(f) = &query.filter {
-            params.push(("filter", f.clone()));
-        }
-        params.push(("limit", paging.limit.to_string()));
-        let links = paging.links(
-            &mut rows,
-            |r| cursor::encode(r.id),
-            &collection_url(base, env, "oathTokens"),
-            &params,
-        );
-        let oath_tokens: Vec<TokenResource> = rows
-            .into_iter()
-            .map(|r| TokenResource::new(&state.settings, r))
-            .collect();
-        Ok(HttpResponse::Ok().json(TokenPage::new(links, oath_tokens)))
+        (status = 400, response = BadRequest),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:tokens:read"])),
+)]
+pub async fn list(
+    auth: Authorized<TokensRead>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Reply {
+    let env = auth.env;
+    let query = ListRequest::parse(req.query_string())?;
+    let paging = &query.paging;
+    let mut found = tokens::list(
+        &state.services,
+        env,
+        &query.filter,
+        paging.last,
+        paging.fetch(),
+    )
+    .await?;
+    let mut params = Vec::new();
+    if let Some(f) = &query.filter_text {
+        params.push(("filter", f.clone()));
     }
-}
-
-/// A token list's filter.
-enum Filter {
-    Serial(SerialNumber),
-    User(UserId),
+    params.push(("limit", paging.limit.to_string()));
+    let url = collection_url(state.settings().base_url(), env, "oathTokens");
+    let links = paging.links(&mut found, |t| cursor::encode(t.id), &url, &params);
+    let oath_tokens: Vec<TokenResource> = found
+        .into_iter()
+        .map(|t| TokenResource::new(state.settings(), t))
+        .collect();
+    Ok(HttpResponse::Ok().json(TokenPage::new(links, oath_tokens)))
 }
 
 /// The filters the list supports, SCIM style with the operator case-insensitive:
 /// `serialNumber eq "X"` and `user.id eq "X"`.
-fn parse_filter(filter: &str) -> Result<Filter, ApiError> {
+fn parse_filter(filter: &str) -> Result<TokenFilter, ApiError> {
     let bad = || {
         ApiError::InvalidRequest(
             "Unsupported filter: use serialNumber eq \"<serial number>\" or user.id eq \"<user id>\"."
@@ -503,9 +450,9 @@ fn parse_filter(filter: &str) -> Result<Filter, ApiError> {
     let invalid = |m: String| ApiError::InvalidRequest(format!("Invalid filter: {m}."));
     match attr {
         "serialNumber" => SerialNumber::parse(value)
-            .map(Filter::Serial)
+            .map(TokenFilter::Serial)
             .map_err(invalid),
-        "user.id" => UserId::parse(value).map(Filter::User).map_err(invalid),
+        "user.id" => UserId::parse(value).map(TokenFilter::User).map_err(invalid),
         _ => Err(bad()),
     }
 }
@@ -516,14 +463,14 @@ mod tests {
 
     fn serial(filter: &str) -> Option<String> {
         match parse_filter(filter) {
-            Ok(Filter::Serial(s)) => Some(s.as_str().to_string()),
+            Ok(TokenFilter::Serial(s)) => Some(s.as_str().to_string()),
             _ => None,
         }
     }
 
     fn user(filter: &str) -> Option<String> {
         match parse_filter(filter) {
-            Ok(Filter::User(u)) => Some(u.as_str().to_string()),
+            Ok(TokenFilter::User(u)) => Some(u.as_str().to_string()),
             _ => None,
         }
     }

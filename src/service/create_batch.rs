@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::crypto::Sealed;
-use crate::domain::job::Outcome;
+use crate::domain::job::ItemOutcome;
 use crate::domain::NewToken;
 use crate::jobs::create::{first_occurrences, write_tokens};
 use crate::metrics::METRICS;
@@ -146,7 +146,7 @@ impl CreateBatcher {
         &self,
         env: Uuid,
         chunk: &CreateChunk,
-    ) -> Result<(Vec<Outcome>, Vec<Token>), sqlx::Error> {
+    ) -> Result<(Vec<ItemOutcome>, Vec<Token>), sqlx::Error> {
         match tokens::insert_new_counted(
             &self.pool,
             env,
@@ -163,9 +163,9 @@ impl CreateBatcher {
                     .iter()
                     .map(|id| {
                         if created.contains(id) {
-                            Outcome::Created
+                            ItemOutcome::Created
                         } else {
-                            Outcome::Duplicate
+                            ItemOutcome::Duplicate
                         }
                     })
                     .collect();
@@ -181,13 +181,13 @@ impl CreateBatcher {
         &self,
         env: Uuid,
         chunk: &CreateChunk,
-    ) -> Result<(Vec<Outcome>, Vec<Token>), sqlx::Error> {
+    ) -> Result<(Vec<ItemOutcome>, Vec<Token>), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let (outcomes, _) = write_tokens(&mut tx, env, chunk, self.limit).await?;
         let created: Vec<Uuid> = outcomes
             .iter()
             .zip(&chunk.token_ids)
-            .filter(|(o, _)| **o == Outcome::Created)
+            .filter(|(o, _)| **o == ItemOutcome::Created)
             .map(|(_, id)| *id)
             .collect();
         let rows = tokens::get_many(&mut tx, env, &created).await?;
@@ -204,7 +204,7 @@ fn refuse(batch: Pending, e: &Arc<sqlx::Error>) {
 }
 
 /// Gives each waiting request its answer.
-fn answer(batch: Pending, outcome: Result<(Vec<Outcome>, Vec<Token>), sqlx::Error>) {
+fn answer(batch: Pending, outcome: Result<(Vec<ItemOutcome>, Vec<Token>), sqlx::Error>) {
     let (outcomes, rows) = match outcome {
         Ok(done) => done,
         Err(e) => return refuse(batch, &Arc::new(e)),
@@ -217,10 +217,10 @@ fn answer(batch: Pending, outcome: Result<(Vec<Outcome>, Vec<Token>), sqlx::Erro
         .zip(&batch.chunk.token_ids)
     {
         let answer = match outcome {
-            Outcome::Created => rows
+            ItemOutcome::Created => rows
                 .remove(id)
                 .ok_or(InsertError::Db(sqlx::Error::RowNotFound)),
-            Outcome::LimitExceeded => Err(InsertError::LimitExceeded),
+            ItemOutcome::LimitExceeded => Err(InsertError::LimitExceeded),
             _ => Err(InsertError::Duplicate),
         };
         let _ = reply.send(answer);

@@ -9,13 +9,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::{ServiceError, Services};
 use crate::config::{Lockout, OtpSettings};
 use crate::crypto::Sealed;
 use crate::domain::{HashAlgorithm, Otp, OtpLength, TokenStatus, UserId};
-use crate::error::ApiError;
 use crate::generations::Generations;
 use crate::otp::{self, Advance, MovingFactor, ResyncWindows, Windows};
-use crate::startup::AppState;
 use crate::store::otp::{self as store, LockoutRule, OtpState};
 use crate::store::tokens::Token;
 
@@ -23,7 +22,7 @@ use crate::store::tokens::Token;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[schema(as = ValidationStatus)]
-pub enum Outcome {
+pub enum CheckOutcome {
     Valid,
     Invalid,
     /// Too many consecutive failures: the OTP was not checked.
@@ -32,7 +31,7 @@ pub enum Outcome {
     Disabled,
 }
 
-impl Outcome {
+impl CheckOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Valid => "VALID",
@@ -47,12 +46,12 @@ impl Outcome {
 /// "throttle"`, the whole seconds until checks are accepted again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
-    pub outcome: Outcome,
+    pub outcome: CheckOutcome,
     pub retry_after_seconds: Option<u64>,
 }
 
-impl From<Outcome> for Verdict {
-    fn from(outcome: Outcome) -> Self {
+impl From<CheckOutcome> for Verdict {
+    fn from(outcome: CheckOutcome) -> Self {
         Self {
             outcome,
             retry_after_seconds: None,
@@ -60,7 +59,7 @@ impl From<Outcome> for Verdict {
     }
 }
 
-/// Checks `otp` and consumes it when valid. `None`: no such token.
+/// Checks `otp` and consumes it when valid.
 ///
 /// A token this process has checked before is checked against what it saw then (its parameters
 /// and sealed secret, which never change, and its moving factor), with one statement that writes
@@ -68,47 +67,47 @@ impl From<Outcome> for Verdict {
 /// (the first check here, a factor moved by another process or request, a locked, disabled or
 /// deleted token), the row is read and the check made against it.
 pub async fn validate(
-    state: &AppState,
+    services: &Services,
     env: Uuid,
     id: Uuid,
     otp: &Otp,
-) -> Result<Option<Verdict>, ApiError> {
-    let settings = &state.settings.otp;
+) -> Result<Verdict, ServiceError> {
+    let settings = &services.settings.otp;
     let rule = lockout_rule(settings);
     // One connection for the read and the write: every checkout costs a round trip (sqlx tests
     // each connection as it returns to the pool).
-    let mut db = state.db.acquire().await?;
+    let mut db = services.db.acquire().await?;
     let now = unix_now();
-    if let Some(seen) = state.seen_tokens.get(env, id) {
-        let engine = engine_token(state, env, id, &seen.parameters, seen.factor)?;
+    if let Some(seen) = services.seen_tokens.get(env, id) {
+        let engine = engine_token(services, env, id, &seen.parameters, seen.factor)?;
         let written = match otp::verify(&engine, otp, now, windows(settings)) {
             Some(advance) => store::accept(&mut *db, env, id, advance, rule, Some(&seen.factor))
                 .await?
-                .then(|| (Outcome::Valid, advanced(seen.factor, advance))),
+                .then(|| (CheckOutcome::Valid, advanced(seen.factor, advance))),
             None => store::record_failure(&mut *db, env, id, rule, Some(&seen.factor))
                 .await?
-                .map(|_| (Outcome::Invalid, seen.factor)),
+                .map(|_| (CheckOutcome::Invalid, seen.factor)),
         };
         if let Some((outcome, factor)) = written {
-            state.seen_tokens.put(env, id, seen.parameters, factor);
-            return Ok(Some(outcome.into()));
+            services.seen_tokens.put(env, id, seen.parameters, factor);
+            return Ok(outcome.into());
         }
     }
     let Some(token) = store::get(&mut *db, env, id).await? else {
-        state.seen_tokens.forget(env, id);
-        return Ok(None);
+        services.seen_tokens.forget(env, id);
+        return Err(ServiceError::NotFound);
     };
     if let Some(refused) = refusal(&token, settings) {
         // Read again on every check until enabled or unlocked.
-        state.seen_tokens.forget(env, id);
-        return Ok(Some(refused));
+        services.seen_tokens.forget(env, id);
+        return Ok(refused);
     }
     let parameters = Arc::new(Parameters::of(
         token.otp_length,
         token.hash_algorithm,
         token.secret,
     ));
-    let engine = engine_token(state, env, id, &parameters, token.factor)?;
+    let engine = engine_token(services, env, id, &parameters, token.factor)?;
     let accepted = match otp::verify(&engine, otp, now, windows(settings)) {
         // The check-and-advance: false when a concurrent request consumed the code first.
         Some(advance) => store::accept(&mut *db, env, id, advance, rule, None)
@@ -117,29 +116,29 @@ pub async fn validate(
         None => None,
     };
     if let Some(advance) = accepted {
-        state
+        services
             .seen_tokens
             .put(env, id, parameters, advanced(token.factor, advance));
-        return Ok(Some(Outcome::Valid.into()));
+        return Ok(CheckOutcome::Valid.into());
     }
     if store::record_failure(&mut *db, env, id, rule, None)
         .await?
         .is_some()
     {
-        state.seen_tokens.put(env, id, parameters, token.factor);
-        return Ok(Some(Outcome::Invalid.into()));
+        services.seen_tokens.put(env, id, parameters, token.factor);
+        return Ok(CheckOutcome::Invalid.into());
     }
     // Locked by concurrent checks (or disabled, or deleted) since the row was read: what the
     // row says now decides the answer. A rare race, so a read more is no cost.
-    state.seen_tokens.forget(env, id);
+    services.seen_tokens.forget(env, id);
     let Some(token) = store::get(&mut *db, env, id).await? else {
-        return Ok(None);
+        return Err(ServiceError::NotFound);
     };
-    Ok(Some(refusal(&token, settings).unwrap_or(Verdict {
+    Ok(refusal(&token, settings).unwrap_or(Verdict {
         // The delay ended in between: refused all the same, as when the write was made.
-        outcome: Outcome::Locked,
+        outcome: CheckOutcome::Locked,
         retry_after_seconds: (settings.lockout == Lockout::Throttle).then_some(1),
-    })))
+    }))
 }
 
 /// What never changes about a token: its OTP parameters and its sealed secret.
@@ -232,37 +231,37 @@ pub enum Resync {
     Disabled,
 }
 
-/// Resynchronises a token with two consecutive codes. `None`: no such token.
+/// Resynchronises a token with two consecutive codes.
 pub async fn resync(
-    state: &AppState,
+    services: &Services,
     env: Uuid,
     id: Uuid,
     otps: [Otp; 2],
-) -> Result<Option<Resync>, ApiError> {
-    let settings = &state.settings.otp;
+) -> Result<Resync, ServiceError> {
+    let settings = &services.settings.otp;
     let windows = ResyncWindows {
         hotp: settings.hotp_resync_window,
         totp_seconds: settings.totp_resync_window_seconds,
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = services.db.begin().await?;
     let Some(token) = store::get_for_update(&mut tx, env, id).await? else {
-        return Ok(None);
+        return Err(ServiceError::NotFound);
     };
     if !token.enabled {
-        return Ok(Some(Resync::Disabled));
+        return Ok(Resync::Disabled);
     }
-    let engine = engine_token_read(state, env, id, token)?;
+    let engine = engine_token_read(services, env, id, token)?;
     let now = unix_now();
     // Up to a few thousand HMACs: off the async worker.
     let found = tokio::task::spawn_blocking(move || otp::resync(&engine, &otps, now, windows))
         .await
-        .map_err(|e| ApiError::Internal(format!("resync search failed: {e}")))?;
+        .map_err(|e| ServiceError::Internal(format!("resync search failed: {e}")))?;
     let Some(advance) = found else {
-        return Ok(Some(Resync::NoMatch));
+        return Ok(Resync::NoMatch);
     };
     let token = store::apply(&mut tx, env, id, advance, None).await?;
     tx.commit().await?;
-    Ok(Some(Resync::Done(token)))
+    Ok(Resync::Done(token))
 }
 
 /// What a pairing did.
@@ -277,54 +276,54 @@ pub enum Pairing {
     Invalid,
 }
 
-/// Pairs an available token with `user` when `otp` validates (consuming it). `None`: no such
-/// token.
+/// Pairs an available token with `user` when `otp` validates (consuming it).
 pub async fn pair(
-    state: &AppState,
+    services: &Services,
     env: Uuid,
     id: Uuid,
     user: &UserId,
     otp: &Otp,
-) -> Result<Option<Pairing>, ApiError> {
-    let settings = &state.settings.otp;
-    let mut tx = state.db.begin().await?;
+) -> Result<Pairing, ServiceError> {
+    let settings = &services.settings.otp;
+    let mut tx = services.db.begin().await?;
     let Some(token) = store::get_for_update(&mut tx, env, id).await? else {
-        return Ok(None);
+        return Err(ServiceError::NotFound);
     };
     if !token.enabled {
-        return Ok(Some(Pairing::Disabled));
+        return Ok(Pairing::Disabled);
     }
     if token.status == TokenStatus::Paired {
-        return Ok(Some(Pairing::AlreadyPaired));
+        return Ok(Pairing::AlreadyPaired);
     }
     if refusal(&token, settings).is_some() {
-        return Ok(Some(Pairing::Locked));
+        return Ok(Pairing::Locked);
     }
-    let engine = engine_token_read(state, env, id, token)?;
+    let engine = engine_token_read(services, env, id, token)?;
     let Some(advance) = otp::verify(&engine, otp, unix_now(), windows(settings)) else {
         store::record_failure(&mut *tx, env, id, lockout_rule(settings), None).await?;
         tx.commit().await?;
-        return Ok(Some(Pairing::Invalid));
+        return Ok(Pairing::Invalid);
     };
     let token = store::apply(&mut tx, env, id, advance, Some(user)).await?;
     tx.commit().await?;
-    Ok(Some(Pairing::Paired(token)))
+    tracing::info!(token_id = %id, "token paired");
+    Ok(Pairing::Paired(token))
 }
 
 /// Why a check of `token`, as read, is answered without checking the code: disabled, or locked
 /// under the lockout policy (with the seconds left of a throttle delay). None: check it.
 fn refusal(token: &OtpState, settings: &OtpSettings) -> Option<Verdict> {
     if !token.enabled {
-        return Some(Outcome::Disabled.into());
+        return Some(CheckOutcome::Disabled.into());
     }
     match settings.lockout {
         Lockout::Lock => (i64::from(token.fail_count) >= i64::from(settings.max_failures))
-            .then_some(Outcome::Locked.into()),
+            .then_some(CheckOutcome::Locked.into()),
         Lockout::Throttle => token
             .throttled_for
             .filter(|seconds| *seconds > 0)
             .map(|seconds| Verdict {
-                outcome: Outcome::Locked,
+                outcome: CheckOutcome::Locked,
                 retry_after_seconds: u64::try_from(seconds).ok(),
             }),
     }
@@ -349,18 +348,18 @@ fn windows(settings: &OtpSettings) -> Windows {
 
 /// The engine's view of a stored token with moving factor `factor`: its secret opened.
 fn engine_token(
-    state: &AppState,
+    services: &Services,
     env: Uuid,
     id: Uuid,
     parameters: &Parameters,
     factor: MovingFactor,
-) -> Result<otp::Token, ApiError> {
+) -> Result<otp::OtpToken, ServiceError> {
     let secret = &parameters.secret;
-    let key = state
+    let key = services
         .cipher
         .open(&secret.key_id, &secret.ciphertext, env, id)
-        .map_err(|e| ApiError::Internal(format!("token {id}: {e}")))?;
-    Ok(otp::Token {
+        .map_err(|e| ServiceError::Internal(format!("token {id}: {e}")))?;
+    Ok(otp::OtpToken {
         key,
         algorithm: parameters.hash_algorithm,
         length: parameters.otp_length,
@@ -370,14 +369,14 @@ fn engine_token(
 
 /// The engine's view of a token just read.
 fn engine_token_read(
-    state: &AppState,
+    services: &Services,
     env: Uuid,
     id: Uuid,
     token: OtpState,
-) -> Result<otp::Token, ApiError> {
+) -> Result<otp::OtpToken, ServiceError> {
     let factor = token.factor;
     let parameters = Parameters::of(token.otp_length, token.hash_algorithm, token.secret);
-    engine_token(state, env, id, &parameters, factor)
+    engine_token(services, env, id, &parameters, factor)
 }
 
 fn unix_now() -> u64 {

@@ -15,6 +15,10 @@ use crate::domain::job::{JobStatus, JobType};
 /// The LISTEN/NOTIFY channel that wakes runners when a job is enqueued.
 pub const CHANNEL: &str = "oath_jobs";
 
+/// The channel on which a job that reaches a final status is announced with its id, when its
+/// transaction commits (a trigger, in the migration `job_finished_notify`).
+pub const FINISHED_CHANNEL: &str = "oath_job_finished";
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {

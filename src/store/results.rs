@@ -9,20 +9,20 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::chunks::{ChunkKey, CreateChunk};
-use crate::domain::job::Outcome;
+use crate::domain::job::ItemOutcome;
 
 /// Duplicates embedded in a create job's representation; all of them are in its results.
 pub const EMBEDDED_DUPLICATES: i64 = 1000;
 
 /// What happened to one item of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobResult {
+pub struct ItemResult {
     /// The item's position in the job, from 0.
     pub idx: i32,
     pub row_number: Option<i64>,
     pub serial_number: Option<String>,
     pub token_id: Option<Uuid>,
-    pub outcome: Outcome,
+    pub outcome: ItemOutcome,
     pub masked_secret: Option<String>,
     pub message: Option<String>,
 }
@@ -33,18 +33,18 @@ pub struct Duplicate {
     pub masked_secret: String,
 }
 
-const OUTCOME_CODES: [(Outcome, u8); 7] = [
-    (Outcome::Created, b'C'),
-    (Outcome::Duplicate, b'D'),
-    (Outcome::Revoked, b'R'),
-    (Outcome::NotFound, b'N'),
-    (Outcome::SkippedPaired, b'P'),
-    (Outcome::LimitExceeded, b'L'),
-    (Outcome::Invalid, b'I'),
+const OUTCOME_CODES: [(ItemOutcome, u8); 7] = [
+    (ItemOutcome::Created, b'C'),
+    (ItemOutcome::Duplicate, b'D'),
+    (ItemOutcome::Revoked, b'R'),
+    (ItemOutcome::NotFound, b'N'),
+    (ItemOutcome::SkippedPaired, b'P'),
+    (ItemOutcome::LimitExceeded, b'L'),
+    (ItemOutcome::Invalid, b'I'),
 ];
 
 /// An outcome as stored: one `"char"`.
-fn code(outcome: Outcome) -> i8 {
+fn code(outcome: ItemOutcome) -> i8 {
     let (_, c) = OUTCOME_CODES
         .iter()
         .find(|(o, _)| *o == outcome)
@@ -52,7 +52,7 @@ fn code(outcome: Outcome) -> i8 {
     *c as i8
 }
 
-fn outcome_of(code: i8) -> Result<Outcome, sqlx::Error> {
+fn outcome_of(code: i8) -> Result<ItemOutcome, sqlx::Error> {
     OUTCOME_CODES
         .iter()
         .find(|(_, c)| *c as i8 == code)
@@ -85,7 +85,7 @@ impl<'a> ResultChunk<'a> {
     }
 
     /// Item `at` of the chunk is `outcome`; its other columns are set by the caller.
-    fn item(&mut self, at: i32, outcome: Outcome) -> Result<usize, sqlx::Error> {
+    fn item(&mut self, at: i32, outcome: ItemOutcome) -> Result<usize, sqlx::Error> {
         let at = usize::try_from(at)
             .ok()
             .filter(|&at| self.outcomes.get(at) == Some(&0))
@@ -129,18 +129,18 @@ pub async fn write_create(
     tx: &mut PgConnection,
     key: ChunkKey,
     chunk: &CreateChunk,
-    outcomes: &[Outcome],
+    outcomes: &[ItemOutcome],
 ) -> Result<(), sqlx::Error> {
     let mut r = ResultChunk::new(chunk.len());
     for (i, &outcome) in outcomes.iter().enumerate() {
         let at = r.item(chunk.offsets[i], outcome)?;
-        r.token_ids[at] = (outcome == Outcome::Created).then_some(chunk.token_ids[i]);
+        r.token_ids[at] = (outcome == ItemOutcome::Created).then_some(chunk.token_ids[i]);
         r.serial_numbers[at] = Some(&chunk.serial_numbers[i]);
         r.row_numbers[at] = chunk.row_numbers[i];
         r.masked_secrets[at] = Some(&chunk.masked_secrets[i]);
     }
     for (i, &offset) in chunk.invalid_offsets.iter().enumerate() {
-        let at = r.item(offset, Outcome::Invalid)?;
+        let at = r.item(offset, ItemOutcome::Invalid)?;
         r.serial_numbers[at] = chunk.invalid_serials[i].as_deref();
         r.row_numbers[at] = Some(chunk.invalid_row_numbers[i]);
         r.messages[at] = Some(&chunk.invalid_messages[i]);
@@ -152,7 +152,7 @@ pub async fn write_create(
 pub struct RevokeResult {
     pub token_id: Uuid,
     pub serial_number: Option<String>,
-    pub outcome: Outcome,
+    pub outcome: ItemOutcome,
 }
 
 /// The results of a revoke chunk, item `i` at `first_idx + i`.
@@ -203,7 +203,7 @@ pub async fn duplicates(
            order by j.id, d.first_idx, d.n"#,
         env,
         jobs,
-        code(Outcome::Duplicate),
+        code(ItemOutcome::Duplicate),
         EMBEDDED_DUPLICATES,
     )
     .fetch_all(pool)
@@ -227,9 +227,9 @@ pub async fn page(
     env: Uuid,
     job: Uuid,
     after: Option<i32>,
-    outcome: Option<Outcome>,
+    outcome: Option<ItemOutcome>,
     limit: i64,
-) -> Result<Vec<JobResult>, sqlx::Error> {
+) -> Result<Vec<ItemResult>, sqlx::Error> {
     // The first item wanted; none follows the last index there can be.
     let Some(from) = after.map_or(Some(0), |a| a.checked_add(1)) else {
         return Ok(Vec::new());
@@ -277,7 +277,7 @@ pub async fn page(
     .await?;
     rows.into_iter()
         .map(|r| {
-            Ok(JobResult {
+            Ok(ItemResult {
                 idx: r.idx,
                 row_number: r.row_number,
                 serial_number: r.serial_number,

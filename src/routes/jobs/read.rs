@@ -6,40 +6,33 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::views::*;
-use crate::domain::job::Outcome;
-use crate::error::responses::BadRequest;
+use crate::domain::job::ItemOutcome;
+use crate::error::responses::{AuthenticatedErrors, BadRequest};
 use crate::error::ApiError;
 use crate::routes::extract::{Authorized, JobId, JobsRead};
 use crate::routes::page::{self, Paging};
-use crate::routes::{collection_url, cursor, operation, OrNotFound, Reply};
+use crate::routes::{collection_url, cursor, AppState, Reply};
 use crate::routes::{EnvPath, JobPath};
-use crate::startup::AppState;
-use crate::store::jobs as store;
-use crate::store::results;
+use crate::service::jobs;
 
-operation! {
-    /// Read a job: status, progress and result counts.
-    ///
-    /// `/jobs/{job_id}` (the form of the job's self link) serves the same resource.
-    get "/v1/environments/{env_id}/oathJobs/{job_id}" as "getJob" in "Jobs",
-    params(JobPath), scopes("oath:jobs:read"),
-    responses((status = 200, description = "The job.", body = JobResource));
-    pub async fn get(auth: Authorized<JobsRead, JobId>, state: web::Data<AppState>) -> Reply {
-        let (env, id) = (auth.env, auth.ids.0);
-        let row = store::get(&state.db, env, id).await?.or_not_found()?;
-        Ok(HttpResponse::Ok().json(render(&state, row).await?))
-    }
-}
-
-operation! {
-    /// Read a job, by its self link.
-    ///
-    /// The same resource as `/oathJobs/{job_id}`.
-    get "/v1/environments/{env_id}/jobs/{job_id}" as "getJobBySelfLink" in "Jobs",
-    params(JobPath), scopes("oath:jobs:read"),
-    responses((status = 200, description = "The job.", body = JobResource));
-    #[allow(dead_code)] // documents the second path of `get`'s resource; never called
-    fn get_by_self_link() {}
+/// Read a job: status, progress and result counts.
+///
+/// `/jobs/{job_id}` (the form of the job's self link) serves the same resource.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathJobs/{job_id}",
+    tag = "Jobs",
+    operation_id = "getJob",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job.", body = JobResource),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
+pub async fn get(auth: Authorized<JobsRead, JobId>, state: web::Data<AppState>) -> Reply {
+    let job = jobs::get(&state.services, auth.env, auth.ids.0).await?;
+    Ok(HttpResponse::Ok().json(JobResource::new(state.settings().base_url(), job)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -51,7 +44,7 @@ struct PageQuery {
     /// Opaque: taken from a page's `_links.next`.
     cursor: Option<String>,
     /// Only rows with this outcome.
-    #[param(value_type = Option<Outcome>)]
+    #[param(value_type = Option<ItemOutcome>)]
     outcome: Option<String>,
 }
 
@@ -75,7 +68,7 @@ impl JobListRequest {
 pub struct ResultsRequest {
     /// In item order: after the last item index of the previous page.
     pub paging: Paging<i32>,
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<ItemOutcome>,
 }
 
 impl ResultsRequest {
@@ -87,7 +80,7 @@ impl ResultsRequest {
             .outcome
             .as_deref()
             .map(|o| {
-                Outcome::parse(o).ok_or_else(|| {
+                ItemOutcome::parse(o).ok_or_else(|| {
                     ApiError::InvalidRequest(
                         "outcome must be one of CREATED, DUPLICATE, REVOKED, NOT_FOUND, SKIPPED_PAIRED, LIMIT_EXCEEDED, INVALID.".into(),
                     )
@@ -98,70 +91,78 @@ impl ResultsRequest {
     }
 }
 
-operation! {
-    /// List jobs, newest first.
-    get "/v1/environments/{env_id}/oathJobs" as "listJobs" in "Jobs",
-    params(
-        EnvPath,
+/// List jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathJobs",
+    tag = "Jobs",
+    operation_id = "listJobs",
+    params(EnvPath,
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
-            description = "Jobs per page, 1 to 1000; default 100."),
-        ("cursor" = Option<String>, Query, description = "Opaque: taken from a page's `_links.next`."),
-    ),
-    scopes("oath:jobs:read"),
+        description = "Jobs per page, 1 to 1000; default 100."),
+        ("cursor" = Option<String>, Query, description = "Opaque: taken from a page's `_links.next`."),),
     responses(
         (status = 200, description = "A page of jobs.", body = JobPage),
-        (status = 400, response = BadRequest)
+        (status = 400, response = BadRequest),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
+pub async fn list(
+    auth: Authorized<JobsRead>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Reply {
+    let env = auth.env;
+    let paging = JobListRequest::parse(req.query_string())?.paging;
+    let mut found = jobs::list(&state.services, env, paging.last, paging.fetch()).await?;
+    let base = state.settings().base_url();
+    let links = paging.links(
+        &mut found,
+        |v| cursor::encode(v.job.id),
+        &collection_url(base, env, "oathJobs"),
+        &[("limit", paging.limit.to_string())],
     );
-    pub async fn list(
-        auth: Authorized<JobsRead>,
-        req: HttpRequest,
-        state: web::Data<AppState>,
-    ) -> Reply {
-        let env = auth.env;
-        let paging = JobListRequest::parse(req.query_string())?.paging;
-        let mut rows = store::list(&state.db, env, paging.last, paging.fetch()).await?;
-        let links = paging.links(
-            &mut rows,
-            |r| cursor::encode(r.id),
-            &collection_url(state.settings.base_url(), env, "oathJobs"),
-            &[("limit", paging.limit.to_string())],
-        );
-        let jobs = render_all(&state, rows).await?;
-        Ok(HttpResponse::Ok().json(JobPage::new(links, jobs)))
-    }
+    let resources = found
+        .into_iter()
+        .map(|v| JobResource::new(base, v))
+        .collect();
+    Ok(HttpResponse::Ok().json(JobPage::new(links, resources)))
 }
 
-operation! {
-    /// The job's per-item outcomes, in item order.
-    get "/v1/environments/{env_id}/oathJobs/{job_id}/results" as "listJobResults" in "Jobs",
-    params(JobPath, PageQuery), scopes("oath:jobs:read"),
+/// The job's per-item outcomes, in item order.
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env_id}/oathJobs/{job_id}/results",
+    tag = "Jobs",
+    operation_id = "listJobResults",
+    params(JobPath, PageQuery),
     responses(
         (status = 200, description = "A page of results.", body = ResultPage),
-        (status = 400, response = BadRequest)
-    );
-    pub async fn results(
-        auth: Authorized<JobsRead, JobId>,
-        req: HttpRequest,
-        state: web::Data<AppState>,
-    ) -> Reply {
-        let (env, id) = (auth.env, auth.ids.0);
-        let ResultsRequest { paging, outcome } = ResultsRequest::parse(req.query_string())?;
-        if store::get(&state.db, env, id).await?.is_none() {
-            return Err(ApiError::not_found());
-        }
-        let mut rows =
-            results::page(&state.db, env, id, paging.last, outcome, paging.fetch()).await?;
-        let mut params = vec![("limit", paging.limit.to_string())];
-        if let Some(o) = outcome {
-            params.push(("outcome", o.as_str().to_string()));
-        }
-        let links = paging.links(
-            &mut rows,
-            |r| index_cursor(r.idx),
-            &results_url(state.settings.base_url(), env, id),
-            &params,
-        );
-        let results: Vec<ResultView> = rows.into_iter().map(ResultView::from).collect();
-        Ok(HttpResponse::Ok().json(ResultPage::new(links, results)))
+        (status = 400, response = BadRequest),
+        AuthenticatedErrors,
+    ),
+    security(("bearer" = ["oath:jobs:read"])),
+)]
+pub async fn results(
+    auth: Authorized<JobsRead, JobId>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Reply {
+    let (env, id) = (auth.env, auth.ids.0);
+    let ResultsRequest { paging, outcome } = ResultsRequest::parse(req.query_string())?;
+    let services = &state.services;
+    let mut found = jobs::results(services, env, id, paging.last, outcome, paging.fetch()).await?;
+    let mut params = vec![("limit", paging.limit.to_string())];
+    if let Some(o) = outcome {
+        params.push(("outcome", o.as_str().to_string()));
     }
+    let links = paging.links(
+        &mut found,
+        |r| index_cursor(r.idx),
+        &results_url(state.settings().base_url(), env, id),
+        &params,
+    );
+    let results: Vec<ResultView> = found.into_iter().map(ResultView::from).collect();
+    Ok(HttpResponse::Ok().json(ResultPage::new(links, results)))
 }

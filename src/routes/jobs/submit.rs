@@ -1,7 +1,5 @@
 //! `POST /oathJobs`: a JSON job, or a PSKC or CSV file imported as a create job.
 
-use std::time::{Duration, Instant};
-
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -14,13 +12,10 @@ use crate::domain::job::{
 use crate::error::responses::{AuthenticatedErrors, BodyErrors, Conflict};
 use crate::error::ApiError;
 use crate::import::{self, pskc::PskcKeys, ImportError, CSV_MEDIA_TYPE, PSKC_MEDIA_TYPE};
-use crate::jobs::queue;
 use crate::routes::extract::{Authorized, JobsWrite};
 use crate::routes::idempotency::{self, IdempotencyKey};
-use crate::routes::EnvPath;
-use crate::routes::{read_body, require_media_type};
-use crate::startup::AppState;
-use crate::store::jobs as store;
+use crate::routes::{read_body, require_media_type, AppState, EnvPath, Reply};
+use crate::service::jobs::{self, JobView};
 
 /// Submit a bulk create or revoke job.
 ///
@@ -70,17 +65,63 @@ pub async fn submit(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Reply {
     let env = auth.env;
-    let media_type = require_media_type(
-        &req,
-        &[
-            JobType::CREATE_MEDIA_TYPE,
-            JobType::REVOKE_MEDIA_TYPE,
-            PSKC_MEDIA_TYPE,
-            CSV_MEDIA_TYPE,
-        ],
-    )?;
+    let (job, key) = match read_submission(&req, payload, &state, env).await? {
+        Submission::Replayed(first_response) => return Ok(first_response),
+        Submission::New { job, key } => (job, key),
+    };
+    let is_async = job.is_async();
+    let mut write = match idempotency::begin(key.as_ref(), &state, env).await? {
+        Ok(write) => write,
+        Err(first_response) => return Ok(first_response),
+    };
+    let submitted = jobs::submit(&state.services, &mut write.tx, env, job).await?;
+    let id = submitted.job.id;
+    let (location, body) = job_body(&state, submitted)?;
+    write
+        .commit(StatusCode::ACCEPTED, Some(&location), &body)
+        .await?;
+    crate::audit::committed(&req, Some(id), StatusCode::ACCEPTED);
+    if is_async {
+        return Ok(answer(StatusCode::ACCEPTED, &location, body));
+    }
+    // "async": false waits for the job; if it is not finished in time the job goes on and the
+    // answer is the 202 with its current state.
+    let waited = jobs::wait(&state.services, env, id).await?;
+    let status = match waited.job.status.is_final() {
+        true => StatusCode::OK,
+        false => StatusCode::ACCEPTED,
+    };
+    let (_, body) = job_body(&state, waited)?;
+    if let Some(key) = &key {
+        let mut conn = state.db().acquire().await?;
+        key.record(&mut conn, env, status, Some(&location), &body)
+            .await?;
+    }
+    Ok(answer(status, &location, body))
+}
+
+/// A submission, read: a new job with the request's `Idempotency-Key`, or the first response
+/// to a retry of one.
+enum Submission {
+    Replayed(HttpResponse),
+    New {
+        job: NewJob,
+        key: Option<IdempotencyKey>,
+    },
+}
+
+/// Reads and parses a submission. A retry is answered with its first response, and an
+/// environment at its limit of unfinished jobs is refused, before any parsing; both are decided
+/// again, under a lock, where the job is stored.
+async fn read_submission(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    env: Uuid,
+) -> Result<Submission, ApiError> {
+    let media_type = require_media_type(req, &SUBMIT_MEDIA_TYPES)?;
     let json_type = JobType::from_media_type(media_type);
     // A file holds its environment's one upload slot from before its body is read to the end of
     // its parse: an environment queues at most one file, and never in memory.
@@ -95,90 +136,40 @@ pub async fn submit(
             }
         })?),
     };
-    let started = Instant::now();
+    let settings = state.settings();
     let bytes = read_body(
-        &req,
+        req,
         payload,
-        state.settings.jobs.max_body_bytes,
-        state.settings.body_timeout(),
+        settings.jobs.max_body_bytes,
+        settings.body_timeout(),
     )
     .await?;
-    let read_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let idempotency_key = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])?;
-    // Before any parsing: a retry is answered with its first response, and an environment at its
-    // limit is refused. Both are decided again, under a lock, where the job is stored.
-    if let Some(first_response) = idempotency::replay(idempotency_key.as_ref(), &state, env).await?
-    {
-        return Ok(first_response);
+    let key = IdempotencyKey::from_request(req, &bytes, &state.request_hash_key[..])?;
+    if let Some(first_response) = idempotency::replay(key.as_ref(), state, env).await? {
+        return Ok(Submission::Replayed(first_response));
     }
-    let limit = state.settings.jobs.max_unfinished_per_environment;
-    if store::count_unfinished(&state.db, env).await? >= i64::from(limit) {
-        return Err(over_the_unfinished_limit(limit));
-    }
+    jobs::check_room(&state.services, env).await?;
     let job = match json_type {
-        Some(expected) => json_job(bytes, expected, &state).await?,
-        None => import_job(&req, env, media_type, bytes, &state).await?,
+        Some(expected) => json_job(bytes, expected, state).await?,
+        None => import_job(req, env, media_type, bytes, state).await?,
     };
     drop(slot);
-    let parsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(Submission::New { job, key })
+}
 
-    let job_id = Uuid::now_v7();
-    let mut write = match idempotency::begin(idempotency_key.as_ref(), &state, env).await? {
-        Ok(write) => write,
-        Err(first_response) => return Ok(first_response),
-    };
-    // After the idempotency claim, so that a retry of an accepted job still replays.
-    if store::lock_and_count_unfinished(&mut write.tx, env).await? >= i64::from(limit) {
-        return Err(over_the_unfinished_limit(limit));
-    }
-    let (job_type, is_async) = (job.job_type(), job.is_async());
-    let chunk_size = state.settings.jobs.chunk_size;
-    let cipher = state.cipher.clone();
-    let row = queue::enqueue(&mut write.tx, env, job_id, job, chunk_size, cipher).await?;
-    let resource = JobResource::new(state.settings.base_url(), row, Vec::new());
+/// The media types a submission may have: a JSON job, or a file.
+const SUBMIT_MEDIA_TYPES: [&str; 4] = [
+    JobType::CREATE_MEDIA_TYPE,
+    JobType::REVOKE_MEDIA_TYPE,
+    PSKC_MEDIA_TYPE,
+    CSV_MEDIA_TYPE,
+];
+
+/// The job's URL and its representation, serialised.
+fn job_body(state: &AppState, view: JobView) -> Result<(String, Vec<u8>), ApiError> {
+    let resource = JobResource::new(state.settings().base_url(), view);
     let location = resource.links.self_.href.clone();
-    let body = json_bytes(&resource)?;
-    write
-        .commit(StatusCode::ACCEPTED, Some(&location), &body)
-        .await?;
-    crate::audit::committed(&req, Some(job_id), StatusCode::ACCEPTED);
-    tracing::info!(
-        job_id = %job_id,
-        job_type = job_type.as_str(),
-        total = resource.progress.total,
-        read_ms,
-        parsed_ms,
-        stored_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "job accepted"
-    );
-
-    if is_async {
-        return Ok(accepted(StatusCode::ACCEPTED, &location, body));
-    }
-    // "async": false waits for the job; if it is not finished in time the job goes on and the
-    // answer is the 202 with its current state.
-    let deadline = Instant::now() + Duration::from_secs(state.settings.jobs.sync_wait_seconds);
-    loop {
-        let row = store::get(&state.db, env, job_id)
-            .await?
-            .ok_or_else(|| ApiError::Internal("submitted job vanished".into()))?;
-        let finished = row.status.is_final();
-        if finished || Instant::now() >= deadline {
-            let status = if finished {
-                StatusCode::OK
-            } else {
-                StatusCode::ACCEPTED
-            };
-            let body = json_bytes(&render(&state, row).await?)?;
-            if let Some(key) = &idempotency_key {
-                let mut conn = state.db.acquire().await?;
-                key.record(&mut conn, env, status, Some(&location), &body)
-                    .await?;
-            }
-            return Ok(accepted(status, &location, body));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Ok((location, json_bytes(&resource)?))
 }
 
 /// A JSON job body, parsed and validated on the blocking pool: a large body is a fraction of a
@@ -188,7 +179,7 @@ async fn json_job(
     expected: JobType,
     state: &AppState,
 ) -> Result<NewJob, ApiError> {
-    let max_items = state.settings.jobs.max_items;
+    let max_items = state.settings().jobs.max_items;
     web::block(move || parse_job(&bytes, expected, max_items))
         .await
         .map_err(|e| ApiError::Internal(format!("job parser did not finish: {e}")))?
@@ -200,22 +191,9 @@ async fn json_job(
         })
 }
 
-fn over_the_unfinished_limit(limit: u32) -> ApiError {
-    ApiError::Limited {
-        message: format!(
-            "The environment has {limit} unfinished jobs, its limit; submit this one when one of them has finished."
-        ),
-        retry_after_seconds: LIMITED_RETRY_AFTER_SECONDS,
-    }
-}
-
 /// Seconds a file upload is told to wait while another file of its environment is imported:
 /// about the time a large file takes to parse.
 const IMPORT_BUSY_RETRY_AFTER_SECONDS: u32 = 2;
-
-/// Seconds a submission over the unfinished-job limit is told to wait: about a chunk's time on a
-/// busy deployment, after which a job of the environment may well have finished.
-const LIMITED_RETRY_AFTER_SECONDS: u32 = 5;
 
 /// The header naming a configured pre-shared PSKC key (`import.pskc_keys.<id>`).
 pub const PSKC_KEY_ID_HEADER: &str = "x-pskc-key-id";
@@ -245,7 +223,7 @@ async fn import_job(
             ))
         }
     };
-    let max_items = state.settings.jobs.max_items;
+    let max_items = state.settings().jobs.max_items;
     let keys = if media_type == PSKC_MEDIA_TYPE {
         Some(pskc_keys(req, env, state)?)
     } else {
@@ -274,7 +252,7 @@ struct AsyncQuery {
 fn pskc_keys(req: &HttpRequest, env: Uuid, state: &AppState) -> Result<PskcKeys, ApiError> {
     let headers = req.headers();
     let mut keys = PskcKeys {
-        pbkdf2_max_iterations: state.settings.import.pbkdf2_max_iterations,
+        pbkdf2_max_iterations: state.settings().import.pbkdf2_max_iterations,
         ..PskcKeys::default()
     };
     let (own, named) = (
@@ -315,7 +293,7 @@ fn pskc_keys(req: &HttpRequest, env: Uuid, state: &AppState) -> Result<PskcKeys,
     Ok(keys)
 }
 
-fn accepted(status: StatusCode, location: &str, body: Vec<u8>) -> HttpResponse {
+fn answer(status: StatusCode, location: &str, body: Vec<u8>) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::LOCATION, location))
         .content_type("application/json")

@@ -4,13 +4,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::job::{JobStatus, JobType, Outcome};
+use crate::domain::job::{ItemOutcome, JobStatus, JobType};
 use crate::error::ApiError;
 use crate::routes::tokens::{environment_url, timestamp};
 use crate::routes::{collection_url, cursor, IdRef, Link};
-use crate::startup::AppState;
-use crate::store::jobs::Job;
-use crate::store::results::{self, Duplicate, JobResult as ItemResult};
+use crate::service::jobs::JobView;
+use crate::store::results::{self, ItemResult};
 
 /// A bulk job: its state, progress and result counts.
 #[derive(Serialize, ToSchema)]
@@ -31,7 +30,7 @@ pub struct JobResource {
     #[schema(nullable = false)]
     pub(super) reason: Option<String>,
     pub(super) progress: Progress,
-    pub(super) result: JobResult,
+    pub(super) result: JobResultView,
     #[schema(format = DateTime)]
     pub(super) created_at: String,
     #[schema(format = DateTime)]
@@ -63,7 +62,7 @@ pub(super) struct Progress {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = JobResult)]
-pub(super) struct JobResult {
+pub(super) struct JobResultView {
     /// Create jobs: tokens created.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -115,7 +114,11 @@ pub(super) fn results_url(base: &str, env: Uuid, id: Uuid) -> String {
 }
 
 impl JobResource {
-    pub(super) fn new(base: &str, row: Job, duplicates: Vec<Duplicate>) -> Self {
+    pub(super) fn new(base: &str, view: JobView) -> Self {
+        let JobView {
+            job: row,
+            duplicates,
+        } = view;
         let env = row.environment_id;
         let is_create = row.job_type == JobType::CreateTokens;
         let counts = row.counts;
@@ -141,7 +144,7 @@ impl JobResource {
                 processed: row.processed,
                 total: row.total,
             },
-            result: JobResult {
+            result: JobResultView {
                 created: is_create.then_some(counts.created),
                 duplicates: duplicates
                     .into_iter()
@@ -167,39 +170,6 @@ impl JobResource {
 /// first [`results::EMBEDDED_DUPLICATES`], does not hold them all.
 fn duplicates_count(duplicates: i32) -> Option<i32> {
     (i64::from(duplicates) > results::EMBEDDED_DUPLICATES).then_some(duplicates)
-}
-
-pub(super) async fn render(state: &AppState, job: Job) -> Result<JobResource, ApiError> {
-    let mut all = render_all(state, vec![job]).await?;
-    all.pop()
-        .ok_or_else(|| ApiError::Internal("a job rendered to nothing".into()))
-}
-
-/// Jobs with their embedded duplicates, read in one query for all of them.
-pub(super) async fn render_all(
-    state: &AppState,
-    jobs: Vec<Job>,
-) -> Result<Vec<JobResource>, ApiError> {
-    let with_duplicates: Vec<Uuid> = jobs
-        .iter()
-        .filter(|j| j.counts.duplicates > 0)
-        .map(|j| j.id)
-        .collect();
-    let env = jobs.first().map(|j| j.environment_id);
-    let mut duplicates = match env {
-        Some(env) if !with_duplicates.is_empty() => {
-            results::duplicates(&state.db, env, &with_duplicates).await?
-        }
-        _ => Default::default(),
-    };
-    let base = state.settings.base_url();
-    Ok(jobs
-        .into_iter()
-        .map(|job| {
-            let embedded = duplicates.remove(&job.id).unwrap_or_default();
-            JobResource::new(base, job, embedded)
-        })
-        .collect())
 }
 
 pub(super) fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
@@ -231,7 +201,7 @@ pub(super) struct ResultView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub(super) serial_number: Option<String>,
-    pub(super) outcome: Outcome,
+    pub(super) outcome: ItemOutcome,
     /// The token created, revoked or already holding the serial number.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
