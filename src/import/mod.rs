@@ -3,9 +3,10 @@
 //! JSON job item ([`NewToken::parse`]); a row that breaks them, or that cannot be read (a bad MAC,
 //! a wrong key), becomes an INVALID item with its row number and a message that never holds a
 //! secret. Only a file that cannot be read at all is refused, with an [`ImportError`] naming the
-//! line or element.
+//! line or element. `keyring` holds the pre-shared transport keys a PSKC file may be sealed with.
 
 pub mod csv;
+pub mod keyring;
 pub mod pskc;
 mod xml;
 

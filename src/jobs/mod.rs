@@ -1,7 +1,10 @@
-//! Bulk jobs: `queue` stores and hands out jobs, `runner` drives them chunk by chunk, and each
-//! job kind has a file that processes one chunk in one transaction.
+//! Bulk jobs: `queue` stores and hands out jobs, `runner` drives them step by step (`chunks`: the
+//! chunks of a step, written at once), and each job kind has a file that processes one chunk in
+//! one transaction. `housekeeping` runs beside the runners: purges and the backlog gauges.
 
+mod chunks;
 pub mod create;
+mod housekeeping;
 pub mod queue;
 pub mod retention;
 pub mod revoke;

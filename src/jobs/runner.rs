@@ -1,25 +1,26 @@
 //! The job runner: claims a runnable job, processes a step of it (up to `jobs.parallel_chunks`
-//! chunks, one transaction each, written at once and committed in item order), yields it between
-//! steps to environments served less recently, and gives it back on shutdown. Every service
-//! process runs `jobs.runners` of them, plus the purge of finished jobs and the backlog gauges;
-//! LISTEN/NOTIFY wakes them, polling is the fallback. Tests drive [`Runner::step`] directly.
+//! chunks, one transaction each, written at once and committed in item order: `chunks.rs`),
+//! yields it between steps to environments served less recently, and gives it back on shutdown.
+//! Every service process runs `jobs.runners` of them, beside the housekeeping tasks
+//! (`housekeeping.rs`); LISTEN/NOTIFY wakes them, polling is the fallback. Tests drive
+//! [`Runner::step`] directly.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{create, retention, revoke, ChunkError};
+use super::chunks::{self, Committed};
+use super::{housekeeping, ChunkError};
 use crate::config::Settings;
 use crate::domain::job::JobType;
 use crate::metrics::METRICS;
-use crate::store::chunks::ChunkKey;
-use crate::store::jobs::{self as queue, ChunkCounts, ClaimedJob};
-use crate::store::{chunk_transaction, is_conflict, is_unavailable, wait_for_chunk};
+use crate::store::jobs::{self as queue, ClaimedJob};
+use crate::store::{is_conflict, is_unavailable};
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,24 @@ pub enum Step {
     LeaseLost { job: Uuid },
     /// The job was canceled; nothing was written.
     Canceled { job: Uuid },
+}
+
+impl Step {
+    /// Where a committed chunk left the job.
+    fn committed(job: &ClaimedJob, chunk: &Committed) -> Self {
+        if chunk.done {
+            Step::Finished {
+                job: job.id,
+                failed: false,
+            }
+        } else {
+            Step::Progress {
+                job: job.id,
+                processed: chunk.processed,
+                total: chunk.total,
+            }
+        }
+    }
 }
 
 pub struct Runner {
@@ -144,7 +163,7 @@ impl Runner {
                 "The job was interrupted {} times and could not finish; submit it again.",
                 job.takeovers
             );
-            fail(&mut tx, job, &reason).await?;
+            chunks::fail(&mut tx, job, &reason).await?;
             tx.commit().await?;
             tracing::warn!(job_id = %job.id, attempt = job.attempt, "job failed: too many attempts");
             return Ok(Step::Finished {
@@ -157,53 +176,9 @@ impl Runner {
             JobType::RevokeTokens => 1,
             JobType::CreateTokens => self.settings.jobs.parallel_chunks,
         };
-        // Chunks are as the job was stored; `processed` is always at a chunk boundary.
-        let chunks: Vec<Chunk> = (at.processed..at.total)
-            .step_by(at.chunk_size as usize)
-            .take(parallel)
-            .map(|first_idx| Chunk {
-                key: job.chunk(first_idx),
-                len: at.chunk_size.min(at.total - first_idx),
-                total: at.total,
-            })
-            .collect();
-        // Each chunk's lock is taken before the next chunk begins, so that the next one's wait
-        // for it cannot come first. Not waiting for the WAL flush of every intermediate chunk is
-        // safe: a database crash can only lose the latest chunks whole (tokens, results,
-        // progress and consumed input together), and they are then processed again. The last
-        // chunk, which marks the job DONE, commits synchronously after every earlier one, and so
-        // makes them durable too.
-        chunk_transaction(&mut tx, chunks[0].key, chunks[0].last()).await?;
+        let planned = chunks::plan(job, &at, parallel);
         let (lease, limit) = (self.lease(), self.settings.limits.tokens_per_environment);
-        let mut running = vec![tokio::spawn(process(
-            tx,
-            job.clone(),
-            chunks[0],
-            None,
-            lease,
-            limit,
-        ))];
-        for pair in chunks.windows(2) {
-            // Without a connection at hand, the chunk is left to the next step.
-            let Ok(mut tx) = self.pool.begin().await else {
-                break;
-            };
-            if chunk_transaction(&mut tx, pair[1].key, pair[1].last())
-                .await
-                .is_err()
-            {
-                break;
-            }
-            let after = Some(pair[0].key);
-            running.push(tokio::spawn(process(
-                tx,
-                job.clone(),
-                pair[1],
-                after,
-                lease,
-                limit,
-            )));
-        }
+        let running = chunks::start(&self.pool, tx, job, &planned, lease, limit).await?;
         // In item order: once a chunk did not commit, none after it could. (The first chunk,
         // fenced above, always commits or fails.)
         let mut step = Ok(Step::LeaseLost { job: job.id });
@@ -218,7 +193,7 @@ impl Runner {
                 continue;
             }
             match outcome {
-                Ok(Some(committed)) => step = Ok(committed.step(job)),
+                Ok(Some(committed)) => step = Ok(Step::committed(job, &committed)),
                 Ok(None) => ended = true,
                 Err(e) => {
                     ended = true;
@@ -249,7 +224,7 @@ impl Runner {
             ChunkError::Db(e) => Err(e),
             ChunkError::InputMissing => {
                 let mut tx = self.pool.begin().await?;
-                let failed = fail(
+                let failed = chunks::fail(
                     &mut tx,
                     job,
                     "The job's stored input could not be read completely; submit the job again.",
@@ -278,134 +253,6 @@ impl Runner {
     }
 }
 
-/// One chunk of a step: where it starts and how many items it has.
-#[derive(Clone, Copy, Debug)]
-struct Chunk {
-    key: ChunkKey,
-    len: i32,
-    /// The job's items.
-    total: i32,
-}
-
-impl Chunk {
-    fn last(&self) -> bool {
-        self.key.first_idx + self.len >= self.total
-    }
-}
-
-/// A chunk that committed, and where its commit left the job.
-struct Committed {
-    processed: i32,
-    total: i32,
-    done: bool,
-}
-
-impl Committed {
-    fn step(&self, job: &ClaimedJob) -> Step {
-        if self.done {
-            Step::Finished {
-                job: job.id,
-                failed: false,
-            }
-        } else {
-            Step::Progress {
-                job: job.id,
-                processed: self.processed,
-                total: self.total,
-            }
-        }
-    }
-}
-
-/// Processes `chunk` in `tx` and commits it. `tx` has been fenced, unless the chunk comes
-/// `after` another one of the step: then it writes its tokens, waits for that chunk to end and
-/// fences only then; None when that chunk did not commit (or the claim was lost meanwhile).
-async fn process(
-    mut tx: Transaction<'static, Postgres>,
-    job: ClaimedJob,
-    chunk: Chunk,
-    after: Option<ChunkKey>,
-    lease: Duration,
-    limit: i64,
-) -> Result<Option<Committed>, ChunkError> {
-    let started = std::time::Instant::now();
-    let key = chunk.key;
-    let counts = match job.job_type {
-        JobType::CreateTokens => {
-            let written = create::write(&mut tx, key, chunk.len).await?;
-            if let Some(previous) = after {
-                wait_for_chunk(&mut tx, previous).await?;
-                if queue::fence(&mut tx, &job, lease, Some(key.first_idx))
-                    .await?
-                    .is_none()
-                {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
-            }
-            create::finish(&mut tx, key, written, limit).await?
-        }
-        JobType::RevokeTokens => {
-            debug_assert!(after.is_none(), "revoke chunks run one at a time");
-            revoke::process_chunk(&mut tx, key, chunk.len, job.force_unpair).await?
-        }
-    };
-    let (processed, done) = queue::advance(&mut tx, &job, &counts).await?;
-    queue::mark_served(&mut tx, job.environment_id).await?;
-    tx.commit().await?;
-    record_chunk(job.job_type, &counts, started.elapsed());
-    let total = chunk.total;
-    tracing::debug!(
-        job_id = %job.id, processed, total,
-        chunk_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "job chunk committed"
-    );
-    if done {
-        tracing::info!(job_id = %job.id, total, "job done");
-    }
-    Ok(Some(Committed {
-        processed,
-        total,
-        done,
-    }))
-}
-
-/// Ends a job that cannot finish: FAILED with a reason a user can act on, its remaining input
-/// (and secrets) deleted. Fenced like a chunk: nothing changes if the claim was lost.
-async fn fail(
-    tx: &mut sqlx::PgConnection,
-    job: &ClaimedJob,
-    reason: &str,
-) -> Result<bool, sqlx::Error> {
-    let failed = queue::fail(tx, job, reason).await?;
-    if failed {
-        crate::store::chunks::delete_all(tx, job.environment_id, job.id).await?;
-    }
-    Ok(failed)
-}
-
-fn record_chunk(job_type: JobType, c: &ChunkCounts, took: Duration) {
-    METRICS
-        .job_chunk_duration
-        .with_label_values(&[job_type.as_str()])
-        .observe(took.as_secs_f64());
-    for (outcome, n) in [
-        ("CREATED", c.created),
-        ("DUPLICATE", c.duplicates),
-        ("REVOKED", c.revoked),
-        ("NOT_FOUND", c.not_found),
-        ("SKIPPED_PAIRED", c.skipped_paired),
-        ("FAILED", c.failed),
-    ] {
-        if n > 0 {
-            METRICS
-                .job_items
-                .with_label_values(&[outcome])
-                .inc_by(n as u64);
-        }
-    }
-}
-
 /// The runners of one process, and how to stop them.
 pub struct RunnerPool {
     shutdown: watch::Sender<bool>,
@@ -413,7 +260,7 @@ pub struct RunnerPool {
 }
 
 impl RunnerPool {
-    /// Starts `jobs.runners` runners and one LISTEN task that wakes them.
+    /// Starts `jobs.runners` runners, one LISTEN task that wakes them, and the housekeeping.
     pub fn start(pool: PgPool, settings: Arc<Settings>) -> Self {
         let (shutdown, stop) = watch::channel(false);
         let wake = Arc::new(Notify::new());
@@ -425,16 +272,7 @@ impl RunnerPool {
                 stop.clone(),
             )));
         }
-        tasks.push(tokio::spawn(purge_idempotency_keys(
-            pool.clone(),
-            stop.clone(),
-        )));
-        tasks.push(tokio::spawn(purge_finished_jobs(
-            pool.clone(),
-            settings.clone(),
-            stop.clone(),
-        )));
-        tasks.push(tokio::spawn(watch_backlog(pool.clone(), stop.clone())));
+        tasks.extend(housekeeping::start(&pool, &settings, &stop));
         let process = Uuid::new_v4();
         for n in 0..settings.jobs.runners {
             let runner = Runner::new(pool.clone(), settings.clone(), format!("{process}/{n}"));
@@ -515,63 +353,6 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, mut stop: watch::Receiver<bool>
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-/// Forgets expired Idempotency-Keys, hourly.
-async fn purge_idempotency_keys(pool: PgPool, mut stop: watch::Receiver<bool>) {
-    loop {
-        match crate::store::idempotency::purge_expired(&pool).await {
-            Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys purged"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-/// Deletes finished jobs past `jobs.retention_seconds`, every `jobs.purge_interval_seconds`.
-async fn purge_finished_jobs(
-    pool: PgPool,
-    settings: Arc<Settings>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let retention = Duration::from_secs(settings.jobs.retention_seconds);
-    let interval = Duration::from_secs(settings.jobs.purge_interval_seconds);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
-        }
-        // A pass stopped by shutdown is resumed by the next one: each batch commits alone.
-        tokio::select! {
-            r = retention::purge_once(&pool, retention, retention::RESULT_BATCH) => match r {
-                Ok(n) if n > 0 => tracing::info!(purged = n, "finished jobs past retention purged"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not purge finished jobs"),
-            },
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-/// How often the backlog gauges are read from the database.
-const BACKLOG_REFRESH: Duration = Duration::from_secs(10);
-
-/// Keeps `oath_jobs_unfinished` and `oath_job_oldest_pending_age_seconds` current, so that
-/// rendering /metrics reads no database.
-async fn watch_backlog(pool: PgPool, mut stop: watch::Receiver<bool>) {
-    loop {
-        if let Err(e) = METRICS.refresh_backlog(&pool).await {
-            tracing::debug!(error = %e, "could not read the job backlog");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(BACKLOG_REFRESH) => {}
             _ = stop.changed() => return,
         }
     }
