@@ -4,21 +4,19 @@
 //! [`finish()`] classifies each item (created, duplicate of an existing serial or of an earlier
 //! item, past the quota) in item order, after that chunk committed, and writes the result rows.
 
-use std::collections::HashSet;
-
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::ChunkError;
 use crate::domain::job::ItemOutcome;
-use crate::store::chunks::{self, ChunkKey, CreateChunk};
+use crate::store::batch::{first_occurrences, take_quota, TokenBatch};
+use crate::store::chunks::{self, ChunkKey};
 use crate::store::jobs::ChunkCounts;
-use crate::store::{quota, results, tokens};
+use crate::store::{results, tokens};
 
 /// A create chunk read and its new tokens written, before the quota is taken: the part of a
 /// chunk that runs beside the job's previous chunk ([`crate::jobs::runner`]).
 pub struct Written {
-    chunk: CreateChunk,
+    chunk: TokenBatch,
     new: Vec<usize>,
 }
 
@@ -51,63 +49,7 @@ pub async fn finish(
         processed: chunk.len() as i32,
         created,
         duplicates: count_of(ItemOutcome::Duplicate),
-        failed: count_of(ItemOutcome::LimitExceeded) + chunk.invalid_offsets.len() as i32,
+        failed: count_of(ItemOutcome::LimitExceeded) + chunk.invalid_items() as i32,
         ..ChunkCounts::default()
     })
-}
-
-/// Writes the tokens of `chunk` that are new and within the quota, and counts them against it.
-/// Returns each token's outcome (created, duplicate, past the limit) and how many were created.
-/// Combined single creates ([`crate::service::create_batch`]) near the limit.
-pub async fn write_tokens(
-    tx: &mut PgConnection,
-    env: Uuid,
-    chunk: &CreateChunk,
-    limit: i64,
-) -> Result<(Vec<ItemOutcome>, i32), sqlx::Error> {
-    let new = tokens::insert_new_from_chunk(tx, env, chunk, first_occurrences(chunk)).await?;
-    take_quota(tx, env, chunk, new, limit).await
-}
-
-/// Counts the tokens just written (`new`, positions in `chunk`) against the quota. The quota is
-/// taken last (after the token locks, as single creates do): items past the limit are deleted
-/// again, in item order.
-async fn take_quota(
-    tx: &mut PgConnection,
-    env: Uuid,
-    chunk: &CreateChunk,
-    mut new: Vec<usize>,
-    limit: i64,
-) -> Result<(Vec<ItemOutcome>, i32), sqlx::Error> {
-    let room = quota::room(tx, env, limit).await? as usize;
-    let mut outcomes = vec![ItemOutcome::Duplicate; chunk.tokens()];
-    new.sort_unstable();
-    for (n, &i) in new.iter().enumerate() {
-        outcomes[i] = if n < room {
-            ItemOutcome::Created
-        } else {
-            ItemOutcome::LimitExceeded
-        };
-    }
-    if new.len() > room {
-        let over: Vec<_> = new[room..].iter().map(|&i| chunk.token_ids[i]).collect();
-        tokens::delete_written(tx, env, &over).await?;
-    }
-    let created = new.len().min(room) as i32;
-    if created > 0 {
-        quota::take(tx, env, i64::from(created), limit).await?;
-    }
-    Ok((outcomes, created))
-}
-
-/// The positions of the chunk's tokens whose serial number no earlier item of the job (or of
-/// the chunk) has: a repeat is a duplicate of its first occurrence.
-pub fn first_occurrences(chunk: &CreateChunk) -> Vec<usize> {
-    let mut seen = HashSet::with_capacity(chunk.tokens());
-    (0..chunk.tokens())
-        .filter(|&i| {
-            seen.insert(chunk.serial_numbers[i].as_str())
-                && chunk.repeated.binary_search(&(i as i32)).is_err()
-        })
-        .collect()
 }

@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::crypto::SecretCipher;
 use crate::domain::job::{CreateItem, NewJob, PARALLEL_ITEMS};
 use crate::parallel;
-use crate::store::chunks::{self, ChunkKey, CreateChunk};
+use crate::store::batch::TokenBatch;
+use crate::store::chunks::{self, ChunkKey};
 use crate::store::jobs::{self, Job, NewJobRow};
 
 /// Stores a validated job and its input. Nothing is written to `oath_tokens` here.
@@ -80,7 +81,7 @@ fn seal_chunks(
     items: &[CreateItem],
     chunk_size: usize,
     cipher: &SecretCipher,
-    mut send: impl FnMut(usize, CreateChunk) -> bool,
+    mut send: impl FnMut(usize, TokenBatch) -> bool,
 ) {
     // Ids drawn in item order, so that a job's tokens list in that order (an invalid file row
     // leaves its id unused).
@@ -121,7 +122,7 @@ fn repeats(items: &[CreateItem]) -> Vec<bool> {
         .collect()
 }
 
-/// A create chunk's items as column arrays, each token's secret sealed for its id in `ids`, and
+/// A create chunk's items as a batch, each token's secret sealed for its id in `ids`, and
 /// the tokens that `repeated` marks. `ids` and `repeated` are the chunk's items' own.
 fn seal(
     env: Uuid,
@@ -129,25 +130,19 @@ fn seal(
     ids: &[Uuid],
     repeated: &[bool],
     cipher: &SecretCipher,
-) -> CreateChunk {
-    let mut c = CreateChunk::default();
+) -> TokenBatch {
+    let mut c = TokenBatch::default();
     for (offset, item) in items.iter().enumerate() {
         let token = match item {
             CreateItem::Token(token) => token,
             CreateItem::Invalid(row) => {
-                c.invalid_offsets.push(offset as i32);
-                c.invalid_row_numbers.push(row.row_number);
-                c.invalid_serials.push(row.serial_number.clone());
-                c.invalid_messages.push(row.message.clone());
+                c.push_invalid(offset as i32, row);
                 continue;
             }
         };
-        if repeated[offset] {
-            c.repeated.push(c.tokens() as i32);
-        }
         let id = ids[offset];
         let sealed = cipher.seal(&token.secret, env, id);
-        c.push_token(offset as i32, id, token, sealed);
+        c.push_token(offset as i32, id, token, sealed, repeated[offset]);
     }
     c
 }

@@ -5,7 +5,7 @@
 //! gets its own answer: its token, a duplicate serial number (also of an earlier create in the
 //! same transaction), or the limit. While the quota has room for all of them, one statement
 //! writes them ([`tokens::insert_new_counted`]); near the limit they are decided exactly as a job
-//! chunk decides them ([`crate::jobs::create::write_tokens`]), in the order they arrived.
+//! chunk decides them ([`create_within_quota`]), in the order they arrived.
 //!
 //! A transaction runs on a task of its own, never in a request's future, so that a client that
 //! goes away cancels nothing but its own wait. The queue of an environment holds only the creates
@@ -21,9 +21,8 @@ use uuid::Uuid;
 use crate::crypto::Sealed;
 use crate::domain::job::ItemOutcome;
 use crate::domain::NewToken;
-use crate::jobs::create::{first_occurrences, write_tokens};
 use crate::metrics::METRICS;
-use crate::store::chunks::CreateChunk;
+use crate::store::batch::{create_within_quota, first_occurrences, TokenBatch};
 use crate::store::tokens::{self, InsertError, Token};
 use crate::store::{is_conflict, is_unavailable, quota};
 
@@ -36,7 +35,7 @@ const ATTEMPTS: usize = 3;
 type Reply = oneshot::Sender<Result<Token, InsertError>>;
 
 struct Pending {
-    chunk: CreateChunk,
+    chunk: TokenBatch,
     replies: Vec<Reply>,
 }
 
@@ -73,14 +72,14 @@ impl CreateBatcher {
             let queue = waiting.entry(env).or_default();
             if queue.back().is_none_or(|p| p.replies.len() >= MAX_BATCH) {
                 queue.push_back(Pending {
-                    chunk: CreateChunk::default(),
+                    chunk: TokenBatch::default(),
                     replies: Vec::new(),
                 });
             }
             let pending = queue.back_mut().expect("a batch with room");
             pending
                 .chunk
-                .push_token(pending.replies.len() as i32, id, token, sealed);
+                .push_token(pending.replies.len() as i32, id, token, sealed, false);
             pending.replies.push(reply);
             first
         };
@@ -145,7 +144,7 @@ impl CreateBatcher {
     async fn commit(
         &self,
         env: Uuid,
-        chunk: &CreateChunk,
+        chunk: &TokenBatch,
     ) -> Result<(Vec<ItemOutcome>, Vec<Token>), sqlx::Error> {
         match tokens::insert_new_counted(
             &self.pool,
@@ -159,7 +158,7 @@ impl CreateBatcher {
             Ok(rows) => {
                 let created: HashSet<Uuid> = rows.iter().map(|t| t.id).collect();
                 let outcomes = chunk
-                    .token_ids
+                    .token_ids()
                     .iter()
                     .map(|id| {
                         if created.contains(id) {
@@ -180,13 +179,13 @@ impl CreateBatcher {
     async fn commit_in_order(
         &self,
         env: Uuid,
-        chunk: &CreateChunk,
+        chunk: &TokenBatch,
     ) -> Result<(Vec<ItemOutcome>, Vec<Token>), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let (outcomes, _) = write_tokens(&mut tx, env, chunk, self.limit).await?;
+        let (outcomes, _) = create_within_quota(&mut tx, env, chunk, self.limit).await?;
         let created: Vec<Uuid> = outcomes
             .iter()
-            .zip(&chunk.token_ids)
+            .zip(chunk.token_ids())
             .filter(|(o, _)| **o == ItemOutcome::Created)
             .map(|(_, id)| *id)
             .collect();
@@ -214,7 +213,7 @@ fn answer(batch: Pending, outcome: Result<(Vec<ItemOutcome>, Vec<Token>), sqlx::
         .replies
         .into_iter()
         .zip(outcomes)
-        .zip(&batch.chunk.token_ids)
+        .zip(batch.chunk.token_ids())
     {
         let answer = match outcome {
             ItemOutcome::Created => rows

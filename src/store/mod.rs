@@ -1,6 +1,7 @@
 //! SQL, one file per table family. Functions take a pool or a transaction and domain types, and
 //! return rows; they decide nothing the database can decide better (uniqueness, quotas).
 
+pub mod batch;
 pub mod chunks;
 pub mod copy;
 pub mod idempotency;

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::chunks::{ChunkKey, CreateChunk};
+use super::batch::TokenBatch;
+use super::chunks::ChunkKey;
 use crate::domain::job::ItemOutcome;
 
 /// Duplicates embedded in a create job's representation; all of them are in its results.
@@ -128,7 +129,7 @@ fn unless_all_null<T>(values: &[Option<T>]) -> Option<&[Option<T>]> {
 pub async fn write_create(
     tx: &mut PgConnection,
     key: ChunkKey,
-    chunk: &CreateChunk,
+    chunk: &TokenBatch,
     outcomes: &[ItemOutcome],
 ) -> Result<(), sqlx::Error> {
     let mut r = ResultChunk::new(chunk.len());

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::chunks::CreateChunk;
+use super::batch::TokenBatch;
 use super::copy::CopyRows;
 use super::{decode, quota};
 use crate::crypto::Sealed;
@@ -198,7 +198,7 @@ pub async fn insert<'c>(
 pub async fn insert_new_counted(
     pool: &PgPool,
     env: Uuid,
-    chunk: &CreateChunk,
+    chunk: &TokenBatch,
     positions: &[usize],
     limit: i64,
 ) -> Result<Vec<Token>, sqlx::Error> {
@@ -392,7 +392,7 @@ pub async fn delete(pool: &PgPool, env: Uuid, id: Uuid) -> Result<bool, sqlx::Er
 pub async fn insert_new_from_chunk(
     tx: &mut PgConnection,
     env: Uuid,
-    chunk: &CreateChunk,
+    chunk: &TokenBatch,
     positions: Vec<usize>,
 ) -> Result<Vec<usize>, sqlx::Error> {
     sqlx::query("savepoint chunk_copy")
@@ -431,7 +431,7 @@ pub async fn insert_new_from_chunk(
 async fn copy_from_chunk(
     tx: &mut PgConnection,
     env: Uuid,
-    chunk: &CreateChunk,
+    chunk: &TokenBatch,
     positions: &mut [usize],
 ) -> Result<(), sqlx::Error> {
     if positions.is_empty() {
