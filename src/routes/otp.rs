@@ -206,40 +206,44 @@ pub async fn pair(check: OtpCheck<PairingRequest>, req: HttpRequest) -> Reply {
         id,
         request,
     } = check;
-    let services = &state.services;
-    let (outcome, refusal) = match verification::pair(
-        services,
-        env,
-        id,
-        &request.user_id,
-        &request.otp,
-    )
-    .await?
-    {
-        Pairing::Paired(token) => return Ok(checked_token(&req, &state, "pairing", token)),
-        Pairing::AlreadyPaired => {
-            return Err(ApiError::Conflict(
-                "The token is already paired; unpair it first.".into(),
-            ))
+    let user = &request.user_id;
+    let pairing = verification::pair(&state.services, env, id, user, &request.otp).await?;
+    match paired(pairing) {
+        Ok(token) => Ok(checked_token(&req, &state, "pairing", token)),
+        Err((checked, refusal)) => {
+            if let Some(outcome) = checked {
+                log_check(&req, id, "pairing", outcome, refusal.status_code());
+            }
+            Err(refusal)
         }
-        Pairing::Disabled => (CheckOutcome::Disabled, disabled()),
-        Pairing::Locked => (
-            CheckOutcome::Locked,
+    }
+}
+
+/// The paired token, or why the pairing was refused: the error, and the outcome of the check
+/// when the code's token was looked at (not for a token already paired).
+fn paired(pairing: Pairing) -> Result<Token, (Option<CheckOutcome>, ApiError)> {
+    match pairing {
+        Pairing::Paired(token) => Ok(token),
+        Pairing::AlreadyPaired => Err((
+            None,
+            ApiError::Conflict("The token is already paired; unpair it first.".into()),
+        )),
+        Pairing::Disabled => Err((Some(CheckOutcome::Disabled), disabled())),
+        Pairing::Locked => Err((
+            Some(CheckOutcome::Locked),
             ApiError::Conflict(
                 "The token is locked after too many failed validations; resync or unlock it first."
                     .into(),
             ),
-        ),
-        Pairing::Invalid => (
-            CheckOutcome::Invalid,
+        )),
+        Pairing::Invalid => Err((
+            Some(CheckOutcome::Invalid),
             invalid_field(
                 "otp",
                 "the OTP is not valid for this token; enter the code the token shows now",
             ),
-        ),
-    };
-    log_check(&req, id, "pairing", outcome, refusal.status_code());
-    Err(refusal)
+        )),
+    }
 }
 
 /// Unpair a token.
