@@ -8,11 +8,12 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 use crate::support::app::{
     assert_error, call, create_job, details, expect_error, hotp_token, numbered, parts, send,
-    spawn_app, spawn_app_with, TestApp, BASE_URL,
+    spawn_app, spawn_app_with, wait_until, TestApp, BASE_URL,
 };
 
 /// The body of seed 000.
@@ -548,6 +549,42 @@ async fn async_false_waits_for_the_job(pool: PgPool) {
     assert_eq!(done["status"], "DONE");
     assert_eq!(done["async"], false);
     assert_eq!(done["result"], json!({"created": 20}));
+}
+
+/// `"async": false` is answered when its job finishes, however it finishes (the last chunk, or a
+/// cancel from another request): the request is woken by the job's announcement, long before its
+/// wait of 60 s would run out and read the job again.
+#[sqlx::test]
+async fn async_false_is_woken_when_its_job_finishes(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.jobs.sync_wait_seconds = 60).await;
+    for finish in ["DONE", "CANCELED"] {
+        let mut body = create_job(numbered(&format!("N{finish}"), 0..5));
+        body["async"] = json!(false);
+        let waiting = tokio::spawn(send(app.job_request(&body)));
+        wait_until("the job is stored", Duration::from_secs(30), async || {
+            app.count("select count(*) from oath_jobs where status = 'PENDING'")
+                .await
+                == 1
+        })
+        .await;
+        let finished_at = std::time::Instant::now();
+        if finish == "DONE" {
+            app.run_jobs().await;
+        } else {
+            let id: Uuid = sqlx::query_scalar("select id from oath_jobs where status = 'PENDING'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            let (status, _) =
+                call(app.request(Method::POST, &format!("{}/{id}/cancel", app.jobs_path()))).await;
+            assert_eq!(status, 202);
+        }
+        let (status, answer) = parts(waiting.await.unwrap()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["status"], finish, "{answer}");
+        // Far below the 60 s after which a wait that missed the announcement would end.
+        assert!(finished_at.elapsed() < Duration::from_secs(30), "{finish}");
+    }
 }
 
 #[sqlx::test]
