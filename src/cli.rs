@@ -226,10 +226,18 @@ async fn check_key_ids(state: &AppState) -> Result<(), String> {
 }
 
 async fn migrate(pool: &sqlx::PgPool) -> Result<(), String> {
-    store::MIGRATOR
-        .run(pool)
+    let unknown = store::migrate(pool)
         .await
         .map_err(|e| format!("cannot apply migrations: {e}"))?;
+    if !unknown.is_empty() {
+        let list: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+        // A rollback: the newer release's migrations are additive, so this binary serves on.
+        tracing::warn!(
+            "the database is ahead of this binary: migration(s) {} applied by a newer release; \
+             serving with the schema this binary knows",
+            list.join(", ")
+        );
+    }
     tracing::info!("migrations applied");
     Ok(())
 }

@@ -35,6 +35,7 @@ mod api {
     mod replicas;
     mod request_bodies;
     mod revoke_crash;
+    mod rollback;
     mod secrets;
     mod security;
     mod shutdown;
