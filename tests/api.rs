@@ -17,6 +17,7 @@ mod api {
     mod errors;
     mod helpdesk;
     mod idempotency;
+    #[cfg(feature = "import-cli")]
     mod import_cli;
     mod import_fairness;
     mod imports;
