@@ -257,8 +257,8 @@ async fn migrate(pool: &sqlx::PgPool) -> Result<(), String> {
         let list: Vec<String> = unknown.iter().map(ToString::to_string).collect();
         // A rollback: the newer release's migrations are additive, so this binary serves on.
         tracing::warn!(
-            "the database is ahead of this binary: migration(s) {} applied by a newer release; \
-             serving with the schema this binary knows",
+            "the database is ahead of this binary: migration(s) {} of a newer release are \
+             applied; they are additive, so this binary works with the schema it knows",
             list.join(", ")
         );
     }
