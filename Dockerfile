@@ -6,20 +6,24 @@
 # the oath_build_info metric report ("unknown" when not given).
 # Queries are checked against the committed .sqlx cache (SQLX_OFFLINE), so no database is
 # needed to build: after changing a query, run `cargo sqlx prepare` and commit .sqlx.
+# The image serves: it is built without the default feature import-cli, so it has no
+# `oath-service import` (a client, run from a default build) nor the crates only that needs
+# (docs/decisions.md; scripts/server-crates checks which crates the server build leaves out).
 
 FROM rust:1.95-slim-bookworm AS builder
 ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never
 WORKDIR /build
 
-# Dependencies first: this layer is rebuilt only when Cargo.toml or Cargo.lock change.
+# Dependencies first: this layer is rebuilt only when Cargo.toml or Cargo.lock change. Same
+# features as the build below, so that its dependencies are the ones built here.
 # (The crate uses rustls, so neither OpenSSL nor pkg-config is needed; the slim image's gcc
 # is enough for ring.)
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked --bin oath-service \
+ && cargo build --release --locked --no-default-features --bin oath-service \
  && rm -rf src
 
 # Then the crate itself. touch: the copied files may be older than the dummy build above,
@@ -34,7 +38,7 @@ COPY config ./config
 # Declared here, after the dependency layer, so that a new revision rebuilds only the crate.
 ARG OATH_REVISION=unknown
 RUN find src -name '*.rs' -exec touch {} + \
- && cargo build --release --locked --bin oath-service \
+ && cargo build --release --locked --no-default-features --bin oath-service \
  && cp target/release/oath-service /usr/local/bin/oath-service
 
 FROM debian:bookworm-slim AS runtime

@@ -1,6 +1,8 @@
 //! Command line: `serve` (default), `migrate`, `dev-token`, `reencrypt`, `keys status`,
-//! `healthcheck`, `config check`, and `import`, a client of the API (`cli/import.rs`).
+//! `healthcheck`, `config check`, and `import`, a client of the API (`cli/import.rs`), in builds
+//! with the `import-cli` feature (the default; the container image leaves it out).
 
+#[cfg(feature = "import-cli")]
 pub mod import;
 
 use std::time::Duration;
@@ -56,7 +58,16 @@ pub enum Command {
     Keys(KeysCommand),
     /// Upload a seed file (PSKC, CSV or a JSON create job) to a running service and follow the
     /// job. The bearer token comes from the OATH_TOKEN environment variable.
+    #[cfg(feature = "import-cli")]
     Import(Box<import::ImportArgs>),
+    /// Without the import-cli feature: `import` is refused with a line saying why, instead of
+    /// clap's "unrecognized subcommand".
+    #[cfg(not(feature = "import-cli"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Import {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Exit 0 when BASE/health/ready answers 200, else 1 (for container health checks).
     Healthcheck {
         /// The service's base URL [default: http://127.0.0.1:<port of server.addr>].
@@ -87,15 +98,25 @@ pub enum ConfigCommand {
     Check,
 }
 
+/// The answer to `import` in a build without it.
+#[cfg(not(feature = "import-cli"))]
+const NO_IMPORT: &str = "this build has no `import` command (it was built without the import-cli \
+                         feature, as the container image is): run `import` from a default build";
+
 /// Runs the command; the error is one line for the operator.
 pub async fn run(cli: Cli) -> Result<(), String> {
     let command = cli.command.unwrap_or(Command::Serve { no_migrate: false });
     // A client of a service elsewhere: it reads no service configuration.
+    #[cfg(feature = "import-cli")]
     if let Command::Import(args) = command {
         return match import::run(*args).await? {
             import::Completion::AllCreated => Ok(()),
             import::Completion::SomeNotCreated => std::process::exit(import::EXIT_SOME_NOT_CREATED),
         };
+    }
+    #[cfg(not(feature = "import-cli"))]
+    if let Command::Import { .. } = command {
+        return Err(NO_IMPORT.into());
     }
     // A probe given its URL needs no configuration (nor the secrets it would check).
     if let Command::Healthcheck { url: Some(url) } = &command {
@@ -158,7 +179,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                 Err(keys::unconfigured_error(&unconfigured))
             }
         }
+        #[cfg(feature = "import-cli")]
         Command::Import(_) => unreachable!("handled above"),
+        #[cfg(not(feature = "import-cli"))]
+        Command::Import { .. } => unreachable!("handled above"),
         Command::Healthcheck { url } => {
             let base = match url {
                 Some(url) => url,
@@ -226,10 +250,18 @@ async fn check_key_ids(state: &AppState) -> Result<(), String> {
 }
 
 async fn migrate(pool: &sqlx::PgPool) -> Result<(), String> {
-    store::MIGRATOR
-        .run(pool)
+    let unknown = store::migrate(pool)
         .await
         .map_err(|e| format!("cannot apply migrations: {e}"))?;
+    if !unknown.is_empty() {
+        let list: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+        // A rollback: the newer release's migrations are additive, so this binary serves on.
+        tracing::warn!(
+            "the database is ahead of this binary: migration(s) {} of a newer release are \
+             applied; they are additive, so this binary works with the schema it knows",
+            list.join(", ")
+        );
+    }
     tracing::info!("migrations applied");
     Ok(())
 }

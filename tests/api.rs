@@ -17,6 +17,7 @@ mod api {
     mod errors;
     mod helpdesk;
     mod idempotency;
+    #[cfg(feature = "import-cli")]
     mod import_cli;
     mod import_fairness;
     mod imports;
@@ -35,6 +36,7 @@ mod api {
     mod replicas;
     mod request_bodies;
     mod revoke_crash;
+    mod rollback;
     mod secrets;
     mod security;
     mod shutdown;

@@ -13,12 +13,82 @@ pub mod retention;
 pub mod secrets;
 pub mod tokens;
 
-use sqlx::migrate::Migrator;
+use std::sync::LazyLock;
+
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{PgConnection, PgPool};
 
 use chunks::ChunkKey;
 
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// The migrations of this binary. Migrations applied by a newer release, which this binary does
+/// not know, are allowed: within a major version they are additive, so that a rollback to this
+/// binary needs no database restore. A known migration applied with other content still
+/// refuses to run (sqlx compares checksums).
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+});
+
+/// A migration applied to the database that this binary does not know (a newer release's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownMigration {
+    pub version: i64,
+    pub description: String,
+}
+
+impl std::fmt::Display for UnknownMigration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.version, self.description)
+    }
+}
+
+/// Why [`migrate`] failed, as one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error(
+        "migration {version} ({description}) was applied to this database with other content \
+         than this binary's (its checksum differs): a released migration must never change; \
+         find which build migrated the database"
+    )]
+    Changed { version: i64, description: String },
+    #[error("cannot list the applied migrations: {0}")]
+    List(#[source] sqlx::Error),
+}
+
+/// Applies the migrations of this binary that are pending (once, under PostgreSQL's advisory
+/// lock, however many processes run this at once); returns the applied migrations it does not
+/// know, oldest first: the database is ahead of this binary, after a rollback.
+pub async fn migrate(pool: &PgPool) -> Result<Vec<UnknownMigration>, MigrationError> {
+    MIGRATOR.run(pool).await.map_err(|e| match e {
+        MigrateError::VersionMismatch(version) => MigrationError::Changed {
+            version,
+            description: MIGRATOR
+                .iter()
+                .find(|m| m.version == version)
+                .map_or_else(String::new, |m| m.description.to_string()),
+        },
+        e => MigrationError::Migrate(e),
+    })?;
+    let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    let rows = sqlx::query!(
+        r#"select version as "version!", description as "description!"
+             from _sqlx_migrations where version <> all($1::bigint[]) order by version"#,
+        &known,
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(MigrationError::List)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| UnknownMigration {
+            version: r.version,
+            description: r.description,
+        })
+        .collect())
+}
 
 /// SQLSTATE of a statement on a table that does not exist.
 const UNDEFINED_TABLE: &str = "42P01";
