@@ -83,23 +83,33 @@ pub async fn submit(
         .commit(StatusCode::ACCEPTED, Some(&location), &body)
         .await?;
     crate::audit::committed(&req, Some(id), StatusCode::ACCEPTED);
-    if is_async {
-        return Ok(answer(StatusCode::ACCEPTED, &location, body));
+    match is_async {
+        true => Ok(answer(StatusCode::ACCEPTED, &location, body)),
+        false => wait_for(&state, env, id, key.as_ref(), &location).await,
     }
-    // "async": false waits for the job; if it is not finished in time the job goes on and the
-    // answer is the 202 with its current state.
+}
+
+/// `"async": false`: the job once it has finished (`200`), or, if it is not finished in time,
+/// its current state (`202`; the job goes on), recorded under the request's `Idempotency-Key`.
+async fn wait_for(
+    state: &AppState,
+    env: Uuid,
+    id: Uuid,
+    key: Option<&IdempotencyKey>,
+    location: &str,
+) -> Reply {
     let waited = jobs::wait(&state.services, env, id).await?;
     let status = match waited.job.status.is_final() {
         true => StatusCode::OK,
         false => StatusCode::ACCEPTED,
     };
-    let (_, body) = job_body(&state, waited)?;
-    if let Some(key) = &key {
+    let (_, body) = job_body(state, waited)?;
+    if let Some(key) = key {
         let mut conn = state.db().acquire().await?;
-        key.record(&mut conn, env, status, Some(&location), &body)
+        key.record(&mut conn, env, status, Some(location), &body)
             .await?;
     }
-    Ok(answer(status, &location, body))
+    Ok(answer(status, location, body))
 }
 
 /// A submission, read: a new job with the request's `Idempotency-Key`, or the first response
