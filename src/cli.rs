@@ -208,7 +208,7 @@ fn check_offline(settings: &Settings) -> Result<(), String> {
 }
 
 async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String> {
-    telemetry::init(&settings.log);
+    let export = telemetry::init_serving(&settings.log, &settings.telemetry)?;
     let pool = startup::pool(&settings)?;
     if apply_migrations {
         migrate(&pool).await?;
@@ -223,6 +223,10 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
     // its current chunk and hands its job back) while the servers drain; then both are awaited.
     let served = app.run_until_stopped_then(|| runners.begin_stop()).await;
     runners.stop().await;
+    // The spans of the last requests and chunks, sent before the process ends.
+    if let Some(export) = export {
+        export.shutdown().await;
+    }
     tracing::info!("stopped");
     served.map_err(|e| format!("server error: {e}"))
 }

@@ -29,6 +29,7 @@ mod limits;
 mod otp;
 mod server;
 mod show;
+mod telemetry;
 #[cfg(test)]
 mod testing;
 
@@ -39,6 +40,7 @@ pub use jobs::JobSettings;
 pub use limits::LimitSettings;
 pub use otp::{Lockout, OtpSettings};
 pub use server::{LogFormat, LogSettings, ServerSettings};
+pub use telemetry::TelemetrySettings;
 
 use environment::Variables;
 
@@ -61,6 +63,8 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub otp: OtpSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
 }
 
 /// The shipped defaults, compiled in so that the binary runs from any directory.
@@ -161,6 +165,7 @@ impl Settings {
         }
         self.otp.check()?;
         self.import.check()?;
+        self.telemetry.check()?;
         // Crypto keys are checked where they are used (serving, re-encrypting), so that
         // `dev-token` works with auth settings alone.
         self.auth.check().map_err(ConfigError)

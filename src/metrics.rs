@@ -37,6 +37,7 @@ pub struct Metrics {
     db_connections: IntGaugeVec,
     db_max_connections: IntGauge,
     pub database_primary_switches: IntCounter,
+    pub trace_spans_lost: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -83,6 +84,11 @@ impl Metrics {
             r,
             "job_lease_losses_total",
             "Chunks not written because another runner had taken the job over",
+        );
+        let trace_spans_lost = counter(
+            r,
+            "trace_spans_lost_total",
+            "Spans whose export to telemetry.otlp_endpoint failed (the log warns once a minute)",
         );
         let jobs_purged = counter(
             r,
@@ -198,6 +204,7 @@ impl Metrics {
             db_connections,
             db_max_connections,
             database_primary_switches,
+            trace_spans_lost,
         }
     }
 

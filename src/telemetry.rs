@@ -1,8 +1,14 @@
 //! Logging and the per-request context: JSON log lines, a request id on every request (taken from a
 //! well-formed `X-Request-Id` or generated) that is returned as a header and carried by every log
-//! line of the request, one summary line per request, and panics turned into a 500 body.
+//! line of the request, with the request's trace id (the caller's, from a valid W3C
+//! `traceparent`, or a fresh one), one summary line per request, and panics turned into a 500
+//! body. With `telemetry.otlp_endpoint` set, the spans are also exported (`otlp`).
+
+pub mod otlp;
+pub mod trace_context;
 
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -11,14 +17,18 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, ResponseError};
 use futures_util::FutureExt;
-use tracing::Instrument;
+use tracing::field::Empty;
+use tracing::{Dispatch, Instrument};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layer, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::audit;
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 use crate::error::ApiError;
 use crate::metrics::METRICS;
+use trace_context::TraceId;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -32,11 +42,8 @@ pub fn init_with_writer<W>(settings: &LogSettings, writer: W)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(settings))
         .with_writer(writer);
     let _ = match settings.format {
         LogFormat::Json => builder
@@ -46,6 +53,46 @@ where
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+/// The log of `serve`: as [`init`] when `telemetry.otlp_endpoint` is unset (no exporter, no
+/// OpenTelemetry layer); else the same log lines beside the export of spans, which
+/// [`otlp::Export::shutdown`] flushes. Runs on the tokio runtime that is to carry the export.
+pub fn init_serving(
+    log: &LogSettings,
+    telemetry: &TelemetrySettings,
+) -> Result<Option<otlp::Export>, String> {
+    let Some(url) = telemetry.traces_url() else {
+        init(log);
+        return Ok(None);
+    };
+    let export = otlp::Export::new(&url, telemetry.sample_ratio)?;
+    let dispatch = Arc::new(OnceLock::new());
+    let fmt = match log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+    };
+    let subscriber = Registry::default()
+        .with(fmt.with_filter(log_filter(log)))
+        .with(export.span_layer())
+        .with(export.statement_layer(dispatch.clone()));
+    let subscriber = Dispatch::new(subscriber);
+    let _ = dispatch.set(subscriber.downgrade());
+    if subscriber.try_init().is_ok() {
+        otlp::set_active();
+    }
+    Ok(Some(export))
+}
+
+/// `RUST_LOG`, else `log.level`, else `info`.
+fn log_filter(settings: &LogSettings) -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Middleware: request id, span, summary line, audit event, panic containment.
@@ -84,12 +131,23 @@ async fn handle<B: MessageBody + 'static>(
     next: Next<B>,
     request_id: String,
 ) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let caller = trace_context::TraceParent::of_request(req.headers());
+    let exporting = otlp::is_active();
+    // Without export the trace id is the caller's or 16 random bytes; with it, the exported
+    // span's (recorded by `join_request`).
+    let trace_id = (!exporting).then(|| caller.map_or_else(TraceId::random, |c| c.trace_id));
+    let method = method_label(req.method());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = method_label(req.method()),
+        trace_id = trace_id.map(display),
+        method,
         path = %req.path(),
+        otel.kind = Empty,
     );
+    if exporting {
+        otlp::join_request(&span, caller);
+    }
     let started = Instant::now();
 
     let outcome = AssertUnwindSafe(next.call(req))
@@ -118,6 +176,10 @@ async fn handle<B: MessageBody + 'static>(
         audit::answered(&response, &request_id);
         tracing::info!(status, latency_ms, "request completed");
     });
+    if exporting {
+        let route = response.request().match_pattern();
+        otlp::answered(&span, method, route.as_deref(), status);
+    }
     Ok(response)
 }
 

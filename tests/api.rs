@@ -42,6 +42,7 @@ mod api {
     mod shutdown;
     mod tenancy;
     mod tokens;
+    mod traces;
     mod typed_rows;
     mod upload_memory;
     mod validation;

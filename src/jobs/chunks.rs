@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use super::{create, revoke, ChunkError};
 use crate::domain::job::JobType;
@@ -13,6 +14,7 @@ use crate::metrics::METRICS;
 use crate::store::chunks::ChunkKey;
 use crate::store::jobs::{self as queue, ChunkCounts, ClaimedJob, Position};
 use crate::store::{chunk_transaction, wait_for_chunk};
+use crate::telemetry;
 
 /// A chunk's task: what its commit left, None when it did not commit (see [`process`]).
 pub(super) type ChunkTask = JoinHandle<Result<Option<Committed>, ChunkError>>;
@@ -71,14 +73,10 @@ pub(super) async fn start(
     // chunk, which marks the job DONE, commits synchronously after every earlier one, and so
     // makes them durable too.
     chunk_transaction(&mut tx, chunks[0].key, chunks[0].last()).await?;
-    let mut running = vec![tokio::spawn(process(
-        tx,
-        job.clone(),
-        chunks[0],
-        None,
-        lease,
-        limit,
-    ))];
+    let mut running = vec![tokio::spawn(
+        process(tx, job.clone(), chunks[0], None, lease, limit)
+            .instrument(chunk_span(job, chunks[0])),
+    )];
     for pair in chunks.windows(2) {
         // Without a connection at hand, the chunk is left to the next step.
         let Ok(mut tx) = pool.begin().await else {
@@ -91,16 +89,27 @@ pub(super) async fn start(
             break;
         }
         let after = Some(pair[0].key);
-        running.push(tokio::spawn(process(
-            tx,
-            job.clone(),
-            pair[1],
-            after,
-            lease,
-            limit,
-        )));
+        running.push(tokio::spawn(
+            process(tx, job.clone(), pair[1], after, lease, limit)
+                .instrument(chunk_span(job, pair[1])),
+        ));
     }
     Ok(running)
+}
+
+/// The span of one chunk: its log lines name the job, and with trace export each chunk is a
+/// trace of its own, with its database statements.
+fn chunk_span(job: &ClaimedJob, chunk: Chunk) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job_chunk",
+        job_id = %job.id,
+        job_type = job.job_type.as_str(),
+        first_item = chunk.key.first_idx,
+        items = chunk.len,
+        trace_id = tracing::field::Empty,
+    );
+    telemetry::otlp::start_root(&span);
+    span
 }
 
 /// Processes `chunk` in `tx` and commits it. `tx` has been fenced, unless the chunk comes
