@@ -99,7 +99,45 @@ impl TelemetrySettings {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{load_env, load_with, VALID};
     use super::*;
+
+    #[test]
+    fn telemetry_from_a_file_or_the_environment() {
+        let shipped = load_with(VALID).unwrap().telemetry;
+        assert_eq!((shipped.otlp_endpoint(), shipped.sample_ratio), (None, 1.0));
+        let s = load_with(&format!(
+            "{VALID}\n[telemetry]\notlp_endpoint = \"http://collector:4318\"\nsample_ratio = 0.5"
+        ))
+        .unwrap()
+        .telemetry;
+        assert_eq!(
+            s.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(s.sample_ratio, 0.5);
+        let secret = (
+            "OATH__AUTH__HS256_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let s = load_env(&[
+            secret,
+            ("OATH__TELEMETRY__OTLP_ENDPOINT", "https://otel.example"),
+            ("OATH__TELEMETRY__SAMPLE_RATIO", "0.1"),
+        ])
+        .unwrap()
+        .telemetry;
+        assert_eq!(
+            s.traces_url().as_deref(),
+            Some("https://otel.example/v1/traces")
+        );
+        assert_eq!(s.sample_ratio, 0.1);
+        // Empty is unset, as for the other optional addresses.
+        let s = load_env(&[secret, ("OATH__TELEMETRY__OTLP_ENDPOINT", "")]).unwrap();
+        assert_eq!(s.telemetry.traces_url(), None);
+        let err = load_env(&[secret, ("OATH__TELEMETRY__SAMPLE_RATIO", "often")]).unwrap_err();
+        assert!(err.to_string().contains("sample_ratio"), "{err}");
+    }
 
     fn with(endpoint: &str, sample_ratio: f64) -> TelemetrySettings {
         TelemetrySettings {
