@@ -114,6 +114,13 @@ pub fn actor(req: &HttpRequest, subject: Option<&str>, env: Uuid) {
     });
 }
 
+/// The authenticated caller's `sub`, when it has one.
+pub fn subject(req: &HttpRequest) -> Option<String> {
+    req.extensions()
+        .get::<Notes>()
+        .and_then(|n| n.actor.clone().flatten())
+}
+
 /// The result of an OTP check (`VALID`, `INVALID`, `LOCKED`, `DISABLED`), instead of one read
 /// off the status.
 pub fn outcome(req: &HttpRequest, outcome: &'static str) {

@@ -21,10 +21,12 @@ use zeroize::Zeroizing;
 pub use crate::auth::AuthSettings;
 
 mod environment;
+mod events;
 mod known;
 mod show;
 
 use environment::Variables;
+pub use events::EventSettings;
 
 /// A configuration problem, rendered as one line that names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub otp: OtpSettings,
+    #[serde(default)]
+    pub events: EventSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -644,6 +648,7 @@ impl Settings {
             }
         }
         self.otp.check().map_err(ConfigError)?;
+        self.events.check().map_err(ConfigError)?;
         self.import.check()?;
         // Crypto keys are checked where they are used (serving, re-encrypting), so that
         // `dev-token` works with auth settings alone.

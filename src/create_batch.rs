@@ -21,11 +21,12 @@ use uuid::Uuid;
 use crate::crypto::Sealed;
 use crate::domain::job::Outcome;
 use crate::domain::NewToken;
+use crate::events::{EventType, Origin};
 use crate::jobs::create::{first_occurrences, write_tokens};
 use crate::metrics::METRICS;
 use crate::store::chunks::CreateChunk;
 use crate::store::tokens::{self, InsertError, Token};
-use crate::store::{is_conflict, is_unavailable, quota};
+use crate::store::{events, is_conflict, is_unavailable, quota};
 
 /// Creates one transaction writes at most.
 const MAX_BATCH: usize = 500;
@@ -37,6 +38,8 @@ type Reply = oneshot::Sender<Result<Token, InsertError>>;
 
 struct Pending {
     chunk: CreateChunk,
+    /// Who asked for each token of `chunk`: its event's actor and request id.
+    origins: Vec<Origin>,
     replies: Vec<Reply>,
 }
 
@@ -65,6 +68,7 @@ impl CreateBatcher {
         id: Uuid,
         token: &NewToken,
         sealed: Sealed,
+        origin: Origin,
     ) -> Result<Token, InsertError> {
         let (reply, answer) = oneshot::channel();
         let start = {
@@ -74,6 +78,7 @@ impl CreateBatcher {
             if queue.back().is_none_or(|p| p.replies.len() >= MAX_BATCH) {
                 queue.push_back(Pending {
                     chunk: CreateChunk::default(),
+                    origins: Vec::new(),
                     replies: Vec::new(),
                 });
             }
@@ -81,6 +86,7 @@ impl CreateBatcher {
             pending
                 .chunk
                 .push_token(pending.replies.len() as i32, id, token, sealed);
+            pending.origins.push(origin);
             pending.replies.push(reply);
             first
         };
@@ -112,12 +118,12 @@ impl CreateBatcher {
             METRICS
                 .create_batch_size
                 .observe(batch.replies.len() as f64);
-            let mut outcome = self.commit(env, &batch.chunk).await;
+            let mut outcome = self.commit(env, &batch).await;
             // A serial written meanwhile by another writer, or a deadlock with job chunks
             // written at once: the next attempt sees what they committed.
             for _ in 1..ATTEMPTS {
                 match &outcome {
-                    Err(e) if is_conflict(e) => outcome = self.commit(env, &batch.chunk).await,
+                    Err(e) if is_conflict(e) => outcome = self.commit(env, &batch).await,
                     _ => break,
                 }
             }
@@ -139,20 +145,23 @@ impl CreateBatcher {
         }
     }
 
-    /// One statement writes the tokens that are new and counts them in the quota, when they all
-    /// fit in it. Near the limit, that statement fails and changes nothing; then one transaction
-    /// takes the tokens in order while there is room, as a job chunk does.
+    /// One statement writes the tokens that are new, counts them in the quota and records
+    /// their events, when they all fit in it. Near the limit, that statement fails and changes
+    /// nothing; then one transaction takes the tokens in order while there is room, as a job
+    /// chunk does.
     async fn commit(
         &self,
         env: Uuid,
-        chunk: &CreateChunk,
+        batch: &Pending,
     ) -> Result<(Vec<Outcome>, Vec<Token>), sqlx::Error> {
+        let chunk = &batch.chunk;
         match tokens::insert_new_counted(
             &self.pool,
             env,
             chunk,
             &first_occurrences(chunk),
             self.limit,
+            &batch.origins,
         )
         .await
         {
@@ -171,26 +180,34 @@ impl CreateBatcher {
                     .collect();
                 Ok((outcomes, rows))
             }
-            Err(e) if quota::is_exceeded(&e) => self.commit_in_order(env, chunk).await,
+            Err(e) if quota::is_exceeded(&e) => self.commit_in_order(env, batch).await,
             Err(e) => Err(e),
         }
     }
 
-    /// One transaction: the tokens that are new and within the quota, and the created rows.
+    /// One transaction: the tokens that are new and within the quota, their events, and the
+    /// created rows.
     async fn commit_in_order(
         &self,
         env: Uuid,
-        chunk: &CreateChunk,
+        batch: &Pending,
     ) -> Result<(Vec<Outcome>, Vec<Token>), sqlx::Error> {
+        let chunk = &batch.chunk;
         let mut tx = self.pool.begin().await?;
         let (outcomes, _) = write_tokens(&mut tx, env, chunk, self.limit).await?;
-        let created: Vec<Uuid> = outcomes
-            .iter()
-            .zip(&chunk.token_ids)
-            .filter(|(o, _)| **o == Outcome::Created)
-            .map(|(_, id)| *id)
+        let created: Vec<(Uuid, &str, &Origin)> = (0..chunk.tokens())
+            .filter(|&i| outcomes[i] == Outcome::Created)
+            .map(|i| {
+                (
+                    chunk.token_ids[i],
+                    chunk.serial_numbers[i].as_str(),
+                    &batch.origins[i],
+                )
+            })
             .collect();
-        let rows = tokens::get_many(&mut tx, env, &created).await?;
+        events::record_each(&mut *tx, env, EventType::TokenCreated, &created).await?;
+        let ids: Vec<Uuid> = created.iter().map(|c| c.0).collect();
+        let rows = tokens::get_many(&mut tx, env, &ids).await?;
         tx.commit().await?;
         Ok((outcomes, rows))
     }

@@ -13,6 +13,7 @@ use crate::config::{Lockout, OtpSettings};
 use crate::crypto::Sealed;
 use crate::domain::{HashAlgorithm, Otp, OtpLength, TokenStatus, UserId};
 use crate::error::ApiError;
+use crate::events::{EventType, Origin};
 use crate::generations::Generations;
 use crate::otp::{self, Advance, MovingFactor, ResyncWindows, Windows};
 use crate::startup::AppState;
@@ -72,6 +73,7 @@ pub async fn validate(
     env: Uuid,
     id: Uuid,
     otp: &Otp,
+    origin: &Origin,
 ) -> Result<Option<Verdict>, ApiError> {
     let settings = &state.settings.otp;
     let rule = lockout_rule(settings);
@@ -85,7 +87,7 @@ pub async fn validate(
             Some(advance) => store::accept(&mut *db, env, id, advance, rule, Some(&seen.factor))
                 .await?
                 .then(|| (Outcome::Valid, advanced(seen.factor, advance))),
-            None => store::record_failure(&mut *db, env, id, rule, Some(&seen.factor))
+            None => store::record_failure(&mut *db, env, id, rule, Some(&seen.factor), origin)
                 .await?
                 .map(|_| (Outcome::Invalid, seen.factor)),
         };
@@ -122,7 +124,7 @@ pub async fn validate(
             .put(env, id, parameters, advanced(token.factor, advance));
         return Ok(Some(Outcome::Valid.into()));
     }
-    if store::record_failure(&mut *db, env, id, rule, None)
+    if store::record_failure(&mut *db, env, id, rule, None, origin)
         .await?
         .is_some()
     {
@@ -238,6 +240,7 @@ pub async fn resync(
     env: Uuid,
     id: Uuid,
     otps: [Otp; 2],
+    origin: &Origin,
 ) -> Result<Option<Resync>, ApiError> {
     let settings = &state.settings.otp;
     let windows = ResyncWindows {
@@ -251,6 +254,11 @@ pub async fn resync(
     if !token.enabled {
         return Ok(Some(Resync::Disabled));
     }
+    // A resync clears a lock: an unlock as well, for whoever follows the token's lock state.
+    let events: &[EventType] = match refusal(&token, settings) {
+        Some(_) => &[EventType::TokenResynced, EventType::TokenUnlocked],
+        None => &[EventType::TokenResynced],
+    };
     let engine = engine_token_read(state, env, id, token)?;
     let now = unix_now();
     // Up to a few thousand HMACs: off the async worker.
@@ -260,7 +268,7 @@ pub async fn resync(
     let Some(advance) = found else {
         return Ok(Some(Resync::NoMatch));
     };
-    let token = store::apply(&mut tx, env, id, advance, None).await?;
+    let token = store::apply(&mut tx, env, id, advance, None, events, origin).await?;
     tx.commit().await?;
     Ok(Some(Resync::Done(token)))
 }
@@ -285,6 +293,7 @@ pub async fn pair(
     id: Uuid,
     user: &UserId,
     otp: &Otp,
+    origin: &Origin,
 ) -> Result<Option<Pairing>, ApiError> {
     let settings = &state.settings.otp;
     let mut tx = state.db.begin().await?;
@@ -302,11 +311,20 @@ pub async fn pair(
     }
     let engine = engine_token_read(state, env, id, token)?;
     let Some(advance) = otp::verify(&engine, otp, unix_now(), windows(settings)) else {
-        store::record_failure(&mut *tx, env, id, lockout_rule(settings), None).await?;
+        store::record_failure(&mut *tx, env, id, lockout_rule(settings), None, origin).await?;
         tx.commit().await?;
         return Ok(Some(Pairing::Invalid));
     };
-    let token = store::apply(&mut tx, env, id, advance, Some(user)).await?;
+    let token = store::apply(
+        &mut tx,
+        env,
+        id,
+        advance,
+        Some(user),
+        &[EventType::TokenPaired],
+        origin,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Some(Pairing::Paired(token)))
 }
@@ -331,7 +349,7 @@ fn refusal(token: &OtpState, settings: &OtpSettings) -> Option<Verdict> {
 }
 
 /// What the statements of a check need of the lockout policy.
-fn lockout_rule(settings: &OtpSettings) -> LockoutRule {
+pub fn lockout_rule(settings: &OtpSettings) -> LockoutRule {
     LockoutRule {
         throttle: settings.lockout == Lockout::Throttle,
         max_failures: settings.max_failures,

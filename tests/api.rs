@@ -15,6 +15,7 @@ mod api {
     mod cross_tenant;
     mod docs_browser;
     mod errors;
+    mod events;
     mod helpdesk;
     mod idempotency;
     mod import_cli;

@@ -11,9 +11,10 @@ use uuid::Uuid;
 
 use super::ChunkError;
 use crate::domain::job::Outcome;
+use crate::events::EventType;
 use crate::store::chunks::{self, ChunkKey, CreateChunk};
 use crate::store::jobs::ChunkCounts;
-use crate::store::{quota, results, tokens};
+use crate::store::{events, quota, results, tokens};
 
 /// A create chunk read and its new tokens written, before the quota is taken: the part of a
 /// chunk that runs beside the job's previous chunk ([`crate::jobs::runner`]).
@@ -44,6 +45,19 @@ pub async fn finish(
     let Written { chunk, new } = written;
     let (outcomes, created) = take_quota(tx, key.env, &chunk, new, limit).await?;
     results::write_create(tx, key, &chunk, &outcomes).await?;
+    let (ids, serials): (Vec<Uuid>, Vec<&str>) = (0..chunk.tokens())
+        .filter(|&i| outcomes[i] == Outcome::Created)
+        .map(|i| (chunk.token_ids[i], chunk.serial_numbers[i].as_str()))
+        .unzip();
+    events::record_chunk(
+        tx,
+        key.env,
+        key.job_id,
+        EventType::TokenCreated,
+        &ids,
+        &serials,
+    )
+    .await?;
     chunks::consume(tx, key).await?;
 
     let count_of = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as i32;

@@ -48,7 +48,12 @@ struct JobUsage {
 operation! {
     /// Read the environment: its token count and unfinished jobs against their limits.
     get "/v1/environments/{env_id}" as "getEnvironment" in "Environments",
-    params(EnvPath), scopes("oath:tokens:read", "oath:jobs:read"),
+    params(EnvPath), scopes(
+        "oath:tokens:read",
+        "oath:jobs:read",
+        "oath:activities:read",
+        "oath:subscriptions:read"
+    ),
     responses((status = 200, description = "The environment.", body = EnvironmentResource));
     pub async fn get(auth: Authorized<AnyRead>, state: web::Data<AppState>) -> Reply {
         let env = auth.env;

@@ -1,6 +1,7 @@
 //! HTTP resources, one file each, plus what every route shares: the route table, path ids, JSON
 //! bodies, cursors and links.
 
+pub mod activities;
 pub mod docs;
 pub mod environments;
 pub mod extract;
@@ -146,6 +147,7 @@ pub const ROUTES: &[Resource] = &[
     ],
     resource!["/v1/environments/{env_id}/oathJobs/{job_id}/results": GET jobs::results],
     resource!["/v1/environments/{env_id}/oathJobs/{job_id}/cancel": POST jobs::cancel],
+    resource!["/v1/environments/{env_id}/activities": GET activities::list],
     resource!["/v1/environments/{env_id}": GET environments::get],
 ];
 
@@ -515,7 +517,7 @@ const PAGE_DEFAULT: i64 = 100;
 const PAGE_MAX: i64 = 1000;
 
 /// `limit` query parameter: 1 to 1000, 100 when absent.
-fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+pub(crate) fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     match raw {
         None => Ok(PAGE_DEFAULT),
         Some(s) => s

@@ -22,6 +22,7 @@ use crate::domain::{
 };
 use crate::error::responses::Conflict;
 use crate::error::ApiError;
+use crate::events::Origin;
 use crate::metrics::METRICS;
 use crate::startup::AppState;
 use crate::store::otp as store;
@@ -114,7 +115,8 @@ operation! {
     responses((status = 200, description = "The outcome of the check.", body = ValidationResult));
     pub async fn validate(check: OtpCheck<ValidateRequest>, req: HttpRequest) -> Reply {
         let OtpCheck { state, env, id, request } = check;
-        let verdict = verification::validate(&state, env, id, &request.otp)
+        let origin = Origin::of(&req);
+        let verdict = verification::validate(&state, env, id, &request.otp, &origin)
             .await?
             .or_not_found()?;
         log_check(&req, id, "validate", verdict.outcome, StatusCode::OK);
@@ -139,7 +141,7 @@ operation! {
     );
     pub async fn resync(check: OtpCheck<ResyncRequest>, req: HttpRequest) -> Reply {
         let OtpCheck { state, env, id, request } = check;
-        match verification::resync(&state, env, id, request.otps)
+        match verification::resync(&state, env, id, request.otps, &Origin::of(&req))
             .await?
             .or_not_found()?
         {
@@ -173,7 +175,8 @@ operation! {
     );
     pub async fn pair(check: OtpCheck<PairingRequest>, req: HttpRequest) -> Reply {
         let OtpCheck { state, env, id, request } = check;
-        match verification::pair(&state, env, id, &request.user_id, &request.otp)
+        let origin = Origin::of(&req);
+        match verification::pair(&state, env, id, &request.user_id, &request.otp, &origin)
             .await?
             .or_not_found()?
         {
@@ -221,7 +224,7 @@ operation! {
         state: web::Data<AppState>,
     ) -> Reply {
         let (env, id) = (auth.env, auth.ids.0);
-        let was_paired = store::unpair(&state.db, env, id)
+        let was_paired = store::unpair(&state.db, env, id, &Origin::of(&req))
             .await?
             .or_not_found()?;
         crate::audit::committed(&req, None, StatusCode::NO_CONTENT);

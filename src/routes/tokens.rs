@@ -23,6 +23,7 @@ use crate::domain::{
 };
 use crate::error::responses::{AuthenticatedErrors, BadRequest, BodyErrors, Conflict};
 use crate::error::ApiError;
+use crate::events::Origin;
 use crate::startup::AppState;
 use crate::store::tokens::{self as store, InsertError, Token};
 
@@ -238,7 +239,7 @@ pub async fn create(
         None => {
             let row = state
                 .creates
-                .create(env, id, &token, sealed)
+                .create(env, id, &token, sealed, Origin::of(&req))
                 .await
                 .map_err(insert_error)?;
             (row, None)
@@ -248,7 +249,8 @@ pub async fn create(
                 Ok(write) => write,
                 Err(first_response) => return Ok(first_response),
             };
-            let row = store::insert(&mut *write.tx, env, id, &token, &sealed, limit)
+            let origin = Origin::of(&req);
+            let row = store::insert(&mut *write.tx, env, id, &token, &sealed, limit, &origin)
                 .await
                 .map_err(insert_error)?;
             (row, Some(write))
@@ -293,7 +295,7 @@ operation! {
         state: web::Data<AppState>,
     ) -> Reply {
         let (env, id) = (auth.env, auth.ids.0);
-        if !store::delete(&state.db, env, id).await? {
+        if !store::delete(&state.db, env, id, &Origin::of(&req)).await? {
             return Err(ApiError::not_found());
         }
         crate::audit::committed(&req, None, StatusCode::NO_CONTENT);
@@ -350,7 +352,7 @@ pub async fn update(
             ))
         }
     };
-    let row = store::set_enabled(&state.db, env, id, patch.enabled)
+    let row = store::set_enabled(&state.db, env, id, patch.enabled, &Origin::of(&req))
         .await?
         .or_not_found()?;
     crate::audit::committed(&req, None, StatusCode::OK);
@@ -372,7 +374,10 @@ operation! {
         state: web::Data<AppState>,
     ) -> Reply {
         let (env, id) = (auth.env, auth.ids.0);
-        let row = store::unlock(&state.db, env, id).await?.or_not_found()?;
+        let rule = crate::verification::lockout_rule(&state.settings.otp);
+        let row = store::unlock(&state.db, env, id, rule, &Origin::of(&req))
+            .await?
+            .or_not_found()?;
         crate::audit::committed(&req, None, StatusCode::OK);
         tracing::info!(token_id = %id, "token unlocked");
         Ok(HttpResponse::Ok().json(TokenResource::new(&state.settings, row)))

@@ -31,7 +31,8 @@ operation! {
         state: web::Data<AppState>,
     ) -> Reply {
         let (env, id) = (auth.env, auth.ids.0);
-        let job = match store::cancel(&state.db, env, id).await? {
+        let origin = crate::events::Origin::of(&req);
+        let job = match store::cancel(&state.db, env, id, &origin).await? {
             Cancel::Canceled(job) => job,
             Cancel::Finished => {
                 return Err(ApiError::Conflict(

@@ -134,7 +134,8 @@ pub async fn submit(
     let (job_type, is_async) = (job.job_type(), job.is_async());
     let chunk_size = state.settings.jobs.chunk_size;
     let cipher = state.cipher.clone();
-    let row = queue::enqueue(&mut write.tx, env, job_id, job, chunk_size, cipher).await?;
+    let origin = crate::events::Origin::of(&req);
+    let row = queue::enqueue(&mut write.tx, env, job_id, job, chunk_size, cipher, &origin).await?;
     let resource = JobResource::new(state.settings.base_url(), row, Vec::new());
     let location = resource.links.self_.href.clone();
     let body = json_bytes(&resource)?;
