@@ -13,6 +13,8 @@ mod api {
     mod corpus;
     mod create_contention;
     mod cross_tenant;
+    mod deliveries;
+    mod delivery_processes;
     mod docs_browser;
     mod errors;
     mod events;
@@ -39,6 +41,7 @@ mod api {
     mod secrets;
     mod security;
     mod shutdown;
+    mod subscriptions;
     mod tenancy;
     mod tokens;
     mod typed_rows;

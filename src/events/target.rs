@@ -58,15 +58,18 @@ pub async fn resolve(url: &Url, rules: Rules) -> Result<Vec<SocketAddr>, String>
     Ok(addrs)
 }
 
+/// The error of a name that does not resolve.
+pub const UNRESOLVED: &str = "the host could not be resolved";
+
 async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     let target = (host.to_string(), port);
     let addrs = tokio::task::spawn_blocking(move || target.to_socket_addrs())
         .await
-        .map_err(|_| "the host could not be resolved".to_string())?
-        .map_err(|_| "the host could not be resolved".to_string())?
+        .map_err(|_| UNRESOLVED.to_string())?
+        .map_err(|_| UNRESOLVED.to_string())?
         .collect::<Vec<_>>();
     if addrs.is_empty() {
-        return Err("the host could not be resolved".into());
+        return Err(UNRESOLVED.into());
     }
     Ok(addrs)
 }

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod openapi;
 pub mod otp;
+pub mod subscriptions;
 pub mod tokens;
 
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub struct Resource {
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
 const PATCH: Method = Method::PATCH;
+const PUT: Method = Method::PUT;
 const DELETE: Method = Method::DELETE;
 
 /// `resource!["/path", "/alias": GET module::handler, POST module::other]`: a [`Resource`] whose
@@ -148,6 +150,10 @@ pub const ROUTES: &[Resource] = &[
     resource!["/v1/environments/{env_id}/oathJobs/{job_id}/results": GET jobs::results],
     resource!["/v1/environments/{env_id}/oathJobs/{job_id}/cancel": POST jobs::cancel],
     resource!["/v1/environments/{env_id}/activities": GET activities::list],
+    resource!["/v1/environments/{env_id}/subscriptions":
+        GET subscriptions::list, POST subscriptions::create],
+    resource!["/v1/environments/{env_id}/subscriptions/{subscription_id}":
+        GET subscriptions::get, PUT subscriptions::update, DELETE subscriptions::delete],
     resource!["/v1/environments/{env_id}": GET environments::get],
 ];
 

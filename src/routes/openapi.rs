@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{activities, docs, environments, health, jobs, operation, otp, tokens};
+use super::{activities, docs, environments, health, jobs, operation, otp, subscriptions, tokens};
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, NotFound, RequestTimeout, TooLarge, TooManyRequests,
     Unauthorized, Unavailable, Unexpected, UnsupportedMediaType,
@@ -52,6 +52,11 @@ use crate::error::ErrorBody;
         otp::pair,
         otp::unpair,
         activities::list,
+        subscriptions::list,
+        subscriptions::create,
+        subscriptions::get,
+        subscriptions::update,
+        subscriptions::delete,
     ),
     components(
         schemas(ErrorBody),

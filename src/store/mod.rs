@@ -11,6 +11,7 @@ pub mod quota;
 pub mod results;
 pub mod retention;
 pub mod secrets;
+pub mod subscriptions;
 pub mod tokens;
 
 use sqlx::migrate::Migrator;
