@@ -98,3 +98,43 @@ impl EventSettings {
         self.ca_file.as_deref().filter(|p| !p.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_contracts_and_ranges_are_checked() {
+        let d = EventSettings::default();
+        assert_eq!(d.retention_seconds, 7_776_000);
+        assert_eq!(d.max_subscriptions_per_environment, 50);
+        assert_eq!(d.delivery_timeout_seconds, 10);
+        assert_eq!(d.max_delivery_age_seconds, 604_800);
+        assert!(!d.allow_http && !d.allow_private_targets);
+        d.check().unwrap();
+        let lease_too_short = EventSettings {
+            lease_seconds: 10,
+            ..EventSettings::default()
+        };
+        assert!(lease_too_short
+            .check()
+            .unwrap_err()
+            .starts_with("events.lease_seconds"));
+        let no_timeout = EventSettings {
+            delivery_timeout_seconds: 0,
+            ..EventSettings::default()
+        };
+        assert!(no_timeout
+            .check()
+            .unwrap_err()
+            .starts_with("events.delivery_timeout_seconds"));
+        let missing_ca = EventSettings {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..EventSettings::default()
+        };
+        assert!(missing_ca
+            .check()
+            .unwrap_err()
+            .starts_with("events.ca_file"));
+    }
+}

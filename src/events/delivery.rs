@@ -314,6 +314,8 @@ pub struct DeliveryPool {
 }
 
 impl DeliveryPool {
+    /// Starts `events.runners` workers. Their HTTP clients (which read the system's CA store)
+    /// are built on the blocking pool, so that start-up does not wait for them.
     pub fn start(
         pool: PgPool,
         settings: Arc<Settings>,
@@ -323,13 +325,20 @@ impl DeliveryPool {
         let mut tasks = vec![tokio::spawn(watch_backlog(pool.clone(), stop.clone()))];
         let process = Uuid::new_v4();
         for n in 0..settings.events.runners {
-            let worker = Deliverer::new(
-                pool.clone(),
-                settings.clone(),
-                cipher.clone(),
-                format!("{process}/d{n}"),
-            )?;
-            tasks.push(tokio::spawn(run(worker, stop.clone())));
+            let (pool, settings, cipher) = (pool.clone(), settings.clone(), cipher.clone());
+            let stop = stop.clone();
+            let owner = format!("{process}/d{n}");
+            tasks.push(tokio::spawn(async move {
+                let built = tokio::task::spawn_blocking(move || {
+                    Deliverer::new(pool, settings, cipher, owner)
+                })
+                .await;
+                match built {
+                    Ok(Ok(worker)) => run(worker, stop).await,
+                    Ok(Err(e)) => tracing::error!(error = %e, "delivery worker not started"),
+                    Err(e) => tracing::error!(error = %e, "delivery worker not started"),
+                }
+            }));
         }
         Ok(Self { shutdown, tasks })
     }

@@ -196,7 +196,13 @@ struct SubscriptionRequest {
 
 /// The request body, for the OpenAPI document.
 #[derive(ToSchema)]
-#[schema(as = SubscriptionRequest)]
+#[schema(as = SubscriptionRequest, example = json!({
+    "name": "siem", "enabled": true,
+    "httpEndpoint": {"url": "https://hooks.example.com/oath",
+                     "headers": {"Authorization": "Basic c2llbTpzZWNyZXQ="}},
+    "filterOptions": {"includedActionTypes": ["OATH_TOKEN.CREATED", "OATH_TOKEN.DELETED"]}
+}))]
+#[serde(rename_all = "camelCase")]
 #[allow(dead_code)]
 struct SubscriptionRequestDoc {
     #[schema(example = "siem")]
