@@ -1,10 +1,10 @@
 -- Events: every change of a token or a job, written in the transaction of the change (an
 -- outbox), kept as the environment's activity log and delivered to its webhook subscriptions.
 --
--- Position: (xid, seq). A reader shows only events whose transaction id is below the xmin of
--- its snapshot (every transaction that old has ended), in (xid, seq) order; transactions that
--- end later all have larger ids, so a cursor over this order never skips an event that
--- commits late, as a cursor over a sequence alone would.
+-- Position: (xid, seq). A reader shows only events whose transaction id is below
+-- events_horizon() (every transaction of this database that old has ended), in (xid, seq)
+-- order; transactions that end later all have larger ids, so a cursor over this order never
+-- skips an event that commits late, as a cursor over a sequence alone would.
 create table events (
     environment_id uuid        not null,
     xid            xid8        not null default pg_current_xact_id(),
@@ -115,4 +115,20 @@ begin
             using errcode = '40001';
     end if;
 end
+$$;
+
+-- The transaction id below which every transaction that could have written to this database
+-- had ended when the caller's snapshot was taken: the snapshot's oldest running transaction,
+-- leaving out those seen running in another database (the snapshot's xmin covers the whole
+-- server, and a long transaction elsewhere must not hold events back). A transaction of the
+-- snapshot's that is no longer running, or whose database is unknown, counts: what it wrote
+-- is invisible to the snapshot, so the horizon stays below it. Call it once per statement:
+-- `e.xid < (select events_horizon())`.
+create function events_horizon() returns xid8 language sql stable as $$
+    select coalesce(
+        (select min(x) from pg_snapshot_xip(s) x
+         where not exists (select 1 from pg_stat_activity a
+                           where a.datname <> current_database() and a.backend_xid = xid(x))),
+        pg_snapshot_xmax(s))
+    from pg_current_snapshot() s
 $$;

@@ -1,6 +1,7 @@
 //! `events`: the outbox every token and job change writes in its own transaction, read as the
 //! activity feed and by the delivery runners in one order, (transaction id, sequence), and only
-//! as far as every older transaction has ended (see the migration): a reader that saved its
+//! as far as every older transaction of the database has ended (`events_horizon()`, see the
+//! migration): a reader that saved its
 //! position never misses an event that committed late. A job chunk's tokens are one row with
 //! arrays, one event per element.
 
@@ -160,7 +161,7 @@ pub async fn after(
                                      coalesce(e.serial_numbers, array[e.serial_number]))
                 with ordinality as u(resource_id, serial_number, n)
            where e.environment_id = $1
-             and e.xid < pg_snapshot_xmin(pg_current_snapshot())
+             and e.xid < (select events_horizon())
              and (e.xid, e.seq) >= ($2::int8::text::xid8, $3::int8)
              and ((e.xid, e.seq) > ($2::int8::text::xid8, $3::int8) or u.n > $4)
              and ($5::text is null or e.type = $5)

@@ -241,7 +241,7 @@ pub async fn claim(
                    and exists (
                        select 1 from events e
                        where e.environment_id = c.environment_id
-                         and e.xid < pg_snapshot_xmin(pg_current_snapshot())
+                         and e.xid < (select events_horizon())
                          and (e.xid, e.seq) >= (c.cursor_xid, c.cursor_seq)
                          and ((e.xid, e.seq) > (c.cursor_xid, c.cursor_seq)
                               or coalesce(cardinality(e.token_ids), 1) > c.cursor_n))

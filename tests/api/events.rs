@@ -8,7 +8,7 @@ use oath_service::auth::Scope;
 use oath_service::domain::HashAlgorithm;
 use reqwest::Method;
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgPool};
 use uuid::Uuid;
 
 use crate::support::app::{
@@ -21,9 +21,7 @@ pub async fn settle(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let hidden = app
-            .count(
-                "select count(*) from events where xid >= pg_snapshot_xmin(pg_current_snapshot())",
-            )
+            .count("select count(*) from events where xid >= (select events_horizon())")
             .await;
         if hidden == 0 {
             return;
@@ -326,4 +324,54 @@ async fn a_rolled_back_change_emits_nothing(pool: PgPool) {
         assert_eq!(status, 400, "{body}");
     }
     assert_eq!(app.count("select count(*) from events").await, before);
+}
+
+#[sqlx::test]
+async fn an_event_that_commits_late_is_not_skipped_and_other_databases_hold_nothing_back(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    app.create_token_id(&hotp_token("E0")).await;
+    settle(&app).await;
+    let (first, next) = read_feed(&app, None, 100).await;
+    assert_eq!(first.len(), 1);
+
+    // A slow writer takes its transaction id and writes its event first, and commits last.
+    let mut slow = app.pool.begin().await.unwrap();
+    let job = Uuid::now_v7();
+    sqlx::query(
+        "insert into events (environment_id, type, actor, resource_id) \
+         values ($1, 'OATH_JOB.CREATED', 'slow', $2)",
+    )
+    .bind(app.env)
+    .bind(job)
+    .execute(&mut *slow)
+    .await
+    .unwrap();
+    // A transaction of another database, open all along, holds nothing back.
+    let other_db = (*app.pool.connect_options()).clone().database("postgres");
+    let mut elsewhere = sqlx::postgres::PgConnection::connect_with(&other_db)
+        .await
+        .unwrap();
+    let mut elsewhere_tx = elsewhere.begin().await.unwrap();
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *elsewhere_tx)
+        .await
+        .unwrap();
+    let later = app.create_token_id(&hotp_token("E1")).await;
+    // Hidden while the older transaction of this database runs: shown, it would be read before
+    // the slow one's event, which a cursor would then skip.
+    let (page, held) = read_feed(&app, Some(next.clone()), 100).await;
+    assert!(page.is_empty(), "{page:?}");
+    assert_eq!(held, next, "the position stays");
+    slow.commit().await.unwrap();
+    let (page, after) = read_feed(&app, Some(next), 100).await;
+    let ids: Vec<&str> = page
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [job.to_string(), later], "both, in transaction order");
+    let (page, _) = read_feed(&app, Some(after), 100).await;
+    assert!(page.is_empty(), "each once: {page:?}");
+    elsewhere_tx.rollback().await.unwrap();
 }
