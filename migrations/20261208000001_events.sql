@@ -25,6 +25,8 @@ create table events (
     -- from `id` and n): a 1,000-item chunk writes one row, not a thousand.
     token_ids      uuid[],
     serial_numbers text[],
+    -- Events the row holds: readers count them without reading the arrays.
+    len            integer     generated always as (coalesce(cardinality(token_ids), 1)) stored,
     constraint events_pkey primary key (environment_id, xid, seq),
     constraint events_one_or_many_check check ((resource_id is null) <> (token_ids is null))
 );

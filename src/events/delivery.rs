@@ -32,7 +32,7 @@ use crate::store::subscriptions::{self as store, Claimed, Outcome};
 /// Events in one delivery, at most.
 pub const MAX_BATCH: usize = 100;
 /// Events looked at per delivery, at most (those of other types are passed over).
-const SCAN: i64 = 1000;
+const SCAN: i64 = 500;
 /// The first and the longest wait after a failed delivery.
 const MIN_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(3600);

@@ -149,29 +149,55 @@ pub async fn after(
     filter: Filter,
     limit: i64,
 ) -> Result<Vec<Event>, sqlx::Error> {
+    // The rows after the position, in order, counting their events without reading their
+    // arrays; then of each only the slice of elements the page needs (a job chunk's row holds a
+    // thousand). With a resource filter every element of a row is looked at.
     let rows = sqlx::query!(
-        r#"select e.xid::text::int8 as "xid!", e.seq as "seq!", u.n::int4 as "n!",
+        r#"with r as (
+               select e.xid, e.seq, e.len,
+                      case when (e.xid, e.seq) = ($2::int8::text::xid8, $3::int8) then $4::int4
+                           else 0 end as skip
+               from events e
+               where e.environment_id = $1
+                 and e.xid < (select events_horizon())
+                 and (e.xid, e.seq) >= ($2::int8::text::xid8, $3::int8)
+                 and ($5::text is null or e.type = $5)
+                 and ($6::uuid is null or e.resource_id = $6 or e.token_ids @> array[$6])
+               order by e.xid, e.seq
+               limit $7
+           ), w as (
+               select r.*,
+                      coalesce(sum(r.len - r.skip) over (order by r.xid, r.seq
+                          rows between unbounded preceding and 1 preceding), 0) as before
+               from r
+           )
+           select e.xid::text::int8 as "xid!", e.seq as "seq!", (w.skip + u.k)::int4 as "n!",
                   case when e.token_ids is null then e.id
-                       else md5(e.id::text || '/' || u.n)::uuid end as "id!",
+                       else md5(e.id::text || '/' || (w.skip + u.k))::uuid end as "id!",
                   e.type as "event_type!", e.occurred_at as "occurred_at!", e.actor as "actor!",
                   e.request_id, u.resource_id as "resource_id!", u.serial_number, e.job_id,
                   e.result::text as result
-           from events e
-           cross join lateral unnest(coalesce(e.token_ids, array[e.resource_id]),
-                                     coalesce(e.serial_numbers, array[e.serial_number]))
-                with ordinality as u(resource_id, serial_number, n)
-           where e.environment_id = $1
-             and e.xid < (select events_horizon())
-             and (e.xid, e.seq) >= ($2::int8::text::xid8, $3::int8)
-             and ((e.xid, e.seq) > ($2::int8::text::xid8, $3::int8) or u.n > $4)
-             and ($5::text is null or e.type = $5)
+           from w
+           join events e on e.environment_id = $1 and e.xid = w.xid and e.seq = w.seq
+           cross join lateral unnest(
+                   coalesce(e.token_ids[w.skip + 1 : case when $6::uuid is null
+                                                          then w.skip + ($7 - w.before)
+                                                          else w.len end],
+                            array[e.resource_id]),
+                   coalesce(e.serial_numbers[w.skip + 1 : case when $6::uuid is null
+                                                               then w.skip + ($7 - w.before)
+                                                               else w.len end],
+                            array[e.serial_number]))
+                with ordinality as u(resource_id, serial_number, k)
+           where w.skip < w.len
              and ($6::uuid is null or u.resource_id = $6)
-           order by e.xid, e.seq, u.n
+             and ($6::uuid is not null or w.before < $7)
+           order by e.xid, e.seq, u.k
            limit $7"#,
         env,
         after.xid,
         after.seq,
-        i64::from(after.n),
+        after.n,
         filter.event_type.map(EventType::as_str),
         filter.resource_id,
         limit,

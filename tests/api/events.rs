@@ -278,6 +278,28 @@ async fn the_feed_filters_pages_and_keeps_environments_apart(pool: PgPool) {
     assert_eq!(page["size"], 1);
     let (status, page) = app.get_json(&format!("{feed}?limit=1")).await;
     assert_eq!((status, page["size"].as_u64()), (200, Some(1)));
+    // A token a job created: its event is one element of the chunk's row.
+    let job = app.submit_and_run(&create_job(numbered("JF", 0..5))).await;
+    settle(&app).await;
+    let third: String = sqlx::query_scalar::<_, Uuid>(
+        "select token_id from job_results where job_id = $1 and idx = 2",
+    )
+    .bind(Uuid::parse_str(job["id"].as_str().unwrap()).unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+    .to_string();
+    let (status, page) = app
+        .get_json(&format!("{feed}?filter=resource.id%20eq%20%22{third}%22"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let found = page["_embedded"]["activities"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{page}");
+    assert_eq!(found[0]["resource"]["serialNumber"], "JF2");
+    assert_eq!(found[0]["job"]["id"], job["id"]);
+    // The same event, with the same id, in the unfiltered feed.
+    let (all, _) = read_feed(&app, None, 2).await;
+    assert!(all.iter().any(|e| e["id"] == found[0]["id"]));
     for bad in [
         "?limit=0",
         "?limit=1001",
