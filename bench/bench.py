@@ -27,7 +27,7 @@ Environment (set by bench/run; all optional but DATABASE_URL and OATH_BIN):
                      default 5)
   BENCH_TOKEN_CACHE  the service's auth.token_cache_size (default: the service's, 10000; 0: off,
                      every request verifies its token's signature)
-  BENCH_ONLY         comma-separated measurement names to run (default: all): jobs, get,
+  BENCH_ONLY         comma-separated measurement names to run (default: all): jobs, events, get,
                      get_hs256, create, validate, fairness
 """
 
@@ -77,7 +77,8 @@ RSA_KEY_FILE = os.path.join(ROOT, "tests", "fixtures", "jwt", "rsa-private.txt")
 RSA_KID = "rsa-1"
 ISSUER = "https://idp.bench.test"
 AUDIENCE = "oath-service"
-SCOPES = "oath:tokens:read oath:tokens:write oath:jobs:read oath:jobs:write oath:otp:validate"
+SCOPES = ("oath:tokens:read oath:tokens:write oath:jobs:read oath:jobs:write oath:otp:validate "
+          "oath:activities:read oath:subscriptions:read oath:subscriptions:write")
 
 
 def say(*args):
@@ -272,6 +273,9 @@ class Service:
                         OATH__OTP__MAX_FAILURES="2147483647",
                         # Checked on every validate, as in production, but never reached.
                         OATH__LIMITS__OTP_PER_TOKEN_PER_MINUTE="1000000",
+                        # The events line's receiver listens on 127.0.0.1, over http.
+                        OATH__EVENTS__ALLOW_HTTP="true",
+                        OATH__EVENTS__ALLOW_PRIVATE_TARGETS="true",
                         OATH__LOG__LEVEL="warn")
         if TOKEN_CACHE is not None:
             self.env["OATH__AUTH__TOKEN_CACHE_SIZE"] = TOKEN_CACHE
@@ -782,8 +786,74 @@ def fairness(svc, work):
                  f"{t_alone * 1000:.0f} ms alone")]
 
 
+# --- Events: the cost of the outbox, and delivery -------------------------------------------
+
+def receiver():
+    """A webhook receiver on 127.0.0.1 that acknowledges every batch (204) and counts the events;
+    returns its URL and a function giving the count."""
+    import http.server
+    import threading
+    count = [0]
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                count[0] += len(json.loads(body))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}/hook", lambda: count[0]
+
+
+def events(svc, work):
+    """The 100k create job with one subscription on every type against the same job without
+    (alternating, median of BENCH_REPS each), and delivery throughput to a local receiver."""
+    url, delivered = receiver()
+    with_sub, without, rates = [], [], []
+    for rep in range(REPS):
+        env = str(uuid.uuid4())
+        token = svc.token(env)
+        t_plain, _ = run_job(svc, env, token, create_body(token_rows(TOKENS, f"E{rep}x")), CREATE_TYPE)
+        without.append(t_plain)
+        env = str(uuid.uuid4())
+        token = svc.token(env)
+        status, _ = svc.request("POST", f"/v1/environments/{env}/subscriptions", token,
+                                json.dumps({"name": "bench", "httpEndpoint": {"url": url}}).encode(),
+                                "application/json")
+        assert status == 201
+        before = delivered()
+        started = time.perf_counter()
+        t_sub, _ = run_job(svc, env, token, create_body(token_rows(TOKENS, f"F{rep}x")), CREATE_TYPE)
+        with_sub.append(t_sub)
+        # Every event of the job (its tokens, CREATED and COMPLETED) reaches the receiver.
+        while delivered() - before < TOKENS + 2:
+            time.sleep(0.05)
+        rates.append(TOKENS / (time.perf_counter() - started))
+        say(f"events {rep + 1}/{REPS}: create job {t_plain:.2f}s without a subscription, "
+            f"{t_sub:.2f}s with one; delivered at {rates[-1]:,.0f} events/s from the POST")
+    ratio = statistics.median(without) / statistics.median(with_sub)
+    return [
+        Line(f"{TOKENS // 1000}k-token create job with a subscription on every type",
+             "the same job without one", ratio, ">= 0.9",
+             f"{statistics.median(with_sub):.2f} s vs {statistics.median(without):.2f} s; every event "
+             f"delivered to a local receiver at {statistics.median(rates):,.0f} events/s "
+             f"(from the POST to the last event acknowledged)"),
+    ]
+
+
 MEASUREMENTS = [
     ("jobs", lambda svc, work: jobs(svc)),
+    ("events", events),
     ("get", get_by_id),
     ("get_hs256", get_by_id_hs256),
     ("create", single_create),

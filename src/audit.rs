@@ -76,6 +76,21 @@ const ACTIONS: &[(Method, &str, &str)] = &[
         "/v1/environments/{env_id}/oathJobs/{job_id}/cancel",
         "job.cancel",
     ),
+    (
+        Method::POST,
+        "/v1/environments/{env_id}/subscriptions",
+        "subscription.create",
+    ),
+    (
+        Method::PUT,
+        "/v1/environments/{env_id}/subscriptions/{subscription_id}",
+        "subscription.update",
+    ),
+    (
+        Method::DELETE,
+        "/v1/environments/{env_id}/subscriptions/{subscription_id}",
+        "subscription.delete",
+    ),
 ];
 
 /// What the handler adds to the event.
@@ -112,6 +127,13 @@ pub fn actor(req: &HttpRequest, subject: Option<&str>, env: Uuid) {
         n.actor = Some(subject.map(str::to_string));
         n.caller_env = Some(env);
     });
+}
+
+/// The authenticated caller's `sub`, when it has one.
+pub fn subject(req: &HttpRequest) -> Option<String> {
+    req.extensions()
+        .get::<Notes>()
+        .and_then(|n| n.actor.clone().flatten())
 }
 
 /// The result of an OTP check (`VALID`, `INVALID`, `LOCKED`, `DISABLED`), instead of one read
@@ -182,6 +204,7 @@ fn write(req: &HttpRequest, request_id: &str, status: StatusCode) {
         target_id = shown(
             path_uuid("token_id")
                 .or(path_uuid("job_id"))
+                .or(path_uuid("subscription_id"))
                 .or(notes.target_id)
         ),
         outcome,
@@ -193,7 +216,10 @@ fn write(req: &HttpRequest, request_id: &str, status: StatusCode) {
 
 /// Whether requests of `method` may be audited: the changes.
 pub fn is_audited(method: &Method) -> bool {
-    matches!(*method, Method::POST | Method::PATCH | Method::DELETE)
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
 }
 
 fn action(method: &Method, pattern: &str) -> Option<&'static str> {

@@ -216,13 +216,24 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
     let state = AppState::new(settings, pool).await?;
     check_key_ids(&state).await?;
     let runners = RunnerPool::start(state.db().clone(), state.services.settings.clone());
+    let deliveries = crate::events::delivery::DeliveryPool::start(
+        state.db().clone(),
+        state.services.settings.clone(),
+        state.services.cipher.clone(),
+    )?;
     let addr = state.settings().server.addr.clone();
     let app = Application::build(state)?;
     tracing::info!(%addr, port = app.port(), admin_port = ?app.admin_port(), "listening");
     // After SIGTERM/ctrl-c and the shutdown delay, the runners are told to stop (each finishes
     // its current chunk and hands its job back) while the servers drain; then both are awaited.
-    let served = app.run_until_stopped_then(|| runners.begin_stop()).await;
+    let served = app
+        .run_until_stopped_then(|| {
+            runners.begin_stop();
+            deliveries.begin_stop();
+        })
+        .await;
     runners.stop().await;
+    deliveries.stop().await;
     // The spans of the last requests and chunks, sent before the process ends.
     if let Some(export) = export {
         export.shutdown().await;

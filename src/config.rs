@@ -22,6 +22,7 @@ pub use crate::import::keyring::{decode_pskc_key, KeyScope, PskcKeyring};
 mod crypto;
 mod database;
 mod environment;
+mod events;
 mod import;
 mod jobs;
 mod known;
@@ -35,6 +36,7 @@ mod testing;
 
 pub use crypto::{CryptoSettings, DecodedKeys};
 pub use database::DatabaseSettings;
+pub use events::EventSettings;
 pub use import::{ImportSettings, PskcKeySetting, TextList};
 pub use jobs::JobSettings;
 pub use limits::LimitSettings;
@@ -63,6 +65,8 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub otp: OtpSettings,
+    #[serde(default)]
+    pub events: EventSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
 }
@@ -164,6 +168,7 @@ impl Settings {
             }
         }
         self.otp.check()?;
+        self.events.check().map_err(ConfigError)?;
         self.import.check()?;
         self.telemetry.check()?;
         // Crypto keys are checked where they are used (serving, re-encrypting), so that

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod database;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub(crate) mod generations;
 pub mod healthcheck;
 pub mod import;

@@ -38,6 +38,10 @@ pub struct Metrics {
     db_max_connections: IntGauge,
     pub database_primary_switches: IntCounter,
     pub trace_spans_lost: IntCounter,
+    /// Webhook deliveries by outcome: ok, error, timeout, dropped (events given up on).
+    pub event_deliveries: IntCounterVec,
+    events_pending: IntGauge,
+    event_delivery_lag: Gauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -109,6 +113,29 @@ impl Metrics {
             Gauge::new(
                 "job_oldest_pending_age_seconds",
                 "Age of the oldest job not yet started (0 when none waits)",
+            ),
+        );
+        let event_deliveries = counter_vec(
+            r,
+            "event_deliveries_total",
+            "Webhook deliveries by outcome (ok, error, timeout; dropped: events given up on)",
+            &["outcome"],
+        );
+        for outcome in ["ok", "error", "timeout", "dropped"] {
+            event_deliveries.with_label_values(&[outcome]);
+        }
+        let events_pending = register(
+            r,
+            IntGauge::new(
+                "events_pending",
+                "Events not yet delivered to a subscription, all subscriptions",
+            ),
+        );
+        let event_delivery_lag = register(
+            r,
+            Gauge::new(
+                "event_delivery_lag_seconds",
+                "Age of the oldest event not yet delivered to a subscription (0 when none)",
             ),
         );
         let otp_validations = counter_vec(
@@ -186,6 +213,9 @@ impl Metrics {
             ))
             .expect("metric registered once");
         Self {
+            event_deliveries,
+            events_pending,
+            event_delivery_lag,
             registry,
             process,
             http_requests,
@@ -213,6 +243,14 @@ impl Metrics {
         let (unfinished, oldest) = crate::store::jobs::backlog(pool).await?;
         self.jobs_unfinished.set(unfinished);
         self.job_oldest_pending_age.set(oldest);
+        Ok(())
+    }
+
+    /// Reads the delivery backlog gauges from the database.
+    pub async fn refresh_deliveries(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let (pending, lag) = crate::store::subscriptions::backlog(pool).await?;
+        self.events_pending.set(pending);
+        self.event_delivery_lag.set(lag);
         Ok(())
     }
 

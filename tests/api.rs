@@ -13,8 +13,11 @@ mod api {
     mod corpus;
     mod create_contention;
     mod cross_tenant;
+    mod deliveries;
+    mod delivery_processes;
     mod docs_browser;
     mod errors;
+    mod events;
     mod helpdesk;
     mod idempotency;
     #[cfg(feature = "import-cli")]
@@ -40,6 +43,7 @@ mod api {
     mod secrets;
     mod security;
     mod shutdown;
+    mod subscriptions;
     mod tenancy;
     mod tokens;
     mod traces;

@@ -71,15 +71,21 @@ pub enum Scope {
     JobsRead,
     JobsWrite,
     OtpValidate,
+    ActivitiesRead,
+    SubscriptionsRead,
+    SubscriptionsWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 8] = [
         Scope::TokensRead,
         Scope::TokensWrite,
         Scope::JobsRead,
         Scope::JobsWrite,
         Scope::OtpValidate,
+        Scope::ActivitiesRead,
+        Scope::SubscriptionsRead,
+        Scope::SubscriptionsWrite,
     ];
 
     /// The scope as it appears in the `scope` claim.
@@ -90,6 +96,9 @@ impl Scope {
             Scope::JobsRead => "oath:jobs:read",
             Scope::JobsWrite => "oath:jobs:write",
             Scope::OtpValidate => "oath:otp:validate",
+            Scope::ActivitiesRead => "oath:activities:read",
+            Scope::SubscriptionsRead => "oath:subscriptions:read",
+            Scope::SubscriptionsWrite => "oath:subscriptions:write",
         }
     }
 }

@@ -193,7 +193,10 @@ fn scope_strings() {
             "oath:tokens:write",
             "oath:jobs:read",
             "oath:jobs:write",
-            "oath:otp:validate"
+            "oath:otp:validate",
+            "oath:activities:read",
+            "oath:subscriptions:read",
+            "oath:subscriptions:write"
         ]
     );
 }

@@ -8,10 +8,11 @@ use sqlx::PgConnection;
 
 use super::ChunkError;
 use crate::domain::job::ItemOutcome;
+use crate::events::EventType;
 use crate::store::batch::{first_occurrences, take_quota, TokenBatch};
 use crate::store::chunks::{self, ChunkKey};
 use crate::store::jobs::ChunkCounts;
-use crate::store::{results, tokens};
+use crate::store::{events, results, tokens};
 
 /// A create chunk read and its new tokens written, before the quota is taken: the part of a
 /// chunk that runs beside the job's previous chunk ([`crate::jobs::runner`]).
@@ -42,6 +43,16 @@ pub async fn finish(
     let Written { chunk, new } = written;
     let (outcomes, created) = take_quota(tx, key.env, &chunk, new, limit).await?;
     results::write_create(tx, key, &chunk, &outcomes).await?;
+    let (ids, serials) = chunk.tokens_with(&outcomes, ItemOutcome::Created);
+    events::record_chunk(
+        tx,
+        key.env,
+        key.job_id,
+        EventType::TokenCreated,
+        &ids,
+        &serials,
+    )
+    .await?;
     chunks::consume(tx, key).await?;
 
     let count_of = |o: ItemOutcome| outcomes.iter().filter(|x| **x == o).count() as i32;

@@ -45,7 +45,8 @@ async fn purge_idempotency_keys(pool: PgPool, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Deletes finished jobs past `jobs.retention_seconds`, every `jobs.purge_interval_seconds`.
+/// Deletes finished jobs past `jobs.retention_seconds`, and events past
+/// `events.retention_seconds`, every `jobs.purge_interval_seconds`.
 async fn purge_finished_jobs(
     pool: PgPool,
     settings: Arc<Settings>,
@@ -66,6 +67,28 @@ async fn purge_finished_jobs(
                 Err(e) => tracing::warn!(error = %e, "could not purge finished jobs"),
             },
             _ = stop.changed() => return,
+        }
+        tokio::select! {
+            r = purge_events(&pool, &settings) => match r {
+                Ok(n) if n > 0 => tracing::info!(purged = n, "events past retention purged"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not purge events"),
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Deletes the events older than `events.retention_seconds`, in batches that commit alone.
+async fn purge_events(pool: &PgPool, settings: &Settings) -> Result<u64, sqlx::Error> {
+    let retention = chrono::Duration::seconds(settings.events.retention_seconds as i64);
+    let cutoff = chrono::Utc::now() - retention;
+    let mut purged = 0;
+    loop {
+        let n = crate::store::events::purge(pool, cutoff, retention::RESULT_BATCH.into()).await?;
+        purged += n;
+        if n < retention::RESULT_BATCH as u64 {
+            return Ok(purged);
         }
     }
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::crypto::SecretCipher;
 use crate::domain::job::{CreateItem, NewJob, PARALLEL_ITEMS};
+use crate::events::Origin;
 use crate::parallel;
 use crate::store::batch::TokenBatch;
 use crate::store::chunks::{self, ChunkKey};
@@ -29,6 +30,7 @@ pub async fn enqueue(
     job: NewJob,
     chunk_size: usize,
     cipher: Arc<SecretCipher>,
+    origin: &Origin,
 ) -> Result<Job, sqlx::Error> {
     let row = NewJobRow {
         job_type: job.job_type(),
@@ -43,7 +45,7 @@ pub async fn enqueue(
         total: job.len() as i32,
         chunk_size: chunk_size as i32,
     };
-    let stored = jobs::insert(tx, env, job_id, row).await?;
+    let stored = jobs::insert(tx, env, job_id, row, origin).await?;
     let key = |n: usize| ChunkKey {
         env,
         job_id,

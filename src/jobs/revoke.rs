@@ -3,13 +3,15 @@
 //! result rows and consume the chunk.
 
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::ChunkError;
 use crate::domain::job::ItemOutcome;
+use crate::events::EventType;
 use crate::store::chunks::{self, ChunkKey};
 use crate::store::jobs::ChunkCounts;
 use crate::store::results::RevokeResult;
-use crate::store::{results, tokens};
+use crate::store::{events, results, tokens};
 
 pub async fn process_chunk(
     tx: &mut PgConnection,
@@ -21,6 +23,25 @@ pub async fn process_chunk(
         .await?
         .ok_or(ChunkError::InputMissing)?;
     let (mut revoked, paired) = tokens::revoke(tx, key.env, &ids, force_unpair).await?;
+    // In item order, each revoked token once (a repeated id is revoked at its first occurrence).
+    let mut gone = std::collections::HashSet::new();
+    let (deleted, serials): (Vec<Uuid>, Vec<&str>) = ids
+        .iter()
+        .filter_map(|id| Some((*id, revoked.get(id)?.as_str())))
+        .filter(|(id, _)| gone.insert(*id))
+        .unzip();
+    if !deleted.is_empty() {
+        events::check_order(tx, key.env, &deleted).await?;
+        events::record_chunk(
+            tx,
+            key.env,
+            key.job_id,
+            EventType::TokenDeleted,
+            &deleted,
+            &serials,
+        )
+        .await?;
+    }
 
     let mut counts = ChunkCounts {
         processed: len,

@@ -56,7 +56,12 @@ struct JobUsage {
         (status = 200, description = "The environment.", body = EnvironmentResource),
         AuthenticatedErrors,
     ),
-    security(("bearer" = ["oath:tokens:read"]), ("bearer" = ["oath:jobs:read"])),
+    security(
+        ("bearer" = ["oath:tokens:read"]),
+        ("bearer" = ["oath:jobs:read"]),
+        ("bearer" = ["oath:activities:read"]),
+        ("bearer" = ["oath:subscriptions:read"]),
+    ),
 )]
 pub async fn get(auth: Authorized<AnyRead>, state: web::Data<AppState>) -> Reply {
     let env = auth.env;

@@ -29,13 +29,27 @@ macro_rules! scopes {
         }
     )*};
 }
-scopes!(TokensRead, TokensWrite, JobsRead, JobsWrite, OtpValidate);
+scopes!(
+    TokensRead,
+    TokensWrite,
+    JobsRead,
+    JobsWrite,
+    OtpValidate,
+    ActivitiesRead,
+    SubscriptionsRead,
+    SubscriptionsWrite
+);
 
 /// Any of the read scopes.
 pub struct AnyRead;
 
 impl Demands for AnyRead {
-    const SCOPES: &'static [Scope] = &[Scope::TokensRead, Scope::JobsRead];
+    const SCOPES: &'static [Scope] = &[
+        Scope::TokensRead,
+        Scope::JobsRead,
+        Scope::ActivitiesRead,
+        Scope::SubscriptionsRead,
+    ];
 }
 
 /// The ids a path names beside its environment.

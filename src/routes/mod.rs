@@ -1,6 +1,7 @@
 //! HTTP resources, one file each, plus what every route shares: the route table, path ids, JSON
 //! bodies, cursors and links.
 
+pub mod activities;
 pub mod docs;
 pub mod environments;
 pub mod extract;
@@ -10,6 +11,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod otp;
 mod state;
+pub mod subscriptions;
 pub mod tokens;
 
 pub use state::AppState;
@@ -17,7 +19,7 @@ pub use state::AppState;
 use std::time::Duration;
 
 use actix_web::http::{header, Method};
-use actix_web::{web, HttpRequest, Route};
+use actix_web::{web, HttpMessage, HttpRequest, Route};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -26,6 +28,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::{self, ApiError};
+use crate::events::Origin;
 
 /// Makes the route of one method of a resource (the method guard is added by [`configure`]).
 pub type Handler = fn() -> Route;
@@ -39,6 +42,7 @@ pub struct Resource {
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
 const PATCH: Method = Method::PATCH;
+const PUT: Method = Method::PUT;
 const DELETE: Method = Method::DELETE;
 
 /// `resource!["/path", "/alias": GET module::handler, POST module::other]`: a [`Resource`] whose
@@ -81,6 +85,11 @@ pub const ROUTES: &[Resource] = &[
     ],
     resource!["/v1/environments/{env_id}/oathJobs/{job_id}/results": GET jobs::results],
     resource!["/v1/environments/{env_id}/oathJobs/{job_id}/cancel": POST jobs::cancel],
+    resource!["/v1/environments/{env_id}/activities": GET activities::list],
+    resource!["/v1/environments/{env_id}/subscriptions":
+        GET subscriptions::list, POST subscriptions::create],
+    resource!["/v1/environments/{env_id}/subscriptions/{subscription_id}":
+        GET subscriptions::get, PUT subscriptions::update, DELETE subscriptions::delete],
     resource!["/v1/environments/{env_id}": GET environments::get],
 ];
 
@@ -118,6 +127,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, listener: Listener) {
             service = service.route(handler().method(method.clone()));
         }
         cfg.service(service.default_service(web::to(error::method_not_allowed)));
+    }
+}
+
+/// Who a change is made for, as its events name it: the authenticated caller of `req` (its
+/// `sub`, as the audit trail records it) and the request id.
+pub fn origin(req: &HttpRequest) -> Origin {
+    let request_id = req
+        .extensions()
+        .get::<crate::audit::RequestId>()
+        .map(|r| r.0.clone());
+    Origin {
+        actor: crate::audit::subject(req).unwrap_or_else(|| crate::events::SYSTEM.to_string()),
+        request_id,
     }
 }
 
@@ -463,7 +485,7 @@ const PAGE_DEFAULT: i64 = 100;
 const PAGE_MAX: i64 = 1000;
 
 /// `limit` query parameter: 1 to 1000, 100 when absent.
-fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+pub(crate) fn page_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     match raw {
         None => Ok(PAGE_DEFAULT),
         Some(s) => s

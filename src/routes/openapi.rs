@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{docs, environments, health, jobs, otp, tokens};
+use super::{activities, docs, environments, health, jobs, otp, subscriptions, tokens};
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, NotFound, RequestTimeout, TooLarge, TooManyRequests,
     Unauthorized, Unavailable, Unexpected, UnsupportedMediaType,
@@ -50,6 +50,12 @@ use crate::error::ErrorBody;
         otp::resync,
         otp::pair,
         otp::unpair,
+        activities::list,
+        subscriptions::list,
+        subscriptions::create,
+        subscriptions::get,
+        subscriptions::update,
+        subscriptions::delete,
     ),
     components(
         schemas(ErrorBody),
@@ -72,6 +78,7 @@ use crate::error::ErrorBody;
         (name = "Tokens", description = "Single tokens: create, read, list, find a user's, enable or disable, unlock, revoke."),
         (name = "Jobs", description = "Bulk create and revoke jobs, their per-item results, and cancelling them."),
         (name = "OTP", description = "Validate OTPs, resynchronise and pair tokens."),
+        (name = "Events", description = "The activity log of an environment's token and job changes, and webhook subscriptions that deliver them, signed."),
         (name = "Environments", description = "An environment and what it holds against its limits."),
         (name = "Operations", description = "Health, metrics, this document and its HTML rendering; no authentication."),
     )
@@ -95,7 +102,8 @@ impl Modify for BearerAuth {
                         "A JWT (RS256, ES256 or EdDSA from the configured key set) with `iss`, \
                          `aud`, `exp`, the environment id in `env` and space-separated scopes in \
                          `scope`: oath:tokens:read, oath:tokens:write, oath:jobs:read, \
-                         oath:jobs:write, oath:otp:validate.",
+                         oath:jobs:write, oath:otp:validate, oath:activities:read, \
+                         oath:subscriptions:read, oath:subscriptions:write.",
                     ))
                     .build(),
             ),

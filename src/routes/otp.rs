@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::extract::{Authorized, Demands, OtpValidate, TokenId, TokensWrite};
 use super::tokens::TokenResource;
-use super::{json_object, AppState, Reply, TokenPath};
+use super::{json_object, origin, AppState, Reply, TokenPath};
 use crate::domain::{
     FieldError, PairingRequest, PairingRequestDoc, ResyncRequest, ResyncRequestDoc,
     ValidateRequest, ValidateRequestDoc,
@@ -128,7 +128,8 @@ pub async fn validate(check: OtpCheck<ValidateRequest>, req: HttpRequest) -> Rep
         id,
         request,
     } = check;
-    let verdict = verification::validate(&state.services, env, id, &request.otp).await?;
+    let origin = origin(&req);
+    let verdict = verification::validate(&state.services, env, id, &request.otp, &origin).await?;
     log_check(&req, id, "validate", verdict.outcome, StatusCode::OK);
     Ok(HttpResponse::Ok().json(ValidationResult {
         status: verdict.outcome,
@@ -163,19 +164,20 @@ pub async fn resync(check: OtpCheck<ResyncRequest>, req: HttpRequest) -> Reply {
         id,
         request,
     } = check;
-    let (outcome, refusal) =
-        match verification::resync(&state.services, env, id, request.otps).await? {
-            Resync::Done(token) => return Ok(checked_token(&req, &state, "resync", token)),
-            Resync::Disabled => (CheckOutcome::Disabled, disabled()),
-            Resync::NoMatch => (
-                CheckOutcome::Invalid,
-                invalid_field(
-                    "otps",
-                    "otps are not two consecutive codes of this token within the resync window; \
+    let origin = origin(&req);
+    let resynced = verification::resync(&state.services, env, id, request.otps, &origin).await?;
+    let (outcome, refusal) = match resynced {
+        Resync::Done(token) => return Ok(checked_token(&req, &state, "resync", token)),
+        Resync::Disabled => (CheckOutcome::Disabled, disabled()),
+        Resync::NoMatch => (
+            CheckOutcome::Invalid,
+            invalid_field(
+                "otps",
+                "otps are not two consecutive codes of this token within the resync window; \
                  enter two codes in a row as the token shows them",
-                ),
             ),
-        };
+        ),
+    };
     log_check(&req, id, "resync", outcome, refusal.status_code());
     Err(refusal)
 }
@@ -207,7 +209,8 @@ pub async fn pair(check: OtpCheck<PairingRequest>, req: HttpRequest) -> Reply {
         request,
     } = check;
     let user = &request.user_id;
-    let pairing = verification::pair(&state.services, env, id, user, &request.otp).await?;
+    let origin = origin(&req);
+    let pairing = verification::pair(&state.services, env, id, user, &request.otp, &origin).await?;
     match paired(pairing) {
         Ok(token) => Ok(checked_token(&req, &state, "pairing", token)),
         Err((checked, refusal)) => {
@@ -266,7 +269,7 @@ pub async fn unpair(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Reply {
-    tokens::unpair(&state.services, auth.env, auth.ids.0).await?;
+    tokens::unpair(&state.services, auth.env, auth.ids.0, &origin(&req)).await?;
     crate::audit::committed(&req, None, StatusCode::NO_CONTENT);
     Ok(HttpResponse::NoContent().finish())
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::extract::{Authorized, TokenId, TokensRead, TokensWrite};
 use super::idempotency::{self, IdempotencyKey};
 use super::page::{self, Paging};
-use super::{collection_url, cursor, json_object, AppState, Reply};
+use super::{collection_url, cursor, json_object, origin, AppState, Reply};
 use super::{EnvPath, IdRef, Link, TokenPath};
 use crate::config::{Lockout, Settings};
 use crate::domain::token::{otp_length_schema, TokenRequestDoc};
@@ -202,14 +202,16 @@ pub async fn create(
     let token = NewToken::parse(&Value::Object(body), TokenSource::Single)
         .map_err(ApiError::invalid_data)?;
     let Some(key) = IdempotencyKey::from_request(&req, &bytes, &state.request_hash_key[..])? else {
-        let created = tokens::create(&state.services, env, &token, None).await?;
+        let created = tokens::create(&state.services, env, &token, None, &origin(&req)).await?;
         return created_response(&req, &state, created, None).await;
     };
     let mut write = match idempotency::begin(Some(&key), &state, env).await? {
         Ok(write) => write,
         Err(first_response) => return Ok(first_response),
     };
-    let created = tokens::create(&state.services, env, &token, Some(&mut write.tx)).await?;
+    let origin = origin(&req);
+    let created =
+        tokens::create(&state.services, env, &token, Some(&mut write.tx), &origin).await?;
     created_response(&req, &state, created, Some(write)).await
 }
 
@@ -272,7 +274,7 @@ pub async fn delete(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Reply {
-    tokens::delete(&state.services, auth.env, auth.ids.0).await?;
+    tokens::delete(&state.services, auth.env, auth.ids.0, &origin(&req)).await?;
     crate::audit::committed(&req, None, StatusCode::NO_CONTENT);
     Ok(HttpResponse::NoContent().finish())
 }
@@ -308,7 +310,8 @@ pub async fn update(
     let media_types = ["application/json", "application/merge-patch+json"];
     let (_, body) = json_object(&req, payload, &state, &media_types).await?;
     let patch = TokenPatch::parse(&body).map_err(ApiError::invalid_data)?;
-    let token = tokens::set_enabled(&state.services, auth.env, auth.ids.0, patch.enabled).await?;
+    let (env, id, enabled) = (auth.env, auth.ids.0, patch.enabled);
+    let token = tokens::set_enabled(&state.services, env, id, enabled, &origin(&req)).await?;
     crate::audit::committed(&req, None, StatusCode::OK);
     Ok(HttpResponse::Ok().json(TokenResource::new(state.settings(), token)))
 }
@@ -334,7 +337,7 @@ pub async fn unlock(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Reply {
-    let token = tokens::unlock(&state.services, auth.env, auth.ids.0).await?;
+    let token = tokens::unlock(&state.services, auth.env, auth.ids.0, &origin(&req)).await?;
     crate::audit::committed(&req, None, StatusCode::OK);
     Ok(HttpResponse::Ok().json(TokenResource::new(state.settings(), token)))
 }

@@ -21,10 +21,11 @@ use uuid::Uuid;
 use crate::crypto::Sealed;
 use crate::domain::job::ItemOutcome;
 use crate::domain::NewToken;
+use crate::events::{EventType, Origin};
 use crate::metrics::METRICS;
 use crate::store::batch::{create_within_quota, first_occurrences, TokenBatch};
 use crate::store::tokens::{self, InsertError, Token};
-use crate::store::{is_conflict, is_unavailable, quota};
+use crate::store::{events, is_conflict, is_unavailable, quota};
 
 /// Creates one transaction writes at most.
 const MAX_BATCH: usize = 500;
@@ -36,6 +37,8 @@ type Reply = oneshot::Sender<Result<Token, InsertError>>;
 
 struct Pending {
     chunk: TokenBatch,
+    /// Who asked for each token of `chunk`: its event's actor and request id.
+    origins: Vec<Origin>,
     replies: Vec<Reply>,
 }
 
@@ -64,6 +67,7 @@ impl CreateBatcher {
         id: Uuid,
         token: &NewToken,
         sealed: Sealed,
+        origin: Origin,
     ) -> Result<Token, InsertError> {
         let (reply, answer) = oneshot::channel();
         let start = {
@@ -73,6 +77,7 @@ impl CreateBatcher {
             if queue.back().is_none_or(|p| p.replies.len() >= MAX_BATCH) {
                 queue.push_back(Pending {
                     chunk: TokenBatch::default(),
+                    origins: Vec::new(),
                     replies: Vec::new(),
                 });
             }
@@ -80,6 +85,7 @@ impl CreateBatcher {
             pending
                 .chunk
                 .push_token(pending.replies.len() as i32, id, token, sealed, false);
+            pending.origins.push(origin);
             pending.replies.push(reply);
             first
         };
@@ -111,12 +117,12 @@ impl CreateBatcher {
             METRICS
                 .create_batch_size
                 .observe(batch.replies.len() as f64);
-            let mut outcome = self.commit(env, &batch.chunk).await;
+            let mut outcome = self.commit(env, &batch).await;
             // A serial written meanwhile by another writer, or a deadlock with job chunks
             // written at once: the next attempt sees what they committed.
             for _ in 1..ATTEMPTS {
                 match &outcome {
-                    Err(e) if is_conflict(e) => outcome = self.commit(env, &batch.chunk).await,
+                    Err(e) if is_conflict(e) => outcome = self.commit(env, &batch).await,
                     _ => break,
                 }
             }
@@ -138,20 +144,23 @@ impl CreateBatcher {
         }
     }
 
-    /// One statement writes the tokens that are new and counts them in the quota, when they all
-    /// fit in it. Near the limit, that statement fails and changes nothing; then one transaction
-    /// takes the tokens in order while there is room, as a job chunk does.
+    /// One statement writes the tokens that are new, counts them in the quota and records
+    /// their events, when they all fit in it. Near the limit, that statement fails and changes
+    /// nothing; then one transaction takes the tokens in order while there is room, as a job
+    /// chunk does.
     async fn commit(
         &self,
         env: Uuid,
-        chunk: &TokenBatch,
+        batch: &Pending,
     ) -> Result<(Vec<ItemOutcome>, Vec<Token>), sqlx::Error> {
+        let chunk = &batch.chunk;
         match tokens::insert_new_counted(
             &self.pool,
             env,
             chunk,
             &first_occurrences(chunk),
             self.limit,
+            &batch.origins,
         )
         .await
         {
@@ -170,26 +179,35 @@ impl CreateBatcher {
                     .collect();
                 Ok((outcomes, rows))
             }
-            Err(e) if quota::is_exceeded(&e) => self.commit_in_order(env, chunk).await,
+            Err(e) if quota::is_exceeded(&e) => self.commit_in_order(env, batch).await,
             Err(e) => Err(e),
         }
     }
 
-    /// One transaction: the tokens that are new and within the quota, and the created rows.
+    /// One transaction: the tokens that are new and within the quota, their events, and the
+    /// created rows.
     async fn commit_in_order(
         &self,
         env: Uuid,
-        chunk: &TokenBatch,
+        batch: &Pending,
     ) -> Result<(Vec<ItemOutcome>, Vec<Token>), sqlx::Error> {
+        let chunk = &batch.chunk;
         let mut tx = self.pool.begin().await?;
         let (outcomes, _) = create_within_quota(&mut tx, env, chunk, self.limit).await?;
-        let created: Vec<Uuid> = outcomes
+        let (ids, serials) = chunk.tokens_with(&outcomes, ItemOutcome::Created);
+        let origins = outcomes
             .iter()
-            .zip(chunk.token_ids())
+            .zip(&batch.origins)
             .filter(|(o, _)| **o == ItemOutcome::Created)
-            .map(|(_, id)| *id)
+            .map(|(_, origin)| origin);
+        let created: Vec<(Uuid, &str, &Origin)> = ids
+            .iter()
+            .zip(serials)
+            .zip(origins)
+            .map(|((id, serial), origin)| (*id, serial, origin))
             .collect();
-        let rows = tokens::get_many(&mut tx, env, &created).await?;
+        events::record_each(&mut *tx, env, EventType::TokenCreated, &created).await?;
+        let rows = tokens::get_many(&mut tx, env, &ids).await?;
         tx.commit().await?;
         Ok((outcomes, rows))
     }

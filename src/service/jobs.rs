@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{OrNotFound, ServiceError, Services};
 use crate::domain::job::{ItemOutcome, NewJob};
+use crate::events::Origin;
 use crate::jobs::queue;
 use crate::store::jobs::{self as store, Cancel, Job};
 use crate::store::results::{self, Duplicate, ItemResult};
@@ -39,6 +40,7 @@ pub async fn submit(
     tx: &mut PgConnection,
     env: Uuid,
     job: NewJob,
+    origin: &Origin,
 ) -> Result<JobView, ServiceError> {
     let settings = &services.settings.jobs;
     let limit = settings.max_unfinished_per_environment;
@@ -46,7 +48,8 @@ pub async fn submit(
         return Err(over_the_unfinished_limit(limit));
     }
     let cipher = services.cipher.clone();
-    let job = queue::enqueue(tx, env, Uuid::now_v7(), job, settings.chunk_size, cipher).await?;
+    let id = Uuid::now_v7();
+    let job = queue::enqueue(tx, env, id, job, settings.chunk_size, cipher, origin).await?;
     tracing::info!(job_id = %job.id, job_type = job.job_type.as_str(), total = job.total, "job accepted");
     Ok(JobView {
         job,
@@ -72,8 +75,13 @@ pub async fn wait(services: &Services, env: Uuid, id: Uuid) -> Result<JobView, S
 }
 
 /// Cancels a PENDING or IN_PROGRESS job once the chunk being written, if any, has committed.
-pub async fn cancel(services: &Services, env: Uuid, id: Uuid) -> Result<JobView, ServiceError> {
-    let job = match store::cancel(&services.db, env, id).await? {
+pub async fn cancel(
+    services: &Services,
+    env: Uuid,
+    id: Uuid,
+    origin: &Origin,
+) -> Result<JobView, ServiceError> {
+    let job = match store::cancel(&services.db, env, id, origin).await? {
         Cancel::Canceled(job) => job,
         Cancel::Finished => {
             return Err(ServiceError::Conflict(

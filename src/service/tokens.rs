@@ -4,8 +4,10 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::verification::lockout_rule;
 use super::{OrNotFound, ServiceError, Services};
 use crate::domain::{DetailCode, FieldError, NewToken, SerialNumber, UserId};
+use crate::events::Origin;
 use crate::store::otp as otp_store;
 use crate::store::tokens::{self as store, InsertError, Token};
 
@@ -26,13 +28,19 @@ pub async fn create(
     env: Uuid,
     token: &NewToken,
     tx: Option<&mut PgConnection>,
+    origin: &Origin,
 ) -> Result<Token, ServiceError> {
     let id = Uuid::now_v7();
     let sealed = services.cipher.seal(&token.secret, env, id);
     let limit = services.settings.limits.tokens_per_environment;
     let created = match tx {
-        None => services.creates.create(env, id, token, sealed).await,
-        Some(tx) => store::insert(tx, env, id, token, &sealed, limit).await,
+        None => {
+            services
+                .creates
+                .create(env, id, token, sealed, origin.clone())
+                .await
+        }
+        Some(tx) => store::insert(tx, env, id, token, &sealed, limit, origin).await,
     };
     let token_row = created.map_err(|e| match e {
         InsertError::Duplicate => ServiceError::invalid(FieldError::new(
@@ -83,8 +91,9 @@ pub async fn set_enabled(
     env: Uuid,
     id: Uuid,
     enabled: bool,
+    origin: &Origin,
 ) -> Result<Token, ServiceError> {
-    let token = store::set_enabled(&services.db, env, id, enabled)
+    let token = store::set_enabled(&services.db, env, id, enabled, origin)
         .await?
         .or_not_found()?;
     tracing::info!(token_id = %id, enabled, "token updated");
@@ -92,15 +101,28 @@ pub async fn set_enabled(
 }
 
 /// Clears a token's lock and failed attempts, whichever the lockout policy.
-pub async fn unlock(services: &Services, env: Uuid, id: Uuid) -> Result<Token, ServiceError> {
-    let token = store::unlock(&services.db, env, id).await?.or_not_found()?;
+pub async fn unlock(
+    services: &Services,
+    env: Uuid,
+    id: Uuid,
+    origin: &Origin,
+) -> Result<Token, ServiceError> {
+    let rule = lockout_rule(&services.settings.otp);
+    let token = store::unlock(&services.db, env, id, rule, origin)
+        .await?
+        .or_not_found()?;
     tracing::info!(token_id = %id, "token unlocked");
     Ok(token)
 }
 
 /// Unpairs a token; unpairing an unpaired token changes nothing and is no error.
-pub async fn unpair(services: &Services, env: Uuid, id: Uuid) -> Result<(), ServiceError> {
-    let was_paired = otp_store::unpair(&services.db, env, id)
+pub async fn unpair(
+    services: &Services,
+    env: Uuid,
+    id: Uuid,
+    origin: &Origin,
+) -> Result<(), ServiceError> {
+    let was_paired = otp_store::unpair(&services.db, env, id, origin)
         .await?
         .or_not_found()?;
     if was_paired {
@@ -110,8 +132,13 @@ pub async fn unpair(services: &Services, env: Uuid, id: Uuid) -> Result<(), Serv
 }
 
 /// Revokes (deletes) a token, paired or not.
-pub async fn delete(services: &Services, env: Uuid, id: Uuid) -> Result<(), ServiceError> {
-    if !store::delete(&services.db, env, id).await? {
+pub async fn delete(
+    services: &Services,
+    env: Uuid,
+    id: Uuid,
+    origin: &Origin,
+) -> Result<(), ServiceError> {
+    if !store::delete(&services.db, env, id, origin).await? {
         return Err(ServiceError::NotFound);
     }
     tracing::info!(token_id = %id, "token deleted");

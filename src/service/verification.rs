@@ -13,6 +13,7 @@ use super::{ServiceError, Services};
 use crate::config::{Lockout, OtpSettings};
 use crate::crypto::Sealed;
 use crate::domain::{HashAlgorithm, Otp, OtpLength, TokenStatus, UserId};
+use crate::events::{EventType, Origin};
 use crate::generations::Generations;
 use crate::otp::{self, Advance, MovingFactor, ResyncWindows, Windows};
 use crate::store::otp::{self as store, LockoutRule, OtpState};
@@ -71,6 +72,7 @@ pub async fn validate(
     env: Uuid,
     id: Uuid,
     otp: &Otp,
+    origin: &Origin,
 ) -> Result<Verdict, ServiceError> {
     let settings = &services.settings.otp;
     let rule = lockout_rule(settings);
@@ -84,7 +86,7 @@ pub async fn validate(
             Some(advance) => store::accept(&mut *db, env, id, advance, rule, Some(&seen.factor))
                 .await?
                 .then(|| (CheckOutcome::Valid, advanced(seen.factor, advance))),
-            None => store::record_failure(&mut *db, env, id, rule, Some(&seen.factor))
+            None => store::record_failure(&mut *db, env, id, rule, Some(&seen.factor), origin)
                 .await?
                 .map(|_| (CheckOutcome::Invalid, seen.factor)),
         };
@@ -121,7 +123,7 @@ pub async fn validate(
             .put(env, id, parameters, advanced(token.factor, advance));
         return Ok(CheckOutcome::Valid.into());
     }
-    if store::record_failure(&mut *db, env, id, rule, None)
+    if store::record_failure(&mut *db, env, id, rule, None, origin)
         .await?
         .is_some()
     {
@@ -237,6 +239,7 @@ pub async fn resync(
     env: Uuid,
     id: Uuid,
     otps: [Otp; 2],
+    origin: &Origin,
 ) -> Result<Resync, ServiceError> {
     let settings = &services.settings.otp;
     let windows = ResyncWindows {
@@ -250,6 +253,11 @@ pub async fn resync(
     if !token.enabled {
         return Ok(Resync::Disabled);
     }
+    // A resync clears a lock: an unlock as well, for whoever follows the token's lock state.
+    let events: &[EventType] = match refusal(&token, settings) {
+        Some(_) => &[EventType::TokenResynced, EventType::TokenUnlocked],
+        None => &[EventType::TokenResynced],
+    };
     let engine = engine_token_read(services, env, id, token)?;
     let now = unix_now();
     // Up to a few thousand HMACs: off the async worker.
@@ -259,7 +267,7 @@ pub async fn resync(
     let Some(advance) = found else {
         return Ok(Resync::NoMatch);
     };
-    let token = store::apply(&mut tx, env, id, advance, None).await?;
+    let token = store::apply(&mut tx, env, id, advance, None, events, origin).await?;
     tx.commit().await?;
     Ok(Resync::Done(token))
 }
@@ -283,6 +291,7 @@ pub async fn pair(
     id: Uuid,
     user: &UserId,
     otp: &Otp,
+    origin: &Origin,
 ) -> Result<Pairing, ServiceError> {
     let settings = &services.settings.otp;
     let mut tx = services.db.begin().await?;
@@ -300,11 +309,20 @@ pub async fn pair(
     }
     let engine = engine_token_read(services, env, id, token)?;
     let Some(advance) = otp::verify(&engine, otp, unix_now(), windows(settings)) else {
-        store::record_failure(&mut *tx, env, id, lockout_rule(settings), None).await?;
+        store::record_failure(&mut *tx, env, id, lockout_rule(settings), None, origin).await?;
         tx.commit().await?;
         return Ok(Pairing::Invalid);
     };
-    let token = store::apply(&mut tx, env, id, advance, Some(user)).await?;
+    let token = store::apply(
+        &mut tx,
+        env,
+        id,
+        advance,
+        Some(user),
+        &[EventType::TokenPaired],
+        origin,
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(token_id = %id, "token paired");
     Ok(Pairing::Paired(token))
@@ -330,7 +348,7 @@ fn refusal(token: &OtpState, settings: &OtpSettings) -> Option<Verdict> {
 }
 
 /// What the statements of a check need of the lockout policy.
-fn lockout_rule(settings: &OtpSettings) -> LockoutRule {
+pub fn lockout_rule(settings: &OtpSettings) -> LockoutRule {
     LockoutRule {
         throttle: settings.lockout == Lockout::Throttle,
         max_failures: settings.max_failures,

@@ -87,6 +87,21 @@ impl TokenBatch {
         &self.token_ids
     }
 
+    /// The ids and serial numbers of the tokens whose outcome (in `outcomes`, one per token) is
+    /// `outcome`, in item order.
+    pub fn tokens_with(
+        &self,
+        outcomes: &[ItemOutcome],
+        outcome: ItemOutcome,
+    ) -> (Vec<Uuid>, Vec<&str>) {
+        outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| **o == outcome)
+            .map(|(i, _)| (self.token_ids[i], self.serial_numbers[i].as_str()))
+            .unzip()
+    }
+
     /// Items that are not tokens.
     pub fn invalid_items(&self) -> usize {
         self.invalid_offsets.len()

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::chunks::ChunkKey;
 use super::decode;
 use crate::domain::job::{JobStatus, JobType};
+use crate::events::{EventType, Origin};
 
 /// The LISTEN/NOTIFY channel that wakes runners when a job is enqueued.
 pub const CHANNEL: &str = "oath_jobs";
@@ -122,16 +123,19 @@ pub struct NewJobRow {
     pub chunk_size: i32,
 }
 
-/// Stores a new job (PENDING) in the submitting transaction.
+/// Stores a new job (PENDING) in the submitting transaction, with who submitted it (every event
+/// the job causes names them), and records `OATH_JOB.CREATED`.
 pub async fn insert(
     tx: &mut PgConnection,
     env: Uuid,
     id: Uuid,
     job: NewJobRow,
+    origin: &Origin,
 ) -> Result<Job, sqlx::Error> {
-    job_query!(
-        "insert into oath_jobs (environment_id, id, type, async, force_unpair, total, chunk_size) \
-         values ($1, $2, $3, $4, $5, $6, $7) returning ",
+    let job = job_query!(
+        "insert into oath_jobs (environment_id, id, type, async, force_unpair, total, chunk_size, \
+                                actor, request_id) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning ",
         "",
         env,
         id,
@@ -140,10 +144,14 @@ pub async fn insert(
         job.force_unpair,
         job.total,
         job.chunk_size,
+        origin.actor,
+        origin.request_id,
     )
     .fetch_one(&mut *tx)
     .await?
-    .into_job()
+    .into_job()?;
+    super::events::record(&mut *tx, env, EventType::JobCreated, origin, id, None).await?;
+    Ok(job)
 }
 
 /// The environment's unfinished (PENDING or IN_PROGRESS) jobs, counted under a transaction-scoped
@@ -363,7 +371,8 @@ pub async fn advance(
     c: &ChunkCounts,
 ) -> Result<(i32, bool), sqlx::Error> {
     let row = sqlx::query!(
-        r#"update oath_jobs
+        r#"with j as (
+           update oath_jobs
            set processed = processed + $3, created = created + $4, duplicates = duplicates + $5,
                revoked = revoked + $6, not_found = not_found + $7,
                skipped_paired = skipped_paired + $8, failed = failed + $9,
@@ -373,7 +382,17 @@ pub async fn advance(
                lease_expires_at = case when processed + $3 >= total then null else lease_expires_at end,
                updated_at = now()
            where environment_id = $1 and id = $2
-           returning processed, status"#,
+           returning *
+           ), event as (
+               insert into events
+                   (environment_id, type, actor, request_id, resource_id, job_id, result)
+               select environment_id, 'OATH_JOB.COMPLETED', coalesce(actor, 'system'),
+                      request_id, id, id,
+                      event_job_result(type, created, duplicates, failed, revoked, not_found,
+                                       skipped_paired, null)
+               from j where status = 'DONE'
+           )
+           select processed as "processed!", status as "status!" from j"#,
         job.environment_id,
         job.id,
         c.processed,
@@ -397,10 +416,19 @@ pub async fn fail(
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query!(
-        r#"update oath_jobs
+        r#"with j as (
+           update oath_jobs
            set status = 'FAILED', reason = $4, completed_at = now(), updated_at = now(),
                lease_owner = null, lease_expires_at = null
-           where environment_id = $1 and id = $2 and attempt = $3 and status = 'IN_PROGRESS'"#,
+           where environment_id = $1 and id = $2 and attempt = $3 and status = 'IN_PROGRESS'
+           returning *
+           )
+           insert into events
+               (environment_id, type, actor, request_id, resource_id, job_id, result)
+           select environment_id, 'OATH_JOB.FAILED', coalesce(actor, 'system'), request_id, id,
+                  id, event_job_result(type, created, duplicates, failed, revoked, not_found,
+                                       skipped_paired, reason)
+           from j"#,
         job.environment_id,
         job.id,
         job.attempt,
@@ -429,7 +457,14 @@ pub enum Cancel {
 /// counts of the chunks committed so far, and every later fence of a runner fails, so a chunk
 /// written beside the committed one rolls back. Runners take the job row before a chunk's
 /// input row too, so the two cannot deadlock.
-pub async fn cancel(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Cancel, sqlx::Error> {
+///
+/// Records `OATH_JOB.CANCELED` of `origin`.
+pub async fn cancel(
+    pool: &PgPool,
+    env: Uuid,
+    id: Uuid,
+    origin: &Origin,
+) -> Result<Cancel, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let canceled = job_query!(
         r#"update oath_jobs
@@ -460,6 +495,20 @@ pub async fn cancel(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Cancel, sqlx::
         });
     };
     super::chunks::delete_all(&mut tx, env, id).await?;
+    sqlx::query!(
+        r#"insert into events
+               (environment_id, type, actor, request_id, resource_id, job_id, result)
+           select environment_id, 'OATH_JOB.CANCELED', $3, $4, id, id,
+                  event_job_result(type, created, duplicates, failed, revoked, not_found,
+                                   skipped_paired, null)
+           from oath_jobs where environment_id = $1 and id = $2"#,
+        env,
+        id,
+        origin.actor,
+        origin.request_id,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Cancel::Canceled(job.into_job()?))
 }

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod chunks;
 pub mod copy;
+pub mod events;
 pub mod idempotency;
 pub mod jobs;
 pub mod otp;
@@ -11,6 +12,7 @@ pub mod quota;
 pub mod results;
 pub mod retention;
 pub mod secrets;
+pub mod subscriptions;
 pub mod tokens;
 
 use std::sync::LazyLock;
@@ -96,6 +98,8 @@ const UNDEFINED_TABLE: &str = "42P01";
 const READ_ONLY_TRANSACTION: &str = "25006";
 /// SQLSTATE of a transaction the database chose to end a deadlock.
 const DEADLOCK_DETECTED: &str = "40P01";
+/// SQLSTATE of a transaction that would have broken an order (see `events_check_order`).
+const SERIALIZATION_FAILURE: &str = "40001";
 
 /// Begins a job chunk's transaction on `tx`, in one round trip:
 /// - the chunk's own lock, held until the transaction ends: a chunk written beside it waits for
@@ -161,10 +165,12 @@ pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
 }
 
 /// Errors of a transaction that met a concurrent one and is worth retrying at once: a unique
-/// violation (another writer took a serial first) or a deadlock the database broke.
+/// violation (another writer took a serial first), a deadlock the database broke, or a
+/// serialization failure.
 pub fn is_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db)
-        if db.is_unique_violation() || db.code().as_deref() == Some(DEADLOCK_DETECTED))
+        if db.is_unique_violation()
+            || matches!(db.code().as_deref(), Some(DEADLOCK_DETECTED | SERIALIZATION_FAILURE)))
 }
 
 /// Errors that mean "the database cannot be reached right now", as opposed to a bug.

@@ -21,6 +21,7 @@ use super::decode;
 use super::tokens::{token_query, Token};
 use crate::crypto::Sealed;
 use crate::domain::{HashAlgorithm, OtpLength, TokenStatus, UserId};
+use crate::events::{EventType, Origin};
 use crate::otp::{Advance, MovingFactor};
 
 /// What a check needs of a token: its parameters and moving factor as the engine takes them,
@@ -217,51 +218,74 @@ pub async fn accept(
 /// (the exponent is capped so that the arithmetic stays finite; the delay is capped anyway).
 /// Returns the new count, or `None` when the token was already locked, disabled or gone, or no
 /// longer has the factor `seen` the check was made against.
+///
+/// The failure that locks the token (under `lock`, the `max_failures`th; under `throttle`, each
+/// that starts a delay) records `OATH_TOKEN.LOCKED` of `origin` in the same statement: a check
+/// stays one round trip, and one that locks nothing writes no event.
 pub async fn record_failure(
     db: impl PgExecutor<'_>,
     env: Uuid,
     id: Uuid,
     rule: LockoutRule,
     seen: Option<&MovingFactor>,
+    origin: &Origin,
 ) -> Result<Option<i32>, sqlx::Error> {
     let seen = SeenFactor::of(seen);
     let max_failures = i64::from(rule.max_failures);
     // One statement per policy: the default `lock` is the hot path of a guessed code and pays
-    // for no throttle arithmetic.
+    // for no throttle arithmetic. The failure that locks the token writes its event.
     if !rule.throttle {
         return sqlx::query_scalar!(
-            r#"update oath_tokens
-               set fail_count = fail_count + 1
-               where environment_id = $1 and id = $2 and enabled and fail_count < $3::bigint
-                 and ($4::bigint is null or counter = $4)
-                 and ($5::int4 is null
-                      or (drift = $5 and last_time_step is not distinct from $6::bigint))
-               returning fail_count"#,
+            r#"with f as (
+                   update oath_tokens
+                   set fail_count = fail_count + 1
+                   where environment_id = $1 and id = $2 and enabled and fail_count < $3::bigint
+                     and ($4::bigint is null or counter = $4)
+                     and ($5::int4 is null
+                          or (drift = $5 and last_time_step is not distinct from $6::bigint))
+                   returning id, serial_number, fail_count
+               ), event as (
+                   insert into events
+                       (environment_id, type, actor, request_id, resource_id, serial_number)
+                   select $1, 'OATH_TOKEN.LOCKED', $7, $8, id, serial_number from f
+                   where fail_count = $3::bigint
+               )
+               select fail_count as "fail_count!" from f"#,
             env,
             id,
             max_failures,
             seen.counter,
             seen.drift,
             seen.last_step,
+            origin.actor,
+            origin.request_id,
         )
         .fetch_optional(db)
         .await;
     }
     sqlx::query_scalar!(
-        r#"update oath_tokens
-           set fail_count = fail_count + 1,
-               locked_until = case
-                   when fail_count + 1 >= $3::bigint
-                   then now() + make_interval(secs => least(
-                       $7::float8 * power(2::float8, least(fail_count + 1 - $3::bigint, 30)),
-                       $8::float8))
-                   else locked_until end
-           where environment_id = $1 and id = $2 and enabled
-             and (locked_until is null or locked_until <= now())
-             and ($4::bigint is null or counter = $4)
-             and ($5::int4 is null
-                  or (drift = $5 and last_time_step is not distinct from $6::bigint))
-           returning fail_count"#,
+        r#"with f as (
+               update oath_tokens
+               set fail_count = fail_count + 1,
+                   locked_until = case
+                       when fail_count + 1 >= $3::bigint
+                       then now() + make_interval(secs => least(
+                           $7::float8 * power(2::float8, least(fail_count + 1 - $3::bigint, 30)),
+                           $8::float8))
+                       else locked_until end
+               where environment_id = $1 and id = $2 and enabled
+                 and (locked_until is null or locked_until <= now())
+                 and ($4::bigint is null or counter = $4)
+                 and ($5::int4 is null
+                      or (drift = $5 and last_time_step is not distinct from $6::bigint))
+               returning id, serial_number, fail_count
+           ), event as (
+               insert into events
+                   (environment_id, type, actor, request_id, resource_id, serial_number)
+               select $1, 'OATH_TOKEN.LOCKED', $9, $10, id, serial_number from f
+               where fail_count >= $3::bigint
+           )
+           select fail_count as "fail_count!" from f"#,
         env,
         id,
         max_failures,
@@ -270,6 +294,8 @@ pub async fn record_failure(
         seen.last_step,
         f64::from(rule.base_seconds),
         f64::from(rule.max_seconds),
+        origin.actor,
+        origin.request_id,
     )
     .fetch_optional(db)
     .await
@@ -304,19 +330,22 @@ impl SeenFactor {
 }
 
 /// Stores a new moving factor on a row locked by [`get_for_update`], clears the failures and
-/// the lock, records the use, and pairs the token with `pair_with` when given.
+/// the lock, records the use, pairs the token with `pair_with` when given, and records the
+/// `events` of the change.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     env: Uuid,
     id: Uuid,
     advance: Advance,
     pair_with: Option<&UserId>,
+    events: &[EventType],
+    origin: &Origin,
 ) -> Result<Token, sqlx::Error> {
     let (next_counter, step, drift) = match advance {
         Advance::Hotp { last } => (Some(counter_value(last) + 1), None, None),
         Advance::Totp { step, drift } => (None, Some(counter_value(step)), Some(drift)),
     };
-    token_query!(
+    let token = token_query!(
         r#"update oath_tokens
            set counter = coalesce($3, counter),
                last_time_step = coalesce($4, last_time_step),
@@ -339,15 +368,30 @@ pub async fn apply(
     )
     .fetch_one(&mut **tx)
     .await?
-    .into_token()
+    .into_token()?;
+    for event in events {
+        super::events::record(
+            &mut **tx,
+            env,
+            *event,
+            origin,
+            id,
+            Some(&token.serial_number),
+        )
+        .await?;
+    }
+    Ok(token)
 }
 
 /// Unpairs a token. `None` when there is no such token; unpairing an unpaired token changes
 /// nothing and is not an error.
+///
+/// Unpairing a paired token records `OATH_TOKEN.UNPAIRED` of `origin`.
 pub async fn unpair(
     db: impl PgExecutor<'_>,
     env: Uuid,
     id: Uuid,
+    origin: &Origin,
 ) -> Result<Option<bool>, sqlx::Error> {
     // One statement: the update touches only a paired row; the outer select sees the token either
     // way, so "not found" and "was not paired" are told apart without a second round trip.
@@ -355,13 +399,19 @@ pub async fn unpair(
         r#"with unpaired as (
                update oath_tokens set status = 'AVAILABLE', user_id = null, updated_at = now()
                where environment_id = $1 and id = $2 and status = 'PAIRED'
-               returning id
+               returning id, serial_number
+           ), event as (
+               insert into events
+                   (environment_id, type, actor, request_id, resource_id, serial_number)
+               select $1, 'OATH_TOKEN.UNPAIRED', $3, $4, id, serial_number from unpaired
            )
            select exists(select 1 from unpaired) as "was_paired!"
            from oath_tokens
            where environment_id = $1 and id = $2"#,
         env,
         id,
+        origin.actor,
+        origin.request_id,
     )
     .fetch_optional(db)
     .await?;

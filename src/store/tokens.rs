@@ -9,9 +9,11 @@ use uuid::Uuid;
 
 use super::batch::TokenBatch;
 use super::copy::CopyRows;
-use super::{decode, quota};
+use super::otp::LockoutRule;
+use super::{decode, events, quota};
 use crate::crypto::Sealed;
 use crate::domain::{HashAlgorithm, NewToken, OtpLength, TokenKind, TokenStatus, TokenType};
+use crate::events::{EventType, Origin};
 
 /// The unique constraint that decides duplicate serials (see the migration).
 pub const SERIAL_UNIQUE_CONSTRAINT: &str = "oath_tokens_serial_number_key";
@@ -143,6 +145,7 @@ pub async fn insert<'c>(
     token: &NewToken,
     sealed: &Sealed,
     limit: i64,
+    origin: &Origin,
 ) -> Result<Token, InsertError> {
     let (counter, time_step) = match token.kind {
         TokenKind::Hotp { counter } => (Some(counter), None),
@@ -163,6 +166,11 @@ pub async fn insert<'c>(
                select environment_id, 1, $11::bigint from token
                on conflict (environment_id) do update
                    set token_count = u.token_count + 1, token_limit = excluded.token_limit
+           ), event as (
+               insert into events
+                   (environment_id, type, actor, request_id, resource_id, serial_number)
+               select environment_id, 'OATH_TOKEN.CREATED', $12, $13, id, serial_number
+               from token
            )
            select "#,
         " from token",
@@ -177,6 +185,8 @@ pub async fn insert<'c>(
         &sealed.ciphertext,
         &sealed.key_id,
         limit,
+        origin.actor,
+        origin.request_id,
     )
     .fetch_one(conn)
     .await
@@ -195,12 +205,16 @@ pub async fn insert<'c>(
 /// (in serial order, as [`insert_new_from_chunk`] takes them), then the quota row, the order every
 /// write takes them in. Returns the rows written; a serial that exists already is skipped. Fails
 /// on the quota's constraint when the new tokens do not all fit: then nothing is written.
+///
+/// Each token written has its `OATH_TOKEN.CREATED` event, of `origins` (one per token of the
+/// chunk), in the same statement.
 pub async fn insert_new_counted(
     pool: &PgPool,
     env: Uuid,
     chunk: &TokenBatch,
     positions: &[usize],
     limit: i64,
+    origins: &[Origin],
 ) -> Result<Vec<Token>, sqlx::Error> {
     token_query!(
         r#"with token as (
@@ -220,6 +234,14 @@ pub async fn insert_new_counted(
                on conflict (environment_id) do update
                    set token_count = u.token_count + excluded.token_count,
                        token_limit = excluded.token_limit
+           ), event as (
+               insert into events
+                   (environment_id, type, actor, request_id, resource_id, serial_number)
+               select $1, 'OATH_TOKEN.CREATED', o.actor, o.request_id, t.id, t.serial_number
+               from token t
+               join unnest($13::uuid[], $14::text[], $15::text[]) o(id, actor, request_id)
+                   on o.id = t.id
+               order by t.id
            )
            select "#,
         " from token",
@@ -235,6 +257,9 @@ pub async fn insert_new_counted(
         &pick(positions, |i| chunk.secret_ciphertexts[i].as_slice()) as &[&[u8]],
         &pick(positions, |i| chunk.secret_key_ids[i].as_str()) as &[&str],
         limit,
+        &pick(positions, |i| chunk.token_ids[i]),
+        &pick(positions, |i| origins[i].actor.as_str()) as &[&str],
+        &pick(positions, |i| origins[i].request_id.as_deref()) as &[Option<&str>],
     )
     .fetch_all(pool)
     .await
@@ -327,20 +352,38 @@ pub async fn list_by_user(
     .and_then(into_tokens)
 }
 
-/// Enables or disables a token. None when there is no such token.
+/// Enables or disables a token; a change records `OATH_TOKEN.ENABLED` or `DISABLED`. None when
+/// there is no such token.
 pub async fn set_enabled(
     pool: &PgPool,
     env: Uuid,
     id: Uuid,
     enabled: bool,
+    origin: &Origin,
 ) -> Result<Option<Token>, sqlx::Error> {
+    // The row as locked (its latest version), to tell a change from none.
     token_query!(
-        "update oath_tokens set enabled = $3, updated_at = now() \
-         where environment_id = $1 and id = $2 returning ",
-        "",
+        r#"with old as (
+               select id, enabled as was from oath_tokens
+               where environment_id = $1 and id = $2 for update
+           ), t as (
+               update oath_tokens t set enabled = $3, updated_at = now()
+               from old where t.environment_id = $1 and t.id = old.id
+               returning t.*, old.was
+           ), event as (
+               insert into events
+                   (environment_id, type, actor, request_id, resource_id, serial_number)
+               select $1, case when $3 then 'OATH_TOKEN.ENABLED' else 'OATH_TOKEN.DISABLED' end,
+                      $4, $5, id, serial_number
+               from t where was <> $3
+           )
+           select "#,
+        " from t",
         env,
         id,
         enabled,
+        origin.actor,
+        origin.request_id,
     )
     .fetch_optional(pool)
     .await?
@@ -348,15 +391,40 @@ pub async fn set_enabled(
     .transpose()
 }
 
-/// Clears a token's failed attempts and lock, whichever the lockout policy. None when there is
-/// no such token.
-pub async fn unlock(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<Token>, sqlx::Error> {
+/// Clears a token's failed attempts and lock, whichever the lockout policy; records
+/// `OATH_TOKEN.UNLOCKED` when the token was locked under `rule`. None when there is no such
+/// token.
+pub async fn unlock(
+    pool: &PgPool,
+    env: Uuid,
+    id: Uuid,
+    rule: LockoutRule,
+    origin: &Origin,
+) -> Result<Option<Token>, sqlx::Error> {
     token_query!(
-        "update oath_tokens set fail_count = 0, locked_until = null, updated_at = now() \
-         where environment_id = $1 and id = $2 returning ",
-        "",
+        r#"with old as (
+               select id,
+                      case when $3 then coalesce(locked_until > now(), false)
+                           else fail_count >= $4::bigint end as was_locked
+               from oath_tokens where environment_id = $1 and id = $2 for update
+           ), t as (
+               update oath_tokens t set fail_count = 0, locked_until = null, updated_at = now()
+               from old where t.environment_id = $1 and t.id = old.id
+               returning t.*, old.was_locked
+           ), event as (
+               insert into events
+                   (environment_id, type, actor, request_id, resource_id, serial_number)
+               select $1, 'OATH_TOKEN.UNLOCKED', $5, $6, id, serial_number
+               from t where was_locked
+           )
+           select "#,
+        " from t",
         env,
         id,
+        rule.throttle,
+        i64::from(rule.max_failures),
+        origin.actor,
+        origin.request_id,
     )
     .fetch_optional(pool)
     .await?
@@ -364,22 +432,37 @@ pub async fn unlock(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<Token>,
     .transpose()
 }
 
-/// Deletes a token (paired or not) and releases its quota. False when there was none.
-pub async fn delete(pool: &PgPool, env: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+/// Deletes a token (paired or not), releases its quota and records `OATH_TOKEN.DELETED`. False
+/// when there was none.
+pub async fn delete(
+    pool: &PgPool,
+    env: Uuid,
+    id: Uuid,
+    origin: &Origin,
+) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let deleted = sqlx::query!(
-        "delete from oath_tokens where environment_id = $1 and id = $2",
+    let deleted = sqlx::query_scalar!(
+        "delete from oath_tokens where environment_id = $1 and id = $2 returning serial_number",
         env,
         id
     )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if deleted > 0 {
-        quota::release(&mut tx, env, deleted as i64).await?;
-    }
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(serial) = deleted else {
+        return Ok(false);
+    };
+    quota::release(&mut tx, env, 1).await?;
+    events::record(
+        &mut *tx,
+        env,
+        EventType::TokenDeleted,
+        origin,
+        id,
+        Some(&serial),
+    )
+    .await?;
     tx.commit().await?;
-    Ok(deleted > 0)
+    Ok(true)
 }
 
 /// Writes the chunk's tokens at `positions` (the first occurrence of each serial) and returns

@@ -16,6 +16,7 @@ use crate::support::app::{call, create_job, hotp_token, numbered, rfc_code, spaw
 struct Ids {
     token: Uuid,
     job: Uuid,
+    subscription: Uuid,
 }
 
 /// `path` with `{env_id}` set to `env` and every other placeholder to A's id of its kind.
@@ -29,6 +30,7 @@ fn fill(path: &str, env: Uuid, ids: &Ids) -> String {
             "env_id" => env,
             "token_id" => ids.token,
             "job_id" => ids.job,
+            "subscription_id" => ids.subscription,
             other => panic!(
                 "{path}: the tenancy sweep cannot fill {{{other}}}; teach `fill` (and `body_for`) \
                  which of environment A's resources it names"
@@ -50,6 +52,14 @@ fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
         // Disabling another environment's token would be the attack.
         return json(json!({"enabled": false}));
     }
+    let subscription = || {
+        json(json!({"name": "mallory",
+                    "httpEndpoint": {"url": "https://hooks.example.test/mallory"}}))
+    };
+    if *method == Method::PUT {
+        // Redirecting another environment's events would be the attack.
+        return subscription();
+    }
     if *method != Method::POST {
         return None;
     }
@@ -58,6 +68,7 @@ fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
         "resync" => json(json!({"otps": ["123456", "654321"]})),
         "pairing" => json(json!({"userId": "mallory", "otp": "123456"})),
         "oathTokens" => json(hotp_token("BCROSS1")),
+        "subscriptions" => subscription(),
         "oathJobs" => Some((
             oath_service::domain::job::JobType::CREATE_MEDIA_TYPE,
             create_job(numbered("BCROSSJ", 0..2)).to_string(),
@@ -77,6 +88,8 @@ async fn dump(pool: &PgPool, env: Uuid) -> Value {
         ("environment_usage", "environment_id"),
         ("environment_schedule", "environment_id"),
         ("idempotency_keys", "key"),
+        ("subscriptions", "id"),
+        ("events", "xid, seq"),
     ] {
         let sql = format!(
             "select coalesce(json_agg(t order by {order}), '[]'::json)::text \
@@ -114,9 +127,17 @@ async fn populate_a(app: &TestApp) -> Ids {
     assert_eq!((status, body["status"].as_str()), (200, Some("INVALID")));
     let job = app.submit(&create_job(numbered("AJOB", 0..3))).await;
     app.run_jobs().await;
+    let (status, subscription) = app
+        .post_json(
+            &crate::support::app::environment_path(app.env, "/subscriptions"),
+            &json!({"name": "a", "httpEndpoint": {"url": "https://hooks.example.test/a"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{subscription}");
     Ids {
         token: paired.parse().unwrap(),
         job: job["id"].as_str().unwrap().parse().unwrap(),
+        subscription: subscription["id"].as_str().unwrap().parse().unwrap(),
     }
 }
 
@@ -192,6 +213,7 @@ fn a_placeholder_the_sweep_does_not_know_fails_it() {
     let ids = Ids {
         token: Uuid::nil(),
         job: Uuid::nil(),
+        subscription: Uuid::nil(),
     };
     let env = Uuid::new_v4();
     assert_eq!(

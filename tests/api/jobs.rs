@@ -991,7 +991,8 @@ async fn unreadable_rows_become_invalid_results(pool: PgPool) {
         std::sync::Arc::new(oath_service::crypto::SecretCipher::new(active, &keys).unwrap());
     let mut tx = app.pool.begin().await.unwrap();
     let id = Uuid::now_v7();
-    oath_service::jobs::queue::enqueue(&mut tx, app.env, id, job, 2, cipher)
+    let origin = oath_service::events::Origin::system();
+    oath_service::jobs::queue::enqueue(&mut tx, app.env, id, job, 2, cipher, &origin)
         .await
         .unwrap();
     tx.commit().await.unwrap();

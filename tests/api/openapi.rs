@@ -306,6 +306,7 @@ async fn request_examples_are_accepted(pool: PgPool) {
                 || path.ends_with("{token_id}/resync")
                 || path.ends_with("{token_id}/pairing")
                 || (method == "PATCH" && path.ends_with("{token_id}"))
+                || (method == "PUT" && path.ends_with("{subscription_id}"))
             {
                 status == 404
             } else {
@@ -316,8 +317,9 @@ async fn request_examples_are_accepted(pool: PgPool) {
         }
     }
     assert_eq!(
-        checked, 8,
-        "create token, two job types, validate, resync, pairing, update (two media types)"
+        checked, 10,
+        "create token, two job types, validate, resync, pairing, update (two media types), \
+         create and replace a subscription"
     );
 }
 

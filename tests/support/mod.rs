@@ -10,5 +10,6 @@ pub mod cluster;
 pub mod formation;
 pub mod logs;
 pub mod raw;
+pub mod receiver;
 pub mod service;
 pub mod tls;

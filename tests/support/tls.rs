@@ -24,8 +24,8 @@ pub struct Ca {
 pub struct ServerCert {
     pub cert_pem: String,
     pub key_pem: String,
-    cert_der: Vec<u8>,
-    key_der: Vec<u8>,
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
 }
 
 impl Ca {

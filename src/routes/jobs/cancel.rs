@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::JobResource;
 use crate::error::responses::{AuthenticatedErrors, Conflict};
 use crate::routes::extract::{Authorized, JobId, JobsWrite};
-use crate::routes::{AppState, JobPath, Reply};
+use crate::routes::{origin, AppState, JobPath, Reply};
 use crate::service::jobs;
 
 /// Cancel a job.
@@ -34,7 +34,8 @@ pub async fn cancel(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Reply {
-    let canceled = jobs::cancel(&state.services, auth.env, auth.ids.0).await?;
+    let origin = origin(&req);
+    let canceled = jobs::cancel(&state.services, auth.env, auth.ids.0, &origin).await?;
     crate::audit::committed(&req, None, StatusCode::ACCEPTED);
     let base = state.settings().base_url();
     Ok(HttpResponse::Accepted().json(JobResource::new(base, canceled)))

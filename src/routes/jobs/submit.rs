@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::import::{self, pskc::PskcKeys, ImportError, CSV_MEDIA_TYPE, PSKC_MEDIA_TYPE};
 use crate::routes::extract::{Authorized, JobsWrite};
 use crate::routes::idempotency::{self, IdempotencyKey};
-use crate::routes::{read_body, require_media_type, AppState, EnvPath, Reply};
+use crate::routes::{origin, read_body, require_media_type, AppState, EnvPath, Reply};
 use crate::service::jobs::{self, JobView};
 
 /// Submit a bulk create or revoke job.
@@ -76,7 +76,8 @@ pub async fn submit(
         Ok(write) => write,
         Err(first_response) => return Ok(first_response),
     };
-    let submitted = jobs::submit(&state.services, &mut write.tx, env, job).await?;
+    let origin = origin(&req);
+    let submitted = jobs::submit(&state.services, &mut write.tx, env, job, &origin).await?;
     let id = submitted.job.id;
     let (location, body) = job_body(&state, submitted)?;
     write
