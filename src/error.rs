@@ -12,6 +12,7 @@ use crate::auth::AuthError;
 use crate::domain::job::MAX_DETAILS;
 use crate::domain::FieldError;
 use crate::service::ServiceError;
+use crate::telemetry::{HandlerPanicked, REQUEST_ID_HEADER};
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECONDS: u32 = 5;
@@ -349,6 +350,20 @@ impl ResponseError for ApiError {
             message: &message,
             details,
         })
+    }
+}
+
+impl ResponseError for HandlerPanicked {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = ApiError::Internal("handler panicked".into()).error_response();
+        if let Ok(value) = HeaderValue::from_str(&self.request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        response
     }
 }
 

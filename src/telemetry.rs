@@ -15,7 +15,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, ResponseError};
+use actix_web::HttpMessage;
 use futures_util::FutureExt;
 use tracing::field::Empty;
 use tracing::{Dispatch, Instrument};
@@ -26,7 +26,6 @@ use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::audit;
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
-use crate::error::ApiError;
 use crate::metrics::METRICS;
 use trace_context::TraceId;
 
@@ -221,25 +220,12 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
     }
 }
 
-/// A 500 for a panicked handler: the contract's body, and the request id header.
+/// A 500 for a panicked handler: the contract's body (rendered by [`crate::error`]), and the
+/// request id header.
 #[derive(Debug, thiserror::Error)]
 #[error("handler panicked")]
-struct HandlerPanicked {
-    request_id: String,
-}
-
-impl ResponseError for HandlerPanicked {
-    fn status_code(&self) -> actix_web::http::StatusCode {
-        actix_web::http::StatusCode::INTERNAL_SERVER_ERROR
-    }
-
-    fn error_response(&self) -> actix_web::HttpResponse {
-        let mut response = ApiError::Internal("handler panicked".into()).error_response();
-        if let Ok(value) = HeaderValue::from_str(&self.request_id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
-        }
-        response
-    }
+pub struct HandlerPanicked {
+    pub request_id: String,
 }
 
 /// Echo a caller's id only when it cannot break a log line or a header.

@@ -1,10 +1,12 @@
 //! Types that can only hold valid values. Request bodies are parsed into these once, at the edge;
 //! everything below the routes takes them and never checks again.
 
+pub mod event;
 pub mod job;
 mod otp;
 mod patch;
 mod secret;
+pub mod subscription;
 pub mod token;
 mod validation;
 

@@ -6,6 +6,7 @@
 pub mod create_batch;
 pub mod environments;
 pub mod jobs;
+pub mod subscriptions;
 pub mod tokens;
 pub mod verification;
 

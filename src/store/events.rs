@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::events::{EventType, Origin};
+use crate::domain::event::{EventType, Origin};
 
 /// Where a reader stands: after element `n` (from 1; 0: before the first) of the row at
 /// (`xid`, `seq`).

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::chunks::ChunkKey;
 use super::decode;
+use crate::domain::event::{EventType, Origin};
 use crate::domain::job::{JobStatus, JobType};
-use crate::events::{EventType, Origin};
 
 /// The LISTEN/NOTIFY channel that wakes runners when a job is enqueued.
 pub const CHANNEL: &str = "oath_jobs";

@@ -20,8 +20,8 @@ use uuid::Uuid;
 use super::decode;
 use super::tokens::{token_query, Token};
 use crate::crypto::Sealed;
+use crate::domain::event::{EventType, Origin};
 use crate::domain::{HashAlgorithm, OtpLength, TokenStatus, UserId};
-use crate::events::{EventType, Origin};
 use crate::otp::{Advance, MovingFactor};
 
 /// What a check needs of a token: its parameters and moving factor as the engine takes them,

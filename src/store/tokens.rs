@@ -12,8 +12,8 @@ use super::copy::CopyRows;
 use super::otp::LockoutRule;
 use super::{decode, events, quota};
 use crate::crypto::Sealed;
+use crate::domain::event::{EventType, Origin};
 use crate::domain::{HashAlgorithm, NewToken, OtpLength, TokenKind, TokenStatus, TokenType};
-use crate::events::{EventType, Origin};
 
 /// The unique constraint that decides duplicate serials (see the migration).
 pub const SERIAL_UNIQUE_CONSTRAINT: &str = "oath_tokens_serial_number_key";
