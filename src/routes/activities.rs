@@ -16,7 +16,8 @@ use crate::error::responses::AuthenticatedErrors;
 use crate::error::ApiError;
 use crate::events::{EventType, EventView};
 
-use crate::store::events::{self as store, Filter, Position};
+use crate::service::activities;
+use crate::store::events::{Filter, Position};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -60,43 +61,59 @@ pub async fn list(
     state: web::Data<AppState>,
 ) -> Reply {
     let env = auth.env;
-    let q: ActivitiesQuery = query(req.query_string())?;
-    let limit = page_limit(q.limit.as_deref())?;
-    let filter = q
-        .filter
-        .as_deref()
-        .map(parse_filter)
-        .transpose()?
-        .unwrap_or_default();
-    let from = q
-        .cursor
-        .as_deref()
-        .map(decode_cursor)
-        .transpose()?
-        .unwrap_or_default();
-    let events = store::after(state.db(), env, from, filter, limit).await?;
-    let next = events.last().map_or(from, |e| e.position);
-    let base = state.settings().base_url();
-    let collection = collection_url(base, env, "activities");
-    let href = |cursor: Option<Position>| {
+    let page = ActivitiesRequest::parse(req.query_string())?;
+    let services = &state.services;
+    let events = activities::after(services, env, page.from, page.filter, page.limit).await?;
+    let next = events.last().map_or(page.from, |e| e.position);
+    let collection = collection_url(state.settings().base_url(), env, "activities");
+    let links = PageLinks {
+        self_: page.link(&collection, page.cursor.as_ref().map(|_| page.from)),
+        next: Some(page.link(&collection, Some(next))),
+    };
+    let items = events.into_iter().map(|e| EventView::new(env, e)).collect();
+    Ok(HttpResponse::Ok().json(ActivityPage::new(links, items)))
+}
+
+/// The feed's query string, parsed.
+struct ActivitiesRequest {
+    filter: Filter,
+    /// After this position: the cursor's, or the start.
+    from: Position,
+    limit: i64,
+    /// As sent, for the page links.
+    filter_text: Option<String>,
+    cursor: Option<String>,
+}
+
+impl ActivitiesRequest {
+    fn parse(query_string: &str) -> Result<Self, ApiError> {
+        let q: ActivitiesQuery = query(query_string)?;
+        let filter = q.filter.as_deref().map(parse_filter).transpose()?;
+        let from = q.cursor.as_deref().map(decode_cursor).transpose()?;
+        Ok(Self {
+            filter: filter.unwrap_or_default(),
+            from: from.unwrap_or_default(),
+            limit: page_limit(q.limit.as_deref())?,
+            filter_text: q.filter,
+            cursor: q.cursor,
+        })
+    }
+
+    /// The link to the page after `cursor` (none: from the start) with this page's filter and
+    /// limit.
+    fn link(&self, collection: &str, cursor: Option<Position>) -> Link {
         let mut params = Vec::new();
-        if let Some(f) = &q.filter {
+        if let Some(f) = &self.filter_text {
             params.push(format!("filter={}", encode_param(f)));
         }
-        params.push(format!("limit={limit}"));
+        params.push(format!("limit={}", self.limit));
         if let Some(c) = cursor {
             params.push(format!("cursor={}", encode_cursor(c)));
         }
         Link {
             href: format!("{collection}?{}", params.join("&")),
         }
-    };
-    let links = PageLinks {
-        self_: href(q.cursor.as_ref().map(|_| from)),
-        next: Some(href(Some(next))),
-    };
-    let items = events.into_iter().map(|e| EventView::new(env, e)).collect();
-    Ok(HttpResponse::Ok().json(ActivityPage::new(links, items)))
+    }
 }
 
 /// `type eq "X"` or `resource.id eq "uuid"`.

@@ -3,6 +3,7 @@
 //! [`ServiceError`]. Nothing here knows of requests, responses or status codes; the routes parse
 //! a request, call one function and shape its answer.
 
+pub mod activities;
 pub mod create_batch;
 pub mod environments;
 pub mod jobs;
