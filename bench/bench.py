@@ -801,8 +801,9 @@ def receiver():
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            # Counted, not parsed: the receiver's CPU is the machine's, which the job shares.
             with lock:
-                count[0] += len(json.loads(body))
+                count[0] += body.count(b'"occurredAt"')
             self.send_response(204)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -222,6 +222,11 @@ pub struct Claimed {
     pub cursor: Position,
 }
 
+/// Claims and cursor moves commit without waiting for their WAL flush (`synchronous_commit`
+/// off for their statement): a database crash can only lose the latest of them, and then the
+/// same events are delivered again, which receivers deduplicate. Deliveries then wait for no
+/// flush, nor make the token writes beside them wait for theirs.
+///
 /// Takes an enabled subscription due for a try (its backoff over) that no worker holds (or
 /// whose worker's lease expired), with events after its cursor that readers may see; the one
 /// due longest first. Every claim bumps `attempt`, which fences out a previous holder.
@@ -231,7 +236,8 @@ pub async fn claim(
     lease: Duration,
 ) -> Result<Option<Claimed>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"update subscriptions s
+        r#"with durability as (select set_config('synchronous_commit', 'off', true))
+           update subscriptions s
            set attempt = s.attempt + 1, lease_owner = $1,
                lease_expires_at = now() + make_interval(secs => $2)
            from (select c.environment_id, c.id
@@ -249,6 +255,7 @@ pub async fn claim(
                  limit 1
                  for update of c skip locked) next
            where s.environment_id = next.environment_id and s.id = next.id
+             and exists (select from durability)
            returning s.environment_id, s.id, s.attempt, s.url, s.header_names,
                      s.headers_ciphertext, s.headers_key_id, s.secret_ciphertext,
                      s.secret_key_id, s.included_types, s.failures,
@@ -311,7 +318,8 @@ pub async fn finish(
         } => (true, Some(reason), retry_after.as_secs_f64()),
     };
     let updated = sqlx::query!(
-        r#"update subscriptions
+        r#"with durability as (select set_config('synchronous_commit', 'off', true))
+           update subscriptions
            set cursor_xid = $4::int8::text::xid8, cursor_seq = $5, cursor_n = $6,
                dropped = dropped + $7,
                failures = case when $8 then failures + 1 else 0 end,
@@ -320,7 +328,8 @@ pub async fn finish(
                last_failure_at = case when $8 then now() else last_failure_at end,
                last_failure = case when $8 then $10 else last_failure end,
                lease_owner = null, lease_expires_at = null
-           where environment_id = $1 and id = $2 and attempt = $3"#,
+           where environment_id = $1 and id = $2 and attempt = $3
+             and exists (select from durability)"#,
         claimed.environment_id,
         claimed.id,
         claimed.attempt,
