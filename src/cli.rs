@@ -208,6 +208,9 @@ fn check_offline(settings: &Settings) -> Result<(), String> {
 }
 
 async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String> {
+    // First of all: a SIGTERM while starting (migrating, or runners claiming) stops the process
+    // in order once it serves, instead of killing it by the signal's default action.
+    let stop = startup::StopSignal::listen();
     let export = telemetry::init_serving(&settings.log, &settings.telemetry)?;
     let pool = startup::pool(&settings)?;
     if apply_migrations {
@@ -227,7 +230,7 @@ async fn serve(settings: Settings, apply_migrations: bool) -> Result<(), String>
     // After SIGTERM/ctrl-c and the shutdown delay, the runners are told to stop (each finishes
     // its current chunk and hands its job back) while the servers drain; then both are awaited.
     let served = app
-        .run_until_stopped_then(|| {
+        .run_until(stop, || {
             runners.begin_stop();
             deliveries.begin_stop();
         })

@@ -172,6 +172,13 @@ impl Application {
     /// before the servers drain (the job runners are told to stop there, so that they hand
     /// their jobs back while requests drain, not after).
     pub async fn run_until_stopped_then(self, on_stop: impl FnOnce()) -> std::io::Result<()> {
+        self.run_until(StopSignal::listen(), on_stop).await
+    }
+
+    /// As [`Application::run_until_stopped_then`], stopped by `stop`, a listener installed
+    /// earlier (`serve` installs it before anything starts, so that a SIGTERM during start-up
+    /// stops the process as one after it does, instead of killing it).
+    pub async fn run_until(self, stop: StopSignal, on_stop: impl FnOnce()) -> std::io::Result<()> {
         let handles: Vec<ServerHandle> = std::iter::once(&self.server)
             .chain(self.admin.as_ref().map(|(_, admin)| admin))
             .map(Server::handle)
@@ -187,7 +194,7 @@ impl Application {
         tokio::pin!(servers);
         tokio::select! {
             stopped = &mut servers => return stopped,
-            () = stop_signal() => {}
+            () = stop.received() => {}
         }
         let delay = Duration::from_secs(self.state.settings().server.shutdown_delay_seconds);
         self.state.stopping.store(true, Ordering::Relaxed);
@@ -206,22 +213,33 @@ impl Application {
     }
 }
 
-/// SIGTERM (what orchestrators send) or ctrl-c.
-async fn stop_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
+/// The stop signals, SIGTERM (what orchestrators send) and ctrl-c, listened for from its
+/// creation on: a signal that arrives before [`StopSignal::received`] is awaited is kept.
+pub struct StopSignal {
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignal {
+    pub fn listen() -> Self {
+        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGTERM; ctrl-c only"))
+            .ok();
+        Self { terminate }
+    }
+
+    async fn received(self) {
+        let terminate = async {
+            match self.terminate {
+                Some(mut terminate) => {
+                    terminate.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM; ctrl-c only");
-                std::future::pending::<()>().await
-            }
+        };
+        tokio::select! {
+            () = terminate => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
-    };
-    tokio::select! {
-        () = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
