@@ -155,7 +155,11 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             let queued = store::secrets::reencrypt_queued(state.db(), &state.services.cipher)
                 .await
                 .map_err(|e| format!("re-encryption of queued job items failed: {e}"))?;
-            tracing::info!(moved, queued, "re-encryption finished");
+            let subscriptions =
+                store::secrets::reencrypt_subscriptions(state.db(), &state.services.cipher)
+                    .await
+                    .map_err(|e| format!("re-encryption of subscriptions failed: {e}"))?;
+            tracing::info!(moved, queued, subscriptions, "re-encryption finished");
             Ok(())
         }
         Command::Keys(KeysCommand::Status { json }) => {

@@ -16,6 +16,7 @@ pub struct KeyStatus {
     pub configured: bool,
     pub token_secrets: i64,
     pub queued_job_items: i64,
+    pub subscription_secrets: i64,
 }
 
 /// Every configured key id and every key id the database uses, sorted by id.
@@ -29,6 +30,7 @@ pub fn statuses(cipher: &SecretCipher, uses: &[KeyUse]) -> Vec<KeyStatus> {
             configured: true,
             token_secrets: 0,
             queued_job_items: 0,
+            subscription_secrets: 0,
         })
         .collect();
     for used in uses {
@@ -36,6 +38,7 @@ pub fn statuses(cipher: &SecretCipher, uses: &[KeyUse]) -> Vec<KeyStatus> {
             Some(known) => {
                 known.token_secrets = used.token_secrets;
                 known.queued_job_items = used.queued_job_items;
+                known.subscription_secrets = used.subscription_secrets;
             }
             None => all.push(KeyStatus {
                 id: used.key_id.clone(),
@@ -43,6 +46,7 @@ pub fn statuses(cipher: &SecretCipher, uses: &[KeyUse]) -> Vec<KeyStatus> {
                 configured: false,
                 token_secrets: used.token_secrets,
                 queued_job_items: used.queued_job_items,
+                subscription_secrets: used.subscription_secrets,
             }),
         }
     }
@@ -77,18 +81,24 @@ pub fn table(statuses: &[KeyStatus]) -> String {
         .unwrap_or(0)
         .max(6);
     let mut out = format!(
-        "{:width$}  {:6}  {:10}  {:>13}  {:>16}\n",
-        "key id", "active", "configured", "token secrets", "queued job items"
+        "{:width$}  {:6}  {:10}  {:>13}  {:>16}  {:>20}\n",
+        "key id",
+        "active",
+        "configured",
+        "token secrets",
+        "queued job items",
+        "subscription secrets"
     );
     let yes = |b: bool| if b { "yes" } else { "no" };
     for k in statuses {
         out.push_str(&format!(
-            "{:width$}  {:6}  {:10}  {:>13}  {:>16}\n",
+            "{:width$}  {:6}  {:10}  {:>13}  {:>16}  {:>20}\n",
             k.id,
             yes(k.active),
             yes(k.configured),
             k.token_secrets,
-            k.queued_job_items
+            k.queued_job_items,
+            k.subscription_secrets
         ));
     }
     out
@@ -105,6 +115,7 @@ mod tests {
             key_id: id.into(),
             token_secrets: tokens,
             queued_job_items: items,
+            subscription_secrets: 0,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The key ids of stored secrets (`oath-service keys status`, the start-up check), and moving
-//! stored secrets, of tokens and of queued job items, to the active encryption key
-//! (`oath-service reencrypt`).
+//! stored secrets, of tokens, of queued job items and of webhook subscriptions, to the active
+//! encryption key (`oath-service reencrypt`).
 
 use sqlx::PgPool;
 
@@ -16,6 +16,8 @@ pub struct KeyUse {
     pub token_secrets: i64,
     /// Secrets of job items not processed yet (their chunks are deleted as they commit).
     pub queued_job_items: i64,
+    /// Sealed values of webhook subscriptions: each one's signing secret and its header values.
+    pub subscription_secrets: i64,
 }
 
 /// Every key id that seals something in the database, with what it seals; sorted by id. Reads
@@ -25,12 +27,18 @@ pub async fn key_uses(pool: &PgPool) -> Result<Vec<KeyUse>, sqlx::Error> {
         KeyUse,
         r#"select key_id as "key_id!",
                   sum(tokens)::bigint as "token_secrets!",
-                  sum(items)::bigint as "queued_job_items!"
-           from (select secret_key_id as key_id, count(*) as tokens, 0::bigint as items
+                  sum(items)::bigint as "queued_job_items!",
+                  sum(subscriptions)::bigint as "subscription_secrets!"
+           from (select secret_key_id as key_id, count(*) as tokens, 0::bigint as items,
+                        0::bigint as subscriptions
                    from oath_tokens group by secret_key_id
                  union all
-                 select k, 0, count(*)
-                   from oath_job_chunks, unnest(secret_key_ids) as k group by k) as uses
+                 select k, 0, count(*), 0
+                   from oath_job_chunks, unnest(secret_key_ids) as k group by k
+                 union all
+                 select k, 0, 0, count(*)
+                   from subscriptions, unnest(array[secret_key_id, headers_key_id]) as k
+                   group by k) as uses
            group by key_id
            order by key_id"#
     )
@@ -46,6 +54,12 @@ pub enum ReencryptError {
     QueuedItem {
         environment_id: uuid::Uuid,
         job_id: uuid::Uuid,
+        source: crate::crypto::CryptoError,
+    },
+    #[error("subscription {subscription_id} of environment {environment_id}: {source}")]
+    Subscription {
+        environment_id: uuid::Uuid,
+        subscription_id: uuid::Uuid,
         source: crate::crypto::CryptoError,
     },
     #[error("token {token_id} of environment {environment_id}: {source}")]
@@ -183,5 +197,71 @@ pub async fn reencrypt_queued(pool: &PgPool, cipher: &SecretCipher) -> Result<u6
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+    }
+}
+
+/// Re-seals the signing secrets and header values of webhook subscriptions that are not sealed
+/// with the active key, a batch per transaction. Returns how many subscriptions moved. Safe
+/// beside delivery: a delivery opens what it claimed under either key, both being configured.
+pub async fn reencrypt_subscriptions(
+    pool: &PgPool,
+    cipher: &SecretCipher,
+) -> Result<u64, ReencryptError> {
+    let active = cipher.active_key_id().to_string();
+    let mut moved = 0u64;
+    loop {
+        let mut tx = pool.begin().await?;
+        let rows = sqlx::query!(
+            r#"select environment_id, id, secret_ciphertext, secret_key_id, headers_ciphertext,
+                      headers_key_id
+               from subscriptions
+               where secret_key_id <> $1 or headers_key_id <> $1
+               limit $2
+               for update skip locked"#,
+            active,
+            BATCH,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(moved);
+        }
+        let (mut envs, mut ids, mut secrets, mut headers) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            let (env, id) = (row.environment_id, row.id);
+            let reseal = |key_id: &str, ciphertext: &[u8]| {
+                let value = cipher.open(key_id, ciphertext, env, id).map_err(|source| {
+                    ReencryptError::Subscription {
+                        environment_id: env,
+                        subscription_id: id,
+                        source,
+                    }
+                })?;
+                Ok::<_, ReencryptError>(cipher.seal(&value, env, id).ciphertext)
+            };
+            secrets.push(reseal(&row.secret_key_id, &row.secret_ciphertext)?);
+            headers.push(reseal(&row.headers_key_id, &row.headers_ciphertext)?);
+            envs.push(env);
+            ids.push(id);
+        }
+        let updated = sqlx::query!(
+            r#"update subscriptions s
+               set secret_ciphertext = v.secret, secret_key_id = $5,
+                   headers_ciphertext = v.headers, headers_key_id = $5
+               from unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[])
+                    as v(environment_id, id, secret, headers)
+               where s.environment_id = v.environment_id and s.id = v.id"#,
+            &envs,
+            &ids,
+            &secrets,
+            &headers,
+            active,
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        moved += updated;
     }
 }

@@ -1,11 +1,17 @@
 //! The encryption keys as an operator rotates them: `oath-service keys status` counts what each
-//! key id seals (token secrets and queued job items), `reencrypt` moves both to the active key,
-//! and `serve` refuses a database that holds a key id it is not configured with.
+//! key id seals (token secrets, queued job items and the sealed values of webhook
+//! subscriptions), `reencrypt` moves all of them to the active key, and `serve` refuses a
+//! database that holds a key id it is not configured with.
 
+use std::time::Duration;
+
+use oath_service::events::delivery::Step;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::support::app::{create_job, numbered, spawn_app, spawn_app_with, KEY_A};
+use super::deliveries::{deliverer, subscribe, verified_events};
+use crate::support::app::{create_job, numbered, spawn_app_with, KEY_A};
+use crate::support::receiver::Receiver;
 use crate::support::service::{
     assert_start_up_refused, command, database_url, output, service_env,
 };
@@ -35,7 +41,7 @@ async fn run(pool: &PgPool, keys: &[(&str, &str)], args: &[&str]) -> std::proces
     output(cmd).await
 }
 
-/// `keys status --json` as (id, active, configured, token secrets, queued job items).
+/// `keys status --json`: the exit code and the keys.
 async fn status(pool: &PgPool, keys: &[(&str, &str)]) -> (Option<i32>, Vec<Value>) {
     let out = run(pool, keys, &["keys", "status", "--json"]).await;
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
@@ -49,12 +55,19 @@ async fn status(pool: &PgPool, keys: &[(&str, &str)]) -> (Option<i32>, Vec<Value
 }
 
 #[sqlx::test]
-async fn rotation_moves_tokens_and_queued_job_items_and_status_counts_them(pool: PgPool) {
-    let app = spawn_app(pool.clone()).await;
+async fn rotation_moves_every_sealed_value_and_status_counts_them(pool: PgPool) {
+    let private = |s: &mut oath_service::config::Settings| {
+        s.events.allow_http = true;
+        s.events.allow_private_targets = true;
+    };
+    let app = spawn_app_with(pool.clone(), private).await;
     assert_eq!(app.create_hotp_tokens(numbered("K", 0..3)).await.len(), 3);
     // A job no runner has taken: its 5 items wait, sealed under key a.
     let res = app.submit_job(&create_job(numbered("Q", 0..5))).await;
     assert_eq!(res.status(), 202);
+    // A subscription: its signing secret and its header values, sealed under key a.
+    let receiver = Receiver::http();
+    let (_, signing_secret) = subscribe(&app, &receiver.url, None).await;
 
     let a_only = [("a", KEY_A)];
     let (code, keys) = status(&pool, &a_only).await;
@@ -62,7 +75,7 @@ async fn rotation_moves_tokens_and_queued_job_items_and_status_counts_them(pool:
     assert_eq!(
         keys,
         [json!({"id": "a", "active": true, "configured": true,
-                "tokenSecrets": 3, "queuedJobItems": 5})]
+                "tokenSecrets": 3, "queuedJobItems": 5, "subscriptionSecrets": 2})]
     );
 
     // Rotation: b becomes active, a stays configured; reencrypt moves everything to b.
@@ -79,19 +92,37 @@ async fn rotation_moves_tokens_and_queued_job_items_and_status_counts_them(pool:
         keys,
         [
             json!({"id": "a", "active": false, "configured": true,
-                   "tokenSecrets": 0, "queuedJobItems": 0}),
+                   "tokenSecrets": 0, "queuedJobItems": 0, "subscriptionSecrets": 0}),
             json!({"id": "b", "active": true, "configured": true,
-                   "tokenSecrets": 3, "queuedJobItems": 5}),
+                   "tokenSecrets": 3, "queuedJobItems": 5, "subscriptionSecrets": 2}),
         ]
     );
 
     // The queued items open under b: a runner configured with b alone creates every token.
     let b_only = spawn_app_with(pool.clone(), |s| {
+        private(s);
         s.crypto.active_key_id = Some("b".into());
         s.crypto.keys = [("b".to_string(), KEY_B.to_string())].into();
     })
     .await;
     b_only.run_jobs().await;
+    // The subscription's secrets open under b: the events arrive signed with the secret shown
+    // at its creation, with its header.
+    let worker = deliverer(&b_only, "keys-test");
+    loop {
+        match worker.step().await.unwrap() {
+            Step::Idle => break,
+            step => assert!(matches!(step, Step::Delivered { .. }), "{step:?}"),
+        }
+    }
+    let received = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert!(received.iter().all(|r| r.status == 200));
+    let delivered: usize = received
+        .iter()
+        .map(|r| verified_events(&signing_secret, r).len())
+        .sum();
+    // The job's tokens and its COMPLETED: what happened after the subscription was created.
+    assert_eq!(delivered, 5 + 1);
     let created = app
         .count_in(
             app.env,
