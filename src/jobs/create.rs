@@ -7,8 +7,8 @@
 use sqlx::PgConnection;
 
 use super::ChunkError;
+use crate::domain::event::EventType;
 use crate::domain::job::ItemOutcome;
-use crate::events::EventType;
 use crate::store::batch::{first_occurrences, take_quota, TokenBatch};
 use crate::store::chunks::{self, ChunkKey};
 use crate::store::jobs::ChunkCounts;

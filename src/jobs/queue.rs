@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::crypto::SecretCipher;
+use crate::domain::event::Origin;
 use crate::domain::job::{CreateItem, NewJob, PARALLEL_ITEMS};
-use crate::events::Origin;
 use crate::parallel;
 use crate::store::batch::TokenBatch;
 use crate::store::chunks::{self, ChunkKey};

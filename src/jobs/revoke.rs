@@ -6,8 +6,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::ChunkError;
+use crate::domain::event::EventType;
 use crate::domain::job::ItemOutcome;
-use crate::events::EventType;
 use crate::store::chunks::{self, ChunkKey};
 use crate::store::jobs::ChunkCounts;
 use crate::store::results::RevokeResult;

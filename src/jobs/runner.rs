@@ -5,6 +5,7 @@
 //! (`housekeeping.rs`); LISTEN/NOTIFY wakes them, polling is the fallback. Tests drive
 //! [`Runner::step`] directly.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,31 @@ impl Step {
     }
 }
 
+/// Steps of this process's runners under way.
+static STEPS_UNDER_WAY: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a runner of this process is processing a step of a job now. Work that can wait
+/// (event delivery) gives way to the bulk job while it runs.
+pub fn step_under_way() -> bool {
+    STEPS_UNDER_WAY.load(Ordering::Relaxed) > 0
+}
+
+/// Counts a step as under way for as long as it lives.
+struct UnderWay;
+
+impl UnderWay {
+    fn begin() -> Self {
+        STEPS_UNDER_WAY.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        STEPS_UNDER_WAY.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Runner {
     pool: PgPool,
     settings: Arc<Settings>,
@@ -89,6 +115,7 @@ impl Runner {
             Some(job) => job,
             None => return Ok(Step::Idle),
         };
+        let _under_way = UnderWay::begin();
         match self.chunk(&job).await {
             Ok(step) => {
                 if matches!(step, Step::Progress { .. }) {
