@@ -10,6 +10,7 @@ mod support;
 mod api {
     mod auth;
     mod configuration;
+    mod connection_reuse;
     mod corpus;
     mod create_contention;
     mod cross_tenant;

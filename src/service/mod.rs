@@ -17,6 +17,7 @@ use sqlx::PgPool;
 
 use crate::config::Settings;
 use crate::crypto::SecretCipher;
+use crate::database::Reuse;
 use crate::domain::FieldError;
 use create_batch::CreateBatcher;
 use jobs::FinishedJobs;
@@ -77,6 +78,8 @@ impl<T> OrNotFound<T> for Option<T> {
 /// What the operations share, built once per process.
 pub struct Services {
     pub db: PgPool,
+    /// Connections of the login path (token reads, code checks), handed on untested.
+    pub reuse: Reuse,
     pub settings: Arc<Settings>,
     pub cipher: Arc<SecretCipher>,
     /// Single creates, combined per environment into shared transactions.
@@ -92,6 +95,7 @@ impl Services {
         let creates = CreateBatcher::new(db.clone(), settings.limits.tokens_per_environment);
         Self {
             finished_jobs: FinishedJobs::new(db.clone()),
+            reuse: Reuse::new(db.clone()),
             db,
             settings,
             cipher,

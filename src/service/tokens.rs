@@ -61,7 +61,10 @@ pub async fn create(
 }
 
 pub async fn get(services: &Services, env: Uuid, id: Uuid) -> Result<Token, ServiceError> {
-    store::get(&services.db, env, id).await?.or_not_found()
+    let mut db = services.reuse.acquire().await?;
+    let token = store::get(&mut *db, env, id).await?;
+    db.done();
+    token.or_not_found()
 }
 
 /// One page of the environment's tokens that `filter` selects, in id order after `after`, at

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -74,11 +75,26 @@ pub async fn validate(
     otp: &Otp,
     origin: &Origin,
 ) -> Result<Verdict, ServiceError> {
+    // One connection for the read and the write, handed on untested when every statement
+    // completed (`database::reuse`).
+    let mut db = services.reuse.acquire().await?;
+    let verdict = check(services, &mut db, env, id, otp, origin).await;
+    if verdict.is_ok() {
+        db.done();
+    }
+    verdict
+}
+
+async fn check(
+    services: &Services,
+    db: &mut PgConnection,
+    env: Uuid,
+    id: Uuid,
+    otp: &Otp,
+    origin: &Origin,
+) -> Result<Verdict, ServiceError> {
     let settings = &services.settings.otp;
     let rule = lockout_rule(settings);
-    // One connection for the read and the write: every checkout costs a round trip (sqlx tests
-    // each connection as it returns to the pool).
-    let mut db = services.db.acquire().await?;
     let now = unix_now();
     if let Some(seen) = services.seen_tokens.get(env, id) {
         let engine = engine_token(services, env, id, &seen.parameters, seen.factor)?;

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::batch::TokenBatch;
@@ -293,14 +293,18 @@ pub async fn get_many(
     .and_then(into_tokens)
 }
 
-pub async fn get(pool: &PgPool, env: Uuid, id: Uuid) -> Result<Option<Token>, sqlx::Error> {
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    env: Uuid,
+    id: Uuid,
+) -> Result<Option<Token>, sqlx::Error> {
     token_query!(
         "select ",
         " from oath_tokens where environment_id = $1 and id = $2",
         env,
         id,
     )
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?
     .map(TokenRecord::into_token)
     .transpose()
