@@ -549,11 +549,11 @@ def wrk_ms(text):
     return float(number) * WRK_UNITS_MS[unit]
 
 
-def run_wrk(svc, script, label):
+def run_wrk(svc, script, label, threads=THREADS, connections=CONNECTIONS):
     """Requests/s of wrk with `script`, and its p50 and p99 latency in ms; fails on any non-2xx
     answer or socket error. An answer is waited for up to 10 s (a checkpoint's I/O can stall one
     for seconds on this machine)."""
-    out = subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{DURATION}s",
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{DURATION}s",
                           "--timeout", "10s", "--latency", "-s", script, svc.base],
                          check=True, capture_output=True, text=True).stdout
     if "Non-2xx" in out or re.search(r"Socket errors:.*(connect [1-9]|read [1-9]|write [1-9]|timeout [1-9])", out):
@@ -904,8 +904,9 @@ def fix_usage(env):
 
 
 def latency_lines(svc, work, env):
-    """wrk (DURATION s, CONNECTIONS connections, after a 2 s warm-up) on each of the reads that
-    list or sum up an environment: {name: (requests/s, (p50, p99))}."""
+    """The reads that list or sum up an environment, each with wrk for DURATION s after a 2 s
+    warm-up: one connection (a request at a time: what the request itself takes), then
+    CONNECTIONS connections. {name: ((requests/s, (p50, p99)) with one, the same with CONNECTIONS)}."""
     serials = psql(DB_URL, f"select serial_number from oath_tokens where environment_id = '{env}' "
                            f"and serial_number like 'H%' order by random() limit 1000").split()
     base = f"/v1/environments/{env}"
@@ -926,9 +927,12 @@ function request() return wrk.format("GET", paths[math.random(#paths)], headers)
 """)
         subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", "2s", "-s", script, svc.base],
                        check=True, capture_output=True)
+        one, _, one_latency = run_wrk(svc, script, name, 1, 1)
         rps, _, latency = run_wrk(svc, script, name)
-        say(f"{name}: {rps:,.0f} requests/s, p50 {milliseconds(latency[0])}, p99 {milliseconds(latency[1])}")
-        out[name] = (rps, latency)
+        say(f"{name}: one connection {one:,.0f} requests/s, p50 {milliseconds(one_latency[0])}, p99 "
+            f"{milliseconds(one_latency[1])}; {CONNECTIONS} connections {rps:,.0f} requests/s, p50 "
+            f"{milliseconds(latency[0])}, p99 {milliseconds(latency[1])}")
+        out[name] = ((one, one_latency), (rps, latency))
     return out
 
 
@@ -1097,11 +1101,15 @@ def scale(svc, work):
                           f"ratio {a.value:.2f} {at_small} ({a.detail}" + (f"; p99 {milliseconds(a.latency[1])}"
                           if a.latency else "") + f"), {b.value:.2f} {at_big} ({b.detail})", b.latency))
     lines.append(disk)
-    for name, (rps, latency) in big_reads.items():
-        rps_small, latency_small = small_reads[name]
-        lines.append(Line(f"{name} {at_big}, p99, {CONNECTIONS} connections (wrk)", "", latency[1], "<= 25 ms",
-                          f"{rps:,.0f} requests/s; {at_small}: {rps_small:,.0f} requests/s, p50 "
-                          f"{milliseconds(latency_small[0])}, p99 {milliseconds(latency_small[1])}", latency))
+    def figures(one, many):
+        return (f"{one[0]:,.0f} requests/s one at a time; {many[0]:,.0f} requests/s, p50 {milliseconds(many[1][0])}, "
+                f"p99 {milliseconds(many[1][1])} at {CONNECTIONS} connections")
+    for name, (one, many) in big_reads.items():
+        one_small, many_small = small_reads[name]
+        lines.append(Line(f"{name} {at_big}, p99 one request at a time (wrk -c 1)",
+                          f"the same {at_small}: p50 {milliseconds(one_small[1][0])}, p99 {milliseconds(one_small[1][1])}",
+                          one[1][1], "<= 25 ms",
+                          f"{figures(one, many)}; {at_small}: {figures(one_small, many_small)}", one[1]))
     return lines
 
 
