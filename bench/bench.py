@@ -39,8 +39,8 @@ functions as their own lines) in the environment of the GET and validate lines, 
 table holds about its BENCH_HTTP_TOKENS tokens, then again once filler environments are loaded
 in SQL up to BENCH_SCALE_TOKENS; each of its lines is the ratio at scale over the ratio before
 (goal >= 0.9). It also reports the bytes per token of oath_tokens on disk, and the p99 of the job
-list, the token list by serial, the environment and the activities feed at that size (wrk;
-goal <= 25 ms). See bench/README.md, Scale.
+list, the token list by serial, the environment and the activities feed at that size, one
+request at a time (wrk -c 1; goal <= 25 ms; 16 connections beside it). See bench/README.md, Scale.
 """
 
 import json
@@ -1069,7 +1069,8 @@ def scale(svc, work):
     while the table holds its HTTP_TOKENS tokens (about), then again once SCALE_TOKENS tokens in
     SCALE_ENVS environments are loaded; each line's ratio at scale over its ratio before
     (goal >= 0.9). Then bytes per token on disk, and the p99 of the job list, the token list
-    by serial, the environment and the activities feed at that size (goal <= 25 ms)."""
+    by serial, the environment and the activities feed at that size, one request at a time
+    (goal <= 25 ms)."""
     env, _, _ = shared_tokens(svc, work)
     # What lines before this one left in other environments is deleted: the first pass runs on
     # the measured environment's tokens alone.
