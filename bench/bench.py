@@ -27,8 +27,20 @@ Environment (set by bench/run; all optional but DATABASE_URL and OATH_BIN):
                      default 5)
   BENCH_TOKEN_CACHE  the service's auth.token_cache_size (default: the service's, 10000; 0: off,
                      every request verifies its token's signature)
-  BENCH_ONLY         comma-separated measurement names to run (default: all): jobs, events, get,
-                     get_hs256, create, validate, fairness
+  BENCH_ONLY         comma-separated measurement names to run (default: all but scale): jobs,
+                     events, get, get_hs256, create, validate, fairness, scale
+  BENCH_SCALE        1: run scale as well (it runs only when named in BENCH_ONLY or so asked:
+                     about 15 minutes more at the defaults)
+  BENCH_SCALE_TOKENS scale: tokens in the table once loaded (default 2000000)...
+  BENCH_SCALE_ENVS   ...across this many environments, the measured one included (default 200)
+
+The scale measurement runs GET, validate, single create and the create and revoke jobs (the same
+functions as their own lines) in the environment of the GET and validate lines, first while the
+table holds about its BENCH_HTTP_TOKENS tokens, then again once filler environments are loaded
+in SQL up to BENCH_SCALE_TOKENS; each of its lines is the ratio at scale over the ratio before
+(goal >= 0.9). It also reports the bytes per token of oath_tokens on disk, and the p99 of the job
+list, the token list by serial, the environment and the activities feed at that size, one
+request at a time (wrk -c 1; goal <= 25 ms; 16 connections beside it). See bench/README.md, Scale.
 """
 
 import json
@@ -62,6 +74,9 @@ FAIR_TOKENS = int(os.environ.get("BENCH_FAIR_TOKENS", "60000"))
 FAIR_REPS = int(os.environ.get("BENCH_FAIR_REPS", "5"))
 ONLY = [m for m in os.environ.get("BENCH_ONLY", "").split(",") if m]
 TOKEN_CACHE = os.environ.get("BENCH_TOKEN_CACHE")
+SCALE = os.environ.get("BENCH_SCALE") == "1"
+SCALE_TOKENS = int(os.environ.get("BENCH_SCALE_TOKENS", "2000000"))
+SCALE_ENVS = int(os.environ.get("BENCH_SCALE_ENVS", "200"))
 SERVER_URL = os.environ["DATABASE_URL"].split("?")[0].rsplit("/", 1)[0]
 DB_NAME = f"oath_bench_{os.getpid()}"
 DB_URL = f"{SERVER_URL}/{DB_NAME}"
@@ -81,8 +96,13 @@ SCOPES = ("oath:tokens:read oath:tokens:write oath:jobs:read oath:jobs:write oat
           "oath:activities:read oath:subscriptions:read oath:subscriptions:write")
 
 
+# What `say` puts before its message: the scale measurement's phase ("at 2,000,000 tokens: "),
+# while it runs the other lines' functions a second time.
+PHASE = [""]
+
+
 def say(*args):
-    print("==>", *args, file=sys.stderr, flush=True)
+    print("==>", PHASE[0] + " ".join(str(a) for a in args), file=sys.stderr, flush=True)
 
 
 def psql(url, sql, *args):
@@ -331,19 +351,24 @@ class Service:
 class Line:
     metric: str
     baseline: str
-    value: float  # a ratio, or MB for memory
-    goal: str  # ">= 0.6" or "<= 200 MB"
+    value: float  # a ratio, MB for memory, ms for a latency
+    goal: str  # ">= 0.6", "<= 200 MB", "<= 25 ms"; "" for a figure with no goal
     detail: str
     latency: tuple = None  # an HTTP line's wrk p50 and p99 in ms (of the median round)
     rounds: "Rounds" = None  # an HTTP line's measurements, for the CPU account
     same: str = None  # what the rounds' `extra` pgbench ran: the service's statements alone
 
     def met(self):
+        """Whether the goal is met; None for a line with no goal."""
+        if not self.goal:
+            return None
         op, limit = self.goal.split()[:2]
         return self.value >= float(limit) if op == ">=" else self.value <= float(limit)
 
     def shown(self):
-        return f"{self.value:.0f} MB" if self.goal.endswith("MB") else f"{self.value:.2f}"
+        if self.goal.endswith("MB"):
+            return f"{self.value:.0f} MB"
+        return milliseconds(self.value) if self.goal.endswith("ms") else f"{self.value:.2f}"
 
     def percentiles(self):
         return tuple(milliseconds(ms) for ms in self.latency) if self.latency else ("", "")
@@ -431,7 +456,11 @@ def delete_baseline(wal):
     return elapsed
 
 
-def jobs(svc):
+def jobs(svc, env=None, csv=True):
+    """The create and revoke jobs against COPY and DELETE, the CSV import against the create job
+    (unless `csv` is false), peak RSS. Each run's jobs go to an environment of their own, or to
+    `env` when given (the scale measurement's), whose other tokens they leave as they are."""
+    fixed_env = env
     figures = {"create": [], "copy": [], "revoke": [], "delete": [], "csv": []}
     # WAL bytes written during each, per item; CPU per item.
     wal = {k: [] for k in figures}
@@ -445,37 +474,43 @@ def jobs(svc):
         cpu[name].append(m.per(TOKENS, service=name in ("create", "revoke", "csv")))
         return result
     for rep in range(REPS):
-        env = str(uuid.uuid4())
+        env = fixed_env or str(uuid.uuid4())
         token = svc.token(env)
         rows = token_rows(TOKENS, f"B{rep}x")
         t_job, t_accept = measured("create", run_job, svc, env, token, create_body(rows), CREATE_TYPE,
                                    wal["create"])
         t_copy = measured("copy", copy_baseline, env, rows, wal["copy"])
-        ids = psql(DB_URL, f"select id from oath_tokens where environment_id = '{env}'").split()
+        ids = psql(DB_URL, f"select id from oath_tokens where environment_id = '{env}' "
+                           f"and serial_number like 'B{rep}x%'").split()
+        assert len(ids) == TOKENS
         revoke = json.dumps({"type": "REVOKE_OATH_TOKENS", "tokenIds": ids}).encode()
         t_revoke, t_revoke_accept = measured("revoke", run_job, svc, env, token, revoke, REVOKE_TYPE,
                                              wal["revoke"])
         t_delete = measured("delete", delete_baseline, wal["delete"])
         # The same kind of rows as a CSV file, into an environment of its own.
-        csv_env = str(uuid.uuid4())
-        csv_rows = token_rows(TOKENS, f"C{rep}x")
-        csv_body = "\n".join([CSV_HEADER] + [f"{s},{sec},HOTP,6,,," for s, sec in csv_rows]).encode()
-        t_csv, t_csv_accept = measured("csv", run_job, svc, csv_env, svc.token(csv_env), csv_body, CSV_TYPE,
-                                       wal["csv"])
-        psql(DB_URL, f"delete from oath_tokens where environment_id = '{csv_env}'")
+        t_csv = t_csv_accept = float("nan")
+        if csv:
+            csv_env = str(uuid.uuid4())
+            csv_rows = token_rows(TOKENS, f"C{rep}x")
+            csv_body = "\n".join([CSV_HEADER] + [f"{s},{sec},HOTP,6,,," for s, sec in csv_rows]).encode()
+            t_csv, t_csv_accept = measured("csv", run_job, svc, csv_env, svc.token(csv_env), csv_body,
+                                           CSV_TYPE, wal["csv"])
+            psql(DB_URL, f"delete from oath_tokens where environment_id = '{csv_env}'")
         for k, v in (("create", t_job), ("copy", t_copy), ("revoke", t_revoke), ("delete", t_delete),
                      ("csv", t_csv)):
-            figures[k].append(v)
+            if k != "csv" or csv:
+                figures[k].append(v)
         accepted["create"].append(t_accept)
         accepted["revoke"].append(t_revoke_accept)
         say(f"jobs {rep + 1}/{REPS}: create job {t_job:.2f}s (202 after {t_accept:.2f}s), "
             f"COPY {t_copy:.2f}s, revoke job {t_revoke:.2f}s (202 after {t_revoke_accept:.2f}s), "
-            f"DELETE {t_delete:.2f}s, CSV import {t_csv:.2f}s (202 after {t_csv_accept:.2f}s); WAL per item: "
-            + ", ".join(f"{k} {v[-1] / TOKENS:,.0f} B" for k, v in wal.items()) + "; CPU per item: "
-            + ", ".join(f"{k} {c[-1].service:.1f} + {c[-1].database:.1f} us" for k, c in cpu.items()))
+            f"DELETE {t_delete:.2f}s" + (f", CSV import {t_csv:.2f}s (202 after {t_csv_accept:.2f}s)" if csv else "")
+            + "; WAL per item: " + ", ".join(f"{k} {v[-1] / TOKENS:,.0f} B" for k, v in wal.items() if v)
+            + "; CPU per item: "
+            + ", ".join(f"{k} {c[-1].service:.1f} + {c[-1].database:.1f} us" for k, c in cpu.items() if c))
     rss = svc.peak_rss_mb()
-    med = {k: statistics.median(v) for k, v in figures.items()}
-    per_item = {k: statistics.median(v) / TOKENS for k, v in wal.items()}
+    med = {k: statistics.median(v) for k, v in figures.items() if v}
+    per_item = {k: statistics.median(v) / TOKENS for k, v in wal.items() if v}
     # The service's and the database's CPU per item (microseconds, medians).
 
     def cpu_of(name, base):
@@ -492,10 +527,12 @@ def jobs(svc):
         Line(f"{k}-id revoke job, POST to DONE", "raw DELETE of the same ids", med["delete"] / med["revoke"],
              ">= 0.5", f"{TOKENS / med['revoke']:,.0f} ids/s vs {TOKENS / med['delete']:,.0f} rows/s; "
              f"WAL {per_item['revoke']:,.0f} vs {per_item['delete']:,.0f} bytes/item" + cpu_of("revoke", "delete")),
+    ] + ([
         Line(f"{k}-row CSV import, POST to DONE", "JSON create job of the same rows",
              med["create"] / med["csv"], ">= 0.8",
              f"{TOKENS / med['csv']:,.0f} rows/s vs {TOKENS / med['create']:,.0f} tokens/s; "
              f"WAL {per_item['csv']:,.0f} vs {per_item['create']:,.0f} bytes/item"),
+    ] if csv else []) + [
         Line(f"peak RSS of the service during the {k} jobs", "", rss, "<= 200 MB",
              f"VmHWM after {REPS} create and {REPS} revoke jobs"),
     ]
@@ -512,11 +549,11 @@ def wrk_ms(text):
     return float(number) * WRK_UNITS_MS[unit]
 
 
-def run_wrk(svc, script, label):
+def run_wrk(svc, script, label, threads=THREADS, connections=CONNECTIONS):
     """Requests/s of wrk with `script`, and its p50 and p99 latency in ms; fails on any non-2xx
     answer or socket error. An answer is waited for up to 10 s (a checkpoint's I/O can stall one
     for seconds on this machine)."""
-    out = subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{DURATION}s",
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{DURATION}s",
                           "--timeout", "10s", "--latency", "-s", script, svc.base],
                          check=True, capture_output=True, text=True).stdout
     if "Non-2xx" in out or re.search(r"Socket errors:.*(connect [1-9]|read [1-9]|write [1-9]|timeout [1-9])", out):
@@ -671,8 +708,10 @@ def get_by_id_hs256(svc, work):
                     f"GET token by id, HS256 development token, {CONNECTIONS} connections (wrk)")
 
 
-def single_create(svc, work):
-    env = str(uuid.uuid4())
+def single_create(svc, work, env=None):
+    """Creates of distinct serials in a new environment, or in `env` (the scale measurement's; its
+    serials start with W), against pgbench INSERT."""
+    env = env or str(uuid.uuid4())
     token = svc.token(env)
     script = write(os.path.join(work, "create.lua"), f"""
 local threads = 0
@@ -852,6 +891,232 @@ def events(svc, work):
     ]
 
 
+# --- scale: the same lines in one of many environments of a large table ---------------------
+
+def table_rows():
+    return int(psql(DB_URL, "select count(*) from oath_tokens"))
+
+
+def fix_usage(env):
+    """The environment's token count as its tokens say, after tokens were deleted in SQL."""
+    psql(DB_URL, f"update environment_usage set token_count = (select count(*) from oath_tokens "
+                 f"where environment_id = '{env}') where environment_id = '{env}'")
+
+
+def latency_lines(svc, work, env):
+    """The reads that list or sum up an environment, each with wrk for DURATION s after a 2 s
+    warm-up: one connection (a request at a time: what the request itself takes), then
+    CONNECTIONS connections. {name: ((requests/s, (p50, p99)) with one, the same with CONNECTIONS)}."""
+    serials = psql(DB_URL, f"select serial_number from oath_tokens where environment_id = '{env}' "
+                           f"and serial_number like 'H%' order by random() limit 1000").split()
+    base = f"/v1/environments/{env}"
+    paths = {
+        "job list (GET .../oathJobs)": f'local paths = {{"{base}/oathJobs"}}\n',
+        'token list by serial (GET .../oathTokens?filter=serialNumber eq "...")': "local paths = {\n" + "".join(
+            f'  "{base}/oathTokens?filter=serialNumber%20eq%20%22{s}%22",\n' for s in serials) + "}\n",
+        "environment (GET /v1/environments/{env})": f'local paths = {{"{base}"}}\n',
+        "activities feed, first page (GET .../activities)": f'local paths = {{"{base}/activities"}}\n',
+    }
+    token = svc.token(env)
+    out = {}
+    for name, table in paths.items():
+        script = write(os.path.join(work, f"scale_{name.split()[0]}_{len(out)}.lua"), table + f"""
+local headers = {{["Authorization"] = "Bearer {token}"}}
+function init(args) {RANDOM_SEED} end
+function request() return wrk.format("GET", paths[math.random(#paths)], headers) end
+""")
+        subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", "2s", "-s", script, svc.base],
+                       check=True, capture_output=True)
+        one, _, one_latency = run_wrk(svc, script, name, 1, 1)
+        rps, _, latency = run_wrk(svc, script, name)
+        say(f"{name}: one connection {one:,.0f} requests/s, p50 {milliseconds(one_latency[0])}, p99 "
+            f"{milliseconds(one_latency[1])}; {CONNECTIONS} connections {rps:,.0f} requests/s, p50 "
+            f"{milliseconds(latency[0])}, p99 {milliseconds(latency[1])}")
+        out[name] = ((one, one_latency), (rps, latency))
+    return out
+
+
+def scale_pass(svc, work, env):
+    """The chosen lines in `env`: GET, validate, single create, the create and revoke jobs (their
+    CSV import left out), then the reads of latency_lines. Returns the lines by name and those
+    reads' figures."""
+    lines = {}
+    lines["GET"] = get_by_id(svc, work)[0]
+    lines["validate"] = validate(svc, work)[0]
+    lines["create"] = single_create(svc, work, env)[0]
+    # The environment back to its tokens: the creates' rows deleted, its count recounted.
+    psql(DB_URL, f"delete from oath_tokens where environment_id = '{env}' and serial_number like 'W%'")
+    fix_usage(env)
+    psql(DB_URL, "vacuum analyze oath_tokens")
+    lines["create job"], lines["revoke job"] = jobs(svc, env, csv=False)[:2]
+    # The reads on fresh statistics (as autovacuum keeps them), and with what the jobs left dirty
+    # written out, so that a checkpoint does not land in them.
+    psql(DB_URL, "vacuum analyze")
+    try:
+        psql(DB_URL, "checkpoint")
+    except subprocess.CalledProcessError:
+        pass  # not a superuser: measure anyway
+    return lines, latency_lines(svc, work, env)
+
+
+def uuid_v7_sql():
+    """A function of the bench database: a UUIDv7 of the given Unix time in milliseconds (random
+    otherwise), as the service makes token and job ids (`Uuid::now_v7`)."""
+    psql(DB_URL, """create or replace function bench_uuid_v7(ms bigint) returns uuid language sql volatile as $$
+        select (lpad(to_hex(ms), 12, '0') || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid
+    $$""")
+
+
+def load_filler(env):
+    """SCALE_TOKENS tokens in SCALE_ENVS environments in all: `env` holds its real tokens; the
+    other SCALE_ENVS - 1 environments share the rest, written in SQL in the row format the store
+    writes, a batch of environments per statement. Each filler environment also gets what its
+    tokens' create job would have left: the job (DONE), its CREATED and COMPLETED events and one
+    event row per 1,000 tokens (as a job's chunk writes them), its usage row and its place in
+    the job schedule. Filler tokens carry the sealed secret and key id of one of `env`'s real
+    tokens (never opened: it is sealed for that token's id). Returns the seconds it took, VACUUM
+    ANALYZE included."""
+    started = time.perf_counter()
+    filler = SCALE_TOKENS - table_rows()
+    envs = SCALE_ENVS - 1
+    assert filler > 0 and envs > 0, "BENCH_SCALE_TOKENS must exceed the tokens already there"
+    uuid_v7_sql()
+    now_ms = int(time.time() * 1000)
+    ids = sorted(str(uuid.uuid4()) for _ in range(envs))
+    # (environment, tokens, first token's time in ms): a job's tokens are created 1 ms apart,
+    # jobs an hour apart, the oldest first.
+    plan = [(e, filler // envs + (1 if i < filler % envs else 0), now_ms - (envs - i) * 3_600_000)
+            for i, e in enumerate(ids)]
+    batch = max(1, 200_000 // (filler // envs or 1))
+    loaded = 0
+    for b in range(0, envs, batch):
+        part = plan[b:b + batch]
+        values = ", ".join(f"('{e}'::uuid, {n}, {ms}::int8)" for e, n, ms in part)
+        psql(DB_URL, f"""
+begin;
+create temporary table filler_envs (environment_id uuid, n integer, ms bigint, job_id uuid) on commit drop;
+insert into filler_envs select e, n, ms, bench_uuid_v7(ms - 1000) from (values {values}) as v(e, n, ms);
+insert into oath_jobs (environment_id, id, type, async, status, total, chunk_size, processed, created,
+                       attempt, actor, created_at, updated_at, completed_at)
+select environment_id, job_id, 'CREATE_OATH_TOKENS', true, 'DONE', n, 1000, n, n, 1, 'bench',
+       to_timestamp((ms - 1000) / 1000.0), to_timestamp((ms + n) / 1000.0), to_timestamp((ms + n) / 1000.0)
+  from filler_envs;
+insert into oath_tokens (environment_id, id, serial_number, type, otp_length, hash_algorithm, counter,
+                         secret_ciphertext, secret_key_id, created_at, updated_at)
+select f.environment_id, bench_uuid_v7(f.ms + g.i), (2300000000000 + g.i)::text, 'HOTP', 6, 'HmacSHA1', 0,
+       s.secret_ciphertext, s.secret_key_id, to_timestamp((f.ms + g.i) / 1000.0), to_timestamp((f.ms + g.i) / 1000.0)
+  from filler_envs f
+  cross join lateral generate_series(0, f.n - 1) as g(i)
+  cross join (select secret_ciphertext, secret_key_id from oath_tokens
+               where environment_id = '{env}' limit 1) as s
+ order by f.environment_id, g.i;
+insert into events (environment_id, type, occurred_at, actor, resource_id, job_id, result)
+select environment_id, 'OATH_JOB.CREATED', to_timestamp((ms - 1000) / 1000.0), 'bench', job_id, null, null
+  from filler_envs;
+insert into events (environment_id, type, occurred_at, actor, job_id, token_ids, serial_numbers)
+select c.environment_id, 'OATH_TOKEN.CREATED', to_timestamp(max(c.ms) / 1000.0), 'bench', c.job_id,
+       array_agg(c.id order by c.id), array_agg(c.serial_number order by c.id)
+  from (select t.environment_id, t.id, t.serial_number, f.job_id, f.ms,
+               (row_number() over (partition by t.environment_id order by t.id) - 1) / 1000 as chunk
+          from oath_tokens t join filler_envs f using (environment_id)) as c
+ group by c.environment_id, c.job_id, c.chunk
+ order by c.environment_id, c.chunk;
+insert into events (environment_id, type, occurred_at, actor, resource_id, job_id, result)
+select environment_id, 'OATH_JOB.COMPLETED', to_timestamp((ms + n) / 1000.0), 'bench', job_id, job_id,
+       event_job_result('CREATE_OATH_TOKENS', n, 0, 0, 0, 0, 0, null)
+  from filler_envs;
+insert into environment_usage (environment_id, token_count) select environment_id, n from filler_envs;
+insert into environment_schedule (environment_id, last_served_at)
+select environment_id, to_timestamp((ms + n) / 1000.0) from filler_envs;
+commit;
+""")
+        loaded += sum(n for _, n, _ in part)
+        say(f"filler: {loaded:,} of {filler:,} tokens in {min(b + batch, envs)} of {envs} environments, "
+            f"{time.perf_counter() - started:.0f} s")
+    psql(DB_URL, "vacuum analyze")
+    elapsed = time.perf_counter() - started
+    say(f"filler: loaded and vacuumed in {elapsed:.0f} s")
+    return elapsed
+
+
+def disk_line(loaded_s):
+    """Bytes per token of oath_tokens on disk (heap with its free space and visibility maps,
+    indexes, TOAST) against the raw row (the average pg_column_size of a whole row)."""
+    rows, total, heap, indexes, toast, raw = psql(DB_URL, """
+select (select count(*) from oath_tokens), pg_total_relation_size(c.oid), pg_relation_size(c.oid),
+       pg_indexes_size(c.oid), coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0),
+       (select avg(pg_column_size(t.*)) from oath_tokens t)
+  from pg_class c where c.oid = 'oath_tokens'::regclass""").split("|")
+    rows, total, heap, indexes, toast, raw = int(rows), int(total), int(heap), int(indexes), int(toast), float(raw)
+    each = psql(DB_URL, "select i.indexrelid::regclass, pg_relation_size(i.indexrelid) from pg_index i "
+                        "where i.indrelid = 'oath_tokens'::regclass order by 1::text").splitlines()
+    events = psql(DB_URL, "select pg_total_relation_size('events'), (select count(*) from events), "
+                          "(select coalesce(sum(len), 0) from events)").split("|")
+    other = total - heap - indexes - toast  # free space and visibility maps
+    say(f"disk: {rows:,} tokens, {total / 2**20:,.0f} MB in all; per token {total / rows:.0f} B")
+    indexes_each = ", ".join(f"{name} {int(size) / rows:.0f}" for name, size in (l.split("|") for l in each))
+    return Line(f"bytes per token of oath_tokens on disk at {rows:,} tokens (table, indexes, TOAST)",
+                "the raw row (average pg_column_size of a row)", total / rows / raw, "",
+                f"{total / rows:.0f} B per token: heap {heap / rows:.0f} + maps {other / rows:.0f} + indexes "
+                f"{indexes / rows:.0f} ({indexes_each}) + TOAST {toast / rows:.0f}, against a raw row of "
+                f"{raw:.0f} B; {total / 2**20:,.0f} MB in all. Events: {int(events[1]):,} rows holding "
+                f"{int(events[2]):,} events, {int(events[0]) / 2**20:,.0f} MB. Filler loaded and vacuumed in "
+                f"{loaded_s:.0f} s")
+
+
+def scale(svc, work):
+    """GET, validate, single create and the create and revoke jobs in one environment, first
+    while the table holds its HTTP_TOKENS tokens (about), then again once SCALE_TOKENS tokens in
+    SCALE_ENVS environments are loaded; each line's ratio at scale over its ratio before
+    (goal >= 0.9). Then bytes per token on disk, and the p99 of the job list, the token list
+    by serial, the environment and the activities feed at that size, one request at a time
+    (goal <= 25 ms)."""
+    env, _, _ = shared_tokens(svc, work)
+    # What lines before this one left in other environments is deleted: the first pass runs on
+    # the measured environment's tokens alone.
+    left = int(psql(DB_URL, f"select count(*) from oath_tokens where environment_id <> '{env}'"))
+    if left:
+        say(f"scale: deleting {left:,} tokens that earlier lines left in other environments")
+        psql(DB_URL, f"delete from oath_tokens where environment_id <> '{env}'")
+        psql(DB_URL, "update environment_usage u set token_count = (select count(*) from oath_tokens t "
+                     "where t.environment_id = u.environment_id)")
+        psql(DB_URL, "vacuum analyze")
+    small_rows = table_rows()
+    PHASE[0] = f"at {small_rows:,} tokens: "
+    try:
+        small, small_reads = scale_pass(svc, work, env)
+        PHASE[0] = ""
+        loaded_s = load_filler(env)
+        disk = disk_line(loaded_s)
+        SCALE_RUN["loaded"] = loaded_s
+        big_rows = table_rows()
+        PHASE[0] = f"at {big_rows:,} tokens: "
+        big, big_reads = scale_pass(svc, work, env)
+    finally:
+        PHASE[0] = ""
+    at_small, at_big = f"at {small_rows:,} tokens", f"at {big_rows:,} tokens in {SCALE_ENVS} environments"
+    lines = []
+    for name, a in small.items():
+        b = big[name]
+        lines.append(Line(f"{b.metric}, {at_big}", f"the same line {at_small}", b.value / a.value, ">= 0.9",
+                          f"ratio {a.value:.2f} {at_small} ({a.detail}" + (f"; p99 {milliseconds(a.latency[1])}"
+                          if a.latency else "") + f"), {b.value:.2f} {at_big} ({b.detail})", b.latency))
+    lines.append(disk)
+    def figures(one, many):
+        return (f"{one[0]:,.0f} requests/s one at a time; {many[0]:,.0f} requests/s, p50 {milliseconds(many[1][0])}, "
+                f"p99 {milliseconds(many[1][1])} at {CONNECTIONS} connections")
+    for name, (one, many) in big_reads.items():
+        one_small, many_small = small_reads[name]
+        lines.append(Line(f"{name} {at_big}, p99 one request at a time (wrk -c 1)",
+                          f"the same {at_small}: p50 {milliseconds(one_small[1][0])}, p99 {milliseconds(one_small[1][1])}",
+                          one[1][1], "<= 25 ms",
+                          f"{figures(one, many)}; {at_small}: {figures(one_small, many_small)}", one[1]))
+    return lines
+
+
+SCALE_RUN = {}
+
+
 MEASUREMENTS = [
     ("jobs", lambda svc, work: jobs(svc)),
     ("events", events),
@@ -860,7 +1125,10 @@ MEASUREMENTS = [
     ("create", single_create),
     ("validate", validate),
     ("fairness", fairness),
+    # Opt-in (BENCH_ONLY=scale or BENCH_SCALE=1); last, since it loads the table.
+    ("scale", scale),
 ]
+OPT_IN = set() if SCALE else {"scale"}
 
 
 def load_average():
@@ -886,7 +1154,7 @@ def main():
     try:
         with tempfile.TemporaryDirectory(prefix="oath-bench.") as work:
             for name, measure in MEASUREMENTS:
-                if not ONLY or name in ONLY:
+                if name in ONLY or (not ONLY and name not in OPT_IN) or (name == "scale" and SCALE):
                     lines.extend(measure(svc, work))
     finally:
         svc.stop()
@@ -899,7 +1167,8 @@ def report(lines, started, load_before):
              "| --- | --- | ---: | --- | --- | ---: | ---: | --- |"]
     for l in lines:
         p50, p99 = l.percentiles()
-        table.append(f"| {l.metric} | {l.baseline} | {l.shown()} | {l.goal} | {'yes' if l.met() else 'NO'} "
+        met = {True: "yes", False: "NO", None: ""}[l.met()]
+        table.append(f"| {l.metric} | {l.baseline} | {l.shown()} | {l.goal} | {met} "
                      f"| {p50} | {p99} | {l.detail} |")
     accounted = [l for l in lines if l.rounds]
     if accounted:
@@ -915,7 +1184,8 @@ def report(lines, started, load_before):
         table += [l.account() for l in accounted]
     text = "\n".join(table)
     print(text)
-    met = sum(l.met() for l in lines)
+    met = sum(bool(l.met()) for l in lines)
+    goals = sum(l.met() is not None for l in lines)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     report = os.path.join(ROOT, "bench", "REPORT.md")
     # The failover section is bench/failover's (it needs pg_auto_failover): kept as it is.
@@ -936,8 +1206,11 @@ def report(lines, started, load_before):
                 f"tokens; the ratio is the median round's, the figures are medians, p50 and p99 are wrk's "
                 f"latency percentiles in the median round. Requests carry RS256 tokens verified against "
                 f"a JWKS file (auth.jwks_path), as in production, except the HS256 line; "
-                f"auth.token_cache_size: {TOKEN_CACHE if TOKEN_CACHE is not None else 'default (10000)'}.\n"
-                f"Command: `bench/run`. Goals met: {met} of {len(lines)}; what limits each figure: "
+                f"auth.token_cache_size: {TOKEN_CACHE if TOKEN_CACHE is not None else 'default (10000)'}."
+                + (f" Scale lines: the lines again once {SCALE_TOKENS:,} tokens in {SCALE_ENVS} environments are "
+                   f"loaded ({SCALE_RUN['loaded']:.0f} s, VACUUM ANALYZE included), each line's ratio then over its "
+                   f"ratio before (`bench/README.md`, Scale)." if SCALE_RUN else "") + "\n"
+                f"Command: `bench/run`. Goals met: {met} of {goals}; what limits each figure: "
                 f"`bench/README.md`.\n\n{text}\n{failover}")
 
 FAILOVER_HEADING = "## Primary failover (bench/failover)"
