@@ -682,18 +682,17 @@ function request() return wrk.format("GET", prefix .. ids[math.random(#ids)], he
         say("pgbench -i -s 1 (100,000 pgbench_accounts rows)")
         subprocess.run(["pgbench", "-i", "-q", "-s", "1", DB_URL], check=True, capture_output=True)
         HTTP_SETUP["pgbench"] = True
-    # The service's own round trips: one token row by its key, every column the answer shows;
-    # then sqlx's test of the connection as it returns to the pool (`select;` stands for it).
+    # The service's own round trip: one token row by its key, every column the answer shows (its
+    # connection goes to the next request untested: `database::reuse`).
     same = write(os.path.join(work, "get.sql"), f"""\\set n random(1, {len(ids)})
 select environment_id, id, serial_number, type, otp_length, hash_algorithm, counter, time_step, drift,
        status, user_id, created_at, updated_at
   from bench_tokens where n = :n;
-select;
 """)
     r = alternate(svc, label, script, ["-S"], ["-f", same])
     return [Line(metric, f"pgbench -S (select by primary key), {CONNECTIONS} clients", r.ratio, ">= 0.5",
                  f"{r.http:,.0f} requests/s vs {r.base:,.0f} tps", r.latency, r,
-                 "the token's SELECT and the connection test")]
+                 "the token's SELECT")]
 
 
 def get_by_id(svc, work):
@@ -759,20 +758,19 @@ function request() return wrk.format("POST", prefix .. ids[math.random(#ids)] ..
     update = write(os.path.join(work, "update.sql"), f"""\\set id random(1, {rows})
 update bench_rows set n = n + 1 where id = :id;
 """)
-    # A validation's own two statements on a copy of oath_tokens: what the database alone allows.
-    # A validation of a token checked before, as the service runs it: one conditional UPDATE on
-    # a copy of oath_tokens, then the connection test (`select;`).
+    # A validation's own statement on a copy of oath_tokens: what the database alone allows. A
+    # validation of a token checked before, as the service runs it: one conditional UPDATE on a
+    # copy of oath_tokens (its connection goes to the next request untested).
     ceiling = write(os.path.join(work, "validation.sql"), f"""\\set n random(1, {rows})
 update bench_tokens set fail_count = fail_count + 1
  where n = :n and fail_count < 2147483647 and (counter = counter or counter is null)
  returning fail_count;
-select;
 """)
     r = alternate(svc, "validate", script, ["-f", update], ["-f", ceiling])
     return [Line(f"validate (a wrong code), {CONNECTIONS} connections (wrk)",
                  f"pgbench single-row UPDATE, {CONNECTIONS} clients", r.ratio, ">= 0.5",
                  f"{r.http:,.0f} requests/s vs {r.base:,.0f} tps", r.latency, r,
-                 "the validation's UPDATE and the connection test")]
+                 "the validation's UPDATE")]
 
 
 # The table, in order. Each entry: (name for BENCH_ONLY, function(svc, workdir) -> [Line]).
