@@ -855,14 +855,23 @@ def receiver():
 
 def events(svc, work):
     """The 100k create job with one subscription on every type against the same job without
-    (alternating, median of BENCH_REPS each), and delivery throughput to a local receiver."""
+    (alternating, in turn first, median of BENCH_REPS each), and delivery throughput to a local
+    receiver."""
     url, delivered = receiver()
     with_sub, without, rates = [], [], []
-    for rep in range(REPS):
+
+    def plain(rep):
         env = str(uuid.uuid4())
         token = svc.token(env)
-        t_plain, _ = run_job(svc, env, token, create_body(token_rows(TOKENS, f"E{rep}x")), CREATE_TYPE)
-        without.append(t_plain)
+        t, _ = run_job(svc, env, token, create_body(token_rows(TOKENS, f"E{rep}x")), CREATE_TYPE)
+        without.append(t)
+        return t
+
+    for rep in range(REPS):
+        # Which job runs first alternates: the second of two pays for the first's aftermath
+        # (autovacuum of oath_tokens, a checkpoint), whichever it is.
+        if rep % 2 == 0:
+            t_plain = plain(rep)
         env = str(uuid.uuid4())
         token = svc.token(env)
         status, _ = svc.request("POST", f"/v1/environments/{env}/subscriptions", token,
@@ -877,6 +886,8 @@ def events(svc, work):
         while delivered() - before < TOKENS + 2:
             time.sleep(0.05)
         rates.append(TOKENS / (time.perf_counter() - started))
+        if rep % 2 == 1:
+            t_plain = plain(rep)
         say(f"events {rep + 1}/{REPS}: create job {t_plain:.2f}s without a subscription, "
             f"{t_sub:.2f}s with one; delivered at {rates[-1]:,.0f} events/s from the POST")
     ratio = statistics.median(without) / statistics.median(with_sub)
