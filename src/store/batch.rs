@@ -10,10 +10,15 @@ use crate::crypto::Sealed;
 use crate::domain::job::{InvalidRow, ItemOutcome};
 use crate::domain::{HashAlgorithm, NewToken, TokenKind, TokenType};
 
+mod encoding;
+
+pub use encoding::Unreadable;
+
 /// Tokens to create together, in item order, each with the id it will have and its secret
 /// already sealed for that id, and the items that are not tokens (unreadable file rows): a job's
 /// chunk, or single creates committed together. Held as the column arrays the statements bind
-/// (index `i` of every token array is one token), which only the store sees.
+/// (index `i` of every token array is one token), which only the store sees; a job's chunk is
+/// stored as one value ([`TokenBatch::encode`]).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct TokenBatch {
     /// Position within the chunk of each token.

@@ -1,6 +1,7 @@
-//! `oath_job_chunks`: a job's input, one row of column arrays per chunk of items, written when the
-//! job is submitted and deleted when the chunk commits. A create chunk is a [`TokenBatch`],
-//! written and read alike; a revoke chunk is its token ids.
+//! `oath_job_chunks`: a job's input, one row per chunk of items, written when the job is
+//! submitted and deleted when the chunk commits. A create chunk is a [`TokenBatch`] stored as one
+//! value (`input`, [`TokenBatch::encode`]; chunks stored before migration 20261208000002 are
+//! column arrays, still read); a revoke chunk is its token ids.
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -16,7 +17,34 @@ pub struct ChunkKey {
     pub first_idx: i32,
 }
 
+/// Stores the create chunk `c` at `key` as one value ([`TokenBatch::encode`]).
 pub async fn insert_create(
+    tx: &mut PgConnection,
+    key: ChunkKey,
+    c: &TokenBatch,
+) -> Result<(), sqlx::Error> {
+    let (key_ids, key_items) = c.key_counts();
+    sqlx::query!(
+        r#"insert into oath_job_chunks
+               (environment_id, job_id, first_idx, input, input_key_ids, input_key_items)
+           values ($1, $2, $3, $4, $5, $6)"#,
+        key.env,
+        key.job_id,
+        key.first_idx,
+        &c.encode(),
+        &key_ids,
+        &key_items,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Stores the create chunk `c` at `key` as column arrays, the form of chunks stored before
+/// migration 20261208000002 (a job queued before that upgrade), which [`read_create`] still
+/// reads. Not used by the service: tests write it to stand for such a job.
+#[doc(hidden)]
+pub async fn insert_create_arrays(
     tx: &mut PgConnection,
     key: ChunkKey,
     c: &TokenBatch,
@@ -83,22 +111,22 @@ pub async fn insert_revoke(
 }
 
 /// The create chunk of `len` items at `key`, if it is stored whole: None when it is missing, of
-/// another length or its arrays do not line up; an error when it holds a value no token can have.
+/// another length, its value unreadable or its arrays do not line up; an error when its arrays
+/// hold a value no token can have. A chunk is stored as one value ([`insert_create`]) or, if it
+/// was stored before migration 20261208000002, as column arrays.
 pub async fn read_create(
     tx: &mut PgConnection,
     key: ChunkKey,
     len: usize,
 ) -> Result<Option<TokenBatch>, sqlx::Error> {
     let Some(r) = sqlx::query!(
-        r#"select offsets, token_ids, row_numbers as "row_numbers: Vec<Option<i64>>",
-                  serial_numbers as "serial_numbers!", token_types as "token_types!",
-                  otp_lengths as "otp_lengths!", hash_algorithms as "hash_algorithms!",
-                  counters as "counters!: Vec<Option<i64>>",
-                  time_steps as "time_steps!: Vec<Option<i32>>", drifts,
-                  secret_ciphertexts as "secret_ciphertexts!", secret_key_ids as "secret_key_ids!",
-                  masked_secrets as "masked_secrets!", invalid_offsets, invalid_row_numbers,
-                  invalid_serials as "invalid_serials: Vec<Option<String>>", invalid_messages,
-                  repeated
+        r#"select input, offsets, token_ids, row_numbers as "row_numbers: Vec<Option<i64>>",
+                  serial_numbers, token_types, otp_lengths, hash_algorithms,
+                  counters as "counters: Vec<Option<i64>>",
+                  time_steps as "time_steps: Vec<Option<i32>>", drifts,
+                  secret_ciphertexts, secret_key_ids, masked_secrets, invalid_offsets,
+                  invalid_row_numbers, invalid_serials as "invalid_serials: Vec<Option<String>>",
+                  invalid_messages, repeated
            from oath_job_chunks
            where environment_id = $1 and job_id = $2 and first_idx = $3"#,
         key.env,
@@ -110,29 +138,86 @@ pub async fn read_create(
     else {
         return Ok(None);
     };
-    let chunk = TokenBatch {
-        offsets: r.offsets,
-        token_ids: r.token_ids,
-        row_numbers: r.row_numbers,
-        serial_numbers: r.serial_numbers,
-        token_types: super::decode_all(&r.token_types, TokenType::parse, "token type")?,
-        otp_lengths: r.otp_lengths,
-        hash_algorithms: super::decode_all(
-            &r.hash_algorithms,
-            HashAlgorithm::parse,
-            "hash algorithm",
-        )?,
-        counters: r.counters,
-        time_steps: r.time_steps,
-        drifts: r.drifts,
-        secret_ciphertexts: r.secret_ciphertexts,
-        secret_key_ids: r.secret_key_ids,
-        masked_secrets: r.masked_secrets,
-        invalid_offsets: r.invalid_offsets,
-        invalid_row_numbers: r.invalid_row_numbers,
-        invalid_serials: r.invalid_serials,
-        invalid_messages: r.invalid_messages,
-        repeated: r.repeated,
+    let chunk = if let Some(input) = r.input {
+        match TokenBatch::decode(&input) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                tracing::error!(
+                    job_id = %key.job_id,
+                    first_idx = key.first_idx,
+                    bytes = input.len(),
+                    "{e}"
+                );
+                return Ok(None);
+            }
+        }
+    } else {
+        let (
+            Some(offsets),
+            Some(token_ids),
+            Some(row_numbers),
+            Some(serial_numbers),
+            Some(token_types),
+            Some(otp_lengths),
+            Some(hash_algorithms),
+            Some(counters),
+            Some(time_steps),
+            Some(drifts),
+            Some(secret_ciphertexts),
+            Some(secret_key_ids),
+            Some(masked_secrets),
+            Some(invalid_offsets),
+            Some(invalid_row_numbers),
+            Some(invalid_serials),
+            Some(invalid_messages),
+            Some(repeated),
+        ) = (
+            r.offsets,
+            r.token_ids,
+            r.row_numbers,
+            r.serial_numbers,
+            r.token_types,
+            r.otp_lengths,
+            r.hash_algorithms,
+            r.counters,
+            r.time_steps,
+            r.drifts,
+            r.secret_ciphertexts,
+            r.secret_key_ids,
+            r.masked_secrets,
+            r.invalid_offsets,
+            r.invalid_row_numbers,
+            r.invalid_serials,
+            r.invalid_messages,
+            r.repeated,
+        )
+        else {
+            return Ok(None);
+        };
+        TokenBatch {
+            offsets,
+            token_ids,
+            row_numbers,
+            serial_numbers,
+            token_types: super::decode_all(&token_types, TokenType::parse, "token type")?,
+            otp_lengths,
+            hash_algorithms: super::decode_all(
+                &hash_algorithms,
+                HashAlgorithm::parse,
+                "hash algorithm",
+            )?,
+            counters,
+            time_steps,
+            drifts,
+            secret_ciphertexts,
+            secret_key_ids,
+            masked_secrets,
+            invalid_offsets,
+            invalid_row_numbers,
+            invalid_serials,
+            invalid_messages,
+            repeated,
+        }
     };
     Ok((chunk.is_consistent() && chunk.len() == len).then_some(chunk))
 }
@@ -152,7 +237,7 @@ pub async fn read_revoke(
     )
     .fetch_optional(&mut *tx)
     .await?;
-    Ok(ids.filter(|ids| ids.len() == len))
+    Ok(ids.flatten().filter(|ids| ids.len() == len))
 }
 
 /// Deletes a processed chunk's input (and with it the sealed secrets it carried).

@@ -36,6 +36,10 @@ pub async fn key_uses(pool: &PgPool) -> Result<Vec<KeyUse>, sqlx::Error> {
                  select k, 0, count(*), 0
                    from oath_job_chunks, unnest(secret_key_ids) as k group by k
                  union all
+                 select k, 0, sum(n), 0
+                   from oath_job_chunks, unnest(input_key_ids, input_key_items) as u(k, n)
+                   group by k
+                 union all
                  select k, 0, 0, count(*)
                    from subscriptions, unnest(array[secret_key_id, headers_key_id]) as k
                    group by k) as uses
@@ -55,6 +59,16 @@ pub enum ReencryptError {
         environment_id: uuid::Uuid,
         job_id: uuid::Uuid,
         source: crate::crypto::CryptoError,
+    },
+    #[error(
+        "the queued items of job {job_id} of environment {environment_id} from item {first_idx}: \
+         {source}; the job fails when a runner reaches them (or cancel it), then run this again"
+    )]
+    UnreadableChunk {
+        environment_id: uuid::Uuid,
+        job_id: uuid::Uuid,
+        first_idx: i32,
+        source: super::batch::Unreadable,
     },
     #[error("subscription {subscription_id} of environment {environment_id}: {source}")]
     Subscription {
@@ -130,7 +144,9 @@ pub async fn reencrypt_all(pool: &PgPool, cipher: &SecretCipher) -> Result<u64, 
 /// Re-seals the secrets of queued job items (chunks not processed yet) that are not sealed with
 /// the active key, a chunk per transaction. Returns how many items moved. Safe beside running
 /// jobs: a chunk a runner holds is skipped (`skip locked`) and left for the next run, and one
-/// that commits meanwhile is deleted, so it is not found.
+/// that commits meanwhile is deleted, so it is not found. A chunk stored as one value is decoded,
+/// re-sealed and encoded again; one stored as arrays (before migration 20261208000002) keeps
+/// its arrays.
 pub async fn reencrypt_queued(pool: &PgPool, cipher: &SecretCipher) -> Result<u64, ReencryptError> {
     let active = cipher.active_key_id().to_string();
     let mut moved = 0u64;
@@ -139,13 +155,12 @@ pub async fn reencrypt_queued(pool: &PgPool, cipher: &SecretCipher) -> Result<u6
         let mut tx = pool.begin().await?;
         let (env0, job0, idx0) = after.unwrap_or((uuid::Uuid::nil(), uuid::Uuid::nil(), -1));
         let Some(chunk) = sqlx::query!(
-            r#"select environment_id, job_id, first_idx, token_ids,
-                      secret_ciphertexts as "secret_ciphertexts!",
-                      secret_key_ids as "secret_key_ids!"
+            r#"select environment_id, job_id, first_idx, input, token_ids, secret_ciphertexts,
+                      secret_key_ids
                from oath_job_chunks
                where (environment_id, job_id, first_idx) > ($2, $3, $4)
-                 and secret_key_ids is not null
-                 and exists (select 1 from unnest(secret_key_ids) as k where k <> $1)
+                 and (exists (select 1 from unnest(secret_key_ids) as k where k <> $1)
+                      or exists (select 1 from unnest(input_key_ids) as k where k <> $1))
                order by environment_id, job_id, first_idx
                limit 1
                for update skip locked"#,
@@ -161,27 +176,65 @@ pub async fn reencrypt_queued(pool: &PgPool, cipher: &SecretCipher) -> Result<u6
         };
         after = Some((chunk.environment_id, chunk.job_id, chunk.first_idx));
         let (env, job_id) = (chunk.environment_id, chunk.job_id);
-        let mut ciphertexts = Vec::with_capacity(chunk.secret_ciphertexts.len());
-        let mut key_ids = Vec::with_capacity(chunk.secret_key_ids.len());
-        for ((id, ciphertext), key_id) in chunk
-            .token_ids
-            .iter()
-            .zip(&chunk.secret_ciphertexts)
-            .zip(&chunk.secret_key_ids)
-        {
+        let reseal = |key_id: &str, ciphertext: &[u8], id: uuid::Uuid| {
+            let secret = cipher.open(key_id, ciphertext, env, id).map_err(|source| {
+                ReencryptError::QueuedItem {
+                    environment_id: env,
+                    job_id,
+                    source,
+                }
+            })?;
+            Ok::<_, ReencryptError>(cipher.seal(&secret, env, id).ciphertext)
+        };
+        if let Some(input) = chunk.input {
+            let mut batch = super::batch::TokenBatch::decode(&input).map_err(|source| {
+                ReencryptError::UnreadableChunk {
+                    environment_id: env,
+                    job_id,
+                    first_idx: chunk.first_idx,
+                    source,
+                }
+            })?;
+            for i in 0..batch.tokens() {
+                if batch.secret_key_ids[i] == active {
+                    continue;
+                }
+                batch.secret_ciphertexts[i] = reseal(
+                    &batch.secret_key_ids[i],
+                    &batch.secret_ciphertexts[i],
+                    batch.token_ids[i],
+                )?;
+                batch.secret_key_ids[i].clone_from(&active);
+                moved += 1;
+            }
+            let (key_ids, key_items) = batch.key_counts();
+            sqlx::query!(
+                "update oath_job_chunks set input = $4, input_key_ids = $5, input_key_items = $6
+                 where environment_id = $1 and job_id = $2 and first_idx = $3",
+                env,
+                job_id,
+                chunk.first_idx,
+                &batch.encode(),
+                &key_ids,
+                &key_items,
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            continue;
+        }
+        let token_ids = chunk.token_ids.unwrap_or_default();
+        let old_ciphertexts = chunk.secret_ciphertexts.unwrap_or_default();
+        let old_key_ids = chunk.secret_key_ids.unwrap_or_default();
+        let mut ciphertexts = Vec::with_capacity(old_ciphertexts.len());
+        let mut key_ids = Vec::with_capacity(old_key_ids.len());
+        for ((id, ciphertext), key_id) in token_ids.iter().zip(&old_ciphertexts).zip(&old_key_ids) {
             if *key_id == active {
                 ciphertexts.push(ciphertext.clone());
                 key_ids.push(key_id.clone());
                 continue;
             }
-            let secret = cipher
-                .open(key_id, ciphertext, env, *id)
-                .map_err(|source| ReencryptError::QueuedItem {
-                    environment_id: env,
-                    job_id,
-                    source,
-                })?;
-            ciphertexts.push(cipher.seal(&secret, env, *id).ciphertext);
+            ciphertexts.push(reseal(key_id, ciphertext, *id)?);
             key_ids.push(active.clone());
             moved += 1;
         }

@@ -637,22 +637,35 @@ async fn csv_rows_with_serial_and_secret_swapped_echo_no_secret(pool: PgPool) {
         };
         let (status, accepted) = app.post_file(env, CSV, body.into_bytes(), &[]).await;
         assert_eq!(status, 202, "{accepted}");
-        // The job as stored, before it runs.
-        let stored: Vec<(String, Vec<Option<String>>)> = sqlx::query_as(
-            "select c::text, invalid_serials from oath_job_chunks c where environment_id = $1",
+        // The job as stored, before it runs: the row as text, and its encoded input as the
+        // bytes they are (its text is stored as UTF-8 as it is).
+        let stored: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "select c::text, input from oath_job_chunks c where environment_id = $1",
         )
         .bind(env)
         .fetch_all(&app.pool)
         .await
         .unwrap();
         assert_eq!(stored.len(), 1);
-        for (row, serials) in &stored {
+        for (row, input) in &stored {
             assert!(!holds_a_secret(row), "oath_job_chunks: {row}");
-            assert!(
-                !serials.iter().flatten().any(|s| looks_like_a_secret(s)),
-                "{serials:?}"
-            );
+            let input = String::from_utf8_lossy(input);
+            assert!(!holds_a_secret(&input), "oath_job_chunks.input: {input}");
         }
+        // The same chunk as arrays (the form of a job queued before migration 20261208000002).
+        assert_eq!(app.store_chunks_as_arrays(None).await, 1);
+        let serials: Vec<Option<String>> = sqlx::query_scalar(
+            "select s from oath_job_chunks, unnest(invalid_serials) s where environment_id = $1",
+        )
+        .bind(env)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(serials.len(), 3);
+        assert!(
+            !serials.iter().flatten().any(|s| looks_like_a_secret(s)),
+            "{serials:?}"
+        );
         app.run_jobs().await;
 
         let (_, page) = app

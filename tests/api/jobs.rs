@@ -483,6 +483,88 @@ async fn a_job_whose_input_is_gone_fails_with_a_reason(pool: PgPool) {
     assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
 }
 
+/// A chunk's input damaged at rest or cut short fails its job with a reason, as a missing one
+/// does: nothing is written from it.
+#[sqlx::test]
+async fn a_job_whose_input_is_damaged_fails_with_a_reason(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for damage in [
+        // A byte of the first token's offset changed.
+        "overlay(input placing '\\xff'::bytea from 20 for 1)",
+        // The last bytes cut off.
+        "substring(input from 1 for length(input) - 10)",
+        "''::bytea",
+        "'\\x4f544201ffffffff'::bytea",
+    ] {
+        let accepted = app.submit(&create_job(numbered("D", 0..3))).await;
+        let id = accepted["id"].as_str().unwrap();
+        sqlx::query(&format!(
+            "update oath_job_chunks set input = {damage} where job_id = $1"
+        ))
+        .bind(Uuid::parse_str(id).unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        let steps = app.run_jobs().await;
+        assert!(
+            matches!(steps.last(), Some(Step::Finished { failed: true, .. })),
+            "{damage}: {steps:?}"
+        );
+        let failed = app.job(id).await;
+        assert_eq!(failed["status"], "FAILED", "{damage}");
+        assert!(failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("submit the job again"));
+        assert_eq!(app.count("select count(*) from oath_job_chunks").await, 0);
+        assert_eq!(app.count("select count(*) from oath_tokens").await, 0);
+    }
+}
+
+/// A job queued before migration 20261208000002 has its create chunks as column arrays: after
+/// the upgrade it runs as it would have, beside chunks stored as one value.
+#[sqlx::test]
+async fn a_job_queued_as_arrays_before_the_upgrade_still_runs(pool: PgPool) {
+    let app = spawn_app_with(pool, |s| s.jobs.chunk_size = 10).await;
+    // 25 items in three chunks; S3 repeated in the second chunk, S4 in the third, S5 within the
+    // first.
+    let mut serials: Vec<String> = numbered("S", 0..20).collect();
+    serials[12] = "S3".into();
+    serials[7] = "S5".into();
+    serials.extend(numbered("T", 0..4));
+    serials.push("S4".into());
+    let accepted = app.submit(&create_job(serials)).await;
+    // The first and last chunks as arrays, the second as a value.
+    assert_eq!(app.store_chunks_as_arrays(Some(0)).await, 1);
+    assert_eq!(app.store_chunks_as_arrays(Some(20)).await, 1);
+    assert_eq!(
+        app.count("select count(*) from oath_job_chunks where input is null")
+            .await,
+        2
+    );
+    let steps = app.run_jobs().await;
+    assert!(
+        matches!(steps.last(), Some(Step::Finished { failed: false, .. })),
+        "{steps:?}"
+    );
+    let done = app.job(accepted["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "DONE", "{done}");
+    assert_eq!(done["result"]["created"], 22, "{done}");
+    assert_eq!(
+        done["result"]["duplicates"].as_array().unwrap().len(),
+        3,
+        "{done}"
+    );
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 22);
+    assert_eq!(app.count("select count(*) from job_results").await, 25);
+    assert_eq!(app.count("select count(*) from oath_job_chunks").await, 0);
+    // The tokens read back like single ones.
+    let path = format!("{}?filter=serialNumber%20eq%20%22T3%22", app.tokens_path());
+    let (_, page) = app.get_json(&path).await;
+    let token = &page["_embedded"]["oathTokens"][0];
+    assert_eq!(token["serialNumber"], "T3", "{page}");
+}
+
 #[sqlx::test]
 async fn idempotency_key_replays_and_conflicts(pool: PgPool) {
     let app = spawn_app(pool).await;

@@ -4,7 +4,9 @@ use oath_service::crypto::SecretCipher;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::support::app::{parts, seed_token, spawn_app, SEED_SECRET};
+use crate::support::app::{
+    create_job, numbered, parts, seed_token, spawn_app, spawn_app_with, SEED_SECRET,
+};
 
 #[sqlx::test]
 async fn the_database_holds_no_plaintext_secret(pool: PgPool) {
@@ -72,5 +74,73 @@ async fn reencrypt_moves_secrets_to_the_active_key(pool: PgPool) {
             .await
             .unwrap(),
         0
+    );
+}
+
+/// Queued job items are counted per key and moved to the active key whether their chunk is
+/// stored as one value or, queued before migration 20261208000002, as arrays; an unreadable
+/// value stops the command with the job it belongs to.
+#[sqlx::test]
+async fn reencrypt_moves_queued_items_of_either_chunk_form(pool: PgPool) {
+    use oath_service::store::secrets::{key_uses, reencrypt_queued, KeyUse, ReencryptError};
+
+    let app = spawn_app_with(pool.clone(), |s| s.jobs.chunk_size = 2).await;
+    let job = app.submit(&create_job(numbered("Q", 0..5))).await;
+    assert_eq!(app.store_chunks_as_arrays(Some(2)).await, 1);
+    let queued = |key_id: &str| {
+        vec![KeyUse {
+            key_id: key_id.into(),
+            token_secrets: 0,
+            queued_job_items: 5,
+            subscription_secrets: 0,
+        }]
+    };
+    assert_eq!(key_uses(&app.pool).await.unwrap(), queued("a"));
+
+    let mut keys = app.settings.crypto.decoded_keys().unwrap().1;
+    keys.insert("b".into(), zeroize::Zeroizing::new([7u8; 32]));
+    let rotated = SecretCipher::new("b".into(), &keys).unwrap();
+    assert_eq!(reencrypt_queued(&app.pool, &rotated).await.unwrap(), 5);
+    assert_eq!(reencrypt_queued(&app.pool, &rotated).await.unwrap(), 0);
+    assert_eq!(key_uses(&app.pool).await.unwrap(), queued("b"));
+    // Each chunk keeps its form.
+    assert_eq!(
+        app.count("select count(*) from oath_job_chunks where input is null")
+            .await,
+        1
+    );
+
+    // The moved items open under b alone: a runner with key b only creates every token.
+    let b_only = spawn_app_with(pool, |s| {
+        s.crypto.active_key_id = Some("b".into());
+        s.crypto.keys = [(
+            "b".to_string(),
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=".to_string(),
+        )]
+        .into();
+    })
+    .await;
+    b_only.run_jobs().await;
+    let done = app.job(job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "DONE", "{done}");
+    assert_eq!(done["result"], serde_json::json!({"created": 5}));
+    assert_eq!(
+        app.count("select count(*) from oath_tokens where secret_key_id = 'b'")
+            .await,
+        5
+    );
+
+    // A value damaged at rest cannot be re-sealed: the command names its job.
+    let damaged = app.submit(&create_job(numbered("X", 0..1))).await;
+    let damaged_id = Uuid::parse_str(damaged["id"].as_str().unwrap()).unwrap();
+    sqlx::query("update oath_job_chunks set input = substring(input from 2) where job_id = $1")
+        .bind(damaged_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let err = reencrypt_queued(&app.pool, &rotated).await.unwrap_err();
+    assert!(
+        matches!(err, ReencryptError::UnreadableChunk { job_id, .. } if job_id == damaged_id),
+        "{err}"
     );
 }

@@ -15,6 +15,9 @@ async fn a_chunk_with_an_unknown_token_type_fails_its_step_instead_of_guessing(p
     )
     .await;
     assert_eq!(status, 202, "{job}");
+    // Chunks stored as arrays (a job queued before migration 20261208000002); a chunk stored as
+    // one value is checked as it is decoded (`src/store/batch/encoding.rs`).
+    assert_eq!(app.store_chunks_as_arrays(None).await, 1);
     sqlx::query("update oath_job_chunks set token_types = '{XOTP}'")
         .execute(&app.pool)
         .await

@@ -406,6 +406,39 @@ impl TestApp {
             .expect(sql)
     }
 
+    /// Rewrites the create chunks stored as one value (of every job, or of the chunks at
+    /// `first_idx` only) as column arrays, the form of a job queued before migration
+    /// 20261208000002: what a job stored by the previous release looks like after the upgrade.
+    /// Returns how many chunks it rewrote.
+    pub async fn store_chunks_as_arrays(&self, first_idx: Option<i32>) -> usize {
+        use oath_service::store::batch::TokenBatch;
+        use oath_service::store::chunks::{self, ChunkKey};
+
+        let mut tx = self.pool.begin().await.unwrap();
+        let rows: Vec<(Uuid, Uuid, i32, Vec<u8>)> = sqlx::query_as(
+            "select environment_id, job_id, first_idx, input from oath_job_chunks
+             where input is not null and ($1::integer is null or first_idx = $1)",
+        )
+        .bind(first_idx)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        for (env, job_id, first_idx, input) in &rows {
+            let key = ChunkKey {
+                env: *env,
+                job_id: *job_id,
+                first_idx: *first_idx,
+            };
+            let batch = TokenBatch::decode(input).unwrap();
+            chunks::consume(&mut tx, key).await.unwrap();
+            chunks::insert_create_arrays(&mut tx, key, &batch)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        rows.len()
+    }
+
     /// How many tokens environment `env` holds.
     pub async fn tokens_in(&self, env: Uuid) -> i64 {
         self.count_in(
