@@ -863,6 +863,8 @@ def events(svc, work):
     def plain(rep):
         env = str(uuid.uuid4())
         token = svc.token(env)
+        # Each job starts after a checkpoint: none falls due in the middle of one of them.
+        psql(DB_URL, "checkpoint")
         t, _ = run_job(svc, env, token, create_body(token_rows(TOKENS, f"E{rep}x")), CREATE_TYPE)
         without.append(t)
         return t
@@ -879,6 +881,7 @@ def events(svc, work):
                                 "application/json")
         assert status == 201
         before = delivered()
+        psql(DB_URL, "checkpoint")
         started = time.perf_counter()
         t_sub, _ = run_job(svc, env, token, create_body(token_rows(TOKENS, f"F{rep}x")), CREATE_TYPE)
         with_sub.append(t_sub)

@@ -363,27 +363,36 @@ impl DeliveryPool {
     }
 }
 
-/// While a bulk job runs in this process, a worker rests this many times as long as its last
-/// delivery took: delivery then takes at most a fifth of the worker's time, and the job, which
-/// someone waits for, the rest. Events of a job are delivered behind it, never starved.
-const GIVE_WAY: u32 = 4;
+/// While a step of a bulk job runs in this process, a worker delivers at most one batch this
+/// often: the job, which someone waits for, has the cores; its events follow it, with a lag of
+/// about its duration, and a stream of jobs still lets a batch a second through.
+const GIVE_WAY: Duration = Duration::from_secs(1);
+/// How often a worker that gives way looks whether the step has ended.
+const GIVE_WAY_CHECK: Duration = Duration::from_millis(10);
 
 async fn run(worker: Deliverer, mut stop: watch::Receiver<bool>) {
     let poll = Duration::from_millis(worker.settings.events.poll_interval_ms);
     while !*stop.borrow() {
         let started = tokio::time::Instant::now();
-        let rest = match worker.step().await {
-            Ok(Step::Idle) => poll,
-            Ok(_) if runner::step_under_way() => started.elapsed() * GIVE_WAY,
-            Ok(_) => Duration::ZERO,
+        let idle = match worker.step().await {
+            Ok(Step::Idle) => true,
+            Ok(_) => {
+                while runner::step_under_way() && started.elapsed() < GIVE_WAY {
+                    tokio::select! {
+                        _ = tokio::time::sleep(GIVE_WAY_CHECK) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+                false
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "delivery worker: database error");
-                poll
+                true
             }
         };
-        if !rest.is_zero() {
+        if idle {
             tokio::select! {
-                _ = tokio::time::sleep(rest) => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = stop.changed() => {}
             }
         }
