@@ -377,12 +377,7 @@ async fn run(worker: Deliverer, mut stop: watch::Receiver<bool>) {
         let idle = match worker.step().await {
             Ok(Step::Idle) => true,
             Ok(_) => {
-                while runner::step_under_way() && started.elapsed() < GIVE_WAY {
-                    tokio::select! {
-                        _ = tokio::time::sleep(GIVE_WAY_CHECK) => {}
-                        _ = stop.changed() => break,
-                    }
-                }
+                give_way(started, &mut stop).await;
                 false
             }
             Err(e) => {
@@ -395,6 +390,17 @@ async fn run(worker: Deliverer, mut stop: watch::Receiver<bool>) {
                 _ = tokio::time::sleep(poll) => {}
                 _ = stop.changed() => {}
             }
+        }
+    }
+}
+
+/// After a batch begun at `started`: while a job step runs in this process, waits until
+/// [`GIVE_WAY`] has passed since then, the step has ended, or the worker is told to stop.
+async fn give_way(started: tokio::time::Instant, stop: &mut watch::Receiver<bool>) {
+    while runner::step_under_way() && started.elapsed() < GIVE_WAY {
+        tokio::select! {
+            _ = tokio::time::sleep(GIVE_WAY_CHECK) => {}
+            _ = stop.changed() => return,
         }
     }
 }
@@ -426,5 +432,55 @@ mod tests {
             [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3600, 3600]
         );
         assert_eq!(backoff(i32::MAX).as_secs(), 3600);
+    }
+
+    /// Real time, so each bound below that could be missed on a loaded machine has the better
+    /// part of a second of slack; waiting is never shorter than asked.
+    #[tokio::test]
+    async fn a_worker_gives_way_to_a_job_step_for_at_most_a_second_a_batch() {
+        use tokio::time::Instant;
+        let slack = Duration::from_millis(600);
+        let (stopping, mut stop) = watch::channel(false);
+
+        // No step under way: the next batch goes at once.
+        let started = Instant::now();
+        give_way(started, &mut stop).await;
+        assert!(started.elapsed() < slack);
+
+        // A step under way: one batch a second.
+        let step = runner::UnderWay::begin();
+        let started = Instant::now();
+        give_way(started, &mut stop).await;
+        let waited = started.elapsed();
+        assert!((GIVE_WAY..GIVE_WAY + slack).contains(&waited), "{waited:?}");
+
+        // The step ends 300 ms into a wait: delivery resumes then, not a second after the batch.
+        let started = Instant::now();
+        let worker = tokio::spawn(async move {
+            give_way(started, &mut stop).await;
+            (started.elapsed(), stop)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(step);
+        let (waited, mut stop) = worker.await.unwrap();
+        assert!(
+            (Duration::from_millis(300)..GIVE_WAY - Duration::from_millis(100)).contains(&waited),
+            "{waited:?}"
+        );
+
+        // Told to stop during a wait: it stops waiting then.
+        let _step = runner::UnderWay::begin();
+        let started = Instant::now();
+        let worker = tokio::spawn(async move {
+            give_way(started, &mut stop).await;
+            started.elapsed()
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stopping.send(true).unwrap();
+        let waited = worker.await.unwrap();
+        assert!(
+            (Duration::from_millis(100)..GIVE_WAY - Duration::from_millis(100)).contains(&waited),
+            "{waited:?}"
+        );
     }
 }

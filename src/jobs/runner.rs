@@ -70,10 +70,10 @@ pub fn step_under_way() -> bool {
 }
 
 /// Counts a step as under way for as long as it lives.
-struct UnderWay;
+pub(crate) struct UnderWay;
 
 impl UnderWay {
-    fn begin() -> Self {
+    pub(crate) fn begin() -> Self {
         STEPS_UNDER_WAY.fetch_add(1, Ordering::Relaxed);
         Self
     }
