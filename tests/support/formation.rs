@@ -24,6 +24,9 @@ pgautofailover.node_considered_unhealthy_timeout = 2000
 pgautofailover.primary_demote_timeout = 5000
 ";
 
+/// How long a server left running at the end is given to end its children before it is killed.
+const STOPPED_WITHIN: Duration = Duration::from_secs(5);
+
 /// Data nodes: the processes are killed, never the machine, so what the server wrote is in
 /// the kernel's cache: no fsync needed (nor wanted on a busy test machine).
 const NODE_SETTINGS: &str = "
@@ -388,11 +391,24 @@ impl Drop for Formation {
         {
             let postmaster = std::fs::read_to_string(data.join("postmaster.pid")).ok();
             if let Some(pid) = postmaster.as_deref().and_then(|p| p.lines().next()) {
-                // Most are gone with their group already.
-                let _ = Command::new("kill")
-                    .args(["-KILL", pid.trim()])
-                    .stderr(Stdio::null())
-                    .status();
+                // Most are gone with their group already. A server that is not: SIGQUIT, its
+                // immediate shutdown, ends its children too (a `kill -9` of the postmaster alone
+                // would leave them running, the monitor's health check worker among them).
+                let pid = pid.trim();
+                let signal = |name: &str| {
+                    Command::new("kill")
+                        .args([name, pid])
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                };
+                if signal("-QUIT") {
+                    let deadline = Instant::now() + STOPPED_WITHIN;
+                    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    signal("-KILL");
+                }
             }
         }
         if !std::thread::panicking() {
