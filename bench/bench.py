@@ -38,7 +38,8 @@ The scale measurement runs GET, validate, single create and the create and revok
 functions as their own lines) in the environment of the GET and validate lines, first while the
 table holds about its BENCH_HTTP_TOKENS tokens, then again once filler environments are loaded
 in SQL up to BENCH_SCALE_TOKENS; each of its lines is the ratio at scale over the ratio before
-(goal >= 0.9). It also reports the bytes per token of oath_tokens on disk, and the p99 of the job
+(goal >= 0.9). In both passes the write baselines (COPY, DELETE, the pgbench INSERT) write into
+oath_tokens itself, in an environment of their own. It also reports the bytes per token of oath_tokens on disk, and the p99 of the job
 list, the token list by serial, the environment and the activities feed at that size, one
 request at a time (wrk -c 1; goal <= 25 ms; 16 connections beside it). See bench/README.md, Scale.
 """
