@@ -1,7 +1,6 @@
 //! The chunks of one runner step: planned from where the job stands, then begun each in a
-//! transaction of its own on a connection of its own, several written at once and committed in
-//! item order (a create job's; a revoke job's run one at a time). Each job kind's file processes
-//! one chunk.
+//! transaction of its own on a connection of its own, written at once and committed in item order
+//! (a create job's; a revoke job's run one at a time). Each job kind's file processes one chunk.
 
 use std::time::Duration;
 
@@ -57,8 +56,8 @@ pub(super) fn plan(job: &ClaimedJob, at: &Position, parallel: usize) -> Vec<Chun
 }
 
 /// Begins the `chunks` of a step, the first in `tx` (fenced), each further one in a transaction
-/// of its own ([`begin_after`]), and returns their tasks in item order. Without a connection at
-/// hand, a chunk and those after it are left to the next step.
+/// of its own, and returns their tasks in item order. Without a connection at hand, a chunk and
+/// those after it are left to the next step.
 pub(super) async fn start(
     pool: &PgPool,
     mut tx: Transaction<'static, Postgres>,
@@ -79,32 +78,23 @@ pub(super) async fn start(
             .instrument(chunk_span(job, chunks[0])),
     )];
     for pair in chunks.windows(2) {
-        match begin_after(pool, job, pair[0], pair[1], lease, limit).await {
-            Some(task) => running.push(task),
-            None => break,
+        // Without a connection at hand, the chunk is left to the next step.
+        let Ok(mut tx) = pool.begin().await else {
+            break;
+        };
+        if chunk_transaction(&mut tx, pair[1].key, pair[1].last())
+            .await
+            .is_err()
+        {
+            break;
         }
+        let after = Some(pair[0].key);
+        running.push(tokio::spawn(
+            process(tx, job.clone(), pair[1], after, lease, limit)
+                .instrument(chunk_span(job, pair[1])),
+        ));
     }
     Ok(running)
-}
-
-/// Begins `chunk` in a transaction of its own, to commit after `previous`, which has begun (it
-/// holds its lock). None without a connection at hand: the chunk is left to the next step.
-pub(super) async fn begin_after(
-    pool: &PgPool,
-    job: &ClaimedJob,
-    previous: Chunk,
-    chunk: Chunk,
-    lease: Duration,
-    limit: i64,
-) -> Option<ChunkTask> {
-    let mut tx = pool.begin().await.ok()?;
-    chunk_transaction(&mut tx, chunk.key, chunk.last())
-        .await
-        .ok()?;
-    Some(tokio::spawn(
-        process(tx, job.clone(), chunk, Some(previous.key), lease, limit)
-            .instrument(chunk_span(job, chunk)),
-    ))
 }
 
 /// The span of one chunk: its log lines name the job, and with trace export each chunk is a

@@ -5,7 +5,6 @@
 //! (`housekeeping.rs`); LISTEN/NOTIFY wakes them, polling is the fallback. Tests drive
 //! [`Runner::step`] directly.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::chunks::{self, ChunkTask, Committed};
+use super::chunks::{self, Committed};
 use super::{housekeeping, ChunkError};
 use crate::config::Settings;
 use crate::domain::job::JobType;
@@ -60,12 +59,6 @@ impl Step {
         }
     }
 }
-
-/// With `jobs.parallel_chunks` above 1, a step of a create job spans this many times as many
-/// chunks: within it, a chunk begins as soon as an earlier one commits, so that the database
-/// always has that many to write (a step that ended with its chunks would leave the last one
-/// to write alone); between steps the runner looks for other environments' work (see `step`).
-const STEP_SPAN: usize = 2;
 
 /// Steps of this process's runners under way.
 static STEPS_UNDER_WAY: AtomicUsize = AtomicUsize::new(0);
@@ -178,10 +171,9 @@ impl Runner {
         Ok(Some(job))
     }
 
-    /// Processes the job's next chunk and, for a create job, up to [`STEP_SPAN`] x
-    /// `jobs.parallel_chunks` - 1 chunks after it, up to `jobs.parallel_chunks` at a time, each
-    /// in a transaction of its own on a connection of its own. The chunks under way write their
-    /// tokens at the same time, then commit one after another in item order: each
+    /// Processes the job's next chunk and, for a create job, up to `jobs.parallel_chunks - 1`
+    /// chunks after it, each in a transaction of its own on a connection of its own. The chunks
+    /// write their tokens at the same time, then commit one after another in item order: each
     /// takes a lock of its own when it begins and, once its tokens are written, waits for the
     /// previous chunk's lock (that is, its commit or rollback) before it fences, takes the quota
     /// and records its results. Every such wait is a lock in the database, where a deadlock
@@ -206,32 +198,19 @@ impl Runner {
                 failed: true,
             });
         }
-        let (lease, limit) = (self.lease(), self.settings.limits.tokens_per_environment);
-        let (planned, at_once) = match job.job_type {
+        let parallel = match job.job_type {
             // A revoke chunk releases quota as it deletes: a second one would wait for the first.
-            JobType::RevokeTokens => (chunks::plan(job, &at, 1), 1),
-            JobType::CreateTokens => {
-                // One chunk at a time has nothing to overlap: a step is that chunk.
-                let at_once = self.settings.jobs.parallel_chunks;
-                let span = if at_once > 1 { at_once * STEP_SPAN } else { 1 };
-                (chunks::plan(job, &at, span), at_once)
-            }
+            JobType::RevokeTokens => 1,
+            JobType::CreateTokens => self.settings.jobs.parallel_chunks,
         };
-        let first = &planned[..at_once.min(planned.len())];
-        let mut running: VecDeque<ChunkTask> =
-            chunks::start(&self.pool, tx, job, first, lease, limit)
-                .await?
-                .into();
-        // The planned chunks begun so far. Each further one begins as one commits, so that
-        // `at_once` are written at a time, unless a chunk could not begin (no connection at
-        // hand): then it and those after it are left to the next step.
-        let mut begun = running.len();
-        let mut stalled = begun < first.len();
+        let planned = chunks::plan(job, &at, parallel);
+        let (lease, limit) = (self.lease(), self.settings.limits.tokens_per_environment);
+        let running = chunks::start(&self.pool, tx, job, &planned, lease, limit).await?;
         // In item order: once a chunk did not commit, none after it could. (The first chunk,
         // fenced above, always commits or fails.)
         let mut step = Ok(Step::LeaseLost { job: job.id });
         let mut ended = false;
-        while let Some(handle) = running.pop_front() {
+        for handle in running {
             let outcome = handle.await.unwrap_or_else(|e| {
                 Err(ChunkError::Db(sqlx::Error::Protocol(format!(
                     "a job chunk's task ended abnormally: {e}"
@@ -241,21 +220,7 @@ impl Runner {
                 continue;
             }
             match outcome {
-                Ok(Some(committed)) => {
-                    step = Ok(Step::committed(job, &committed));
-                    if !stalled && begun < planned.len() {
-                        let (previous, next) = (planned[begun - 1], planned[begun]);
-                        match chunks::begin_after(&self.pool, job, previous, next, lease, limit)
-                            .await
-                        {
-                            Some(task) => {
-                                running.push_back(task);
-                                begun += 1;
-                            }
-                            None => stalled = true,
-                        }
-                    }
-                }
+                Ok(Some(committed)) => step = Ok(Step::committed(job, &committed)),
                 Ok(None) => ended = true,
                 Err(e) => {
                     ended = true;

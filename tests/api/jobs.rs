@@ -296,8 +296,8 @@ async fn a_second_identical_job_creates_nothing(pool: PgPool) {
     let first = app.submit(&body).await;
     let second = app.submit(&body).await;
     let steps = app.run_jobs().await;
-    // 8 chunks each, four a step (two at a time).
-    assert_eq!(steps.len(), 2 * 2, "{steps:?}");
+    // 8 chunks each, two a step.
+    assert_eq!(steps.len(), 2 * 4, "{steps:?}");
     let first = app.job(first["id"].as_str().unwrap()).await;
     let second = app.job(second["id"].as_str().unwrap()).await;
     assert_eq!(first["result"], json!({"created": 50}));
@@ -321,12 +321,12 @@ async fn repeated_serials_in_one_job_are_duplicates(pool: PgPool) {
 async fn chunks_written_at_once_keep_item_order_for_repeats_and_the_quota(pool: PgPool) {
     let app = spawn_app_with(pool, |s| {
         s.jobs.chunk_size = 10;
-        s.jobs.parallel_chunks = 2;
+        s.jobs.parallel_chunks = 4;
         s.limits.tokens_per_environment = 45;
     })
     .await;
     // Item 19, 29, ... repeats the serial of item 5, 15, ...: in the chunk before, written at
-    // the same time, or in an earlier step (a step is four chunks, two at a time).
+    // the same time, or in an earlier step.
     let serial = |i: usize| format!("R{}", if i >= 10 && i % 10 == 9 { i - 14 } else { i });
     let accepted = app.submit(&create_job((0..80).map(serial))).await;
     let mut runner = app.runner("r1");
@@ -431,27 +431,26 @@ async fn a_runner_that_lost_its_lease_writes_nothing(pool: PgPool) {
         s.jobs.parallel_chunks = 2;
     })
     .await;
-    let accepted = app.submit(&create_job(numbered("L", 0..60))).await;
+    let accepted = app.submit(&create_job(numbered("L", 0..30))).await;
     let id = accepted["id"].as_str().unwrap();
-    // A step: four chunks, two at a time.
     let mut slow = app.runner("slow");
     assert!(matches!(
         slow.step().await.unwrap(),
-        Step::Progress { processed: 20, .. }
+        Step::Progress { processed: 10, .. }
     ));
     // Its lease runs out; another runner takes the job over.
     app.expire_leases().await;
     let mut fast = app.runner("fast");
     assert!(matches!(
         fast.step().await.unwrap(),
-        Step::Progress { processed: 40, .. }
+        Step::Progress { processed: 20, .. }
     ));
     assert!(matches!(slow.step().await.unwrap(), Step::LeaseLost { .. }));
     app.drain(&mut fast).await;
     let done = app.job(id).await;
     assert_eq!(done["status"], "DONE");
-    assert_eq!(done["result"], json!({"created": 60}));
-    assert_eq!(app.count("select count(*) from job_results").await, 60);
+    assert_eq!(done["result"], json!({"created": 30}));
+    assert_eq!(app.count("select count(*) from job_results").await, 30);
     assert_eq!(app.count("select attempt::bigint from oath_jobs").await, 2);
     // Counted in /metrics (at least: the registry is per process).
     let metrics = app.get_anonymous("/metrics").await.text().await.unwrap();
@@ -1009,11 +1008,7 @@ async fn a_100k_job_creates_every_token_and_a_second_one_only_duplicates(pool: P
     let first = app.submit(&body).await;
     let mut runner = app.runner("r1");
     let steps = app.drain(&mut runner).await;
-    // A step is twice `jobs.parallel_chunks` chunks.
-    assert_eq!(
-        steps.len(),
-        N / 1000 / (2 * app.settings.jobs.parallel_chunks)
-    );
+    assert_eq!(steps.len(), N / 1000 / app.settings.jobs.parallel_chunks);
     let first = app.job(first["id"].as_str().unwrap()).await;
     assert_eq!(first["status"], "DONE");
     assert_eq!(first["result"], json!({"created": N}));
@@ -1118,8 +1113,7 @@ async fn a_job_claimed_too_often_fails_with_a_reason(pool: PgPool) {
     })
     .await;
     let accepted = app.submit(&create_job(numbered("A", 0..10))).await;
-    // Each runner dies after one step (four chunks): its lease runs out and the next one
-    // claims the job.
+    // Each runner dies after one chunk: its lease runs out and the next one claims the job.
     for n in 0..2 {
         let mut runner = app.runner(&format!("r{n}"));
         assert!(matches!(
@@ -1142,9 +1136,9 @@ async fn a_job_claimed_too_often_fails_with_a_reason(pool: PgPool) {
             .contains("interrupted 2 times"),
         "{failed}"
     );
-    assert_eq!(failed["progress"]["processed"], 8);
+    assert_eq!(failed["progress"]["processed"], 4);
     // What was committed stays; the rest of the input is gone.
-    assert_eq!(app.count("select count(*) from oath_tokens").await, 8);
+    assert_eq!(app.count("select count(*) from oath_tokens").await, 4);
     assert_eq!(app.count("select count(*) from oath_job_chunks").await, 0);
 }
 

@@ -131,8 +131,7 @@ async fn one_runner_alternates_environments_and_yielding_is_no_failure(pool: PgP
         })
         .collect();
     let (ja, jb) = (job_a, job_b);
-    // A step is four chunks (20 tokens): A 20, B 20, A 40, B 30 (done), A 50 (done).
-    assert_eq!(served, [ja, jb, ja, jb, ja]);
+    assert_eq!(served, [ja, jb, ja, jb, ja, jb, ja, ja]);
     for (env, job, created) in [(a, job_a, 30 + 20), (b, job_b, 30)] {
         let (status, body) = app.get_in(env, &format!("/oathJobs/{job}")).await;
         assert_eq!(status, 200);
