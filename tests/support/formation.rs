@@ -24,9 +24,6 @@ pgautofailover.node_considered_unhealthy_timeout = 2000
 pgautofailover.primary_demote_timeout = 5000
 ";
 
-/// How long a server left running at the end is given to end its children before it is killed.
-const STOPPED_WITHIN: Duration = Duration::from_secs(5);
-
 /// Data nodes: the processes are killed, never the machine, so what the server wrote is in
 /// the kernel's cache: no fsync needed (nor wanted on a busy test machine).
 const NODE_SETTINGS: &str = "
@@ -371,7 +368,23 @@ impl Formation {
 
 impl Drop for Formation {
     fn drop(&mut self) {
-        // Every process of every `pg_autoctl run` (its group), then any server it restarted.
+        // Each server's processes, noted first: PostgreSQL gives every child of a postmaster a
+        // session of its own, so the kill of a `pg_autoctl run` group below leaves them behind,
+        // and one that does not watch for its postmaster's end (the monitor's health check
+        // worker, and the logger whose pipe it holds) would outlive the test.
+        let postmasters: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.data.clone())
+            .chain([self.dir.join("monitor")])
+            .filter_map(|data| {
+                let pid = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+                Some(pid.lines().next()?.trim().to_string())
+            })
+            .collect();
+        let mut servers = children_of(&postmasters);
+        servers.extend(postmasters);
+        // Every process of every `pg_autoctl run` (its group), then those servers' processes.
         let groups = self
             .nodes
             .iter_mut()
@@ -383,38 +396,34 @@ impl Drop for Formation {
                 .status();
             let _ = child.wait();
         }
-        for data in self
-            .nodes
-            .iter()
-            .map(|n| n.data.clone())
-            .chain([self.dir.join("monitor")])
-        {
-            let postmaster = std::fs::read_to_string(data.join("postmaster.pid")).ok();
-            if let Some(pid) = postmaster.as_deref().and_then(|p| p.lines().next()) {
-                // Most are gone with their group already. A server that is not: SIGQUIT, its
-                // immediate shutdown, ends its children too (a `kill -9` of the postmaster alone
-                // would leave them running, the monitor's health check worker among them).
-                let pid = pid.trim();
-                let signal = |name: &str| {
-                    Command::new("kill")
-                        .args([name, pid])
-                        .stderr(Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success())
-                };
-                if signal("-QUIT") {
-                    let deadline = Instant::now() + STOPPED_WITHIN;
-                    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    signal("-KILL");
-                }
-            }
+        if !servers.is_empty() {
+            // Most are gone with their group or their postmaster already.
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(&servers)
+                .stderr(Stdio::null())
+                .status();
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The processes whose parent is one of `parents` (process ids, as in `/proc`).
+fn children_of(parents: &[String]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid = entry.ok()?.file_name().into_string().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command name: the state, then the parent's id.
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            parents.iter().any(|p| p == parent).then_some(pid)
+        })
+        .collect()
 }
 
 fn append(path: &Path, text: &str) {
