@@ -81,8 +81,10 @@ pub fn pool_with(settings: &Settings, options: PgConnectOptions) -> PgPool {
 /// The pool's settings; with `primary`, connections opened before it last moved to another host
 /// are closed instead of being handed out.
 fn pool_options(settings: &Settings, primary: Option<Arc<Primary>>) -> PgPoolOptions {
+    let max = settings.database.max_connections;
     PgPoolOptions::new()
-        .max_connections(settings.database.max_connections)
+        // The rest is the login path's own connections' (`database::reuse`).
+        .max_connections(max - crate::database::reuse::login_share(max))
         .acquire_timeout(settings.acquire_timeout())
         // sqlx pings every connection as it returns to the pool. Pinging again as it leaves costs
         // each checkout a round trip, and only finds something for a connection that sat idle

@@ -96,18 +96,7 @@ impl Primary {
 
     /// Whether the host of `conn` is one this service may use.
     async fn qualifies(&self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-        match self.url.attrs {
-            SessionAttrs::Any => Ok(true),
-            // libpq's read-write: neither in recovery nor read-only by default. The second
-            // matters: a standby just promoted may stay read-only for a while (pg_auto_failover
-            // keeps it so until the former primary is known to have stopped).
-            SessionAttrs::ReadWrite => {
-                let read_only: String = sqlx::query_scalar("show transaction_read_only")
-                    .fetch_one(conn)
-                    .await?;
-                Ok(read_only == "off")
-            }
-        }
+        qualifies(self.url.attrs, conn).await
     }
 
     /// The first host, in the URL's order, that answers and qualifies, with the connection that
@@ -191,6 +180,22 @@ impl Primary {
             lost_at = Some(Instant::now());
             // Dropped, not closed: the host may not answer a goodbye.
             drop(conn);
+        }
+    }
+}
+
+/// Whether the host of `conn` is one a service with these session attributes may use.
+pub async fn qualifies(attrs: SessionAttrs, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    match attrs {
+        SessionAttrs::Any => Ok(true),
+        // libpq's read-write: neither in recovery nor read-only by default. The second matters:
+        // a standby just promoted may stay read-only for a while (pg_auto_failover keeps it so
+        // until the former primary is known to have stopped).
+        SessionAttrs::ReadWrite => {
+            let read_only: String = sqlx::query_scalar("show transaction_read_only")
+                .fetch_one(conn)
+                .await?;
+            Ok(read_only == "off")
         }
     }
 }

@@ -17,7 +17,8 @@ use sqlx::PgPool;
 
 use crate::config::Settings;
 use crate::crypto::SecretCipher;
-use crate::database::Reuse;
+use crate::database::reuse::login_share;
+use crate::database::{DatabaseUrl, Reuse, SessionAttrs};
 use crate::domain::FieldError;
 use create_batch::CreateBatcher;
 use jobs::FinishedJobs;
@@ -95,7 +96,12 @@ impl Services {
         let creates = CreateBatcher::new(db.clone(), settings.limits.tokens_per_environment);
         Self {
             finished_jobs: FinishedJobs::new(db.clone()),
-            reuse: Reuse::new(db.clone()),
+            reuse: Reuse::new(
+                db.clone(),
+                login_share(settings.database.max_connections),
+                DatabaseUrl::parse(&settings.database.url)
+                    .map_or(SessionAttrs::Any, |url| url.attrs),
+            ),
             db,
             settings,
             cipher,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oath_service::crypto::SecretCipher;
-use oath_service::database::Reuse;
+use oath_service::database::{Reuse, SessionAttrs};
 use oath_service::domain::{HashAlgorithm, Otp};
 use oath_service::events::Origin;
 use oath_service::service::verification::{self, CheckOutcome};
@@ -26,7 +26,7 @@ async fn backend_pid(conn: &mut sqlx::PgConnection) -> i32 {
 
 #[sqlx::test]
 async fn a_connection_is_handed_on_only_after_its_statements_completed(pool: PgPool) {
-    let reuse = Reuse::new(pool.clone());
+    let reuse = Reuse::new(pool.clone(), 0, SessionAttrs::Any);
     let mut held = reuse.acquire().await.unwrap();
     let first = backend_pid(&mut held).await;
     held.done();
@@ -55,6 +55,88 @@ async fn a_connection_is_handed_on_only_after_its_statements_completed(pool: PgP
         pool.num_idle(),
         "all back in the pool"
     );
+}
+
+async fn open_backends(pool: &PgPool, pids: &[i32]) -> usize {
+    sqlx::query_scalar::<_, i64>("select count(*) from pg_stat_activity where pid = any($1)")
+        .bind(pids)
+        .fetch_one(pool)
+        .await
+        .unwrap() as usize
+}
+
+#[sqlx::test]
+async fn each_thread_opens_connections_of_its_own_up_to_the_share_then_uses_the_pool(pool: PgPool) {
+    let reuse = Arc::new(Reuse::new(pool.clone(), 2, SessionAttrs::Any));
+    let (mut a, mut b, mut c) = (
+        reuse.acquire().await.unwrap(),
+        reuse.acquire().await.unwrap(),
+        reuse.acquire().await.unwrap(),
+    );
+    assert!(a.is_own() && b.is_own(), "the share's two");
+    assert!(!c.is_own(), "then the pool's");
+    assert_eq!(pool.size(), 1, "only the third from the pool");
+    let own = [backend_pid(&mut a).await, backend_pid(&mut b).await];
+    assert_ne!(own[0], own[1]);
+    backend_pid(&mut c).await;
+    a.done();
+    b.done();
+    c.done();
+
+    // Handed on to the next request of this thread, the most recently used first.
+    let mut held = reuse.acquire().await.unwrap();
+    assert!(held.is_own());
+    assert_eq!(backend_pid(&mut held).await, own[1]);
+
+    // Another thread is not handed this thread's: with the share taken, it uses the pool's.
+    // (This runtime keeps running meanwhile: the pool connection it gets was opened here.)
+    let other = reuse.clone();
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut held = other.acquire().await.unwrap();
+            assert!(!held.is_own());
+            assert!(!own.contains(&backend_pid(&mut held).await));
+            held.done();
+        });
+    })
+    .await
+    .unwrap();
+
+    // Dropped while its statement runs: closed, and another opened in its place.
+    let slow = sqlx::query("select pg_sleep(1)").execute(&mut *held);
+    assert!(tokio::time::timeout(Duration::from_millis(200), slow)
+        .await
+        .is_err());
+    drop(held);
+    wait_until(
+        "the dropped connection closed",
+        Duration::from_secs(10),
+        async || open_backends(&pool, &own[1..]).await == 0,
+    )
+    .await;
+    let mut held = reuse.acquire().await.unwrap();
+    assert_eq!(backend_pid(&mut held).await, own[0], "the other one kept");
+    held.done();
+    let mut held = reuse.acquire().await.unwrap();
+    assert_eq!(backend_pid(&mut held).await, own[0]);
+    let mut new = reuse.acquire().await.unwrap();
+    assert!(new.is_own(), "opened in the dropped one's place");
+    let new_pid = backend_pid(&mut new).await;
+    assert!(!own.contains(&new_pid));
+    held.done();
+    new.done();
+
+    // Unused for a while: closed.
+    wait_until(
+        "the unused own connections closed",
+        oath_service::database::reuse::OWN_IDLE * 2,
+        async || open_backends(&pool, &[own[0], new_pid]).await == 0,
+    )
+    .await;
 }
 
 #[sqlx::test]
